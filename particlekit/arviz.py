@@ -1,0 +1,3 @@
+"""arviz (under construction)."""
+
+__all__: list[str] = []

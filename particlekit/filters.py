@@ -1,0 +1,540 @@
+"""Particle filters for :class:`~particlekit.ssm.StateSpaceModel`: bootstrap, guided and
+auxiliary. Each is a short recipe over the engine (``init``, ``reweight``, ``resample``,
+``move``, ``chain``, ``run``).
+
+Time runs over ``t = 0, ..., T - 1``. At ``t = 0`` particles are drawn from the initial law
+(or an initial proposal) and weighted by the observation density; at ``t >= 1`` the
+population is resampled when its ESS falls below ``ess_threshold * N``, moved, and
+reweighted. A ``NaN`` in ``ys[t]`` marks a missing observation: that step is not weighted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from particlekit import kernels, resampling
+from particlekit.run import constrain_particles, run
+from particlekit.ssm import StateSpaceModel, missing_mask
+from particlekit.types import ParticleState, PyTree, RunTrace, StepInfo
+
+__all__ = ["FilterResult", "bootstrap", "guided", "auxiliary"]
+
+_get_scheme = resampling.get_scheme
+
+
+class FilterResult(NamedTuple):
+    """Output of a particle filter.
+
+    Attributes
+    ----------
+    log_evidence : Array, shape ()
+        Estimate of ``log p(y_{0:T-1})``; ``-inf`` if the data are impossible.
+    log_evidence_increments : Array, shape (T,)
+        Estimates of ``log p(y_t | y_{0:t-1})``.
+    ess : Array, shape (T,)
+        ESS of the filtering weights at each step.
+    resampled : Array, shape (T,), bool
+        Whether step ``t`` resampled (before moving); False at ``t = 0``.
+    particles : PyTree or None
+        Filtering particles, leaves ``(T, N, ...)``; None with ``keep_history=False``.
+    log_weights : Array or None
+        Filtering log-weights ``(T, N)``.
+    ancestors : Array or None
+        ``(T, N)`` int32; ``ancestors[t, i]`` indexes the population at ``t - 1``.
+    num_nonfinite : Array, shape (T,)
+        Particles whose log-weight was NaN or ``+inf`` (counted as zero weight).
+    failed : Array, shape (), bool
+        True if every weight became zero at some step (then ``log_evidence = -inf``).
+    final_state : ParticleState
+        The population at ``T - 1``.
+    """
+
+    log_evidence: jax.Array
+    log_evidence_increments: jax.Array
+    ess: jax.Array
+    resampled: jax.Array
+    particles: PyTree
+    log_weights: jax.Array | None
+    ancestors: jax.Array | None
+    num_nonfinite: jax.Array
+    failed: jax.Array
+    final_state: ParticleState
+
+    def filtering_mean(self, fn: Callable = lambda x: x) -> PyTree:
+        """Weighted filtering expectations ``E[fn(x_t) | y_{0:t}]`` for every ``t``.
+
+        ``fn`` acts on one particle; the result has leading axis ``T``.
+        """
+        if self.particles is None:
+            raise ValueError("filtering_mean needs the history: run with keep_history=True")
+        weights = jax.vmap(resampling.normalize)(self.log_weights)
+        values = jax.vmap(jax.vmap(fn))(self.particles)
+        return jax.tree.map(
+            lambda v: jnp.einsum("tn,tn...->t...", weights, v.astype(weights.dtype)), values
+        )
+
+    def filtering_variance(self, fn: Callable = lambda x: x) -> PyTree:
+        """Weighted filtering variances ``Var[fn(x_t) | y_{0:t}]`` (elementwise)."""
+        mean = self.filtering_mean(fn)
+        second = self.filtering_mean(lambda x: jax.tree.map(jnp.square, fn(x)))
+        return jax.tree.map(lambda m2, m: m2 - m**2, second, mean)
+
+
+# ------------------------------------------------------------------------------ helpers
+def _observation_term(ssm: StateSpaceModel):
+    def log_g(x_prev, x, inputs):
+        y, t = inputs
+        return ssm.observation_log_prob(x, y, t)
+
+    return log_g
+
+
+def _assemble(first: ParticleState, info0: StepInfo, final, trace, keep_history) -> FilterResult:
+    def cat(a, b):
+        return jnp.concatenate([jnp.asarray(a)[None], b])
+
+    increments = cat(info0.log_evidence_increment, trace.info.log_evidence_increment)
+    log_evidence = final.log_evidence
+    failed = ~jnp.isfinite(log_evidence)
+    log_evidence = jnp.where(jnp.isnan(log_evidence), -jnp.inf, log_evidence)
+    if keep_history:
+        hist = trace.history
+        particles = jax.tree.map(cat, first.particles, hist.particles)
+        log_weights = cat(first.log_weights, hist.log_weights)
+        ancestors = cat(first.ancestors, hist.ancestors)
+    else:
+        particles = log_weights = ancestors = None
+    return FilterResult(
+        log_evidence=log_evidence,
+        log_evidence_increments=increments,
+        ess=cat(info0.ess, trace.info.ess),
+        resampled=cat(jnp.asarray(False), trace.info.resampled),
+        particles=particles,
+        log_weights=log_weights,
+        ancestors=ancestors,
+        num_nonfinite=cat(info0.num_nonfinite, trace.info.num_nonfinite),
+        failed=failed,
+        final_state=final,
+    )
+
+
+def _filter(
+    key,
+    ys,
+    *,
+    num_particles,
+    init_sample,
+    init_log_weight,
+    step,
+    keep_history,
+    progress_bar,
+    sharding,
+    vectorized,
+):
+    """The shared skeleton: weight ``t = 0``, then ``run`` over ``t = 1..T-1``."""
+    key_init, key_w0, key_run = jax.random.split(key, 3)
+    ts = jnp.arange(ys.shape[0], dtype=jnp.int32)
+    state = kernels.init(key_init, init_sample, num_particles, vectorized=vectorized)
+    state = constrain_particles(state, sharding)
+    y0 = jax.tree.map(lambda a: a[0], ys)
+    state, info0 = kernels.reweight(init_log_weight, vectorized=vectorized)(
+        key_w0, state, (y0, ts[0])
+    )
+    inputs = (ys[1:], ts[1:])
+    if ys.shape[0] == 1:
+        empty = jax.tree.map(lambda a: a[None], info0)
+        trace_info = jax.tree.map(lambda a: a[:0], empty)
+        hist = jax.tree.map(lambda a: a[None][:0], state) if keep_history else None
+        trace = RunTrace(info=trace_info, log_evidence=trace_info.ess, history=hist)
+        return _assemble(state, info0, state, trace, keep_history)
+    final, trace = run(
+        key_run,
+        step,
+        state,
+        inputs,
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
+    )
+    return _assemble(state, info0, final, trace, keep_history)
+
+
+def _check_common(ssm, ys, num_particles, ess_threshold):
+    if not isinstance(ssm, StateSpaceModel):
+        raise ValueError(f"ssm must be a particlekit.StateSpaceModel, got {type(ssm).__name__}")
+    ys = ssm.validate(ys, num_particles)
+    if not 0.0 <= float(ess_threshold) <= 1.0:
+        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    return ys
+
+
+# ------------------------------------------------------------------------------ bootstrap
+@partial(
+    jax.jit,
+    static_argnames=(
+        "ssm",
+        "num_particles",
+        "resampling_scheme",
+        "ess_threshold",
+        "keep_history",
+        "progress_bar",
+        "sharding",
+    ),
+)
+def _bootstrap(
+    key, ys, *, ssm, num_particles, resampling_scheme, ess_threshold, keep_history,
+    progress_bar, sharding,
+):  # fmt: skip
+    v = ssm.vectorized
+
+    def sample_init(k, *n):
+        return ssm.sample_initial(k, *n)
+
+    def propagate(k, x_prev, inputs):
+        return ssm.sample_transition(k, x_prev, inputs[1])
+
+    log_g = _observation_term(ssm)
+    step = kernels.chain(
+        kernels.resample(resampling_scheme, ess_threshold),
+        kernels.move(propagate, vectorized=v),
+        kernels.reweight(log_g, vectorized=v),
+    )
+    return _filter(
+        key,
+        ys,
+        num_particles=num_particles,
+        init_sample=sample_init,
+        init_log_weight=log_g,
+        step=step,
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
+        vectorized=v,
+    )
+
+
+def bootstrap(
+    key: jax.Array,
+    ssm: StateSpaceModel,
+    ys,
+    *,
+    num_particles: int,
+    resampling="systematic",
+    ess_threshold: float = 0.5,
+    keep_history: bool = True,
+    progress_bar: bool = False,
+    sharding=None,
+) -> FilterResult:
+    """Bootstrap particle filter: move with the transition ``f``, weight with ``g``.
+
+    Feynman–Kac model: ``M_0 = initial``, ``M_t = f_t(x_t | x_{t-1})``,
+    ``G_t = g_t(y_t | x_t)``.
+
+    Parameters
+    ----------
+    key : PRNG key
+    ssm : StateSpaceModel
+    ys : Array, shape (T, ...)
+        Observations; a NaN at step ``t`` marks it missing (not weighted).
+    num_particles : int
+        ``N > 0``.
+    resampling : str or callable
+        Scheme of :mod:`particlekit.resampling` (default ``"systematic"``).
+    ess_threshold : float
+        Resample when ``ESS < ess_threshold * N``; 1.0 resamples every step.
+    keep_history : bool
+        Keep particles, weights and ancestors of every step (``O(N T)`` memory); with
+        False only the final population and per-step scalars are returned.
+    progress_bar : bool
+        Show a tqdm progress bar.
+    sharding : jax.sharding.Sharding, optional
+        Sharding of the particle axis (e.g. ``NamedSharding(mesh, P("p"))``) to spread the
+        particles over devices.
+
+    Returns
+    -------
+    FilterResult
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> _, ys = ssm.simulate(jax.random.key(0), 100)
+    >>> res = pk.filters.bootstrap(jax.random.key(1), ssm, ys, num_particles=1000)
+    >>> res.ess.shape, res.particles.shape
+    ((100,), (100, 1000))
+    """
+    ys = _check_common(ssm, ys, num_particles, ess_threshold)
+    return _bootstrap(
+        key,
+        ys,
+        ssm=ssm,
+        num_particles=num_particles,
+        resampling_scheme=_get_scheme(resampling),
+        ess_threshold=float(ess_threshold),
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
+    )
+
+
+# ------------------------------------------------------------------------------ guided
+@partial(
+    jax.jit,
+    static_argnames=(
+        "ssm",
+        "proposal",
+        "initial_proposal",
+        "num_particles",
+        "resampling_scheme",
+        "ess_threshold",
+        "keep_history",
+        "progress_bar",
+        "sharding",
+    ),
+)
+def _guided(
+    key, ys, *, ssm, proposal, initial_proposal, num_particles, resampling_scheme,
+    ess_threshold, keep_history, progress_bar, sharding,
+):  # fmt: skip
+    v = ssm.vectorized
+    missing = missing_mask(ys)
+
+    def sample_init(k, *n):
+        if initial_proposal is None:
+            return ssm.sample_initial(k, *n)
+        y0 = jnp.where(missing[0], jnp.zeros_like(ys[0]), ys[0])
+        d = initial_proposal(y0)
+        return d.sample(k, n) if n else d.sample(k)
+
+    def log_w0(x_prev, x, inputs):
+        y, t = inputs
+        log_g = ssm.observation_log_prob(x, y, t)
+        if initial_proposal is None:
+            return log_g
+        y0 = jnp.where(jnp.isnan(y), 0.0, y)
+        q = initial_proposal(y0)
+        return log_g + ssm.initial_log_prob(x) - q.log_prob(x)
+
+    def propagate(k, x_prev, inputs):
+        y, t = inputs
+        is_missing = jnp.any(jnp.isnan(y))
+        k_q, k_f = jax.random.split(k)
+        x_q = proposal(x_prev, jnp.where(jnp.isnan(y), 0.0, y), t).sample(k_q)
+        x_f = ssm.sample_transition(k_f, x_prev, t)
+        return jnp.where(is_missing, x_f, x_q)
+
+    def log_w(x_prev, x, inputs):
+        y, t = inputs
+        is_missing = jnp.any(jnp.isnan(y))
+        log_f = ssm.transition_log_prob(x_prev, x, t)
+        log_q = proposal(x_prev, jnp.where(jnp.isnan(y), 0.0, y), t).log_prob(x)
+        log_g = ssm.observation_log_prob(x, y, t)
+        return jnp.where(is_missing, 0.0, log_g + log_f - log_q)
+
+    step = kernels.chain(
+        kernels.resample(resampling_scheme, ess_threshold),
+        kernels.move(propagate, vectorized=v),
+        kernels.reweight(log_w, vectorized=v),
+    )
+    return _filter(
+        key,
+        ys,
+        num_particles=num_particles,
+        init_sample=sample_init,
+        init_log_weight=log_w0,
+        step=step,
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
+        vectorized=v,
+    )
+
+
+def guided(
+    key: jax.Array,
+    ssm: StateSpaceModel,
+    ys,
+    *,
+    proposal: Callable,
+    num_particles: int,
+    initial_proposal: Callable | None = None,
+    resampling="systematic",
+    ess_threshold: float = 0.5,
+    keep_history: bool = True,
+    progress_bar: bool = False,
+    sharding=None,
+) -> FilterResult:
+    """Guided particle filter: move with a user proposal ``q``, weight by ``f g / q``.
+
+    Feynman–Kac model: ``M_t = q_t(x_t | x_{t-1}, y_t)``,
+    ``G_t = f_t(x_t | x_{t-1}) g_t(y_t | x_t) / q_t(x_t | x_{t-1}, y_t)``.
+
+    Parameters
+    ----------
+    proposal : callable
+        ``proposal(x_prev, y, t) -> Distribution`` of ``x_t`` (one particle, or a batch if
+        ``ssm.vectorized``). At missing steps the transition is used instead.
+    initial_proposal : callable, optional
+        ``initial_proposal(y0) -> Distribution`` of ``x_0``; default: the model's initial
+        law (then ``G_0 = g_0``).
+
+    Other parameters and the result are as in :func:`bootstrap`.
+
+    Examples
+    --------
+    The locally optimal proposal of ``x_t = 0.9 x_{t-1} + N(0, 1)``, ``y_t = x_t + N(0, 0.5^2)``:
+
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> var = 1.0 / (1.0 + 1.0 / 0.25)
+    >>> prop = lambda x_prev, y, t: dist.Normal(var * (0.9 * x_prev + y / 0.25), var**0.5)
+    >>> _, ys = ssm.simulate(jax.random.key(0), 50)
+    >>> res = pk.filters.guided(jax.random.key(1), ssm, ys, proposal=prop, num_particles=500)
+    """
+    ys = _check_common(ssm, ys, num_particles, ess_threshold)
+    if not callable(proposal):
+        raise ValueError("proposal must be a function (x_prev, y, t) -> Distribution")
+    return _guided(
+        key,
+        ys,
+        ssm=ssm,
+        proposal=proposal,
+        initial_proposal=initial_proposal,
+        num_particles=num_particles,
+        resampling_scheme=_get_scheme(resampling),
+        ess_threshold=float(ess_threshold),
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
+    )
+
+
+# ------------------------------------------------------------------------------ auxiliary
+@partial(
+    jax.jit,
+    static_argnames=(
+        "ssm",
+        "log_predictive",
+        "num_particles",
+        "resampling_scheme",
+        "ess_threshold",
+        "keep_history",
+        "progress_bar",
+        "sharding",
+    ),
+)
+def _auxiliary(
+    key, ys, *, ssm, log_predictive, num_particles, resampling_scheme, ess_threshold,
+    keep_history, progress_bar, sharding,
+):  # fmt: skip
+    v = ssm.vectorized
+
+    def sample_init(k, *n):
+        return ssm.sample_initial(k, *n)
+
+    def log_eta(x_prev, x, inputs):
+        # first stage: look ahead at y_t from the current particle x_{t-1} (= ``x`` here)
+        y, t = inputs
+        is_missing = jnp.any(jnp.isnan(y))
+        value = log_predictive(x, jnp.where(jnp.isnan(y), 0.0, y), t)
+        return jnp.where(is_missing, jnp.zeros_like(value), value)
+
+    def propagate(k, x_prev, inputs):
+        return ssm.sample_transition(k, x_prev, inputs[1])
+
+    def log_second_stage(x_prev, x, inputs):
+        y, t = inputs
+        return ssm.observation_log_prob(x, y, t) - log_eta(None, x_prev, inputs)
+
+    log_g = _observation_term(ssm)
+    step = kernels.chain(
+        kernels.reweight(log_eta, vectorized=v),
+        kernels.resample(resampling_scheme, ess_threshold),
+        kernels.move(propagate, vectorized=v),
+        kernels.reweight(log_second_stage, vectorized=v),
+    )
+    return _filter(
+        key,
+        ys,
+        num_particles=num_particles,
+        init_sample=sample_init,
+        init_log_weight=log_g,
+        step=step,
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
+        vectorized=v,
+    )
+
+
+def auxiliary(
+    key: jax.Array,
+    ssm: StateSpaceModel,
+    ys,
+    *,
+    log_predictive: Callable,
+    num_particles: int,
+    resampling="systematic",
+    ess_threshold: float = 0.5,
+    keep_history: bool = True,
+    progress_bar: bool = False,
+    sharding=None,
+) -> FilterResult:
+    """Auxiliary particle filter (Pitt & Shephard 1999) with first-stage weights.
+
+    Step ``t`` multiplies the weights by ``eta_t(x_{t-1}) = exp(log_predictive(x_{t-1},
+    y_t, t))`` (an approximation of ``p(y_t | x_{t-1})``), resamples on ESS, moves with
+    the transition, and weights by ``g_t(y_t | x_t) / eta_t(x_{t-1})``. Both stages grow
+    the evidence by the engine's one rule, so ``log_evidence`` is the standard unbiased
+    APF estimate.
+
+    Parameters
+    ----------
+    log_predictive : callable
+        ``log_predictive(x_prev, y, t) -> scalar`` for one particle (a batch if
+        ``ssm.vectorized``). It must be finite wherever ``g`` is positive.
+
+    Other parameters and the result are as in :func:`bootstrap`.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> pred = lambda x_prev, y, t: dist.Normal(0.9 * x_prev, (1.0 + 0.25) ** 0.5).log_prob(y)
+    >>> _, ys = ssm.simulate(jax.random.key(0), 50)
+    >>> res = pk.filters.auxiliary(jax.random.key(1), ssm, ys, log_predictive=pred,
+    ...                            num_particles=500)
+    """
+    ys = _check_common(ssm, ys, num_particles, ess_threshold)
+    if not callable(log_predictive):
+        raise ValueError("log_predictive must be a function (x_prev, y, t) -> log weight")
+    return _auxiliary(
+        key,
+        ys,
+        ssm=ssm,
+        log_predictive=log_predictive,
+        num_particles=num_particles,
+        resampling_scheme=_get_scheme(resampling),
+        ess_threshold=float(ess_threshold),
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
+    )

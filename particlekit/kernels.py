@@ -1,0 +1,295 @@
+"""Composable SMC kernels: ``init``, ``move``, ``reweight``, ``resample``, ``mcmc``, ``chain``.
+
+User functions act on **one** particle; the kernels vectorise them over the population with
+``jax.vmap`` (or, with ``vectorized=True``, hand the whole batch to the user function). A
+kernel is a function ``(key, state, inputs) -> (state, info)`` with ``state`` a
+:class:`~particlekit.types.ParticleState` and ``info`` a :class:`~particlekit.types.StepInfo`.
+
+The one evidence rule (DESIGN.md §3): ``log_evidence`` grows only in :func:`reweight`, by
+``logsumexp(log W_prev + log G)`` with ``W_prev`` the normalised weights before the step.
+It makes the evidence estimate unbiased on the natural scale whether or not a step
+resampled.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from particlekit import resampling
+from particlekit.types import Kernel, ParticleState, PyTree, StepInfo, num_particles_of
+
+__all__ = ["init", "move", "reweight", "resample", "mcmc", "chain", "check_num_particles"]
+
+
+def check_num_particles(num_particles, name: str = "num_particles") -> int:
+    """Validate a particle count before tracing: a positive Python integer."""
+    if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral):
+        raise ValueError(f"{name} must be a positive integer, got {num_particles!r}")
+    if num_particles <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {num_particles}")
+    return int(num_particles)
+
+
+def _take(tree: PyTree, idx: jax.Array) -> PyTree:
+    return jax.tree.map(lambda leaf: leaf[idx], tree)
+
+
+def init(
+    key: jax.Array, sample_fn: Callable, num_particles: int, *, vectorized: bool = False
+) -> ParticleState:
+    """Draw an equally weighted initial population.
+
+    Parameters
+    ----------
+    key : PRNG key
+    sample_fn : callable
+        ``sample_fn(key) -> particle`` (one particle, any PyTree). With
+        ``vectorized=True``: ``sample_fn(key, num_particles) -> particles`` with leading
+        axis ``N``.
+    num_particles : int
+        ``N > 0``.
+
+    Returns
+    -------
+    ParticleState
+        Zero log-weights, zero log-evidence, ``ancestors = arange(N)``.
+
+    Examples
+    --------
+    >>> import jax, particlekit as pk
+    >>> state = pk.init(jax.random.key(0), lambda k: jax.random.normal(k), 100)
+    >>> state.particles.shape
+    (100,)
+    """
+    n = check_num_particles(num_particles)
+    if vectorized:
+        particles = sample_fn(key, n)
+    else:
+        particles = jax.vmap(sample_fn)(jax.random.split(key, n))
+    for leaf in jax.tree.leaves(particles):
+        if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != n:
+            raise ValueError(
+                f"sample_fn must return one particle (vectorized=False) or a batch with "
+                f"leading axis {n} (vectorized=True); got a leaf of shape {jnp.shape(leaf)}"
+            )
+    dtype = jnp.result_type(float)
+    return ParticleState(
+        particles=particles,
+        log_weights=jnp.zeros(n, dtype),
+        log_evidence=jnp.zeros((), dtype),
+        ancestors=jnp.arange(n, dtype=jnp.int32),
+        previous_particles=particles,
+    )
+
+
+def move(fn: Callable, *, vectorized: bool = False) -> Kernel:
+    """A kernel moving every particle with ``x' = fn(key, x, inputs)``.
+
+    Weights and evidence are unchanged; ``previous_particles`` becomes the particles
+    before the move. With ``vectorized=True``, ``fn(key, xs, inputs)`` receives the batch.
+
+    Examples
+    --------
+    >>> import jax, particlekit as pk
+    >>> step = pk.move(lambda key, x, t: 0.9 * x + jax.random.normal(key))
+    """
+
+    def kernel(key, state: ParticleState, inputs=None):
+        n = num_particles_of(state)
+        if vectorized:
+            new = fn(key, state.particles, inputs)
+        else:
+            keys = jax.random.split(key, n)
+            new = jax.vmap(fn, in_axes=(0, 0, None))(keys, state.particles, inputs)
+        state = state._replace(particles=new, previous_particles=state.particles)
+        return state, StepInfo.neutral(state)
+
+    return kernel
+
+
+def reweight(fn: Callable, *, vectorized: bool = False) -> Kernel:
+    """A kernel multiplying the weights by the potential ``G = exp(fn(x_prev, x, inputs))``.
+
+    This is the one place where ``log_evidence`` grows, by
+    ``logsumexp(log W_prev + log G)`` with ``W_prev`` the normalised weights before the
+    step. ``NaN`` and ``+inf`` log-potentials count as zero weight and are reported in
+    ``info.num_nonfinite``; if every weight becomes zero the increment is ``-inf``.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(x_prev, x, inputs) -> log G`` for one particle, with ``x_prev`` the particle
+        before the most recent move. With ``vectorized=True`` it receives batches and
+        returns shape ``(N,)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp, particlekit as pk
+    >>> step = pk.reweight(lambda x_prev, x, y: -0.5 * (y - x) ** 2)
+    """
+
+    def kernel(key, state: ParticleState, inputs=None):
+        del key
+        if vectorized:
+            log_g = fn(state.previous_particles, state.particles, inputs)
+        else:
+            log_g = jax.vmap(fn, in_axes=(0, 0, None))(
+                state.previous_particles, state.particles, inputs
+            )
+        log_g = jnp.asarray(log_g, state.log_weights.dtype)
+        if log_g.shape != state.log_weights.shape:
+            raise ValueError(
+                f"the log-potential must be a scalar per particle; got shape {log_g.shape} "
+                f"for {num_particles_of(state)} particles"
+            )
+        nonfinite = jnp.isnan(log_g) | (log_g == jnp.inf)
+        log_g = jnp.where(nonfinite, -jnp.inf, log_g)
+        log_w_prev, _ = resampling.log_normalize(state.log_weights)
+        log_weights = log_w_prev + log_g
+        increment = logsumexp(log_weights)
+        state = state._replace(log_weights=log_weights, log_evidence=state.log_evidence + increment)
+        info = StepInfo.neutral(state)._replace(
+            log_evidence_increment=increment,
+            num_nonfinite=jnp.sum(nonfinite).astype(jnp.int32),
+        )
+        return state, info
+
+    return kernel
+
+
+def _resample_state(key, state: ParticleState, scheme) -> ParticleState:
+    idx = scheme(key, state.log_weights)
+    return state._replace(
+        particles=_take(state.particles, idx),
+        previous_particles=_take(state.previous_particles, idx),
+        log_weights=jnp.zeros_like(state.log_weights),
+        ancestors=idx,
+    )
+
+
+def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
+    """A kernel resampling the population when ``ESS < ess_threshold * N``.
+
+    Parameters
+    ----------
+    scheme : str or callable
+        A scheme of :mod:`particlekit.resampling` (name or function), or any function
+        ``(key, log_weights, num_samples) -> indices``.
+    ess_threshold : float in [0, 1]
+        ``1.0`` resamples at every step, ``0.0`` never.
+
+    After resampling the weights are equal and ``ancestors`` holds the drawn indices;
+    otherwise ``ancestors = arange(N)``.
+
+    Examples
+    --------
+    >>> import particlekit as pk
+    >>> step = pk.resample(pk.resampling.systematic, ess_threshold=0.5)
+    """
+    scheme_fn = resampling.get_scheme(scheme)
+    if not 0.0 <= float(ess_threshold) <= 1.0:
+        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+
+    def kernel(key, state: ParticleState, inputs=None):
+        del inputs
+        n = num_particles_of(state)
+        current_ess = resampling.ess(state.log_weights)
+        if ess_threshold >= 1.0:
+            do_resample = jnp.asarray(True)
+        elif ess_threshold <= 0.0:
+            do_resample = jnp.asarray(False)
+        else:
+            do_resample = current_ess < ess_threshold * n
+        kept = state._replace(ancestors=jnp.arange(n, dtype=jnp.int32))
+        if ess_threshold >= 1.0:
+            new_state = _resample_state(key, state, scheme_fn)
+        elif ess_threshold <= 0.0:
+            new_state = kept
+        else:
+            new_state = jax.lax.cond(
+                do_resample, lambda s: _resample_state(key, s, scheme_fn), lambda s: kept, state
+            )
+        info = StepInfo.neutral(new_state)._replace(resampled=do_resample)
+        return new_state, info
+
+    return kernel
+
+
+def mcmc(kernel, num_steps: int = 1) -> Kernel:
+    """Rejuvenate every particle with ``num_steps`` steps of a BlackJAX MCMC kernel.
+
+    Parameters
+    ----------
+    kernel : blackjax SamplingAlgorithm or callable
+        Either an algorithm with ``init(position)`` and ``step(key, state)`` (e.g.
+        ``blackjax.rmh(logdensity_fn, ...)``), or a function ``inputs -> algorithm`` when
+        the target depends on the step inputs (e.g. a temperature).
+    num_steps : int
+        Number of MCMC steps per particle.
+
+    The weights are unchanged (the kernel leaves the current target invariant), and
+    ``info.acceptance_rate`` is the mean acceptance rate over particles and steps.
+
+    Examples
+    --------
+    >>> import blackjax, jax.numpy as jnp, particlekit as pk
+    >>> rw = blackjax.additive_step_random_walk.normal_random_walk(
+    ...     lambda x: -0.5 * x**2, sigma=jnp.array(0.5))
+    >>> step = pk.mcmc(rw, num_steps=5)
+    """
+    num_steps = check_num_particles(num_steps, "num_steps")
+
+    def kernel_fn(key, state: ParticleState, inputs=None):
+        algorithm = kernel if hasattr(kernel, "step") else kernel(inputs)
+        n = num_particles_of(state)
+
+        def one_particle(key, position):
+            mcmc_state = algorithm.init(position)
+
+            def body(carry, step_key):
+                new_state, info = algorithm.step(step_key, carry)
+                rate = getattr(info, "acceptance_rate", None)
+                if rate is None:
+                    rate = getattr(info, "is_accepted", jnp.nan)
+                return new_state, jnp.asarray(rate, jnp.float32)
+
+            final, rates = jax.lax.scan(body, mcmc_state, jax.random.split(key, num_steps))
+            return final.position, jnp.mean(rates)
+
+        new, rates = jax.vmap(one_particle)(jax.random.split(key, n), state.particles)
+        state = state._replace(particles=new, previous_particles=state.particles)
+        info = StepInfo.neutral(state)._replace(
+            acceptance_rate=jnp.mean(rates).astype(state.log_weights.dtype)
+        )
+        return state, info
+
+    return kernel_fn
+
+
+def chain(*kernels: Kernel) -> Kernel:
+    """Compose kernels left to right into one kernel; the infos are merged (ESS of the
+    final weights, ``resampled`` if any resampled, evidence increments summed).
+
+    Examples
+    --------
+    >>> import particlekit as pk
+    >>> step = pk.chain(pk.resample(), pk.move(lambda k, x, y: x), pk.reweight(
+    ...     lambda xp, x, y: -0.5 * (x - y) ** 2))
+    """
+    if not kernels:
+        raise ValueError("chain needs at least one kernel")
+
+    def kernel(key, state: ParticleState, inputs=None):
+        keys = jax.random.split(key, len(kernels))
+        info = StepInfo.neutral(state)
+        for k, kern in zip(keys, kernels, strict=True):
+            state, step_info = kern(k, state, inputs)
+            info = info.merge(step_info)
+        return state, info
+
+    return kernel

@@ -1,0 +1,3 @@
+"""learning (under construction)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""pgibbs (under construction)."""
+
+__all__: list[str] = []

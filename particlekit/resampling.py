@@ -1,0 +1,480 @@
+"""Resampling schemes, effective sample size and log-weight normalisation.
+
+Every scheme has the signature ``scheme(key, log_weights, num_samples=None) -> int32[M]``
+and takes *unnormalised log* weights, so it is safe in float32 for log-weights that span
+thousands of nats. ``num_samples`` defaults to ``N = log_weights.shape[0]``.
+
+The returned ancestor indices ``a`` are such that the offspring count of particle ``i``,
+``#{j : a_j = i}``, has expectation ``M W_i`` where ``W`` are the normalised weights.
+
+Non-finite log-weights are handled the same way everywhere: ``NaN`` and ``+inf`` count as
+``-inf`` (zero weight). If *every* weight is zero the schemes fall back to uniform weights;
+callers that care (the filters) detect this case through :func:`log_normalize`'s second
+output, which is then ``-inf``.
+
+Cost. ``systematic``, ``stratified``, ``ssp`` and ``killing`` run in ``O(N + M)``: the
+inverse-CDF search is replaced by a scatter-add histogram of "first point" indices and a
+cumulative sum (no sort, no binary search). ``multinomial`` and the residual part of
+``residual`` use a binary search of sorted uniforms (``O(M log N)``).
+
+Conditional variants (``conditional_*``) are the reference-preserving versions used by
+conditional SMC (particle Gibbs): slot 0 always receives ancestor 0, and the other slots
+are drawn from the scheme's law conditional on that event (Chopin & Singh 2015, Sec. 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+__all__ = [
+    "ess",
+    "log_normalize",
+    "normalize",
+    "sanitize_log_weights",
+    "multinomial",
+    "systematic",
+    "stratified",
+    "residual",
+    "ssp",
+    "killing",
+    "conditional_multinomial",
+    "conditional_systematic",
+    "conditional_stratified",
+    "conditional_residual",
+    "SCHEMES",
+    "CONDITIONAL_SCHEMES",
+    "get_scheme",
+    "get_conditional_scheme",
+    "offspring_counts",
+]
+
+Resampler = Callable[..., jax.Array]
+
+
+# --------------------------------------------------------------------------------------
+# weights
+# --------------------------------------------------------------------------------------
+def sanitize_log_weights(log_weights: jax.Array) -> jax.Array:
+    """Map ``NaN`` and ``+inf`` log-weights to ``-inf`` (zero weight)."""
+    log_weights = jnp.asarray(log_weights)
+    bad = jnp.isnan(log_weights) | (log_weights == jnp.inf)
+    return jnp.where(bad, -jnp.inf, log_weights)
+
+
+def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Normalise log-weights with max-subtraction.
+
+    Parameters
+    ----------
+    log_weights : Array, shape (N,)
+        Unnormalised log-weights; ``NaN`` / ``+inf`` count as ``-inf``.
+
+    Returns
+    -------
+    log_W : Array, shape (N,)
+        Normalised log-weights, ``logsumexp(log_W) == 0``. If all weights are zero,
+        uniform ``-log N`` is returned (so downstream resampling stays well defined).
+    log_sum : Array, shape ()
+        ``logsumexp(log_weights)``; ``-inf`` when all weights are zero.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> log_W, log_sum = log_normalize(jnp.array([0.0, jnp.log(3.0)]))
+    >>> jnp.exp(log_W).round(2).tolist(), float(log_sum.round(3))
+    ([0.25, 0.75], 1.386)
+    """
+    log_weights = sanitize_log_weights(log_weights)
+    n = log_weights.shape[0]
+    log_sum = logsumexp(log_weights)
+    ok = jnp.isfinite(log_sum)
+    log_W = jnp.where(ok, log_weights - jnp.where(ok, log_sum, 0.0), -jnp.log(n))
+    return log_W, log_sum
+
+
+def normalize(log_weights: jax.Array) -> jax.Array:
+    """Normalised weights ``W`` (summing to one) from unnormalised log-weights."""
+    return jnp.exp(log_normalize(log_weights)[0])
+
+
+def ess(log_weights: jax.Array) -> jax.Array:
+    """Effective sample size ``1 / sum W_i^2`` from unnormalised log-weights.
+
+    Returns a value in ``[1, N]``, or ``0`` when every weight is zero (an impossible
+    observation), which callers report as a failure.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> float(ess(jnp.zeros(10)))
+    10.0
+    """
+    log_weights = sanitize_log_weights(log_weights)
+    log_sum = logsumexp(log_weights)
+    log_sum_sq = logsumexp(2.0 * log_weights)
+    value = jnp.exp(2.0 * log_sum - log_sum_sq)
+    return jnp.where(jnp.isfinite(log_sum), value, 0.0)
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def _num_samples(log_weights, num_samples):
+    n = log_weights.shape[0]
+    if log_weights.ndim != 1:
+        raise ValueError(f"log_weights must be one-dimensional (N,), got shape {log_weights.shape}")
+    if n == 0:
+        raise ValueError("log_weights is empty: resampling needs at least one particle")
+    m = n if num_samples is None else int(num_samples)
+    if m <= 0:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
+    return n, m
+
+
+def _blocked_cumsum(x: jax.Array, block: int = 256) -> jax.Array:
+    """Cumulative sum computed in blocks: faster than ``jnp.cumsum`` on CPU and with a
+    rounding error growing like ``N / block + block`` rather than ``N``."""
+    n = x.shape[0]
+    if n <= 2 * block:
+        return jnp.cumsum(x)
+    num_blocks = -(-n // block)
+    padded = jnp.pad(x, (0, num_blocks * block - n))
+    blocks = padded.reshape(num_blocks, block)
+    within = jnp.cumsum(blocks, axis=1)
+    offsets = jnp.cumsum(within[:, -1]) - within[:, -1]
+    return (within + offsets[:, None]).reshape(-1)[:n]
+
+
+def _cdf(log_weights: jax.Array) -> jax.Array:
+    """Normalised cumulative weights with the last entry exactly 1."""
+    weights = jnp.exp(log_normalize(log_weights)[0])
+    cdf = _blocked_cumsum(weights)
+    cdf = cdf / cdf[-1]
+    return cdf.at[-1].set(1.0)
+
+
+def _indices_from_first_points(first: jax.Array, n: int, m: int) -> jax.Array:
+    """Ancestors from the index of the first output slot each particle does *not* cover.
+
+    ``first[i]`` is ``#{j : slot j is taken by a particle <= i}``, i.e. the cumulative
+    offspring count. Slot ``j`` then belongs to particle ``#{i : first[i] <= j}``, which a
+    scatter-add histogram plus a cumulative sum computes in ``O(N + M)``.
+    """
+    first = jnp.clip(first, 0, m).astype(jnp.int32)
+    hist = jnp.zeros(m + 1, dtype=jnp.int32).at[first].add(1)
+    idx = jnp.cumsum(hist[:m])
+    return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
+
+
+def _stratified_first_points(cdf: jax.Array, uniforms: jax.Array, m: int) -> jax.Array:
+    """Cumulative offspring counts for points ``p_j = (j + U_j) / M``.
+
+    Particle ``i`` covers every point below ``cdf[i]``: all strata ``j < k_i`` with
+    ``k_i = floor(M cdf_i)`` and stratum ``k_i`` itself when ``U_{k_i} < frac(M cdf_i)``.
+    """
+    scaled = m * cdf
+    k = jnp.floor(scaled)
+    frac = scaled - k
+    k = jnp.clip(k.astype(jnp.int32), 0, m)
+    u_k = uniforms if uniforms.ndim == 0 else uniforms[jnp.clip(k, 0, m - 1)]
+    return jnp.where((k < m) & (u_k < frac), k + 1, k)
+
+
+def offspring_counts(indices: jax.Array, num_particles: int) -> jax.Array:
+    """Number of offspring of each of ``num_particles`` parents given ancestor indices."""
+    return jnp.zeros(num_particles, dtype=jnp.int32).at[indices].add(1)
+
+
+# --------------------------------------------------------------------------------------
+# schemes
+# --------------------------------------------------------------------------------------
+def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
+    """Multinomial resampling: ``M`` i.i.d. draws from the categorical law ``W``.
+
+    Uses ``M`` sorted uniforms (normalised exponential spacings, ``O(M)``) and a binary
+    search of the cumulative weights.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> idx = multinomial(jax.random.key(0), jnp.log(jnp.array([0.0, 1.0, 0.0])))
+    >>> idx.tolist()
+    [1, 1, 1]
+    """
+    n, m = _num_samples(log_weights, num_samples)
+    cdf = _cdf(log_weights)
+    spacings = jax.random.exponential(key, (m + 1,), dtype=cdf.dtype)
+    sums = jnp.cumsum(spacings)
+    uniforms = sums[:m] / sums[m]
+    idx = jnp.searchsorted(cdf, uniforms, side="right")
+    return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
+
+
+def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
+    """Systematic resampling: points ``(j + U) / M`` with one shared uniform ``U``.
+
+    Each offspring count is ``floor(M W_i)`` or ``ceil(M W_i)``. ``O(N + M)``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> idx = systematic(jax.random.key(0), jnp.log(jnp.array([0.5, 0.25, 0.25])), 4)
+    >>> idx.tolist()
+    [0, 0, 1, 2]
+    """
+    n, m = _num_samples(log_weights, num_samples)
+    cdf = _cdf(log_weights)
+    u = jax.random.uniform(key, (), dtype=cdf.dtype)
+    first = _stratified_first_points(cdf, u, m)
+    return _indices_from_first_points(first, n, m)
+
+
+def stratified(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
+    """Stratified resampling: points ``(j + U_j) / M`` with independent uniforms.
+
+    Each offspring count is within 2 of ``M W_i``. ``O(N + M)``.
+    """
+    n, m = _num_samples(log_weights, num_samples)
+    cdf = _cdf(log_weights)
+    uniforms = jax.random.uniform(key, (m,), dtype=cdf.dtype)
+    first = _stratified_first_points(cdf, uniforms, m)
+    return _indices_from_first_points(first, n, m)
+
+
+def _residual_parts(log_weights, m):
+    weights = jnp.exp(log_normalize(log_weights)[0])
+    scaled = m * weights
+    floors = jnp.floor(scaled).astype(jnp.int32)
+    floors = jnp.minimum(floors, m)
+    residual_weights = jnp.clip(scaled - floors, 0.0, None)
+    num_deterministic = jnp.minimum(jnp.sum(floors), m)
+    return floors, residual_weights, num_deterministic
+
+
+def _residual_from_draws(floors, residual_draws, num_deterministic, n, m):
+    first = _blocked_cumsum(floors)
+    deterministic = _indices_from_first_points(first, n, m)
+    slots = jnp.arange(m)
+    extra = residual_draws[jnp.clip(slots - num_deterministic, 0, m - 1)]
+    return jnp.where(slots < num_deterministic, deterministic, extra).astype(jnp.int32)
+
+
+def residual(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
+    """Residual resampling: ``floor(M W_i)`` deterministic copies of particle ``i``, the
+    remaining ``R = M - sum_i floor(M W_i)`` slots filled by multinomial draws from the
+    residual weights ``M W_i - floor(M W_i)``."""
+    n, m = _num_samples(log_weights, num_samples)
+    floors, residual_weights, num_deterministic = _residual_parts(log_weights, m)
+    draws = multinomial(key, jnp.log(residual_weights), m)
+    return _residual_from_draws(floors, draws, num_deterministic, n, m)
+
+
+def _ssp_counts(key: jax.Array, scaled: jax.Array, m: int) -> jax.Array:
+    """Srinivasan sampling process on expected counts ``scaled`` (summing to ``m``).
+
+    Fractional parts are paired in a tournament: at each level the surviving fractional
+    particle of two neighbouring groups meet, and one of the two fractions is made 0 or 1
+    with probabilities that keep every fraction's expectation (Gerber, Chopin & Whiteley
+    2019, Alg. 2). The levels halve the work, so the total cost is ``O(N)``.
+    """
+    n = scaled.shape[0]
+    floors = jnp.floor(scaled)
+    fracs = scaled - floors
+    size = 1 << max(0, (n - 1).bit_length())
+    fracs = jnp.pad(fracs, (0, size - n))
+    active = jnp.arange(size, dtype=jnp.int32)
+    level = 0
+    while active.shape[0] > 1:
+        pairs = active.reshape(-1, 2)
+        i, j = pairs[:, 0], pairs[:, 1]
+        fi, fj = fracs[i], fracs[j]
+        total = fi + fj
+        u = jax.random.uniform(jax.random.fold_in(key, level), i.shape, dtype=fracs.dtype)
+        below = total < 1.0
+        # total < 1: one of them takes everything.
+        p_i_takes = jnp.where(total > 0, fi / jnp.where(total > 0, total, 1.0), 0.5)
+        # total >= 1: one of them becomes 1, the other keeps total - 1.
+        denom = 2.0 - total
+        p_i_full = jnp.where(denom > 0, (1.0 - fj) / jnp.where(denom > 0, denom, 1.0), 0.5)
+        i_keeps = jnp.where(below, u < p_i_takes, u >= p_i_full)
+        kept = jnp.where(below, total, total - 1.0)
+        settled = jnp.where(below, 0.0, 1.0)
+        new_fi = jnp.where(i_keeps, kept, settled)
+        new_fj = jnp.where(i_keeps, settled, kept)
+        fracs = fracs.at[i].set(new_fi).at[j].set(new_fj)
+        active = jnp.where(i_keeps, i, j)
+        level += 1
+    fracs = fracs[:n]
+    last = active[0]
+    counts = floors.astype(jnp.int32) + (fracs > 0.5).astype(jnp.int32)
+    # the last active fraction is an integer up to rounding: give it what makes the sum m
+    others = jnp.sum(counts) - counts[last]
+    counts = counts.at[last].set(jnp.maximum(m - others, 0))
+    return counts
+
+
+def ssp(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
+    """Srinivasan sampling process (SSP) resampling (Gerber, Chopin & Whiteley 2019).
+
+    Offspring counts are ``floor(M W_i)`` or ``ceil(M W_i)`` with expectation ``M W_i``,
+    and negatively associated; the output is ordered by parent. ``O(N + M)``.
+    """
+    n, m = _num_samples(log_weights, num_samples)
+    weights = jnp.exp(log_normalize(log_weights)[0])
+    counts = _ssp_counts(key, m * weights, m)
+    first = _blocked_cumsum(counts)
+    return _indices_from_first_points(first, n, m)
+
+
+def killing(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
+    """Killing resampling: particle ``i`` survives in its own slot with probability
+    ``W_i / max_j W_j``, otherwise it is replaced by a multinomial draw.
+
+    Requires ``num_samples == N``. Offspring counts have expectation ``N W_i``; particles
+    with the largest weight are never killed.
+    """
+    n, m = _num_samples(log_weights, num_samples)
+    if m != n:
+        raise ValueError(f"killing resampling needs num_samples == N ({n}), got {m}")
+    key_survive, key_replace = jax.random.split(key)
+    log_W = log_normalize(log_weights)[0]
+    survive_prob = jnp.exp(log_W - jnp.max(log_W))
+    survive = jax.random.uniform(key_survive, (n,), dtype=log_W.dtype) < survive_prob
+    replacements = multinomial(key_replace, log_W, n)
+    return jnp.where(survive, jnp.arange(n, dtype=jnp.int32), replacements).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------------------
+# conditional (reference-preserving) schemes for conditional SMC
+# --------------------------------------------------------------------------------------
+def _pin_reference(key: jax.Array, idx: jax.Array) -> jax.Array:
+    """Given ancestors whose slot 0 holds ancestor 0, randomly permute the other slots, so
+    that the resulting scheme is exchangeable over slots (Chopin & Singh 2015)."""
+    rest = jax.random.permutation(key, idx[1:])
+    return jnp.concatenate([jnp.zeros((1,), jnp.int32), rest]).astype(jnp.int32)
+
+
+def _check_conditional(log_weights, num_samples):
+    n, m = _num_samples(log_weights, num_samples)
+    if m != n:
+        raise ValueError(f"conditional resampling needs num_samples == N ({n}), got {m}")
+    return n
+
+
+def conditional_multinomial(key, log_weights, num_samples=None):
+    """Conditional multinomial resampling: slot 0 gets ancestor 0 (the reference), the
+    other ``N - 1`` slots are i.i.d. draws from ``W``."""
+    n = _check_conditional(log_weights, num_samples)
+    if n == 1:
+        return jnp.zeros((1,), jnp.int32)
+    rest = multinomial(key, log_weights, n - 1)
+    return jnp.concatenate([jnp.zeros((1,), jnp.int32), rest])
+
+
+def _size_biased_uniform(key, scaled0, dtype):
+    """Uniform ``U`` on [0, 1) drawn with density proportional to the number of points
+    ``(j + U)`` falling below ``scaled0 = N W_0``, i.e. ``ceil(scaled0 - U)``."""
+    whole = jnp.floor(scaled0)
+    frac = scaled0 - whole
+    key_branch, key_u = jax.random.split(key)
+    p_low = jnp.where(scaled0 > 0, frac * (whole + 1.0) / jnp.maximum(scaled0, 1e-30), 1.0)
+    low = jax.random.uniform(key_branch, (), dtype=dtype) < p_low
+    v = jax.random.uniform(key_u, (), dtype=dtype)
+    return jnp.where(low, v * frac, frac + v * (1.0 - frac)), whole, low
+
+
+def conditional_systematic(key, log_weights, num_samples=None):
+    """Conditional systematic resampling (Chopin & Singh 2015): the shared uniform is drawn
+    given that slot 0 descends from particle 0, then the other slots are permuted."""
+    n = _check_conditional(log_weights, num_samples)
+    key_u, key_perm = jax.random.split(key)
+    cdf = _cdf(log_weights)
+    u, _, _ = _size_biased_uniform(key_u, n * cdf[0], cdf.dtype)
+    first = _stratified_first_points(cdf, u, n)
+    return _pin_reference(key_perm, _indices_from_first_points(first, n, n))
+
+
+def conditional_stratified(key, log_weights, num_samples=None):
+    """Conditional stratified resampling: the uniform of the stratum straddling particle
+    0's boundary is drawn size-biased, the others i.i.d., then the slots are permuted."""
+    n = _check_conditional(log_weights, num_samples)
+    key_u, key_rest, key_perm = jax.random.split(key, 3)
+    cdf = _cdf(log_weights)
+    u, whole, _ = _size_biased_uniform(key_u, n * cdf[0], cdf.dtype)
+    uniforms = jax.random.uniform(key_rest, (n,), dtype=cdf.dtype)
+    stratum = jnp.clip(whole.astype(jnp.int32), 0, n - 1)
+    uniforms = uniforms.at[stratum].set(jnp.where(whole < n, u, uniforms[stratum]))
+    first = _stratified_first_points(cdf, uniforms, n)
+    return _pin_reference(key_perm, _indices_from_first_points(first, n, n))
+
+
+def conditional_residual(key, log_weights, num_samples=None):
+    """Conditional residual resampling: the number of residual draws landing on particle
+    0 is size-biased by its total offspring count, then the slots are permuted."""
+    n = _check_conditional(log_weights, num_samples)
+    key_branch, key_draws, key_perm = jax.random.split(key, 3)
+    floors, residual_weights, num_deterministic = _residual_parts(log_weights, n)
+    num_residual = n - num_deterministic
+    # P(slot 0 <- particle 0) is proportional to floors[0] + K_0, K_0 ~ Bin(R, p_0): with
+    # probability floors[0] / E[floors[0] + K_0] keep the draws as they are, otherwise
+    # force one residual draw onto particle 0 (size-biasing a binomial).
+    expected = floors[0] + residual_weights[0]
+    p_keep = jnp.where(expected > 0, floors[0] / jnp.maximum(expected, 1e-30), 1.0)
+    keep = jax.random.uniform(key_branch, (), dtype=residual_weights.dtype) < p_keep
+    draws = multinomial(key_draws, jnp.log(residual_weights), n)
+    draws = draws.at[0].set(jnp.where(keep | (num_residual == 0), draws[0], 0))
+    idx = _residual_from_draws(floors, draws, num_deterministic, n, n)
+    # put a copy of particle 0 into slot 0 (output is grouped: deterministic copies first,
+    # the forced residual draw at position num_deterministic)
+    src = jnp.where(floors[0] > 0, 0, num_deterministic)
+    idx = idx.at[src].set(idx[0]).at[0].set(0)
+    return _pin_reference(key_perm, idx)
+
+
+SCHEMES: dict[str, Resampler] = {
+    "multinomial": multinomial,
+    "systematic": systematic,
+    "stratified": stratified,
+    "residual": residual,
+    "ssp": ssp,
+    "killing": killing,
+}
+
+CONDITIONAL_SCHEMES: dict[Resampler, Resampler] = {
+    multinomial: conditional_multinomial,
+    systematic: conditional_systematic,
+    stratified: conditional_stratified,
+    residual: conditional_residual,
+}
+
+
+def get_scheme(scheme: str | Resampler) -> Resampler:
+    """Resolve a scheme given by name (``"systematic"``) or as a function."""
+    if callable(scheme):
+        return scheme
+    try:
+        return SCHEMES[scheme]
+    except KeyError:
+        raise ValueError(
+            f"unknown resampling scheme {scheme!r}; choose one of {sorted(SCHEMES)} "
+            "or pass a function (key, log_weights, num_samples) -> indices"
+        ) from None
+
+
+def get_conditional_scheme(scheme: str | Resampler) -> Resampler:
+    """The reference-preserving version of a scheme, for conditional SMC."""
+    base = get_scheme(scheme)
+    if base in CONDITIONAL_SCHEMES.values():
+        return base
+    try:
+        return CONDITIONAL_SCHEMES[base]
+    except KeyError:
+        names = [f.__name__ for f in CONDITIONAL_SCHEMES]
+        raise ValueError(
+            f"no conditional version of {getattr(base, '__name__', base)!r} for conditional "
+            f"SMC; use one of {names}"
+        ) from None

@@ -1,0 +1,184 @@
+"""Drivers: ``run`` (a fixed horizon under ``lax.scan``) and ``run_until`` (an adaptive
+horizon under ``lax.while_loop``), with an optional progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from particlekit.types import Kernel, ParticleState, PyTree, RunTrace
+
+__all__ = ["run", "run_until", "progress_bar_callback", "constrain_particles"]
+
+
+def _kahan_add(total, compensation, value):
+    """Compensated (Kahan) summation: keeps the running log-evidence accurate in float32
+    over long horizons (T = 1e4 and more)."""
+    finite = jnp.isfinite(value) & jnp.isfinite(total)
+    y = value - compensation
+    t = total + y
+    new_compensation = (t - total) - y
+    return jnp.where(finite, t, total + value), jnp.where(finite, new_compensation, 0.0)
+
+
+def progress_bar_callback(num_steps: int, desc: str = "particlekit"):
+    """A ``(step_index) -> None`` function updating a tqdm bar from inside a jitted loop
+    through ``jax.debug.callback``. Host side only; nothing is returned to the device."""
+    from tqdm.auto import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def _update(i):
+        i = int(i)
+        if i == 0 or "bar" not in bars:
+            if "bar" in bars:
+                bars["bar"].close()
+            bars["bar"] = tqdm(total=num_steps, desc=desc)
+        bars["bar"].update(1)
+        if i + 1 >= num_steps:
+            bars["bar"].close()
+            bars.pop("bar")
+
+    def callback(i):
+        jax.debug.callback(_update, i, ordered=True)
+
+    return callback
+
+
+def constrain_particles(state: ParticleState, sharding) -> ParticleState:
+    """Pin the particle axis of every per-particle array of ``state`` to ``sharding``
+    (a ``jax.sharding.Sharding`` over the leading axis). ``None`` leaves it alone."""
+    if sharding is None:
+        return state
+
+    def constrain(leaf):
+        return jax.lax.with_sharding_constraint(leaf, sharding)
+
+    return state._replace(
+        particles=jax.tree.map(constrain, state.particles),
+        previous_particles=jax.tree.map(constrain, state.previous_particles),
+        log_weights=constrain(state.log_weights),
+        ancestors=constrain(state.ancestors),
+    )
+
+
+def _num_steps_of(inputs, num_steps):
+    leaves = jax.tree.leaves(inputs)
+    if num_steps is None:
+        if not leaves:
+            raise ValueError("run needs inputs with a leading time axis, or num_steps")
+        return leaves[0].shape[0]
+    if leaves and leaves[0].shape[0] != num_steps:
+        raise ValueError(
+            f"num_steps={num_steps} does not match the leading axis {leaves[0].shape[0]} of inputs"
+        )
+    return int(num_steps)
+
+
+def run(
+    key: jax.Array,
+    step: Kernel,
+    state: ParticleState,
+    inputs: PyTree = None,
+    *,
+    num_steps: int | None = None,
+    keep_history: bool = True,
+    progress_bar: bool = False,
+    sharding=None,
+) -> tuple[ParticleState, RunTrace]:
+    """Apply ``step`` once per element of the leading axis of ``inputs`` (``lax.scan``).
+
+    Parameters
+    ----------
+    key : PRNG key
+        Step ``t`` uses ``fold_in(key, t)``.
+    step : kernel
+        ``(key, state, inputs_t) -> (state, info)``, e.g. built by :func:`chain`.
+    state : ParticleState
+        Initial population.
+    inputs : PyTree, optional
+        Leaves with leading axis ``T``; step ``t`` receives the ``t``-th slice.
+    num_steps : int, optional
+        Number of steps when ``inputs`` is None (the step then receives the step index).
+    keep_history : bool
+        Record the full state after each step (memory ``O(N T)``). With ``False`` only
+        the per-step scalars are kept, so very long horizons run in ``O(N)`` memory.
+    progress_bar : bool
+        Show a tqdm bar (through ``jax.debug.callback``).
+    sharding : jax.sharding.Sharding, optional
+        Sharding of the particle axis, re-imposed after every step.
+
+    Returns
+    -------
+    final_state : ParticleState
+    trace : RunTrace
+        Per-step :class:`~particlekit.types.StepInfo` (each field ``(T,)``), running
+        log-evidence ``(T,)``, and the history when requested.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> ys = jnp.zeros(5)
+    >>> state = pk.init(jax.random.key(0), lambda k: jax.random.normal(k), 256)
+    >>> step = pk.chain(
+    ...     pk.resample(),
+    ...     pk.move(lambda k, x, y: 0.9 * x + jax.random.normal(k)),
+    ...     pk.reweight(lambda xp, x, y: -0.5 * (y - x) ** 2),
+    ... )
+    >>> final, trace = pk.run(jax.random.key(1), step, state, ys)
+    >>> trace.info.ess.shape
+    (5,)
+    """
+    total_steps = _num_steps_of(inputs, num_steps)
+    if inputs is None:
+        inputs = jnp.arange(total_steps)
+    tick = progress_bar_callback(total_steps) if progress_bar else None
+    state = constrain_particles(state, sharding)
+
+    def body(carry, xs):
+        state, compensation = carry
+        t, inputs_t = xs
+        new_state, info = step(jax.random.fold_in(key, t), state, inputs_t)
+        log_evidence, compensation = _kahan_add(
+            state.log_evidence, compensation, info.log_evidence_increment
+        )
+        new_state = constrain_particles(new_state._replace(log_evidence=log_evidence), sharding)
+        if tick is not None:
+            tick(t)
+        out = (info, log_evidence, new_state if keep_history else None)
+        return (new_state, compensation), out
+
+    init_carry = (state, jnp.zeros_like(state.log_evidence))
+    steps = jnp.arange(total_steps)
+    (final_state, _), (info, log_evidence, history) = jax.lax.scan(
+        body, init_carry, (steps, inputs)
+    )
+    return final_state, RunTrace(info=info, log_evidence=log_evidence, history=history)
+
+
+def run_until(
+    key: jax.Array,
+    step: Kernel,
+    state: PyTree,
+    done_fn: Callable[[PyTree], jax.Array],
+    *,
+    max_steps: int,
+) -> tuple[PyTree, jax.Array]:
+    """Apply ``step(key, state, t)`` until ``done_fn(state)`` or ``max_steps`` steps
+    (``lax.while_loop``). Returns the final state and the number of steps taken.
+
+    ``state`` may be any PyTree (adaptive recipes nest a ``ParticleState`` with their own
+    fields, e.g. a temperature); ``step`` returns the new state only.
+    """
+
+    def cond(carry):
+        state, t = carry
+        return (t < max_steps) & ~done_fn(state)
+
+    def body(carry):
+        state, t = carry
+        return step(jax.random.fold_in(key, t), state, t), t + 1
+
+    return jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))

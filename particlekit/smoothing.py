@@ -1,0 +1,3 @@
+"""smoothing (under construction)."""
+
+__all__: list[str] = []

@@ -1,0 +1,174 @@
+"""State-space models whose initial, transition and observation laws are NumPyro
+distributions.
+
+The model is ``x_0 ~ initial()``, ``x_t ~ transition(x_{t-1}, t)`` for ``t >= 1`` and
+``y_t ~ observation(x_t, t)`` for ``t = 0, ..., T - 1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.distributions import Distribution
+
+__all__ = ["StateSpaceModel", "missing_mask"]
+
+
+def missing_mask(ys) -> jax.Array:
+    """``(T,)`` boolean mask of the time steps whose observation is missing (any NaN)."""
+    ys = jnp.asarray(ys)
+    if ys.ndim <= 1:
+        return jnp.isnan(ys)
+    return jnp.any(jnp.isnan(ys.reshape(ys.shape[0], -1)), axis=1)
+
+
+def _expect_distribution(value, what: str) -> Distribution:
+    if not isinstance(value, Distribution):
+        raise ValueError(
+            f"{what} must return a numpyro.distributions.Distribution, got "
+            f"{type(value).__name__}; e.g. `lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0)`"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class StateSpaceModel:
+    """A state-space (hidden Markov) model written with NumPyro distributions.
+
+    Parameters
+    ----------
+    initial : callable
+        ``initial() -> Distribution`` of ``x_0``.
+    transition : callable
+        ``transition(x_prev, t) -> Distribution`` of ``x_t`` given ``x_{t-1}``
+        (``t >= 1`` is an int32 scalar). Use ``t`` for time-varying models and closures
+        for covariates.
+    observation : callable
+        ``observation(x, t) -> Distribution`` of ``y_t`` given ``x_t``.
+    vectorized : bool
+        If True, ``transition`` and ``observation`` receive the whole particle batch
+        (leading axis ``N``) and must return distributions with batch shape ``(N,)``;
+        ``initial()`` is sampled with ``sample_shape=(N,)``. This skips per-particle key
+        splitting and is 1.5-2.5x faster for cheap models. Default False: the callables
+        see one particle and the library vmaps.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> xs, ys = ssm.simulate(jax.random.key(0), 50)
+    >>> xs.shape, ys.shape
+    ((50,), (50,))
+    """
+
+    initial: Callable[[], Distribution]
+    transition: Callable[..., Distribution]
+    observation: Callable[..., Distribution]
+    vectorized: bool = False
+
+    # ---------------------------------------------------------------- one-particle API
+    def sample_initial(self, key: jax.Array, num_particles: int | None = None):
+        """Draw ``x_0``: one particle, or ``num_particles`` of them (vectorized)."""
+        shape = () if num_particles is None else (num_particles,)
+        return self.initial().sample(key, shape)
+
+    def sample_transition(self, key, x_prev, t):
+        """Draw ``x_t ~ transition(x_prev, t)`` (one particle or a batch if vectorized)."""
+        return self.transition(x_prev, t).sample(key)
+
+    def transition_log_prob(self, x_prev, x, t):
+        """``log f_t(x | x_prev)``."""
+        return self.transition(x_prev, t).log_prob(x)
+
+    def observation_log_prob(self, x, y, t):
+        """``log g_t(y | x)``; zero when ``y`` is missing (contains NaN)."""
+        missing = jnp.any(jnp.isnan(jnp.asarray(y)))
+        y_safe = jnp.where(jnp.isnan(y), 0.0, y)
+        log_g = self.observation(x, t).log_prob(y_safe)
+        return jnp.where(missing, jnp.zeros_like(log_g), log_g)
+
+    def initial_log_prob(self, x):
+        """``log p(x_0)``."""
+        return self.initial().log_prob(x)
+
+    # ---------------------------------------------------------------- simulation
+    def simulate(self, key: jax.Array, num_steps: int):
+        """Simulate one trajectory: ``(xs, ys)`` with leading axis ``num_steps``."""
+        if num_steps <= 0:
+            raise ValueError(f"num_steps must be positive, got {num_steps}")
+        key_x0, key_y0, key_scan = jax.random.split(key, 3)
+        batch = (lambda v: jax.tree.map(lambda a: a[None], v)) if self.vectorized else None
+        unbatch = (lambda v: jax.tree.map(lambda a: a[0], v)) if self.vectorized else None
+
+        def call(fn, x, t):
+            if self.vectorized:
+                d = fn(batch(x), t)
+                return lambda k: unbatch(d.sample(k))
+            d = fn(x, t)
+            return lambda k: d.sample(k)
+
+        x0 = self.initial().sample(key_x0)
+        y0 = call(self.observation, x0, jnp.int32(0))(key_y0)
+
+        def body(x_prev, inp):
+            t, k = inp
+            kx, ky = jax.random.split(k)
+            x = call(self.transition, x_prev, t)(kx)
+            y = call(self.observation, x, t)(ky)
+            return x, (x, y)
+
+        ts = jnp.arange(1, num_steps, dtype=jnp.int32)
+        _, (xs, ys) = jax.lax.scan(body, x0, (ts, jax.random.split(key_scan, num_steps - 1)))
+        xs = jnp.concatenate([x0[None], xs])
+        ys = jnp.concatenate([jnp.asarray(y0)[None], ys])
+        return xs, ys
+
+    # ---------------------------------------------------------------- validation
+    def validate(self, ys, num_particles: int | None = None):
+        """Check the model and the data before tracing; raise ``ValueError`` naming what
+        to fix. Returns ``ys`` as an array."""
+        from particlekit.kernels import check_num_particles
+
+        if num_particles is not None:
+            check_num_particles(num_particles)
+        ys = jnp.asarray(ys)
+        if ys.ndim == 0 or ys.shape[0] == 0:
+            raise ValueError(f"ys must have a leading time axis of length >= 1, got {ys.shape}")
+        init_dist = _expect_distribution(self.initial(), "initial()")
+        x0 = jax.eval_shape(lambda k: init_dist.sample(k), jax.random.key(0))
+        x0 = jnp.zeros(x0.shape, x0.dtype)
+        if self.vectorized:
+            x0 = x0[None]
+        trans = _expect_distribution(self.transition(x0, jnp.int32(1)), "transition(x_prev, t)")
+        obs = _expect_distribution(self.observation(x0, jnp.int32(0)), "observation(x, t)")
+        if trans.event_shape != init_dist.event_shape:
+            raise ValueError(
+                f"transition event shape {trans.event_shape} differs from the initial "
+                f"distribution's {init_dist.event_shape}"
+            )
+        expected = tuple(obs.batch_shape[1:] if self.vectorized else obs.batch_shape) + tuple(
+            obs.event_shape
+        )
+        if tuple(ys.shape[1:]) != expected:
+            raise ValueError(
+                f"ys has shape {ys.shape}: each observation y_t must have shape {expected} "
+                f"(the observation distribution's batch+event shape), so ys should be "
+                f"(T,) + {expected}"
+            )
+        if ys.ndim > 1 and not isinstance(ys, jax.core.Tracer):
+            nan = np.isnan(np.asarray(ys).reshape(ys.shape[0], -1))
+            partial = nan.any(axis=1) & ~nan.all(axis=1)
+            if partial.any():
+                raise ValueError(
+                    f"ys has partially missing observations at steps "
+                    f"{np.flatnonzero(partial)[:5].tolist()}: mark a whole y_t as NaN to skip it"
+                )
+        return ys

@@ -1,0 +1,3 @@
+"""Particle steering of sequence generators (under construction)."""
+
+__all__: list[str] = []

@@ -214,6 +214,16 @@ def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int | None 
     return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
 
 
+def _iid_categorical(key: jax.Array, log_weights: jax.Array, m: int) -> jax.Array:
+    """``m`` i.i.d. categorical draws in *random order* (unlike :func:`multinomial`, whose
+    output is sorted): needed wherever individual slots are used, not just the multiset."""
+    n = log_weights.shape[0]
+    cdf = _cdf(log_weights)
+    uniforms = jax.random.uniform(key, (m,), dtype=cdf.dtype)
+    idx = jnp.searchsorted(cdf, uniforms, side="right")
+    return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
+
+
 def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Systematic resampling: points ``(j + U) / M`` with one shared uniform ``U``.
 
@@ -269,7 +279,7 @@ def residual(key: jax.Array, log_weights: jax.Array, num_samples: int | None = N
     residual weights ``M W_i - floor(M W_i)``."""
     n, m = _num_samples(log_weights, num_samples)
     floors, residual_weights, num_deterministic = _residual_parts(log_weights, m)
-    draws = multinomial(key, jnp.log(residual_weights), m)
+    draws = _iid_categorical(key, jnp.log(residual_weights), m)
     return _residual_from_draws(floors, draws, num_deterministic, n, m)
 
 
@@ -344,7 +354,7 @@ def killing(key: jax.Array, log_weights: jax.Array, num_samples: int | None = No
     log_W = log_normalize(log_weights)[0]
     survive_prob = jnp.exp(log_W - jnp.max(log_W))
     survive = jax.random.uniform(key_survive, (n,), dtype=log_W.dtype) < survive_prob
-    replacements = multinomial(key_replace, log_W, n)
+    replacements = _iid_categorical(key_replace, log_W, n)
     return jnp.where(survive, jnp.arange(n, dtype=jnp.int32), replacements).astype(jnp.int32)
 
 
@@ -425,7 +435,7 @@ def conditional_residual(key, log_weights, num_samples=None):
     expected = floors[0] + residual_weights[0]
     p_keep = jnp.where(expected > 0, floors[0] / jnp.maximum(expected, 1e-30), 1.0)
     keep = jax.random.uniform(key_branch, (), dtype=residual_weights.dtype) < p_keep
-    draws = multinomial(key_draws, jnp.log(residual_weights), n)
+    draws = _iid_categorical(key_draws, jnp.log(residual_weights), n)
     draws = draws.at[0].set(jnp.where(keep | (num_residual == 0), draws[0], 0))
     idx = _residual_from_draws(floors, draws, num_deterministic, n, n)
     # put a copy of particle 0 into slot 0 (output is grouped: deterministic copies first,

@@ -388,7 +388,9 @@ def guided(
         ``initial_proposal(y0) -> Distribution`` of ``x_0``; default: the model's initial
         law (then ``G_0 = g_0``).
 
-    Other parameters and the result are as in :func:`bootstrap`.
+    Notes
+    -----
+    The other parameters and the result are as in :func:`bootstrap`.
 
     Examples
     --------
@@ -508,7 +510,9 @@ def auxiliary(
         ``log_predictive(x_prev, y, t) -> scalar`` for one particle (a batch if
         ``ssm.vectorized``). It must be finite wherever ``g`` is positive.
 
-    Other parameters and the result are as in :func:`bootstrap`.
+    Notes
+    -----
+    The other parameters and the result are as in :func:`bootstrap`.
 
     Examples
     --------

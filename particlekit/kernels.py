@@ -183,6 +183,8 @@ def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
     ess_threshold : float in [0, 1]
         ``1.0`` resamples at every step, ``0.0`` never.
 
+    Notes
+    -----
     After resampling the weights are equal and ``ancestors`` holds the drawn indices;
     otherwise ``ancestors = arange(N)``.
 
@@ -232,6 +234,8 @@ def mcmc(kernel, num_steps: int = 1) -> Kernel:
     num_steps : int
         Number of MCMC steps per particle.
 
+    Notes
+    -----
     The weights are unchanged (the kernel leaves the current target invariant), and
     ``info.acceptance_rate`` is the mean acceptance rate over particles and steps.
 

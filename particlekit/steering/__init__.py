@@ -1,3 +1,34 @@
-"""Particle steering of sequence generators (under construction)."""
+"""Particle steering of sequence generators: sample ``p(x) phi(x) / Z`` from any JAX
+autoregressive step function and a reward model on partial sequences, without fine-tuning.
 
-__all__: list[str] = []
+- :func:`smc`: particle filtering over sequences (``"exact"`` and ``"softmax"`` variants);
+- :func:`particle_gibbs`: conditional SMC with a reference sequence, iterated;
+- :class:`MarkovGenerator`, :func:`toy_generator`: a tiny generator shipped for tests;
+- :func:`enumerate_sequences`: the exact steered distribution of a small generator.
+"""
+
+from particlekit.steering.exact import Enumeration, enumerate_sequences, sequence_frequencies
+from particlekit.steering.generators import (
+    MarkovGenerator,
+    markov_generator,
+    sequence_log_prob,
+    toy_generator,
+)
+from particlekit.steering.pgibbs import GibbsResult, particle_gibbs
+from particlekit.steering.sequences import SequenceState
+from particlekit.steering.smc import SteeringResult, smc
+
+__all__ = [
+    "Enumeration",
+    "GibbsResult",
+    "MarkovGenerator",
+    "SequenceState",
+    "SteeringResult",
+    "enumerate_sequences",
+    "markov_generator",
+    "particle_gibbs",
+    "sequence_frequencies",
+    "sequence_log_prob",
+    "smc",
+    "toy_generator",
+]

@@ -1,0 +1,245 @@
+"""Particle Gibbs over token sequences: conditional SMC with a reference sequence pinned in
+slot 0, iterated so that the chain of references targets ``p(x) phi(x) / Z``.
+
+Each iteration runs the ``"exact"`` Feynman–Kac model of :func:`particlekit.steering.smc`
+(``M_t`` = one generator step, ``G_t = phi(x_{1:t}) / phi(x_{1:t-1})``) with slot 0 forced
+to follow the current reference and conditional resampling
+(:func:`particlekit.resampling.get_conditional_scheme`: slot 0 keeps ancestor 0), then
+draws the next reference from the final weights (Andrieu, Doucet & Holenstein 2010).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from particlekit.resampling import get_conditional_scheme, get_scheme, sanitize_log_weights
+from particlekit.steering.sequences import Config, SequenceState, check_config
+from particlekit.steering.smc import sweep
+
+__all__ = ["GibbsResult", "particle_gibbs"]
+
+
+class GibbsResult(NamedTuple):
+    """Output of :func:`particle_gibbs`: the chain of reference sequences.
+
+    Attributes
+    ----------
+    sequences : Array, shape (K, L), int32
+        Reference after each of the ``K`` iterations (padded with the end token).
+    lengths : Array, shape (K,), int32
+    log_potentials : Array, shape (K,)
+        ``log phi`` of each reference.
+    changed : Array, shape (K,), bool
+        The iteration selected a sequence different from the previous reference.
+    ess : Array, shape (K, T)
+        Per-step ESS of each conditional SMC sweep.
+    failed : Array, shape (), bool
+        Some sweep ended with every weight zero (the reference itself had zero potential:
+        an invalid reference).
+    initial_sequence : Array, shape (L,), int32
+        The starting reference (given, or drawn from one unconditional SMC run).
+    """
+
+    sequences: jax.Array
+    lengths: jax.Array
+    log_potentials: jax.Array
+    changed: jax.Array
+    ess: jax.Array
+    failed: jax.Array
+    initial_sequence: jax.Array
+
+
+def _select(key, final) -> tuple[SequenceState, jax.Array]:
+    """Draw one particle from the final weights (slot 0, the reference, if all are zero)."""
+    log_w = sanitize_log_weights(final.log_weights)
+    ok = jnp.any(log_w > -jnp.inf)
+    idx = jnp.where(ok, jax.random.categorical(key, jnp.where(ok, log_w, 0.0)), 0)
+    return jax.tree.map(lambda leaf: leaf[idx], final.particles), ~ok
+
+
+@eqx.filter_jit
+def _particle_gibbs(key, step_fn, reward_fn, prompt, init_cache, reference, *, config: Config,
+                    num_particles, num_iterations, scheme, ess_threshold):  # fmt: skip
+    common = dict(
+        config=config, num_particles=num_particles, variant="exact", ess_threshold=ess_threshold
+    )
+    key_init, key_iter = jax.random.split(key)
+    if reference is None:
+        key_run, key_pick = jax.random.split(key_init)
+        final, _, _ = sweep(
+            key_run, step_fn, reward_fn, prompt, init_cache, scheme=scheme[0], **common
+        )
+        ref, _ = _select(key_pick, final)
+    else:
+        tokens, length = reference
+        ref = SequenceState(
+            tokens=tokens,
+            length=length,
+            finished=jnp.asarray(True),
+            log_potential=jnp.zeros(()),
+            cache=(),
+        )
+
+    def iteration(ref, key):
+        key_run, key_pick = jax.random.split(key)
+        final, _, info = sweep(
+            key_run,
+            step_fn,
+            reward_fn,
+            prompt,
+            init_cache,
+            scheme=scheme[1],
+            reference=ref,
+            **common,
+        )
+        new, failed = _select(key_pick, final)
+        changed = jnp.any(new.tokens != ref.tokens) | (new.length != ref.length)
+        new = new._replace(cache=())
+        out = (new.tokens, new.length, new.log_potential, changed, info.ess, failed)
+        return new, out
+
+    ref = ref._replace(cache=())
+    _, (tokens, lengths, log_potentials, changed, ess, failed) = jax.lax.scan(
+        iteration, ref, jax.random.split(key_iter, num_iterations)
+    )
+    return GibbsResult(
+        sequences=tokens,
+        lengths=lengths,
+        log_potentials=log_potentials,
+        changed=changed,
+        ess=ess,
+        failed=jnp.any(failed),
+        initial_sequence=ref.tokens,
+    )
+
+
+def _check_reference(reference, config: Config):
+    if reference is None:
+        return None
+    if not (isinstance(reference, tuple) and len(reference) == 2):
+        raise ValueError("reference must be a tuple (tokens (L,), length) or None")
+    tokens, length = reference
+    tokens = jnp.asarray(tokens)
+    if tokens.shape != (config.total_length,) or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(
+            f"reference tokens must be an integer array of shape ({config.total_length},) "
+            f"(prompt + max_length), got {tokens.shape} {tokens.dtype}"
+        )
+    length = jnp.asarray(length)
+    if length.shape != () or not jnp.issubdtype(length.dtype, jnp.integer):
+        raise ValueError(f"reference length must be an integer scalar, got {length!r}")
+    if not isinstance(length, jax.core.Tracer):
+        n = int(length)
+        if not config.prompt_length < n <= config.total_length:
+            raise ValueError(
+                f"reference length must be in ({config.prompt_length}, {config.total_length}]"
+                f", got {n}"
+            )
+    if not isinstance(tokens, jax.core.Tracer):
+        t = np.asarray(tokens)
+        if t.min() < 0 or t.max() >= config.vocab_size:
+            raise ValueError(f"reference token ids must be in [0, {config.vocab_size})")
+    return tokens.astype(jnp.int32), length.astype(jnp.int32)
+
+
+def particle_gibbs(
+    key: jax.Array,
+    step_fn,
+    reward_fn,
+    *,
+    num_particles: int,
+    num_iterations: int,
+    max_length: int,
+    eos_id: int,
+    reference=None,
+    prompt=None,
+    resampling: str = "systematic",
+    ess_threshold: float = 1.0,
+    init_cache=None,
+) -> GibbsResult:
+    """Particle Gibbs over sequences: a Markov chain of sequences with stationary law
+    ``p(x) phi(x) / Z``.
+
+    Each iteration is one conditional SMC sweep of the ``"exact"`` steering model
+    (:func:`particlekit.steering.smc`): slot 0 replays the current reference token by
+    token, the other ``N - 1`` particles are extended by the generator and weighted by
+    the reward ratio ``phi(x_{1:t}) / phi(x_{1:t-1})``, resampling is conditional (slot 0
+    keeps its own ancestor), and the next reference is drawn from the final weights.
+
+    Parameters
+    ----------
+    key : PRNG key
+    step_fn, reward_fn : callable
+        As in :func:`particlekit.steering.smc`.
+    num_particles : int
+        ``N >= 2`` (the reference plus ``N - 1`` fresh particles).
+    num_iterations : int
+        ``K >= 1`` iterations (discard a burn-in yourself).
+    max_length, eos_id, prompt, init_cache
+        As in :func:`particlekit.steering.smc`.
+    reference : tuple (tokens (L,), length), optional
+        Starting sequence (with the prompt, padded with ``eos_id``), e.g.
+        ``(res.sequences[i], res.lengths[i])`` of an SMC result. Default: one sequence
+        drawn from an unconditional SMC run.
+    resampling : str
+        A scheme with a conditional version (multinomial, systematic, stratified,
+        residual).
+    ess_threshold : float in [0, 1]
+        Resample when ``ESS < ess_threshold * N`` (default every step).
+
+    Returns
+    -------
+    GibbsResult
+        ``sequences (K, L)``, ``lengths (K,)``, ``log_potentials``, ``changed`` (the
+        move rate), per-sweep ``ess (K, T)``, ``failed``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> gen = pk.steering.toy_generator()
+    >>> def reward(tokens, length):
+    ...     return 1.0 * jnp.sum((tokens == 0) & (jnp.arange(tokens.shape[0]) < length))
+    >>> chain = pk.steering.particle_gibbs(jax.random.key(0), gen, reward, num_particles=8,
+    ...                                    num_iterations=20, max_length=4, eos_id=3)
+    >>> chain.sequences.shape
+    (20, 4)
+    """
+    config, prompt = check_config(
+        step_fn,
+        reward_fn,
+        num_particles=num_particles,
+        max_length=max_length,
+        eos_id=eos_id,
+        prompt=prompt,
+        init_cache=init_cache,
+        variant="exact",
+    )
+    if int(num_particles) < 2:
+        raise ValueError(f"particle_gibbs needs num_particles >= 2, got {num_particles}")
+    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int):
+        raise ValueError(f"num_iterations must be a positive integer, got {num_iterations!r}")
+    if num_iterations <= 0:
+        raise ValueError(f"num_iterations must be a positive integer, got {num_iterations}")
+    if not 0.0 <= float(ess_threshold) <= 1.0:
+        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    base = get_scheme(resampling)
+    conditional = get_conditional_scheme(base)
+    reference = _check_reference(reference, config)
+    return _particle_gibbs(
+        key,
+        step_fn,
+        reward_fn,
+        prompt,
+        init_cache,
+        reference,
+        config=config,
+        num_particles=int(num_particles),
+        num_iterations=int(num_iterations),
+        scheme=(base, conditional),
+        ess_threshold=float(ess_threshold),
+    )

@@ -1,0 +1,248 @@
+"""The particle of sequence steering and its Feynman–Kac pieces: the move ``M_t`` (extend by
+one generator step), the potentials ``G_t`` of the two variants, and argument checks.
+
+Shared by :func:`particlekit.steering.smc` and :func:`particlekit.steering.particle_gibbs`.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from particlekit import kernels
+from particlekit.types import PyTree
+
+__all__ = [
+    "SequenceState",
+    "VARIANTS",
+    "check_config",
+    "initial_state",
+    "initial_potential",
+    "extend_move",
+    "potential",
+]
+
+VARIANTS = ("exact", "softmax")
+
+
+class SequenceState(NamedTuple):
+    """One particle of sequence steering (leaves gain a leading axis ``N`` in a population).
+
+    Attributes
+    ----------
+    tokens : Array, shape (L,), int32
+        The prompt followed by the generated tokens; positions ``>= length`` hold the end
+        token (padding).
+    length : Array, shape (), int32
+        Number of filled positions (prompt and end token included).
+    finished : Array, shape (), bool
+        The sequence ended with the end token or reached ``L``; it no longer moves.
+    log_potential : Array, shape ()
+        ``log phi(tokens[:length])``, the reward model's value of the current prefix (cached
+        so that each prefix is scored once).
+    cache : PyTree
+        The generator's carried state (e.g. a key/value cache) when ``init_cache`` is
+        given, else ``()``.
+    """
+
+    tokens: jax.Array
+    length: jax.Array
+    finished: jax.Array
+    log_potential: jax.Array
+    cache: PyTree
+
+
+class Config(NamedTuple):
+    """Validated static configuration (hashable; built before tracing)."""
+
+    total_length: int
+    prompt_length: int
+    vocab_size: int
+    eos_id: int
+    has_cache: bool
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _prompt_array(prompt):
+    if prompt is None:
+        return jnp.zeros((0,), jnp.int32)
+    if isinstance(prompt, jax.core.Tracer):
+        if prompt.ndim != 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
+            raise ValueError(f"prompt must be a 1-D integer array, got {prompt.shape}")
+        return prompt.astype(jnp.int32)
+    arr = np.asarray(prompt)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(
+            f"prompt must be a 1-D integer array of token ids, got shape {arr.shape} "
+            f"and dtype {arr.dtype}"
+        )
+    return jnp.asarray(arr, jnp.int32)
+
+
+def check_config(
+    step_fn, reward_fn, *, num_particles, max_length, eos_id, prompt, init_cache, variant
+):
+    """Check every argument before tracing; return ``(Config, prompt)``.
+
+    Raises ``ValueError`` for a non-callable ``step_fn`` / ``reward_fn``, a non-positive
+    ``num_particles`` or ``max_length``, an ``eos_id`` outside the vocabulary, a prompt
+    that is not 1-D integer ids in the vocabulary, logits that are not of shape ``(V,)``,
+    a reward that is not a scalar, or an unknown variant.
+    """
+    if not callable(step_fn):
+        raise ValueError(f"step_fn must be callable (tokens, length) -> logits, got {step_fn!r}")
+    if not callable(reward_fn):
+        raise ValueError(
+            f"reward_fn must be callable (tokens, length) -> log potential, got {reward_fn!r}"
+        )
+    kernels.check_num_particles(num_particles)
+    max_length = _positive_int(max_length, "max_length")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    prompt = _prompt_array(prompt)
+    total = prompt.shape[0] + max_length
+    tokens = jax.ShapeDtypeStruct((total,), jnp.int32)
+    length = jax.ShapeDtypeStruct((), jnp.int32)
+    has_cache = init_cache is not None
+    if has_cache:
+        out = jax.eval_shape(step_fn, tokens, length, init_cache)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError("with init_cache, step_fn must return (logits, new_cache)")
+        logits, cache_out = out
+        cache_in = jax.eval_shape(lambda c: c, init_cache)
+        if jax.tree.structure(cache_out) != jax.tree.structure(cache_in) or any(
+            a.shape != b.shape
+            for a, b in zip(jax.tree.leaves(cache_out), jax.tree.leaves(cache_in), strict=True)
+        ):
+            raise ValueError("step_fn must return a new cache with the structure of init_cache")
+    else:
+        logits = jax.eval_shape(step_fn, tokens, length)
+    if not hasattr(logits, "shape") or len(logits.shape) != 1 or logits.shape[0] < 2:
+        raise ValueError(
+            "step_fn must return next-token logits of shape (V,) with V >= 2 for one "
+            f"sequence; got {getattr(logits, 'shape', type(logits))}"
+        )
+    vocab = int(logits.shape[0])
+    if isinstance(eos_id, bool) or not isinstance(eos_id, numbers.Integral):
+        raise ValueError(f"eos_id must be an integer token id, got {eos_id!r}")
+    if not 0 <= int(eos_id) < vocab:
+        raise ValueError(f"eos_id must be in [0, {vocab}) (the vocabulary), got {eos_id}")
+    if not isinstance(prompt, jax.core.Tracer) and prompt.shape[0]:
+        p = np.asarray(prompt)
+        if p.min() < 0 or p.max() >= vocab:
+            raise ValueError(f"prompt token ids must be in [0, {vocab}), got {p.tolist()}")
+    reward = jax.eval_shape(reward_fn, tokens, length)
+    if not hasattr(reward, "shape") or reward.shape != ():
+        raise ValueError(
+            "reward_fn must return a scalar log potential for one sequence; got shape "
+            f"{getattr(reward, 'shape', type(reward))}"
+        )
+    config = Config(total, int(prompt.shape[0]), vocab, int(eos_id), has_cache)
+    return config, prompt
+
+
+def initial_state(prompt, reward_fn, config: Config, init_cache) -> SequenceState:
+    """The single particle before generation: the prompt padded with the end token."""
+    total, p = config.total_length, config.prompt_length
+    tokens = jnp.full((total,), config.eos_id, jnp.int32).at[:p].set(prompt)
+    length = jnp.asarray(p, jnp.int32)
+    log_potential = jnp.asarray(reward_fn(tokens, length), jnp.result_type(float))
+    return SequenceState(
+        tokens=tokens,
+        length=length,
+        finished=jnp.asarray(False),
+        log_potential=log_potential,
+        cache=init_cache if config.has_cache else (),
+    )
+
+
+def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | None = None):
+    """The move ``M_t``: every unfinished particle draws its next token from the generator
+    and scores the new prefix; finished particles are left unchanged.
+
+    With a ``reference`` (one sequence, conditional SMC), slot 0 is extended by the
+    reference's next token instead of a draw. Returns a vectorised ``fn(key, xs, inputs)``
+    for :func:`particlekit.move`.
+    """
+    total, eos = config.total_length, config.eos_id
+
+    def propose(key, x: SequenceState):
+        if config.has_cache:
+            logits, cache = step_fn(x.tokens, x.length, x.cache)
+        else:
+            logits, cache = step_fn(x.tokens, x.length), ()
+        logits = jnp.where(jnp.isnan(logits), -jnp.inf, logits)
+        ok = jnp.any(logits > -jnp.inf) & ~jnp.any(logits == jnp.inf)
+        token = jax.random.categorical(key, jnp.where(ok, logits, 0.0)).astype(jnp.int32)
+        return token, cache, ok
+
+    def append(x: SequenceState, token, cache, ok):
+        pos = jnp.clip(x.length, 0, total - 1)
+        tokens = x.tokens.at[pos].set(token)
+        length = x.length + 1
+        log_potential = jnp.asarray(reward_fn(tokens, length), x.log_potential.dtype)
+        # a generator returning no valid distribution kills the particle (counted as a
+        # non-finite potential by the engine)
+        log_potential = jnp.where(ok, log_potential, jnp.nan)
+        new = SequenceState(
+            tokens=tokens,
+            length=length,
+            finished=(token == eos) | (length >= total),
+            log_potential=log_potential,
+            cache=cache,
+        )
+        return jax.tree.map(lambda a, b: jnp.where(x.finished, a, b), x, new)
+
+    def fn(key, xs: SequenceState, inputs):
+        del inputs
+        n = xs.length.shape[0]
+        tokens, caches, ok = jax.vmap(propose)(jax.random.split(key, n), xs)
+        if reference is not None:
+            ref_token = reference.tokens[jnp.clip(xs.length[0], 0, total - 1)]
+            tokens = tokens.at[0].set(ref_token)
+            ok = ok.at[0].set(True)
+        return jax.vmap(append)(xs, tokens, caches, ok)
+
+    return fn
+
+
+def potential(variant: str):
+    """The log-potential ``log G_t(x_prev, x)`` of a variant (one particle).
+
+    ``"exact"``: ``log phi(x_{1:t}) - log phi(x_{1:t-1})`` for a sequence that moved, 0
+    for a finished one, so the product over steps telescopes to ``phi(x)``.
+    ``"softmax"``: ``log phi(x_{1:t})``, the current reward, for every particle (finished
+    ones included), as in Puri et al. (2025).
+    In both, a particle whose previous potential was not finite (zero weight already)
+    gets ``-inf``: it stays at zero weight even if an all-zero population was resampled.
+    """
+    if variant == "exact":
+
+        def log_g(x_prev: SequenceState, x: SequenceState, inputs):
+            # a prefix already at zero (or NaN) potential stays at zero weight, without
+            # computing -inf - (-inf) = NaN and without counting its bad reward twice
+            dead = ~jnp.isfinite(x_prev.log_potential)
+            diff = jnp.where(x_prev.finished, 0.0, x.log_potential - x_prev.log_potential)
+            return jnp.where(dead, -jnp.inf, diff)
+
+    else:
+
+        def log_g(x_prev: SequenceState, x: SequenceState, inputs):
+            prev = x_prev.log_potential
+            return jnp.where(jnp.isfinite(prev), x.log_potential, -jnp.inf)
+
+    return log_g
+
+
+def initial_potential(x_prev: SequenceState, x: SequenceState, inputs):
+    """``log G_0 = log phi(prompt)`` (the same for every particle)."""
+    return x.log_potential

@@ -1,0 +1,400 @@
+"""Feynman–Kac steering of a diffusion model towards ``p(x_0) exp(lmbda r(x_0)) / Z``
+(Singhal et al. 2025, "A General Framework for Inference-time Scaling and Steering of
+Diffusion Models").
+
+The Feynman–Kac model. Particles run the model's reverse chain on a grid
+``1 = t_K > ... > t_0 = 0`` (move ``M_k``: the reverse kernel ``p(x_{t_{k-1}} | x_{t_k})``,
+or a proposal ``q`` with the weight ``p / q``). At *potential steps* (every
+``resample_every``-th step inside ``resample_window``, and always the last step) each
+particle gets an intermediate reward ``r_k = r_phi(x_{t_{k-1}})`` and a potential
+``G_k = exp(lmbda phi_k)`` with
+
+* ``"difference"``: ``phi_k = r_k - r_prev`` (``r_prev = 0`` at the first potential step);
+* ``"max"``:        ``phi_k = max(r_k, r_prev, ...)`` (running maximum of the rewards);
+* ``"sum"``:        ``phi_k = r_k + r_prev + ...`` (running sum);
+* ``"immediate"``:  ``phi_k = r_k``;
+
+and at the last step the *final correction* ``phi_0 = r(x_0) - sum_j phi_j`` (the sum over
+the particle's ancestral path), so the product of potentials along every path is
+``exp(lmbda r(x_0))`` and the weighted particles target ``p(x_0) exp(lmbda r(x_0)) / Z``
+exactly, whatever the potential (for ``"difference"`` the correction is
+``r(x_0) - r_prev``: the potentials telescope). Weights are carried forward between
+resampling events (the engine's ``reweight``), never dropped, so adaptive (ESS-triggered)
+resampling stays unbiased, and ``log_evidence`` estimates ``log E_p[exp(lmbda r(x_0))]``.
+
+Intermediate rewards ``r_phi``: ``"x0"``: ``r(x0_hat(x_t, t))`` (Tweedie);
+``"many_sample"``: ``(1 / lmbda) log mean_j exp(lmbda r(x0^(j)))`` with
+``x0^(j) ~ N(x0_hat, (1 - ab_t) I)`` (a Gaussian approximation of ``p(x_0 | x_t)``);
+or a user function ``r_phi(x_t, t)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from jax.scipy.special import logsumexp
+
+from particlekit import kernels, resampling
+from particlekit.diffusion.model import DiffusionModel, check_sampler
+from particlekit.diffusion.schedules import time_grid
+from particlekit.run import run
+from particlekit.types import StepInfo
+
+__all__ = [
+    "FKSteeringResult",
+    "fk_steering",
+    "gradient_guided_proposal",
+    "potential_steps",
+    "POTENTIALS",
+]
+
+POTENTIALS = ("difference", "max", "sum", "immediate")
+INTERMEDIATE_REWARDS = ("x0", "many_sample")
+
+
+class FKSteeringResult(NamedTuple):
+    """Output of :func:`fk_steering` (``N`` particles, ``K`` steps).
+
+    Attributes
+    ----------
+    samples : Array (N, *shape)
+        Final particles ``x_0`` (weighted by ``log_weights``; not resampled).
+    log_weights : Array (N,)
+        Unnormalised log-weights targeting ``p(x_0) exp(lmbda r(x_0)) / Z``.
+    log_evidence : Array ()
+        Estimate of ``log Z = log E_p[exp(lmbda r(x_0))]`` (unbiased on the natural
+        scale); ``-inf`` if every weight vanished.
+    ess : Array (K,)
+        ESS after each step's reweighting (before any resampling).
+    resampled : Array (K,) bool
+        Whether step ``k`` resampled.
+    rewards : Array (N,)
+        Final rewards ``r(x_0)`` per particle.
+    intermediate_rewards : Array (K,)
+        Weighted mean intermediate reward at each potential step (NaN elsewhere).
+    num_nonfinite : Array (K,) int32
+        Particles whose log-potential was NaN / ``+inf`` at each step (zero weight).
+    failed : Array () bool
+        True if every weight became zero (then ``log_evidence = -inf``).
+    """
+
+    samples: jax.Array
+    log_weights: jax.Array
+    log_evidence: jax.Array
+    ess: jax.Array
+    resampled: jax.Array
+    rewards: jax.Array
+    intermediate_rewards: jax.Array
+    num_nonfinite: jax.Array
+    failed: jax.Array
+
+    def mean(self, fn: Callable = lambda x: x):
+        """Weighted estimate of ``E[fn(x_0)]`` under the steered target."""
+        w = resampling.normalize(self.log_weights)
+        values = jax.vmap(fn)(self.samples)
+        return jnp.tensordot(w, values, axes=1)
+
+
+class _Particle(NamedTuple):
+    x: jax.Array  # the sample x_t
+    r_last: jax.Array  # reward at the last potential step
+    agg: jax.Array  # running max / sum of rewards
+    total: jax.Array  # sum of phi applied along the path (for the final correction)
+    log_increment: jax.Array  # log G of the current step: log p/q + lmbda phi
+    reward: jax.Array  # reward computed this step (NaN if none)
+
+
+class _Info(NamedTuple):
+    """Per-step diagnostics: the engine's StepInfo plus the weighted mean reward."""
+
+    info: StepInfo
+    mean_reward: jax.Array
+
+    @property
+    def log_evidence_increment(self):
+        return self.info.log_evidence_increment
+
+
+def potential_steps(num_steps: int, resample_every: int = 1, resample_window=(0.0, 1.0)):
+    """Boolean mask ``(K,)`` of potential / resampling steps: step ``k`` moves from
+    ``t = (K - k) / K`` to ``s = (K - k - 1) / K``; it is a potential step if
+    ``(k + 1) % resample_every == 0`` and ``s`` lies in ``resample_window``, and the last
+    step always is (final correction)."""
+    grid = time_grid(num_steps)
+    s = grid[:-1][::-1]
+    k = jnp.arange(num_steps)
+    lo, hi = resample_window
+    mask = ((k + 1) % resample_every == 0) & (s >= lo) & (s <= hi)
+    return mask | (k == num_steps - 1)
+
+
+def gradient_guided_proposal(
+    model: DiffusionModel, reward_fn: Callable, lmbda: float, *, scale: float = 1.0,
+    sampler: str = "ddpm", eta: float = 1.0,
+):  # fmt: skip
+    """A reward-gradient-guided proposal for :func:`fk_steering`:
+    ``q(x_s | x_t) = N(m + scale * lmbda * v * grad_x r(x0_hat(x_t, t)), v I)`` with
+    ``(m, v)`` the base reverse kernel's mean and variance. ``fk_steering`` corrects it by
+    ``p / q``, so the target is unchanged; only the variance of the weights improves.
+
+    Returns a function ``proposal(x_t, t, s) -> numpyro Distribution`` over ``x_s``.
+    """
+
+    def proposal(x, t, s):
+        mean, var = model.reverse_mean_var(x, t, s, sampler=sampler, eta=eta)
+        grad = jax.grad(lambda y: reward_fn(model.x0(y, t)))(x)
+        grad = jnp.where(jnp.isfinite(grad), grad, 0.0)
+        loc = mean + scale * lmbda * var * grad
+        return dist.Independent(dist.Normal(loc, jnp.sqrt(var)), len(model.shape))
+
+    return proposal
+
+
+def _intermediate_reward_fn(model, reward_fn, intermediate, num_reward_samples, lmbda):
+    if callable(intermediate):
+        return lambda key, x, t: intermediate(x, t)
+    if intermediate == "x0":
+        return lambda key, x, t: reward_fn(model.x0(x, t))
+
+    def many_sample(key, x, t):
+        x0 = model.x0(x, t)
+        sd = model.schedule.sigma(t)
+        noise = jax.random.normal(key, (num_reward_samples, *jnp.shape(x0)), x0.dtype)
+        r = jax.vmap(reward_fn)(x0 + sd * noise)
+        lam = jnp.where(lmbda == 0, 1.0, lmbda)
+        soft = (logsumexp(lam * r) - jnp.log(num_reward_samples)) / lam
+        return jnp.where(lmbda == 0, jnp.mean(r), soft)
+
+    return many_sample
+
+
+def _update(potential, p: _Particle, r):
+    """``(phi, new aggregate)`` for the potential with index ``potential`` (a traced int,
+    so all four potentials share one compilation)."""
+    running_max = jnp.maximum(p.agg, r)
+    running_sum = jnp.where(jnp.isneginf(p.agg), 0.0, p.agg) + r
+    phi = jnp.select(
+        [potential == 0, potential == 1, potential == 2],
+        [r - p.r_last, running_max, running_sum],
+        r,
+    )
+    agg = jnp.select([potential == 1, potential == 2], [running_max, running_sum], p.agg)
+    return phi, agg
+
+
+@eqx.filter_jit
+def _fk_steering(
+    key, model, reward_fn, lmbda, mask, potential, *, num_particles, intermediate,
+    num_reward_samples, ess_threshold, scheme, proposal, sampler, eta,
+):  # fmt: skip
+    num_steps = mask.shape[0]
+    grid = time_grid(num_steps)
+    ts, ss = grid[1:][::-1], grid[:-1][::-1]
+    final_flags = jnp.arange(num_steps) == num_steps - 1
+    r_inter = _intermediate_reward_fn(model, reward_fn, intermediate, num_reward_samples, lmbda)
+    dtype = jnp.result_type(float)
+    agg0 = -jnp.inf  # empty running max; read as 0 by the running sum
+
+    def sample_init(k):
+        z = jnp.zeros((), dtype)
+        return _Particle(model.sample_prior(k), z, z + agg0, z, z, z + jnp.nan)
+
+    def propagate(k, x, t, s):
+        if proposal is None:
+            return model.reverse_step(k, x, t, s, sampler=sampler, eta=eta), jnp.zeros((), dtype)
+        mean, var = model.reverse_mean_var(x, t, s, sampler=sampler, eta=eta)
+        q = proposal(x, t, s)
+        x_q = q.sample(k)
+        log_pq = model.reverse_log_prob(x_q, x, t, s, sampler=sampler, eta=eta) - q.log_prob(x_q)
+        stochastic = var > 0  # a deterministic last DDPM / DDIM step keeps the base kernel
+        return jnp.where(stochastic, x_q, mean), jnp.where(stochastic, log_pq, 0.0)
+
+    def move_fn(key, p: _Particle, inputs):
+        t, s, is_pot, is_final = inputs
+        k_move, k_rew = jax.random.split(key)
+        n = p.x.shape[0]
+        x, log_pq = jax.vmap(propagate, in_axes=(0, 0, None, None))(
+            jax.random.split(k_move, n), p.x, t, s
+        )
+
+        def with_potential(_):
+            def final_reward(_):
+                return jax.vmap(reward_fn)(x).astype(dtype)
+
+            def inter_reward(_):
+                keys = jax.random.split(k_rew, n)
+                return jax.vmap(r_inter, in_axes=(0, 0, None))(keys, x, s).astype(dtype)
+
+            r = jax.lax.cond(is_final, final_reward, inter_reward, None)
+            phi, agg = _update(potential, p, r)
+            phi = jnp.where(is_final, r - p.total, phi)  # the final correction
+            return r, agg, p.total + phi, lmbda * phi
+
+        def without_potential(_):
+            return jnp.full((n,), jnp.nan, dtype), p.agg, p.total, jnp.zeros((n,), dtype)
+
+        r, agg, total, log_g = jax.lax.cond(is_pot, with_potential, without_potential, None)
+        r_last = jnp.where(is_pot, r, p.r_last)
+        return _Particle(x, r_last, agg, total, log_pq + log_g, r)
+
+    resample_kernel = kernels.resample(scheme, ess_threshold)
+    move_and_weight = kernels.chain(
+        kernels.move(move_fn, vectorized=True),
+        kernels.reweight(lambda xp, p, inputs: p.log_increment),
+    )
+
+    def step(key, state, inputs):
+        _, _, is_pot, is_final = inputs
+        k_mw, k_res = jax.random.split(key)
+        state, info = move_and_weight(k_mw, state, inputs)
+        w = resampling.normalize(state.log_weights)
+        mean_reward = jnp.where(is_pot, jnp.nansum(w * state.particles.reward), jnp.nan)
+        n = state.log_weights.shape[0]
+
+        def skip(st):
+            st = st._replace(ancestors=jnp.arange(n, dtype=jnp.int32))
+            return st, StepInfo.neutral(st)
+
+        state, res_info = jax.lax.cond(
+            is_pot & ~is_final, lambda st: resample_kernel(k_res, st, inputs), skip, state
+        )
+        info = info.merge(res_info)._replace(ess=info.ess)  # ESS before resampling
+        return state, _Info(info, mean_reward)
+
+    k_init, k_run = jax.random.split(key)
+    state = kernels.init(k_init, sample_init, num_particles)
+    final, trace = run(k_run, step, state, (ts, ss, mask, final_flags), keep_history=False)
+    info = trace.info.info
+    log_evidence = final.log_evidence
+    failed = ~jnp.isfinite(log_evidence)
+    return FKSteeringResult(
+        samples=final.particles.x,
+        log_weights=final.log_weights,
+        log_evidence=jnp.where(jnp.isnan(log_evidence), -jnp.inf, log_evidence),
+        ess=info.ess,
+        resampled=info.resampled,
+        rewards=final.particles.reward,
+        intermediate_rewards=trace.info.mean_reward,
+        num_nonfinite=info.num_nonfinite,
+        failed=failed,
+    )
+
+
+def fk_steering(
+    key: jax.Array,
+    model: DiffusionModel,
+    reward_fn: Callable,
+    *,
+    num_particles: int,
+    num_steps: int = 100,
+    lmbda: float = 1.0,
+    potential: str = "difference",
+    intermediate_reward: str | Callable = "x0",
+    num_reward_samples: int = 4,
+    resample_every: int = 1,
+    resample_window: tuple[float, float] = (0.0, 1.0),
+    ess_threshold: float = 1.0,
+    resampling: str | Callable = "systematic",
+    proposal: Callable | None = None,
+    sampler: str = "ddpm",
+    eta: float = 1.0,
+) -> FKSteeringResult:
+    """Sample ``p(x_0) exp(lmbda r(x_0)) / Z`` from a diffusion model with Feynman–Kac
+    steering (Singhal et al. 2025), built from the engine (``init``, ``move``,
+    ``reweight``, ``resample``, ``chain``, ``run``).
+
+    Parameters
+    ----------
+    key : PRNG key
+    model : DiffusionModel
+        The pretrained model (any prediction type).
+    reward_fn : callable
+        ``r(x_0) -> scalar`` for ONE sample. NaN or ``-inf`` rewards give zero weight.
+    num_particles : int
+        ``N``.
+    num_steps : int
+        ``K`` reverse steps on a uniform grid from ``t = 1`` to ``t = 0``.
+    lmbda : float
+        Tilt strength ``lambda`` (``0`` = unsteered).
+    potential : {"difference", "max", "sum", "immediate"}
+        Intermediate potential (see the module docstring); the final correction makes
+        the target exact for all four.
+    intermediate_reward : {"x0", "many_sample"} or callable
+        ``r_phi(x_t, t)``: reward of the Tweedie prediction, a soft maximum over
+        ``num_reward_samples`` draws around it, or a user function of one particle.
+    num_reward_samples : int
+        Draws for ``"many_sample"``.
+    resample_every : int
+        Potentials (and resampling) at every ``resample_every``-th step ...
+    resample_window : (float, float)
+        ... whose target time ``s`` lies in this window; the last step always weights.
+    ess_threshold : float in [0, 1]
+        At potential steps resample when ``ESS < ess_threshold * N`` (``1.0``: always, as
+        in the paper; weights are carried forward otherwise).
+    resampling : str or callable
+        A scheme of :mod:`particlekit.resampling`.
+    proposal : callable, optional
+        ``proposal(x_t, t, s) -> numpyro Distribution`` over ``x_s`` (one particle), used
+        instead of the base kernel and corrected by ``p / q`` at every step, e.g.
+        :func:`gradient_guided_proposal`.
+    sampler : {"ddpm", "ddim", "em"}, eta : float
+        The base reverse kernel (DDIM needs ``eta > 0``).
+
+    Returns
+    -------
+    FKSteeringResult
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.5)
+    >>> res = pk.diffusion.fk_steering(jax.random.key(0), model, lambda x: x[0],
+    ...                                num_particles=64, num_steps=20, lmbda=2.0)
+    >>> res.samples.shape, res.log_weights.shape
+    ((64, 2), (64,))
+    """
+    num_particles = kernels.check_num_particles(num_particles)
+    num_steps = kernels.check_num_particles(num_steps, "num_steps")
+    resample_every = kernels.check_num_particles(resample_every, "resample_every")
+    num_reward_samples = kernels.check_num_particles(num_reward_samples, "num_reward_samples")
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"model must be a DiffusionModel, got {type(model).__name__}")
+    if not callable(reward_fn):
+        raise ValueError("reward_fn must be a callable r(x_0) -> scalar")
+    if potential not in POTENTIALS:
+        raise ValueError(f"potential must be one of {POTENTIALS}, got {potential!r}")
+    if not (callable(intermediate_reward) or intermediate_reward in INTERMEDIATE_REWARDS):
+        raise ValueError(
+            f"intermediate_reward must be one of {INTERMEDIATE_REWARDS} or a callable "
+            f"(x_t, t) -> reward, got {intermediate_reward!r}"
+        )
+    lo, hi = (float(v) for v in resample_window)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"resample_window must satisfy 0 <= lo <= hi <= 1, got {resample_window}")
+    if not 0.0 <= float(ess_threshold) <= 1.0:
+        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    if proposal is not None and not callable(proposal):
+        raise ValueError("proposal must be None or a callable (x_t, t, s) -> Distribution")
+    check_sampler(sampler, eta)
+    lmbda = jnp.asarray(lmbda, jnp.result_type(float))
+    if lmbda.ndim != 0:
+        raise ValueError(f"lmbda must be a scalar, got shape {lmbda.shape}")
+    mask = potential_steps(num_steps, resample_every, (lo, hi))
+    return _fk_steering(
+        key, model, reward_fn, lmbda, mask,
+        jnp.asarray(POTENTIALS.index(potential), jnp.int32),
+        num_particles=num_particles, intermediate=intermediate_reward,
+        num_reward_samples=num_reward_samples, ess_threshold=float(ess_threshold),
+        scheme=resampling_scheme(resampling), proposal=proposal, sampler=sampler,
+        eta=float(eta),
+    )  # fmt: skip
+
+
+def resampling_scheme(scheme):
+    """Resolve a resampling scheme by name or function (ValueError if unknown)."""
+    return resampling.get_scheme(scheme)

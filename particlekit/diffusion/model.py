@@ -1,0 +1,334 @@
+"""Diffusion models: a noise schedule plus a single-particle network, with the stochastic
+reverse step, its Gaussian transition density and the Tweedie ``x0`` prediction; and
+``gaussian_mixture``, a diffusion model with exact noised scores.
+
+Convention (variance preserving, see :mod:`particlekit.diffusion.schedules`, reference
+scale 1): ``x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps`` with ``ab_t = alpha_bar(t)``, data
+at ``t = 0`` and (nearly) pure noise ``N(0, I)`` at ``t = 1``. A network predicts one of
+
+* ``"eps"``:   ``eps_hat(x_t, t)``, the noise;
+* ``"x0"``:    ``x0_hat(x_t, t) = E[x_0 | x_t]``;
+* ``"score"``: ``grad log p_t(x_t)``;
+
+related by Tweedie's formula ``score = -eps_hat / sqrt(1 - ab_t)`` and
+``x0_hat = (x_t - sqrt(1 - ab_t) eps_hat) / sqrt(ab_t)``.
+
+The reverse kernels from ``t`` to ``s < t`` are Gaussian ``N(mean, var I)``:
+
+* ``"ddpm"`` (ancestral sampling, Ho et al. 2020) = ``"ddim"`` with ``eta = 1``;
+* ``"ddim"`` with ``eta in [0, 1]`` (Song et al. 2021a): ``mean = sqrt(ab_s) x0_hat +
+  sqrt(1 - ab_s - v) eps_hat``, ``v = eta^2 (1 - ab_s) / (1 - ab_t) (1 - ab_t / ab_s)``;
+* ``"em"``: Euler–Maruyama of the reverse SDE ``dx = [-b x / 2 - b score] dt + sqrt(b) dW``
+  (Song et al. 2021b), ``b = beta(t)``.
+
+With ``s = 0`` the DDPM / DDIM kernels are deterministic (``var = 0``, ``x_0 = x0_hat``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, time_grid
+from particlekit.kernels import check_num_particles, init, move
+from particlekit.run import run
+
+__all__ = [
+    "DiffusionModel",
+    "GaussianMixtureScore",
+    "gaussian_mixture",
+    "tilted_gaussian_mixture",
+    "SAMPLERS",
+]
+
+PREDICTIONS = ("eps", "x0", "score")
+SAMPLERS = ("ddpm", "ddim", "em")
+
+
+def check_sampler(sampler: str, eta: float) -> None:
+    """Validate a reverse-kernel name and DDIM ``eta`` before tracing."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if not 0.0 <= float(eta) <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if sampler == "ddim" and float(eta) == 0.0:
+        raise ValueError(
+            "eta = 0 makes the DDIM kernel deterministic: it has no transition density, so "
+            "no particle method can use it; take eta > 0"
+        )
+
+
+class DiffusionModel(eqx.Module):
+    """A pretrained diffusion model: noise schedule plus single-particle network.
+
+    An equinox module, so network parameters are PyTree leaves (jit / vmap friendly).
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(x, t) -> prediction`` for ONE particle ``x`` of shape ``shape`` and a scalar
+        time ``t`` in ``[0, 1]``; any JAX function or equinox / flax-bound module.
+    schedule : NoiseSchedule or str
+        ``"linear"``, ``"cosine"`` or a :class:`~particlekit.diffusion.NoiseSchedule`.
+    prediction : {"eps", "x0", "score"}
+        What ``fn`` predicts; converted internally.
+    shape : tuple of int
+        Shape of one sample ``x_0``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> model = pk.diffusion.DiffusionModel(lambda x, t: -x, "linear", prediction="score",
+    ...                                     shape=(2,))   # N(0, I) data: score = -x
+    >>> x = model.reverse_step(jax.random.key(0), jnp.ones(2), 0.5, 0.4)
+    >>> x.shape
+    (2,)
+    """
+
+    fn: Callable
+    schedule: NoiseSchedule = eqx.field(static=True)
+    prediction: str = eqx.field(static=True)
+    shape: tuple = eqx.field(static=True)
+
+    def __init__(self, fn, schedule="linear", *, prediction: str = "eps", shape=()):
+        if not callable(fn):
+            raise ValueError("fn must be a callable fn(x, t) -> prediction")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.fn = fn
+        self.schedule = get_schedule(schedule)
+        self.prediction = prediction
+        self.shape = tuple(int(s) for s in ((shape,) if isinstance(shape, int) else shape))
+
+    # ------------------------------------------------------------------ conversions
+    def _coefs(self, t):
+        ab = self.schedule.alpha_bar(t)
+        return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+
+    def eps(self, x, t):
+        """Predicted noise ``eps_hat(x_t, t)``."""
+        out = self.fn(x, t)
+        a, s = self._coefs(t)
+        if self.prediction == "eps":
+            return out
+        if self.prediction == "x0":
+            return (x - a * out) / s
+        return -s * out
+
+    def score(self, x, t):
+        """Score ``grad_x log p_t(x)`` (Tweedie: ``-eps_hat / sqrt(1 - ab_t)``)."""
+        if self.prediction == "score":
+            return self.fn(x, t)
+        _, s = self._coefs(t)
+        return -self.eps(x, t) / s
+
+    def x0(self, x, t):
+        """Tweedie prediction ``x0_hat = E[x_0 | x_t = x]``."""
+        if self.prediction == "x0":
+            return self.fn(x, t)
+        a, s = self._coefs(t)
+        return (x - s * self.eps(x, t)) / a
+
+    # ------------------------------------------------------------------ reverse kernel
+    def reverse_mean_var(self, x, t, s, *, sampler: str = "ddpm", eta: float = 1.0):
+        """Mean (shape ``shape``) and isotropic variance (scalar) of the reverse kernel
+        ``p(x_s | x_t)``, ``s < t``."""
+        if sampler == "em":
+            b = self.schedule.beta(t)
+            dt = t - s
+            mean = x + dt * (0.5 * b * x + b * self.score(x, t))
+            return mean, b * dt
+        eta = 1.0 if sampler == "ddpm" else eta
+        ab_t = self.schedule.alpha_bar(t)
+        ab_s = self.schedule.alpha_bar(s)
+        eps = self.eps(x, t)
+        x0 = (x - jnp.sqrt(1.0 - ab_t) * eps) / jnp.sqrt(ab_t)
+        lam = self.schedule.lmbda(t, s)  # 1 - ab_t / ab_s
+        var = eta**2 * (1.0 - ab_s) / (1.0 - ab_t) * lam
+        mean = jnp.sqrt(ab_s) * x0 + jnp.sqrt(jnp.clip(1.0 - ab_s - var, 0.0)) * eps
+        return mean, var
+
+    def reverse_step(self, key, x, t, s, *, sampler: str = "ddpm", eta: float = 1.0):
+        """Draw ``x_s ~ p(x_s | x_t)`` for one particle."""
+        mean, var = self.reverse_mean_var(x, t, s, sampler=sampler, eta=eta)
+        return mean + jnp.sqrt(var) * jax.random.normal(key, jnp.shape(x), mean.dtype)
+
+    def reverse_log_prob(self, x_s, x, t, s, *, sampler: str = "ddpm", eta: float = 1.0):
+        """``log p(x_s | x_t)`` of the Gaussian reverse kernel (needs ``var > 0``)."""
+        mean, var = self.reverse_mean_var(x, t, s, sampler=sampler, eta=eta)
+        return dist.Normal(mean, jnp.sqrt(var)).log_prob(x_s).sum()
+
+    def sample_prior(self, key):
+        """One draw of ``x_1 ~ N(0, I)``."""
+        return jax.random.normal(key, self.shape)
+
+    # ------------------------------------------------------------------ unsteered sampling
+    def sample(
+        self, key, num_samples: int, *, num_steps: int = 100, sampler: str = "ddpm",
+        eta: float = 1.0,
+    ):  # fmt: skip
+        """Unsteered ancestral sampling: ``num_samples`` reverse chains on a uniform grid of
+        ``num_steps`` steps from ``t = 1`` to ``t = 0``, run by the engine (``init``,
+        ``move``, ``run``). Returns an array ``(num_samples, *shape)``."""
+        num_samples = check_num_particles(num_samples, "num_samples")
+        num_steps = check_num_particles(num_steps, "num_steps")
+        check_sampler(sampler, eta)
+        return _sample(key, self, num_samples, num_steps, sampler, float(eta))
+
+
+@eqx.filter_jit
+def _sample(key, model, num_samples, num_steps, sampler, eta):
+    k_init, k_run = jax.random.split(key)
+    grid = time_grid(num_steps)
+    state = init(k_init, model.sample_prior, num_samples)
+
+    def step_fn(k, x, ts):
+        return model.reverse_step(k, x, ts[0], ts[1], sampler=sampler, eta=eta)
+
+    inputs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+    final, _ = run(k_run, move(step_fn), state, inputs, keep_history=False)
+    return final.particles
+
+
+# ---------------------------------------------------------------------- Gaussian mixtures
+class GaussianMixtureScore(eqx.Module):
+    """Exact noised density and score of a Gaussian mixture ``sum_k w_k N(mu_k, S_k)``.
+
+    Under the forward process the mixture at time ``t`` is again a mixture, with means
+    ``sqrt(ab_t) mu_k`` and covariances ``ab_t S_k + (1 - ab_t) I`` (weights unchanged).
+    With ``S_k = U_k diag(l_k) U_k^T`` the noised covariance is
+    ``U_k diag(ab_t l_k + 1 - ab_t) U_k^T``, so densities and scores cost no factorisation.
+    """
+
+    log_weights: jax.Array  # (K,)
+    means: jax.Array  # (K, d)
+    covs: jax.Array  # (K, d, d)
+    eigvals: jax.Array  # (K, d)
+    eigvecs: jax.Array  # (K, d, d)
+    schedule: NoiseSchedule = eqx.field(static=True)
+
+    def __init__(self, log_weights, means, covs, schedule):
+        self.log_weights = log_weights
+        self.means = means
+        self.covs = covs
+        self.eigvals, self.eigvecs = jnp.linalg.eigh(covs)
+        self.schedule = schedule
+
+    def distribution(self, t):
+        """The noised mixture ``p_t`` as a NumPyro ``MixtureSameFamily``."""
+        ab = self.schedule.alpha_bar(t)
+        d = self.means.shape[-1]
+        covs = ab * self.covs + (1.0 - ab) * jnp.eye(d)
+        comps = dist.MultivariateNormal(jnp.sqrt(ab) * self.means, covariance_matrix=covs)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.log_weights), comps)
+
+    def _parts(self, x, t):
+        ab = self.schedule.alpha_bar(t)
+        var = ab * self.eigvals + (1.0 - ab)  # (K, d) eigenvalues of the noised covs
+        z = jnp.einsum("kji,kj->ki", self.eigvecs, x - jnp.sqrt(ab) * self.means)
+        log_comp = -0.5 * jnp.sum(z**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
+        return var, z, self.log_weights + log_comp
+
+    def log_prob(self, x, t):
+        """``log p_t(x)`` (normalised)."""
+        return jax.scipy.special.logsumexp(self._parts(x, t)[2])
+
+    def __call__(self, x, t):
+        var, z, log_joint = self._parts(x, t)
+        resp = jax.nn.softmax(log_joint)  # posterior component probabilities
+        return -jnp.einsum("k,kij,kj->i", resp, self.eigvecs, z / var)
+
+
+def _as_covs(means, stds, covs):
+    k, d = means.shape
+    if (stds is None) == (covs is None):
+        raise ValueError("give exactly one of stds or covs")
+    if covs is not None:
+        covs = jnp.asarray(covs, jnp.result_type(float))
+        if covs.shape != (k, d, d):
+            raise ValueError(f"covs must have shape {(k, d, d)}, got {covs.shape}")
+        return covs
+    stds = jnp.asarray(stds, jnp.result_type(float))
+    if stds.ndim == 0:
+        stds = jnp.full((k, d), stds)
+    elif stds.shape == (k,):
+        stds = jnp.broadcast_to(stds[:, None], (k, d))
+    if stds.shape != (k, d):
+        raise ValueError(
+            f"stds must be a scalar or have shape {(k,)} or {(k, d)}, got {stds.shape}"
+        )
+    if not bool(jnp.all(stds > 0)):
+        raise ValueError("stds must be positive")
+    return jax.vmap(jnp.diag)(stds**2)
+
+
+def _mixture_arrays(weights, means, stds=None, covs=None):
+    means = jnp.asarray(means, jnp.result_type(float))
+    if means.ndim == 1:
+        means = means[:, None]
+    if means.ndim != 2:
+        raise ValueError(f"means must have shape (K, d), got {means.shape}")
+    weights = jnp.asarray(weights, jnp.result_type(float))
+    if weights.shape != means.shape[:1]:
+        raise ValueError(f"weights must have shape {means.shape[:1]}, got {weights.shape}")
+    if not bool(jnp.all(weights >= 0)) or not float(jnp.sum(weights)) > 0:
+        raise ValueError("weights must be non-negative and not all zero")
+    return weights / jnp.sum(weights), means, _as_covs(means, stds, covs)
+
+
+def gaussian_mixture(weights, means, stds=None, covs=None, *, schedule="linear"):
+    """A :class:`DiffusionModel` whose data distribution is a Gaussian mixture, with exact
+    noised scores (for tests, examples and sanity checks).
+
+    Parameters
+    ----------
+    weights : array (K,)
+        Mixture weights (normalised internally).
+    means : array (K, d)
+        Component means (``(K,)`` is read as ``d = 1``).
+    stds : array, optional
+        Scalar, ``(K,)`` (isotropic) or ``(K, d)`` (diagonal) standard deviations.
+    covs : array (K, d, d), optional
+        Full covariances (instead of ``stds``).
+    schedule : NoiseSchedule or str
+
+    Returns
+    -------
+    DiffusionModel
+        ``prediction="score"``, ``shape=(d,)``; ``model.fn`` is a
+        :class:`GaussianMixtureScore` with ``log_prob(x, t)`` and ``distribution(t)``.
+
+    Examples
+    --------
+    >>> import jax, particlekit as pk
+    >>> model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.5)
+    >>> model.sample(jax.random.key(0), 4, num_steps=20).shape
+    (4, 2)
+    """
+    weights, means, covs = _mixture_arrays(weights, means, stds, covs)
+    sched = get_schedule(schedule)
+    fn = GaussianMixtureScore(jnp.log(weights), means, covs, sched)
+    return DiffusionModel(fn, sched, prediction="score", shape=(means.shape[1],))
+
+
+def tilted_gaussian_mixture(weights, means, stds=None, covs=None, *, direction, lmbda):
+    """The exact tilt of a Gaussian mixture by ``exp(lmbda a.x)`` (DESIGN.md §6).
+
+    ``p(x) exp(lmbda a.x) / Z`` is the mixture with means ``mu_k + lmbda S_k a`` and weights
+    ``∝ w_k exp(lmbda a.mu_k + lmbda^2 a.S_k a / 2)``, and
+    ``log Z = log sum_k w_k exp(lmbda a.mu_k + lmbda^2 a.S_k a / 2)``.
+
+    Returns
+    -------
+    (weights (K,), means (K, d), covs (K, d, d), log_Z ())
+    """
+    weights, means, covs = _mixture_arrays(weights, means, stds, covs)
+    a = jnp.asarray(direction, means.dtype)
+    s_a = jnp.einsum("kij,j->ki", covs, a)
+    log_terms = jnp.log(weights) + lmbda * means @ a + 0.5 * lmbda**2 * s_a @ a
+    log_z = jax.scipy.special.logsumexp(log_terms)
+    return jnp.exp(log_terms - log_z), means + lmbda * s_a, covs, log_z

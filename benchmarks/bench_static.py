@@ -1,0 +1,278 @@
+"""Static models: pk.infer.SMC vs BlackJAX's adaptive_tempered_smc vs particles' AdaptiveTempering.
+
+Problems
+--------
+- Bayesian logistic regression, d = 10, n = 500, prior w ~ N(0, I). log Z reference: the mean
+  of 4 particlekit runs with HMC moves and N = 4000 (skipped with ``--quick``).
+- 10-D two-component Gaussian mixture "likelihood" L(x) = 0.5 N(x; m, s^2 I) + 0.5 N(x; -m,
+  s^2 I) under the prior N(0, s0^2 I): log Z = log N(m; 0, (s0^2 + s^2) I) exactly.
+
+Methods (same particle count N, same target ESS 0.5)
+----------------------------------------------------
+- ``pk rwm``: ``pk.infer.SMC(model, kernel="rwm")`` (population-tuned random walk, adaptive
+  number of steps), NumPyro model in.
+- ``pk rwm thr=0.2``: the same with ``decorrelation_threshold=0.2`` (fewer MCMC steps).
+- ``pk waste-free``: the same with ``waste_free=True`` (P = N / 10).
+- ``blackjax rwm``: ``blackjax.adaptive_tempered_smc`` with BlackJAX's own Gaussian random
+  walk (fixed proposal scale, 10 steps per stage, as a user wires it), in a hand-written
+  ``lax.while_loop`` under ``jit``.
+- ``particles``: ``particles.smc_samplers.AdaptiveTempering`` (NumPy, waste-free, its default
+  adaptive random walk, chains of length 10).
+
+Wall time: median over seeds after a warm-up run; JAX compile time reported separately
+(first call minus median). Usage: ``python benchmarks/bench_static.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax.scipy.stats import norm
+
+import particlekit as pk
+
+D = 10
+
+
+# ----------------------------------------------------------------- problems
+def logistic_problem(seed=0, n=500):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D)).astype(np.float32)
+    w = rng.normal(scale=0.5, size=D)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-x @ w))).astype(np.float32)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+
+    def model(x, y):
+        w = numpyro.sample("w", dist.Normal(jnp.zeros(D), 1.0).to_event(1))
+        numpyro.sample("y", dist.Bernoulli(logits=x @ w).to_event(1), obs=y)
+
+    def log_prior(w):
+        return jnp.sum(norm.logpdf(w))
+
+    def log_lik(w):
+        logits = x @ w
+        return jnp.sum(y * logits - jnp.logaddexp(0.0, logits))
+
+    def log_lik_np(w):  # (N, D) -> (N,)
+        logits = w @ np.asarray(x).T
+        return np.sum(np.asarray(y) * logits - np.logaddexp(0.0, logits), axis=1)
+
+    return dict(
+        name="logistic d=10 n=500",
+        model=model,
+        args=(x, y),
+        log_prior=log_prior,
+        log_lik=log_lik,
+        log_lik_np=log_lik_np,
+        prior_sd=1.0,
+        bj_sigma=0.15,
+        log_z=None,
+    )
+
+
+def mixture_problem(s0=3.0, s=0.5, shift=1.5):
+    m = jnp.full(D, shift)
+
+    def log_lik(x):
+        a = jnp.sum(norm.logpdf(x, m, s))
+        b = jnp.sum(norm.logpdf(x, -m, s))
+        return jnp.logaddexp(a, b) + jnp.log(0.5)
+
+    def model():
+        x = numpyro.sample("x", dist.Normal(jnp.zeros(D), s0).to_event(1))
+        numpyro.factor("lik", log_lik(x))
+
+    def log_prior(x):
+        return jnp.sum(norm.logpdf(x, 0.0, s0))
+
+    def log_lik_np(x):
+        from scipy.special import logsumexp as lse
+        from scipy.stats import norm as snorm
+
+        a = snorm.logpdf(x, shift, s).sum(1)
+        b = snorm.logpdf(x, -shift, s).sum(1)
+        return lse(np.stack([a, b]), axis=0) + np.log(0.5)
+
+    log_z = float(jnp.sum(norm.logpdf(m, 0.0, np.sqrt(s0**2 + s**2))))
+    return dict(
+        name="GMM 10-D 2 comp.",
+        model=model,
+        args=(),
+        log_prior=log_prior,
+        log_lik=log_lik,
+        log_lik_np=log_lik_np,
+        prior_sd=s0,
+        bj_sigma=s,
+        log_z=log_z,
+    )
+
+
+# ------------------------------------------------------------------ methods
+def run_particlekit(problem, n, seeds, **options):
+    smc = pk.infer.SMC(problem["model"], num_particles=n, **options)
+    out = []
+    for i, seed in enumerate([seeds[0]] + list(seeds)):
+        t0 = time.perf_counter()
+        smc.run(jax.random.key(seed), *problem["args"])
+        log_z = float(jax.block_until_ready(smc.log_evidence))
+        elapsed = time.perf_counter() - t0
+        if i > 0:
+            out.append((elapsed, int(smc.result.num_stages[0]), log_z))
+        else:
+            first = elapsed
+    return first, out
+
+
+def run_blackjax(problem, n, seeds, num_mcmc_steps=10):
+    sigma = 2.38 / np.sqrt(D) * problem["bj_sigma"] * jnp.eye(D)
+    rw = blackjax.additive_step_random_walk.build_kernel()
+
+    def step_fn(key, state, logdensity_fn, sigma):
+        return rw(key, state, logdensity_fn, blackjax.mcmc.random_walk.normal(sigma))
+
+    algo = blackjax.adaptive_tempered_smc(
+        problem["log_prior"],
+        problem["log_lik"],
+        step_fn,
+        blackjax.additive_step_random_walk.init,
+        blackjax.smc.extend_params({"sigma": sigma}),
+        blackjax.smc.resampling.systematic,
+        0.5,
+        num_mcmc_steps=num_mcmc_steps,
+    )
+
+    @jax.jit
+    def run(key):
+        k0, k1 = jax.random.split(key)
+        positions = problem["prior_sd"] * jax.random.normal(k0, (n, D))
+        state = algo.init(positions)
+
+        def cond(c):
+            return (c[1].tempering_param < 1.0) & (c[0] < 500)
+
+        def body(c):
+            i, state, log_z = c
+            state, info = algo.step(jax.random.fold_in(k1, i), state)
+            return i + 1, state, log_z + info.log_likelihood_increment
+
+        i, _, log_z = jax.lax.while_loop(cond, body, (0, state, 0.0))
+        return i, log_z
+
+    out = []
+    for j, seed in enumerate([seeds[0]] + list(seeds)):
+        t0 = time.perf_counter()
+        stages, log_z = jax.block_until_ready(run(jax.random.key(seed)))
+        elapsed = time.perf_counter() - t0
+        if j > 0:
+            out.append((elapsed, int(stages), float(log_z)))
+        else:
+            first = elapsed
+    return first, out
+
+
+def run_particles(problem, n, seeds):
+    if not hasattr(np, "float"):  # particles 0.3 still uses the removed alias np.float
+        setattr(np, "float", float)  # noqa: B010
+    import particles
+    from particles import distributions as pdists
+    from particles import smc_samplers as ssp
+
+    class Static(ssp.StaticModel):
+        def loglik(self, theta, t=None):
+            return problem["log_lik_np"](theta["x"])
+
+    prior = pdists.StructDist(
+        {"x": pdists.IndepProd(*[pdists.Normal(scale=problem["prior_sd"]) for _ in range(D)])}
+    )
+    out = []
+    for seed in seeds:
+        np.random.seed(seed)  # noqa: NPY002 (particles draws from the global NumPy RNG)
+        fk = ssp.AdaptiveTempering(model=Static(data=None, prior=prior), len_chain=10)
+        alg = particles.SMC(fk=fk, N=n, verbose=False)
+        t0 = time.perf_counter()
+        alg.run()
+        out.append((time.perf_counter() - t0, alg.t, float(alg.logLt)))
+    return 0.0, out
+
+
+# ------------------------------------------------------------------ driver
+def summarise(name, first, out, log_z_ref):
+    times = np.array([o[0] for o in out])
+    stages = np.array([o[1] for o in out])
+    log_z = np.array([o[2] for o in out])
+    median = float(np.median(times))
+    err = np.nan if log_z_ref is None else float(np.mean(log_z) - log_z_ref)
+    rmse = np.nan if log_z_ref is None else float(np.sqrt(np.mean((log_z - log_z_ref) ** 2)))
+    return dict(
+        method=name,
+        time=median,
+        compile=max(first - median, 0.0),
+        stages=float(stages.mean()),
+        log_z=float(log_z.mean()),
+        sd=float(log_z.std(ddof=1)) if len(log_z) > 1 else np.nan,
+        bias=err,
+        rmse=rmse,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few particles and seeds")
+    parser.add_argument("--particles", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=None)
+    args = parser.parse_args()
+    n = args.particles or (200 if args.quick else 1000)
+    num_seeds = args.seeds or (2 if args.quick else 10)
+    seeds = list(range(1, num_seeds + 1))
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} "
+        f"{jax.default_backend()} device(s), jax {jax.__version__}, blackjax "
+        f"{blackjax.__version__}; N={n}, seeds={num_seeds}"
+    )
+    for problem in (logistic_problem(), mixture_problem()):
+        log_z_ref = problem["log_z"]
+        if log_z_ref is None and not args.quick:
+            ref = pk.infer.SMC(problem["model"], num_particles=4000, kernel="hmc", num_chains=4)
+            ref.run(jax.random.key(12345), *problem["args"])
+            log_z_ref = float(np.mean(np.asarray(ref.log_evidence)))
+            print(
+                f"reference log Z ({problem['name']}): {log_z_ref:.4f} "
+                f"(sd over 4 runs {np.std(np.asarray(ref.log_evidence)):.4f})"
+            )
+        rows = [
+            summarise("pk rwm", *run_particlekit(problem, n, seeds), log_z_ref),
+            summarise(
+                "pk rwm thr=0.2",
+                *run_particlekit(problem, n, seeds, decorrelation_threshold=0.2),
+                log_z_ref,
+            ),
+            summarise(
+                "pk waste-free", *run_particlekit(problem, n, seeds, waste_free=True), log_z_ref
+            ),
+            summarise("blackjax rwm", *run_blackjax(problem, n, seeds), log_z_ref),
+            summarise("particles", *run_particles(problem, n, seeds), log_z_ref),
+        ]
+        bj = rows[3]["time"]
+        print(f"\n## {problem['name']}  (log Z ref = {log_z_ref})")
+        print(
+            f"{'method':<15}{'time s':>9}{'compile s':>11}{'x BJ':>7}{'stages':>8}"
+            f"{'mean logZ':>11}{'sd':>8}{'bias':>8}{'rmse':>8}"
+        )
+        for r in rows:
+            print(
+                f"{r['method']:<15}{r['time']:>9.3f}{r['compile']:>11.2f}{r['time'] / bj:>7.2f}"
+                f"{r['stages']:>8.1f}{r['log_z']:>11.3f}{r['sd']:>8.3f}{r['bias']:>8.3f}"
+                f"{r['rmse']:>8.3f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

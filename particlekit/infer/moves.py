@@ -1,0 +1,187 @@
+"""MCMC rejuvenation moves from BlackJAX, tuned from the particle population.
+
+At each tempering stage the move kernel ``M_t`` must leave ``pi_{lambda_t}`` invariant; we
+build it from BlackJAX and tune it with the current weighted particles (Chopin 2002;
+Buchholz, Chopin & Jacob 2021):
+
+- ``"rwm"``: Gaussian random walk with covariance ``s^2 Sigma``, ``Sigma`` the weighted
+  particle covariance, ``s`` started at ``2.38 / sqrt(D)`` (Roberts & Rosenthal 2001);
+- ``"mala"``: step size ``h = s^2 min_j Sigma_jj / 2``;
+- ``"hmc"`` / ``"nuts"``: diagonal inverse mass matrix ``diag(Sigma)``, step size ``s``;
+- a factory ``factory(logdensity_fn, cov) -> blackjax algorithm`` (no scale adaptation).
+
+The scale ``s`` is updated from one stage to the next towards the kernel's target acceptance
+rate, ``s <- s * a / a_target`` (damped to a factor in ``[e^-2, e]`` per stage). The number
+of steps per stage is adapted by a decorrelation criterion (as PyMC's SMC): steps continue
+until the probability that a particle has not moved at all, ``(1 - a)^k`` with ``a`` the
+running mean acceptance, is below ``decorrelation_threshold`` (or ``max_steps`` is hit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import blackjax
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "KERNELS",
+    "TARGET_ACCEPTANCE",
+    "MoveSpec",
+    "initial_log_scale",
+    "build_algorithm",
+    "adapt_log_scale",
+    "weighted_moments",
+    "mutate",
+    "mutate_waste_free",
+]
+
+KERNELS = ("rwm", "mala", "hmc", "nuts")
+TARGET_ACCEPTANCE = {"rwm": 0.3, "mala": 0.574, "hmc": 0.65, "nuts": 0.8}
+
+
+class MoveSpec(NamedTuple):
+    """Static description of the move.
+
+    Attributes
+    ----------
+    kernel : str or callable
+        One of :data:`KERNELS` or a factory ``(logdensity_fn, cov) -> algorithm``.
+    target_acceptance : float
+        Acceptance rate the scale is adapted towards.
+    num_integration_steps : int
+        Leapfrog steps of ``"hmc"``.
+    """
+
+    kernel: str | Callable
+    target_acceptance: float
+    num_integration_steps: int = 10
+
+
+def initial_log_scale(kernel, dim: int) -> float:
+    """Starting value of ``log s`` for a ``dim``-dimensional target."""
+    import math
+
+    if kernel == "rwm":
+        return math.log(2.38 / math.sqrt(dim))
+    if kernel == "mala":
+        return math.log(1.65 * dim ** (-1.0 / 6.0))
+    if kernel in ("hmc", "nuts"):
+        return math.log(dim ** (-0.25))
+    return 0.0
+
+
+def weighted_moments(positions: jax.Array, log_weights: jax.Array):
+    """Weighted mean ``(D,)`` and covariance ``(D, D)`` of particles ``(N, D)``, with a
+    small jitter so the covariance is positive definite."""
+    w = jax.nn.softmax(jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights))
+    w = jnp.where(jnp.isfinite(w), w, 1.0 / w.shape[0])
+    mean = w @ positions
+    centred = positions - mean
+    cov = (centred * w[:, None]).T @ centred
+    dim = positions.shape[1]
+    jitter = 1e-6 * (jnp.trace(cov) / dim + 1e-6)
+    cov = cov + jitter * jnp.eye(dim, dtype=positions.dtype)
+    return mean, cov
+
+
+def build_algorithm(spec: MoveSpec, logdensity_fn: Callable, cov: jax.Array, log_scale):
+    """A BlackJAX ``SamplingAlgorithm`` for ``logdensity_fn`` tuned by ``cov`` and ``s``."""
+    scale = jnp.exp(log_scale)
+    kernel = spec.kernel
+    if kernel == "rwm":
+        chol = jnp.linalg.cholesky(cov)
+        chol = jnp.where(jnp.isfinite(chol), chol, jnp.eye(cov.shape[0], dtype=cov.dtype))
+        return blackjax.additive_step_random_walk.normal_random_walk(logdensity_fn, scale * chol)
+    diag = jnp.diag(cov)
+    if kernel == "mala":
+        return blackjax.mala(logdensity_fn, 0.5 * scale**2 * jnp.min(diag))
+    if kernel == "hmc":
+        return blackjax.hmc(
+            logdensity_fn,
+            step_size=scale,
+            inverse_mass_matrix=diag,
+            num_integration_steps=spec.num_integration_steps,
+        )
+    if kernel == "nuts":
+        return blackjax.nuts(logdensity_fn, step_size=scale, inverse_mass_matrix=diag)
+    return kernel(logdensity_fn, cov)
+
+
+def adapt_log_scale(spec: MoveSpec, log_scale, acceptance_rate):
+    """Next ``log s`` given the stage's mean acceptance rate (unchanged for factories)."""
+    if callable(spec.kernel):
+        return log_scale
+    acc = jnp.where(jnp.isnan(acceptance_rate), spec.target_acceptance, acceptance_rate)
+    # multiplicative update s <- s * acc / target, damped to [e^-2, e^1] per stage
+    step = jnp.clip(jnp.log((acc + 1e-3) / spec.target_acceptance), -2.0, 1.0)
+    return jnp.clip(log_scale + step, -12.0, 5.0)
+
+
+def _acceptance(info):
+    rate = getattr(info, "acceptance_rate", None)
+    if rate is None:
+        rate = getattr(info, "is_accepted", None)
+    if rate is None:
+        return jnp.nan
+    return jnp.asarray(rate, jnp.float32)
+
+
+def _step_all(algorithm, key, states):
+    keys = jax.random.split(key, jax.tree.leaves(states)[0].shape[0])
+    new_states, info = jax.vmap(algorithm.step)(keys, states)
+    return new_states, jnp.mean(_acceptance(info))
+
+
+def mutate(
+    key,
+    positions: jax.Array,
+    algorithm,
+    *,
+    num_steps: int | None,
+    max_steps: int,
+    decorrelation_threshold: float,
+):
+    """Move every particle ``(N, D)`` with the BlackJAX ``algorithm``.
+
+    With ``num_steps`` given, exactly that many steps; otherwise at least one step and until
+    ``(1 - a)^k <= decorrelation_threshold`` or ``k = max_steps``, ``a`` the running mean
+    acceptance rate. Returns ``(positions, mean_acceptance, steps_taken)``.
+    """
+    states = jax.vmap(algorithm.init)(positions)
+
+    def cond(carry):
+        k, _, acc_sum = carry
+        if num_steps is not None:
+            return k < num_steps
+        a = jnp.clip(acc_sum / jnp.maximum(k, 1), 0.0, 1.0)
+        unmoved = jnp.exp(k * jnp.log1p(-jnp.minimum(a, 1.0 - 1e-6)))
+        return (k < 1) | ((unmoved > decorrelation_threshold) & (k < max_steps))
+
+    def body(carry):
+        k, states, acc_sum = carry
+        states, acc = _step_all(algorithm, jax.random.fold_in(key, k), states)
+        return k + 1, states, acc_sum + jnp.nan_to_num(acc)
+
+    k, states, acc_sum = jax.lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), states, jnp.zeros((), jnp.float32))
+    )
+    return states.position, acc_sum / jnp.maximum(k, 1), k
+
+
+def mutate_waste_free(key, starts: jax.Array, algorithm, *, chain_length: int):
+    """Waste-free move (Dau & Chopin 2022): grow each of the ``P`` resampled particles
+    ``(P, D)`` into a chain of ``chain_length = M`` states (the start included), giving
+    ``N = P M`` particles ``(N, D)``. Returns ``(positions, mean_acceptance, M - 1)``."""
+    states = jax.vmap(algorithm.init)(starts)
+
+    def body(states, step_key):
+        states, acc = _step_all(algorithm, step_key, states)
+        return states, (states.position, acc)
+
+    _, (path, accs) = jax.lax.scan(body, states, jax.random.split(key, chain_length - 1))
+    chains = jnp.concatenate([starts[None], path], axis=0)  # (M, P, D)
+    positions = chains.reshape((-1, starts.shape[-1]))
+    return positions, jnp.mean(accs), jnp.asarray(chain_length - 1, jnp.int32)

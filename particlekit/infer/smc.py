@@ -1,0 +1,615 @@
+"""``pk.infer.SMC``: adaptive tempered SMC (and waste-free SMC) for NumPyro models.
+
+The Feynman–Kac model (DESIGN.md §1): particles ``u`` live in the unconstrained space of the
+latent sites; ``M0`` is the prior; stage ``t`` picks ``lambda_t`` by bisection on the
+conditional ESS (:mod:`~particlekit.infer.tempering`), reweights with the potential
+``G_t(u) = L(u)^(lambda_t - lambda_{t-1})`` through :func:`particlekit.reweight` (the one
+place the evidence grows), resamples, and moves with a BlackJAX kernel invariant for
+``pi_{lambda_t} ∝ p(u) L(u)^lambda_t`` tuned from the population
+(:mod:`~particlekit.infer.moves`). The whole run is one ``lax.while_loop`` under ``jit``;
+independent chains are ``vmap``-ped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from particlekit import resampling
+from particlekit.infer import moves, tempering
+from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
+from particlekit.kernels import check_num_particles, reweight
+from particlekit.types import ParticleState
+
+__all__ = ["SMC", "SMCResult", "StageDiagnostics"]
+
+
+class StageDiagnostics(NamedTuple):
+    """Per-stage diagnostics, each of shape ``(num_chains, max_stages)``, NaN after the last
+    stage of a chain.
+
+    Attributes
+    ----------
+    temperature : inverse temperature ``lambda_t`` reached at the stage.
+    ess : ESS fraction in ``[0, 1]`` after reweighting (before resampling).
+    acceptance_rate : mean MCMC acceptance rate of the stage's move.
+    num_mcmc_steps : MCMC steps of the stage (float, NaN-padded).
+    log_evidence_increment : ``log Z_t / Z_{t-1}``.
+    scale : the tuned move scale ``s`` (RWM scale, MALA/HMC/NUTS step size parameter).
+    """
+
+    temperature: jax.Array
+    ess: jax.Array
+    acceptance_rate: jax.Array
+    num_mcmc_steps: jax.Array
+    log_evidence_increment: jax.Array
+    scale: jax.Array
+
+
+class SMCResult(NamedTuple):
+    """Raw output of a run (leading axis ``C = num_chains`` everywhere).
+
+    Attributes
+    ----------
+    positions : Array, (C, N, D)
+        Final unconstrained particles, equally weighted (after a final resample + move).
+    log_prior, log_likelihood : Array, (C, N)
+        At ``positions``; ``log_prior`` includes the log-Jacobians.
+    log_evidence : Array, (C,)
+        ``log Z`` estimate per chain (``-inf`` if a stage failed).
+    stages : StageDiagnostics
+    num_stages : Array, (C,) int32
+    weighted_positions : Array, (C, N, D)
+        The population of the last stage after reweighting, before resampling.
+    weighted_log_weights : Array, (C, N)
+        Its normalised log-weights.
+    reached_max_stages : Array, (C,) bool
+        The schedule did not reach ``lambda = 1`` within ``max_stages``.
+    forced_increment : Array, (C,) int32
+        Number of stages where the ESS rule asked for less than ``min_increment``.
+    failed : Array, (C,) bool
+        A stage had every weight zero (e.g. a likelihood that is ``-inf`` everywhere).
+    num_nonfinite : Array, (C,) int32
+        Total number of NaN/``+inf`` log-potentials (counted as zero weight).
+    """
+
+    positions: jax.Array
+    log_prior: jax.Array
+    log_likelihood: jax.Array
+    log_evidence: jax.Array
+    stages: StageDiagnostics
+    num_stages: jax.Array
+    weighted_positions: jax.Array
+    weighted_log_weights: jax.Array
+    reached_max_stages: jax.Array
+    forced_increment: jax.Array
+    failed: jax.Array
+    num_nonfinite: jax.Array
+
+
+class _Carry(NamedTuple):
+    state: ParticleState  # particles = {"u", "log_prior", "log_lik"}
+    temperature: jax.Array
+    log_scale: jax.Array
+    stage: jax.Array
+    forced: jax.Array
+    failed: jax.Array
+    num_nonfinite: jax.Array
+    stages: StageDiagnostics
+    weighted_positions: jax.Array
+    weighted_log_weights: jax.Array
+
+
+def _evaluate(target, positions):
+    log_prior, log_lik = jax.vmap(target.log_prior_and_likelihood)(positions)
+    return {"u": positions, "log_prior": log_prior, "log_lik": log_lik}
+
+
+def _tempered_potential(x_prev, x, delta):
+    del x_prev
+    log_lik = tempering.safe_log_likelihood(x["log_lik"])
+    return jnp.where(delta > 0, delta * log_lik, 0.0)
+
+
+class _Config(NamedTuple):
+    num_particles: int
+    spec: moves.MoveSpec
+    num_mcmc_steps: int | None
+    max_mcmc_steps: int
+    decorrelation_threshold: float
+    target_ess: float
+    waste_free: bool
+    num_resampled: int
+    resampling: Callable
+    max_stages: int
+    min_increment: float
+
+
+def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
+    """One tempering stage: choose lambda, reweight, resample, move, tune."""
+    state = carry.state
+    n = cfg.num_particles
+    k_resample, k_move = jax.random.split(key)
+    temperature, forced = tempering.next_temperature(
+        state.log_weights,
+        state.particles["log_lik"],
+        carry.temperature,
+        target_ess=cfg.target_ess,
+        min_increment=cfg.min_increment,
+    )
+    delta = temperature - carry.temperature
+    state, info = reweight(_tempered_potential)(None, state, delta)
+    failed = ~jnp.isfinite(info.log_evidence_increment)
+    log_w, _ = resampling.log_normalize(state.log_weights)
+    _, cov = moves.weighted_moments(state.particles["u"], state.log_weights)
+
+    def logdensity(u):
+        lp, ll = target.log_prior_and_likelihood(u)
+        ll = tempering.safe_log_likelihood(ll)
+        value = lp + jnp.where(temperature > 0, temperature * ll, 0.0)
+        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+    algorithm = moves.build_algorithm(cfg.spec, logdensity, cov, carry.log_scale)
+    if cfg.waste_free:
+        idx = cfg.resampling(k_resample, state.log_weights, cfg.num_resampled)
+        starts = state.particles["u"][idx]
+        positions, acc, steps = moves.mutate_waste_free(
+            k_move, starts, algorithm, chain_length=n // cfg.num_resampled
+        )
+    else:
+        idx = cfg.resampling(k_resample, state.log_weights, n)
+        positions, acc, steps = moves.mutate(
+            k_move,
+            state.particles["u"][idx],
+            algorithm,
+            num_steps=cfg.num_mcmc_steps,
+            max_steps=cfg.max_mcmc_steps,
+            decorrelation_threshold=cfg.decorrelation_threshold,
+        )
+    new_state = state._replace(
+        particles=_evaluate(target, positions),
+        log_weights=jnp.zeros_like(state.log_weights),
+        ancestors=jnp.arange(n, dtype=jnp.int32),
+    )
+    new_state = new_state._replace(previous_particles=new_state.particles)
+    # A failed stage keeps the reweighted (all-zero) population and stops the loop.
+    new_state = jax.tree.map(lambda a, b: jnp.where(failed, a, b), state, new_state)
+    i = carry.stage
+    dtype = state.log_weights.dtype
+    stages = StageDiagnostics(
+        temperature=carry.stages.temperature.at[i].set(temperature),
+        ess=carry.stages.ess.at[i].set(info.ess / n),
+        acceptance_rate=carry.stages.acceptance_rate.at[i].set(acc.astype(dtype)),
+        num_mcmc_steps=carry.stages.num_mcmc_steps.at[i].set(steps.astype(dtype)),
+        log_evidence_increment=carry.stages.log_evidence_increment.at[i].set(
+            info.log_evidence_increment
+        ),
+        scale=carry.stages.scale.at[i].set(jnp.exp(carry.log_scale)),
+    )
+    return _Carry(
+        state=new_state,
+        temperature=temperature,
+        log_scale=moves.adapt_log_scale(cfg.spec, carry.log_scale, acc),
+        stage=i + 1,
+        forced=carry.forced + forced.astype(jnp.int32),
+        failed=failed,
+        num_nonfinite=carry.num_nonfinite + info.num_nonfinite,
+        stages=stages,
+        weighted_positions=state.particles["u"],
+        weighted_log_weights=log_w,
+    )
+
+
+def _init_chain(key, target, cfg: _Config):
+    positions = jax.vmap(target.sample_prior)(jax.random.split(key, cfg.num_particles))
+    return _evaluate(target, positions)
+
+
+def _run_chain(key, particles, target, cfg: _Config, progress):
+    n = cfg.num_particles
+    dtype = particles["log_prior"].dtype
+    state = ParticleState(
+        particles=particles,
+        log_weights=jnp.zeros(n, dtype),
+        log_evidence=jnp.zeros((), dtype),
+        ancestors=jnp.arange(n, dtype=jnp.int32),
+        previous_particles=particles,
+    )
+    nan_buffer = jnp.full((cfg.max_stages,), jnp.nan, dtype)
+    carry = _Carry(
+        state=state,
+        temperature=jnp.zeros((), dtype),
+        log_scale=jnp.asarray(moves.initial_log_scale(cfg.spec.kernel, target.dim), dtype),
+        stage=jnp.zeros((), jnp.int32),
+        forced=jnp.zeros((), jnp.int32),
+        failed=jnp.asarray(False),
+        num_nonfinite=jnp.zeros((), jnp.int32),
+        stages=StageDiagnostics(*(nan_buffer,) * len(StageDiagnostics._fields)),
+        weighted_positions=particles["u"],
+        weighted_log_weights=jnp.full((n,), -jnp.log(n), dtype),
+    )
+
+    def cond(c):
+        return (c.temperature < 1.0) & ~c.failed & (c.stage < cfg.max_stages)
+
+    def body(c):
+        c = _stage(jax.random.fold_in(key, c.stage), c, target, cfg)
+        if progress is not None:
+            jax.debug.callback(progress, c.stage, c.temperature)
+        return c
+
+    c = jax.lax.while_loop(cond, body, carry)
+    log_evidence = jnp.where(c.failed, -jnp.inf, c.state.log_evidence)
+    return SMCResult(
+        positions=c.state.particles["u"],
+        log_prior=c.state.particles["log_prior"],
+        log_likelihood=c.state.particles["log_lik"],
+        log_evidence=log_evidence,
+        stages=c.stages,
+        num_stages=c.stage,
+        weighted_positions=c.weighted_positions,
+        weighted_log_weights=c.weighted_log_weights,
+        reached_max_stages=(c.temperature < 1.0) & ~c.failed,
+        forced_increment=c.forced,
+        failed=c.failed,
+        num_nonfinite=c.num_nonfinite,
+    )
+
+
+def _split_args(args, kwargs):
+    """Arrays become traced arguments; everything else (ints, strings, ...) is static."""
+    leaves, treedef = jax.tree.flatten((args, kwargs))
+    dynamic = tuple(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
+    dyn = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d]
+    static = tuple(None if d else leaf for leaf, d in zip(leaves, dynamic, strict=True))
+    return dyn, (treedef, dynamic, static)
+
+
+def _merge_args(dyn, spec):
+    treedef, dynamic, static = spec
+    it = iter(dyn)
+    leaves = [next(it) if d else s for d, s in zip(dynamic, static, strict=True)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def _progress_callback():
+    from tqdm.auto import tqdm
+
+    bar = {}
+
+    def update(stage, temperature):
+        lam = float(np.min(np.asarray(temperature)))
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=1.0, desc="tempered SMC", bar_format="{l_bar}{bar}| {n:.3f}")
+        b = bar["bar"]
+        b.n = lam
+        b.set_postfix(stage=int(np.max(np.asarray(stage))))
+        b.refresh()
+        if lam >= 1.0:
+            b.close()
+            bar.pop("bar")
+
+    return update
+
+
+class SMC:
+    """Adaptive tempered SMC for a NumPyro model, with the feel of ``numpyro.infer.MCMC``.
+
+    Targets the posterior through the path ``pi_lambda(u) ∝ p(u) L(u)^lambda``, ``lambda``
+    from 0 (prior) to 1 (posterior), in the unconstrained space of the latent sites, and
+    estimates the log marginal likelihood ``log Z = log ∫ p(theta) L(theta) dtheta``.
+
+    Parameters
+    ----------
+    model : callable
+        A NumPyro model with continuous latent sites (discrete ones raise ``ValueError``).
+        Observed sites and ``numpyro.factor`` sites form the likelihood.
+    num_particles : int
+        ``N`` particles per chain.
+    kernel : {"rwm", "mala", "hmc", "nuts"} or callable
+        The rejuvenation move, tuned from the population at every stage (see
+        :mod:`particlekit.infer.moves`). A callable is a BlackJAX kernel factory
+        ``factory(logdensity_fn, cov) -> SamplingAlgorithm``, with ``cov`` the ``(D, D)``
+        weighted particle covariance.
+    num_mcmc_steps : int, optional
+        Fixed number of MCMC steps per stage. ``None`` adapts it with the decorrelation
+        criterion ``(1 - acceptance)^k <= decorrelation_threshold``, capped by
+        ``max_mcmc_steps``. With ``waste_free=True`` it is the chain length minus one,
+        ``N / num_resampled - 1`` (default 9).
+    target_ess : float in (0, 1)
+        Conditional-ESS fraction defining the next temperature.
+    waste_free : bool
+        Waste-free SMC (Dau & Chopin 2022): resample ``P = num_resampled`` of the ``N``
+        particles and grow each into an MCMC chain of length ``N / P``; all ``N`` states
+        are the next population.
+    num_resampled : int, optional
+        ``P`` for waste-free SMC; must divide ``N``. Default ``N // (num_mcmc_steps + 1)``
+        or ``N // 10``.
+    num_chains : int
+        Independent SMC runs (``vmap``-ped), reported as ArviZ chains.
+    resampling : str or callable
+        Resampling scheme of :mod:`particlekit.resampling`.
+    max_mcmc_steps : int
+        Cap on the adaptive number of MCMC steps per stage.
+    decorrelation_threshold : float in (0, 1)
+        See ``num_mcmc_steps``.
+    max_stages : int
+        Maximum number of tempering stages (reported in ``diagnostics`` if hit).
+    min_increment : float
+        Minimum temperature increment (guards against a stalled schedule).
+    target_acceptance : float, optional
+        Acceptance rate the move scale is tuned to (defaults: RWM 0.3, MALA 0.574,
+        HMC 0.65, NUTS 0.8).
+    num_integration_steps : int
+        Leapfrog steps of ``kernel="hmc"``.
+    progress_bar : bool
+        Show the temperature in a tqdm bar.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpyro, numpyro.distributions as dist
+    >>> import particlekit as pk
+    >>> def model(y):
+    ...     mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    ...     with numpyro.plate("n", y.shape[0]):
+    ...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+    >>> smc = pk.infer.SMC(model, num_particles=500)
+    >>> smc.run(jax.random.key(0), jnp.array([0.3, 0.5, 0.1]))
+    >>> samples = smc.get_samples()          # {"mu": (500,)}
+    >>> float(smc.log_evidence) < 0.0
+    True
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        *,
+        num_particles: int = 1000,
+        kernel: str | Callable = "rwm",
+        num_mcmc_steps: int | None = None,
+        target_ess: float = 0.5,
+        waste_free: bool = False,
+        num_resampled: int | None = None,
+        num_chains: int = 1,
+        resampling: str | Callable = "systematic",
+        max_mcmc_steps: int = 20,
+        decorrelation_threshold: float = 0.05,
+        max_stages: int = 200,
+        min_increment: float = 1e-6,
+        target_acceptance: float | None = None,
+        num_integration_steps: int = 10,
+        progress_bar: bool = False,
+    ):
+        n = check_num_particles(num_particles)
+        self.num_chains = check_num_particles(num_chains, "num_chains")
+        if not (isinstance(kernel, str) and kernel in moves.KERNELS) and not callable(kernel):
+            raise ValueError(f"kernel must be one of {moves.KERNELS} or a factory, got {kernel!r}")
+        if not 0.0 < float(target_ess) < 1.0:
+            raise ValueError(f"target_ess must be in (0, 1), got {target_ess}")
+        if not 0.0 < float(decorrelation_threshold) < 1.0:
+            raise ValueError(
+                f"decorrelation_threshold must be in (0, 1), got {decorrelation_threshold}"
+            )
+        if num_mcmc_steps is not None:
+            num_mcmc_steps = check_num_particles(num_mcmc_steps, "num_mcmc_steps")
+        max_mcmc_steps = check_num_particles(max_mcmc_steps, "max_mcmc_steps")
+        max_stages = check_num_particles(max_stages, "max_stages")
+        if not 0.0 < float(min_increment) < 1.0:
+            raise ValueError(f"min_increment must be in (0, 1), got {min_increment}")
+        if waste_free:
+            if num_resampled is None:
+                chain_length = 10 if num_mcmc_steps is None else num_mcmc_steps + 1
+                if n % chain_length:
+                    raise ValueError(
+                        f"waste-free SMC grows chains of length num_mcmc_steps + 1 = "
+                        f"{chain_length}, which must divide num_particles={n}"
+                    )
+                num_resampled = max(n // chain_length, 1)
+            elif num_mcmc_steps is not None and num_mcmc_steps + 1 != n // num_resampled:
+                raise ValueError(
+                    f"waste-free SMC: num_mcmc_steps + 1 = {num_mcmc_steps + 1} must equal the "
+                    f"chain length num_particles / num_resampled = {n // num_resampled}; "
+                    "give only one of them"
+                )
+            num_resampled = check_num_particles(num_resampled, "num_resampled")
+            if n % num_resampled or num_resampled == n:
+                raise ValueError(
+                    f"waste-free SMC needs num_resampled (P={num_resampled}) to divide "
+                    f"num_particles (N={n}) with N / P >= 2"
+                )
+        else:
+            num_resampled = n
+        if target_acceptance is None:
+            target_acceptance = moves.TARGET_ACCEPTANCE.get(kernel, 0.5)
+        self.model = model
+        self.num_particles = n
+        self.progress_bar = progress_bar
+        self._cfg = _Config(
+            num_particles=n,
+            spec=moves.MoveSpec(kernel, float(target_acceptance), int(num_integration_steps)),
+            num_mcmc_steps=num_mcmc_steps,
+            max_mcmc_steps=max_mcmc_steps,
+            decorrelation_threshold=float(decorrelation_threshold),
+            target_ess=float(target_ess),
+            waste_free=bool(waste_free),
+            num_resampled=num_resampled,
+            resampling=_scheme_with_num_samples(resampling),
+            max_stages=max_stages,
+            min_increment=float(min_increment),
+        )
+        self._compiled: dict = {}
+        self._result: SMCResult | None = None
+        self._args = ((), {})
+        self._info: ModelInfo | None = None
+
+    # ------------------------------------------------------------------ running
+    def _functions(self, spec, args, kwargs):
+        try:
+            cached = self._compiled.get(spec)
+        except TypeError:  # unhashable static argument: no caching
+            cached, spec = None, None
+        if cached is not None:
+            return cached
+        info = inspect_model(self.model, args, kwargs)
+        cfg = self._cfg
+        model = self.model
+        progress = _progress_callback() if self.progress_bar else None
+
+        def target_of(dyn):
+            a, kw = _merge_args(dyn, spec_local)
+            return make_target(model, a, kw, info)
+
+        spec_local = spec if spec is not None else _split_args(args, kwargs)[1]
+
+        @jax.jit
+        def init(keys, dyn):
+            target = target_of(dyn)
+            return jax.vmap(lambda k: _init_chain(k, target, cfg))(keys)
+
+        @jax.jit
+        def loop(keys, particles, dyn):
+            target = target_of(dyn)
+            return jax.vmap(lambda k, p: _run_chain(k, p, target, cfg, progress))(keys, particles)
+
+        @jax.jit
+        def constrain(positions, dyn):
+            target = target_of(dyn)
+            flat = positions.reshape((-1, positions.shape[-1]))
+            values = jax.vmap(target.constrain)(flat)
+            return {k: v.reshape(positions.shape[:-1] + v.shape[1:]) for k, v in values.items()}
+
+        fns = (info, init, loop, constrain)
+        if spec is not None:
+            self._compiled[spec] = fns
+        return fns
+
+    def run(self, key, *args, **kwargs) -> None:
+        """Run the sampler on the model's data ``*args, **kwargs``.
+
+        Raises
+        ------
+        ValueError
+            If the model has a discrete latent site, or the log-prior / log-likelihood is
+            NaN at a prior draw. A failed stage (every weight zero) or hitting
+            ``max_stages`` warns and is flagged in :attr:`diagnostics`.
+        """
+        dyn, spec = _split_args(args, kwargs)
+        info, init, loop, constrain = self._functions(spec, args, kwargs)
+        k_init, k_run = jax.random.split(key)
+        particles = init(jax.random.split(k_init, self.num_chains), dyn)
+        _check_initial(particles, info)
+        result = loop(jax.random.split(k_run, self.num_chains), particles, dyn)
+        self._result = result
+        self._args = (args, kwargs)
+        self._info = info
+        self._constrain_fn = lambda positions: constrain(positions, dyn)
+        if bool(np.any(result.failed)):
+            warnings.warn(
+                "tempered SMC failed: at some stage every particle had zero weight (the "
+                "likelihood is -inf or NaN on the whole population); log_evidence is -inf",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if bool(np.any(result.reached_max_stages)):
+            warnings.warn(
+                f"tempered SMC stopped after max_stages={self._cfg.max_stages} stages before "
+                "reaching temperature 1; the samples are not from the posterior. Increase "
+                "max_stages or lower target_ess",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------ results
+    @property
+    def result(self) -> SMCResult:
+        """The raw :class:`SMCResult` of the last run."""
+        if self._result is None:
+            raise RuntimeError("call .run(key, *model_args) first")
+        return self._result
+
+    def _constrain(self, positions):
+        return self._constrain_fn(positions)
+
+    def get_samples(self, group_by_chain: bool = False) -> dict:
+        """Equally weighted posterior draws of the latent (and deterministic) sites.
+
+        Returns a dict of arrays ``(num_chains * N, ...)``, or ``(num_chains, N, ...)`` with
+        ``group_by_chain=True``, in the constrained space, like ``MCMC.get_samples``.
+        """
+        samples = self._constrain(self.result.positions)
+        if group_by_chain:
+            return samples
+        return {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
+
+    def get_weighted_samples(self, group_by_chain: bool = False):
+        """The last stage's population before the final resampling and its normalised
+        log-weights: ``(samples, log_weights)``."""
+        samples = self._constrain(self.result.weighted_positions)
+        log_w = self.result.weighted_log_weights
+        if group_by_chain:
+            return samples, log_w
+        flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
+        return flat, log_w.reshape(-1)
+
+    @property
+    def log_evidence(self) -> jax.Array:
+        """Estimate of ``log Z``: a scalar for one chain, shape ``(num_chains,)`` otherwise."""
+        le = self.result.log_evidence
+        return le[0] if self.num_chains == 1 else le
+
+    @property
+    def diagnostics(self) -> SMCResult:
+        """The run's :class:`SMCResult` with ``stages`` trimmed to the longest chain (NumPy)."""
+        r = jax.tree.map(np.asarray, self.result)
+        s = int(np.max(r.num_stages))
+        return r._replace(stages=StageDiagnostics(*(a[:, :s] for a in r.stages)))
+
+    def print_summary(self, prob: float = 0.9, exclude_deterministic: bool = True) -> None:
+        """Print NumPyro's summary table of the posterior draws and the log evidence."""
+        from numpyro.diagnostics import print_summary
+
+        samples = self.get_samples(group_by_chain=True)
+        if exclude_deterministic:
+            samples = {k: v for k, v in samples.items() if k in self._info.latent_names}
+        print_summary(samples, prob=prob, group_by_chain=True)
+        d = self.diagnostics
+        le = np.asarray(self.result.log_evidence)
+        print(f"log evidence: {np.mean(le):.4f}" + (f" (per chain {le})" if le.size > 1 else ""))
+        print(f"stages: {d.num_stages}, failed: {d.failed}, max_stages hit: {d.reached_max_stages}")
+
+    def to_inference_data(self):
+        """An ArviZ ``InferenceData`` (arviz < 1) or ``DataTree`` (arviz >= 1); see
+        :func:`particlekit.arviz.from_smc`."""
+        from particlekit.arviz import from_smc
+
+        return from_smc(self)
+
+
+def _scheme_with_num_samples(scheme):
+    fn = resampling.get_scheme(scheme)
+
+    def draw(key, log_weights, num_samples):
+        return fn(key, log_weights, num_samples)
+
+    return draw
+
+
+def _check_initial(particles, info: ModelInfo) -> None:
+    """Host check of the prior draws (one round-trip before the loop)."""
+    lp = np.asarray(particles["log_prior"])
+    ll = np.asarray(particles["log_lik"])
+    for name, values in (("log-prior", lp), ("log-likelihood", ll)):
+        bad = np.isnan(values) | (values == np.inf)
+        if bad.any():
+            raise ValueError(
+                f"the {name} is NaN or +inf at {int(bad.sum())} of {values.size} prior draws "
+                f"(latent sites {list(info.latent_names)}); check the model's parameters and "
+                "supports"
+            )
+    if np.isneginf(lp).all():
+        raise ValueError("the log-prior is -inf at every prior draw")

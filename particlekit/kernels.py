@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
 
 from particlekit import resampling
 from particlekit.types import Kernel, ParticleState, PyTree, StepInfo, num_particles_of
@@ -151,10 +150,19 @@ def reweight(fn: Callable, *, vectorized: bool = False) -> Kernel:
         log_g = jnp.where(nonfinite, -jnp.inf, log_g)
         log_w_prev, _ = resampling.log_normalize(state.log_weights)
         log_weights = log_w_prev + log_g
-        increment = logsumexp(log_weights)
+        # increment = logsumexp(log_weights) and the ESS of the new weights from one
+        # max-subtraction and one exp pass (w <= 1, so sum(w^2) >= 1 when finite)
+        top = jnp.max(log_weights)
+        ok = jnp.isfinite(top)
+        w = jnp.exp(log_weights - jnp.where(ok, top, 0.0))
+        total = jnp.sum(w)
+        increment = jnp.where(ok, top + jnp.log(total), -jnp.inf)
         state = state._replace(log_weights=log_weights, log_evidence=state.log_evidence + increment)
-        info = StepInfo.neutral(state)._replace(
+        info = StepInfo(
+            ess=jnp.where(ok, total * total / jnp.sum(w * w), 0.0),
+            resampled=jnp.asarray(False),
             log_evidence_increment=increment,
+            acceptance_rate=jnp.full((), jnp.nan, log_weights.dtype),
             num_nonfinite=jnp.sum(nonfinite).astype(jnp.int32),
         )
         return state, info
@@ -216,7 +224,9 @@ def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
             new_state = jax.lax.cond(
                 do_resample, lambda s: _resample_state(key, s, scheme_fn), lambda s: kept, state
             )
-        info = StepInfo.neutral(new_state)._replace(resampled=do_resample)
+        # the ESS after the step: N if resampled (equal weights), unchanged otherwise
+        ess_after = jnp.where(do_resample, jnp.asarray(n, current_ess.dtype), current_ess)
+        info = StepInfo.neutral(new_state)._replace(ess=ess_after, resampled=do_resample)
         return new_state, info
 
     return kernel

@@ -14,8 +14,9 @@ output, which is then ``-inf``.
 
 Cost. ``systematic``, ``stratified``, ``ssp`` and ``killing`` run in ``O(N + M)``: the
 inverse-CDF search is replaced by a scatter-add histogram of "first point" indices and a
-cumulative sum (no sort, no binary search). ``multinomial`` and the residual part of
-``residual`` use a binary search of sorted uniforms (``O(M log N)``).
+cumulative sum (no sort, no binary search). ``multinomial`` (and the residual part of
+``residual``) merge sorted uniforms with the CDF through a bucketed search, ``O(N + M)``
+expected.
 
 Conditional variants (``conditional_*``) are the reference-preserving versions used by
 conditional SMC (particle Gibbs): slot 0 always receives ancestor 0, and the other slots
@@ -114,10 +115,13 @@ def ess(log_weights: jax.Array) -> jax.Array:
     10.0
     """
     log_weights = sanitize_log_weights(log_weights)
-    log_sum = logsumexp(log_weights)
-    log_sum_sq = logsumexp(2.0 * log_weights)
-    value = jnp.exp(2.0 * log_sum - log_sum_sq)
-    return jnp.where(jnp.isfinite(log_sum), value, 0.0)
+    # one max-subtraction and one exp pass: w_i = W_i / max_j W_j in [0, 1], so the
+    # sums cannot overflow and sum(w^2) >= 1
+    top = jnp.max(log_weights)
+    ok = jnp.isfinite(top)
+    w = jnp.exp(log_weights - jnp.where(ok, top, 0.0))
+    total = jnp.sum(w)
+    return jnp.where(ok, total * total / jnp.sum(w * w), 0.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -135,24 +139,34 @@ def _num_samples(log_weights, num_samples):
     return n, m
 
 
-def _blocked_cumsum(x: jax.Array, block: int = 256) -> jax.Array:
-    """Cumulative sum computed in blocks: faster than ``jnp.cumsum`` on CPU and with a
-    rounding error growing like ``N / block + block`` rather than ``N``."""
-    n = x.shape[0]
-    if n <= 2 * block:
-        return jnp.cumsum(x)
-    num_blocks = -(-n // block)
-    padded = jnp.pad(x, (0, num_blocks * block - n))
-    blocks = padded.reshape(num_blocks, block)
-    within = jnp.cumsum(blocks, axis=1)
-    offsets = jnp.cumsum(within[:, -1]) - within[:, -1]
-    return (within + offsets[:, None]).reshape(-1)[:n]
+def _cumsum(x: jax.Array) -> jax.Array:
+    """Inclusive cumulative sum of non-negative ``x`` as a parallel prefix scan.
+
+    On CPU ``jnp.cumsum`` lowers to a reduce-window costing 4-12 ns per element; the
+    log-depth ``associative_scan`` costs ~2 ns (benchmarks/bench_resampling.py) and its
+    rounding error grows like ``log N`` rather than ``N``. Different prefixes are summed
+    in different orders, so in floating point a prefix can differ from the previous one by
+    an ulp where ``x`` is 0. A running maximum over the prefixes at ``x > 0`` (another ~2
+    ns scan) makes the result non-decreasing and *exactly* flat over zero entries, so
+    zero-weight particles never receive offspring. Integer sums are exact and skip it."""
+    out = jax.lax.associative_scan(jnp.add, x)
+    if jnp.issubdtype(out.dtype, jnp.floating):
+        out = jax.lax.associative_scan(jnp.maximum, jnp.where(x > 0, out, 0.0))
+    return out
+
+
+_blocked_cumsum = _cumsum  # former name, kept for callers
 
 
 def _cdf(log_weights: jax.Array) -> jax.Array:
-    """Normalised cumulative weights with the last entry exactly 1."""
-    weights = jnp.exp(log_normalize(log_weights)[0])
-    cdf = _blocked_cumsum(weights)
+    """Normalised cumulative weights with the last entry exactly 1 (uniform if all the
+    weights are zero). One max-subtraction and one ``exp`` pass: the normalising constant
+    is divided out of the cumulative sum instead of a separate ``logsumexp``."""
+    log_weights = sanitize_log_weights(log_weights)
+    top = jnp.max(log_weights)
+    ok = jnp.isfinite(top)
+    weights = jnp.where(ok, jnp.exp(log_weights - jnp.where(ok, top, 0.0)), 1.0)
+    cdf = _cumsum(weights)
     cdf = cdf / cdf[-1]
     return cdf.at[-1].set(1.0)
 
@@ -166,7 +180,7 @@ def _indices_from_first_points(first: jax.Array, n: int, m: int) -> jax.Array:
     """
     first = jnp.clip(first, 0, m).astype(jnp.int32)
     hist = jnp.zeros(m + 1, dtype=jnp.int32).at[first].add(1)
-    idx = jnp.cumsum(hist[:m])
+    idx = _cumsum(hist[:m])
     return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
 
 
@@ -192,11 +206,51 @@ def offspring_counts(indices: jax.Array, num_particles: int) -> jax.Array:
 # --------------------------------------------------------------------------------------
 # schemes
 # --------------------------------------------------------------------------------------
+def _sorted_uniforms(key: jax.Array, m: int, dtype) -> jax.Array:
+    """``m`` sorted i.i.d. uniforms on (0, 1) from normalised exponential spacings,
+    ``u_(j) = (E_0 + ... + E_j) / (E_0 + ... + E_m)`` (Devroye 1986, Sec. V.2), in ``O(m)``."""
+    spacings = jax.random.exponential(key, (m + 1,), dtype=dtype)
+    sums = _cumsum(spacings)
+    return jnp.minimum(sums[:m] / sums[m], 1.0)
+
+
+def _searchsorted_unit(sorted_x: jax.Array, q: jax.Array, *, side: str = "left") -> jax.Array:
+    """``jnp.searchsorted(sorted_x, q, side=side)`` for values in [0, 1], by bucketing.
+
+    ``sorted_x`` (K,) is bucketed by ``floor(K x)`` (a scatter-add histogram and a prefix
+    sum give each bucket's first position); each query then only needs a binary search
+    inside its own bucket (Chen & Asau 1974 guide tables, vectorised). For uniform
+    ``sorted_x`` the largest bucket holds ``O(log K / log log K)`` entries w.h.p., so the
+    cost is ``O(K + len(q))``; in the worst case (everything in one bucket) it degrades
+    gracefully to a plain binary search. ``x -> floor(K x)`` is monotone in floating point,
+    so bucketing never misorders an entry and a query: the result is exact.
+    """
+    k = sorted_x.shape[0]
+    bucket_x = jnp.clip(jnp.floor(sorted_x * k), 0, k).astype(jnp.int32)
+    hist = jnp.zeros(k + 2, jnp.int32).at[bucket_x + 1].add(1)
+    start = _cumsum(hist)  # start[b] = #{i : bucket_x[i] < b}, b = 0..k+1
+    bucket_q = jnp.clip(jnp.floor(q * k), 0, k).astype(jnp.int32)
+    lo, hi = start[bucket_q], start[bucket_q + 1]
+    num_iter = 32 - jax.lax.clz(jnp.max(hist))  # ceil(log2(largest bucket + 1))
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) // 2
+        x_mid = sorted_x[jnp.clip(mid, 0, k - 1)]
+        go_right = (x_mid < q) if side == "left" else (x_mid <= q)
+        go_right = (lo < hi) & go_right
+        return jnp.where(go_right, mid + 1, lo), jnp.where(go_right | (lo >= hi), hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, num_iter, bisect, (lo, hi))
+    return lo
+
+
 def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Multinomial resampling: ``M`` i.i.d. draws from the categorical law ``W``.
 
-    Uses ``M`` sorted uniforms (normalised exponential spacings, ``O(M)``) and a binary
-    search of the cumulative weights.
+    Draws ``M`` sorted uniforms (normalised exponential spacings) and inverts the CDF by
+    merging the two sorted sequences in ``O(N + M)`` (bucketed search, then a histogram
+    and a prefix sum) instead of a binary search per draw. The output is sorted by parent.
 
     Examples
     --------
@@ -207,20 +261,20 @@ def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int | None 
     """
     n, m = _num_samples(log_weights, num_samples)
     cdf = _cdf(log_weights)
-    spacings = jax.random.exponential(key, (m + 1,), dtype=cdf.dtype)
-    sums = jnp.cumsum(spacings)
-    uniforms = sums[:m] / sums[m]
-    idx = jnp.searchsorted(cdf, uniforms, side="right")
-    return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
+    uniforms = _sorted_uniforms(key, m, cdf.dtype)
+    # particle i takes the slots j with cdf_{i-1} <= u_j < cdf_i
+    first = _searchsorted_unit(uniforms, cdf, side="left")
+    return _indices_from_first_points(first, n, m)
 
 
 def _iid_categorical(key: jax.Array, log_weights: jax.Array, m: int) -> jax.Array:
     """``m`` i.i.d. categorical draws in *random order* (unlike :func:`multinomial`, whose
-    output is sorted): needed wherever individual slots are used, not just the multiset."""
+    output is sorted): needed wherever individual slots are used, not just the multiset.
+    Inverse CDF of unsorted uniforms through a guide table, ``O(N + M)`` expected."""
     n = log_weights.shape[0]
     cdf = _cdf(log_weights)
     uniforms = jax.random.uniform(key, (m,), dtype=cdf.dtype)
-    idx = jnp.searchsorted(cdf, uniforms, side="right")
+    idx = _searchsorted_unit(cdf, uniforms, side="right")
     return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
 
 
@@ -323,7 +377,7 @@ def _ssp_counts(key: jax.Array, scaled: jax.Array, m: int) -> jax.Array:
     counts = floors.astype(jnp.int32) + (fracs > 0.5).astype(jnp.int32)
     # the last active fraction is an integer up to rounding: give it what makes the sum m
     others = jnp.sum(counts) - counts[last]
-    counts = counts.at[last].set(jnp.maximum(m - others, 0))
+    counts = counts.at[last].set(jnp.maximum(m - others, 0).astype(jnp.int32))
     return counts
 
 

@@ -1,0 +1,324 @@
+"""Resampling schemes against their exact laws.
+
+Offspring counts ``c_i = #{j : a_j = i}`` are checked against ``M W_i`` with ``W`` computed
+in float64 from the (float32) log-weights actually passed in. Means are estimated over
+``K`` keys (one ``vmap``) and compared within ``5`` standard errors, the SE being
+estimated from the same draws (plus ``5 / K`` for events too rare to show up in ``K``
+draws). Deterministic bounds (floor/ceil) allow ``1e-3`` for float32 rounding of the CDF.
+
+Every scheme is jitted once per ``(N, M)`` from a small fixed set, so hypothesis examples
+do not recompile.
+"""
+
+from functools import cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from particlekit import resampling as rs
+
+K = 4096  # keys per expectation
+Z = 5.0  # standard errors allowed
+SIZES = (1, 7, 32)
+SCHEMES = ["multinomial", "systematic", "stratified", "residual", "ssp", "killing"]
+CONDITIONAL = ["multinomial", "systematic", "stratified", "residual"]
+HYP = settings(
+    max_examples=6,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@cache
+def _counts_fn(scheme, n, m, conditional=False, skip_first=False):
+    """Jitted ``(keys (K,), log_w (n,)) -> (indices (K, m), counts (K, n))``."""
+    fn = rs.get_conditional_scheme(scheme) if conditional else rs.get_scheme(scheme)
+
+    def one(key, log_w):
+        idx = fn(key, log_w, m)
+        used = idx[1:] if skip_first else idx
+        return idx, rs.offspring_counts(used, n)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))
+
+
+def _draw(scheme, log_w, m=None, *, seed=0, conditional=False, skip_first=False):
+    log_w = jnp.asarray(log_w, jnp.float32)
+    n = log_w.shape[0]
+    m = n if m is None else m
+    keys = jax.random.split(jax.random.key(seed), K)
+    idx, counts = _counts_fn(scheme, n, m, conditional, skip_first)(keys, log_w)
+    return np.asarray(idx), np.asarray(counts, dtype=np.float64)
+
+
+def _exact_weights(log_w):
+    """Normalised weights in float64; NaN and +inf count as zero weight."""
+    lw = np.asarray(jnp.asarray(log_w, jnp.float32), dtype=np.float64)
+    lw = np.where(np.isnan(lw) | (lw == np.inf), -np.inf, lw)
+    w = np.exp(lw - lw.max())
+    return w / w.sum()
+
+
+def _assert_mean(samples, expected, what=""):
+    """Mean over axis 0 equals ``expected`` within Z standard errors."""
+    mean = samples.mean(axis=0)
+    se = samples.std(axis=0) / np.sqrt(samples.shape[0]) + 5.0 / samples.shape[0]
+    bad = np.abs(mean - expected) > Z * se
+    assert not bad.any(), f"{what}: mean {mean[bad]} vs exact {expected[bad]} (se {se[bad]})"
+
+
+def _assert_basic(idx, n, m):
+    assert idx.shape == (K, m)
+    assert idx.dtype == np.int32
+    assert idx.min() >= 0 and idx.max() < n
+
+
+# ---------------------------------------------------------------------------- strategies
+@st.composite
+def log_weight_vectors(draw, low=-6.0, high=6.0, allow_zero=True):
+    n = draw(st.sampled_from(SIZES))
+    entry = st.floats(low, high, allow_nan=False, width=32)
+    if allow_zero:
+        entry = st.one_of(entry, st.just(-np.inf))
+    values = draw(st.lists(entry, min_size=n, max_size=n))
+    values[0] = draw(st.floats(0.0, high, width=32))  # at least one positive weight
+    return np.array(values, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- all schemes
+@pytest.mark.parametrize("scheme", SCHEMES)
+@HYP
+@given(log_w=log_weight_vectors())
+def test_mean_offspring_is_n_w(scheme, log_w):
+    n = log_w.shape[0]
+    idx, counts = _draw(scheme, log_w)
+    _assert_basic(idx, n, n)
+    assert (counts.sum(axis=1) == n).all()
+    w = _exact_weights(log_w)
+    assert (counts[:, w == 0] == 0).all(), "zero-weight particles must have no offspring"
+    _assert_mean(counts, n * w, scheme)
+
+
+@pytest.mark.parametrize("scheme", ["systematic", "ssp", "stratified"])
+@HYP
+@given(log_w=log_weight_vectors())
+def test_counts_are_floor_or_ceil(scheme, log_w):
+    n = log_w.shape[0]
+    _, counts = _draw(scheme, log_w)
+    expected = n * _exact_weights(log_w)
+    if scheme == "stratified":
+        assert (np.abs(counts - expected) <= 2.0 + 1e-3).all()
+    else:
+        assert (counts >= np.floor(expected - 1e-3)).all()
+        assert (counts <= np.ceil(expected + 1e-3)).all()
+
+
+@pytest.mark.parametrize("scheme", ["multinomial", "systematic", "residual", "ssp"])
+@pytest.mark.parametrize("m", [16, 48])
+def test_num_samples_differs_from_n(scheme, m):
+    log_w = np.log(np.arange(1, 33, dtype=np.float32))
+    idx, counts = _draw(scheme, log_w, m)
+    _assert_basic(idx, 32, m)
+    expected = m * _exact_weights(log_w)
+    _assert_mean(counts, expected, f"{scheme} M={m}")
+    if scheme in ("systematic", "ssp"):
+        assert (counts >= np.floor(expected - 1e-3)).all()
+        assert (counts <= np.ceil(expected + 1e-3)).all()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_large_population(scheme):
+    """N = 2000 exercises the blocked cumulative sum; few keys suffice per particle."""
+    n = 2000
+    log_w = jax.random.normal(jax.random.key(3), (n,)) * 1.5
+    keys = jax.random.split(jax.random.key(4), 256)
+    fn = jax.jit(jax.vmap(lambda k: rs.offspring_counts(rs.get_scheme(scheme)(k, log_w), n)))
+    counts = np.asarray(fn(keys), dtype=np.float64)
+    expected = n * _exact_weights(log_w)
+    assert (counts.sum(axis=1) == n).all()
+    if scheme in ("systematic", "ssp"):
+        # float32 CDF over 2000 terms: rounding below 0.05 offspring
+        assert (counts >= np.floor(expected - 0.05)).all()
+        assert (counts <= np.ceil(expected + 0.05)).all()
+    if scheme == "stratified":
+        assert (np.abs(counts - expected) <= 2.05).all()
+    # aggregate test: sum over particles of (mean count - N W) / SE is N(0, 1)-like per
+    # particle, so the standardised mean over particles has SE 1/sqrt(n)
+    mean = counts.mean(axis=0)
+    se = counts.std(axis=0) / np.sqrt(counts.shape[0])
+    ok = se > 0
+    zs = (mean - expected)[ok] / se[ok]
+    assert abs(zs.mean()) < Z / np.sqrt(ok.sum()) + 0.05
+    # heaviest particles: their counts are right on average
+    top = np.argsort(expected)[-20:]
+    _assert_mean(counts[:, top], expected[top], scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_single_particle(scheme):
+    idx, _ = _draw(scheme, np.array([-3.0], np.float32))
+    assert (idx == 0).all()
+    if scheme != "killing":
+        idx, _ = _draw(scheme, np.array([-3.0], np.float32), 5)
+        assert (idx == 0).all()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("others", [-np.inf, -1e4])
+def test_one_weight_carries_everything(scheme, others):
+    log_w = np.full(7, others, np.float32)
+    log_w[4] = 2.0
+    idx, _ = _draw(scheme, log_w)
+    assert (idx == 4).all()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_log_weights_spanning_1e4_nats(scheme):
+    """float32 log-weights around +-5000 (exp overflows without max-subtraction)."""
+    base = np.array([0.0, -1e4, np.log(2.0), -0.5, -1e4 + 3.0, np.log(3.0), -2.0])
+    for shift in (5000.0, -5000.0):
+        log_w = (base + shift).astype(np.float32)
+        idx, counts = _draw(scheme, log_w)
+        _assert_basic(idx, 7, 7)
+        w = _exact_weights(log_w)
+        assert (counts[:, w < 1e-30] == 0).all()
+        _assert_mean(counts, 7 * w, f"{scheme} shift {shift}")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_nan_and_inf_log_weights_are_zero_weight(scheme):
+    log_w = np.array([0.0, np.nan, 1.0, np.inf, -np.inf, 0.5, np.nan], np.float32)
+    idx, counts = _draw(scheme, log_w)
+    _assert_basic(idx, 7, 7)
+    assert (counts[:, [1, 3, 4, 6]] == 0).all()
+    _assert_mean(counts, 7 * _exact_weights(log_w), scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_all_zero_weights_fall_back_to_uniform(scheme):
+    log_w = np.full(7, -np.inf, np.float32)
+    log_w[2] = np.nan
+    idx, counts = _draw(scheme, log_w)
+    _assert_basic(idx, 7, 7)
+    _assert_mean(counts, np.ones(7), scheme)
+    assert float(rs.ess(jnp.asarray(log_w))) == 0.0
+
+
+def test_killing_and_conditional_need_num_samples_n():
+    log_w = jnp.zeros(5)
+    with pytest.raises(ValueError, match="num_samples == N"):
+        rs.killing(jax.random.key(0), log_w, 3)
+    for scheme in CONDITIONAL:
+        with pytest.raises(ValueError, match="num_samples == N"):
+            rs.get_conditional_scheme(scheme)(jax.random.key(0), log_w, 4)
+
+
+@pytest.mark.parametrize("bad", [jnp.zeros((2, 3)), jnp.zeros(0)])
+def test_bad_log_weight_shapes(bad):
+    with pytest.raises(ValueError):
+        rs.systematic(jax.random.key(0), bad)
+
+
+def test_bad_num_samples():
+    with pytest.raises(ValueError, match="num_samples"):
+        rs.multinomial(jax.random.key(0), jnp.zeros(3), 0)
+
+
+# ---------------------------------------------------------------------------- conditional
+@pytest.mark.parametrize("scheme", CONDITIONAL)
+@HYP
+@given(log_w=log_weight_vectors(low=-2.0, high=2.0, allow_zero=True))
+def test_conditional_is_size_biased_scheme(scheme, log_w):
+    """The conditional law is the scheme's law size-biased by the reference's offspring
+    count (Chopin & Singh 2015): ``E_cond[f(c)] = E[f(c) c_0] / (N W_0)`` for any
+    function ``f`` of the count vector. Checked for ``f = c_i`` and ``f = c_i^2``."""
+    n = log_w.shape[0]
+    idx, cond = _draw(scheme, log_w, seed=1, conditional=True)
+    _assert_basic(idx, n, n)
+    assert (idx[:, 0] == 0).all(), "slot 0 must keep the reference"
+    w = _exact_weights(log_w)
+    assert (cond[:, (w == 0) & (np.arange(n) > 0)] == 0).all()
+    _, plain = _draw(scheme, log_w, seed=2)
+    biased = plain * plain[:, :1] / (n * w[0])
+    biased_sq = plain**2 * plain[:, :1] / (n * w[0])
+    for f_cond, f_biased, name in ((cond, biased, "c"), (cond**2, biased_sq, "c^2")):
+        diff = f_cond.mean(0) - f_biased.mean(0)
+        se = np.sqrt(f_cond.var(0) / K + f_biased.var(0) / K) + 5.0 / K
+        assert (np.abs(diff) <= Z * se).all(), f"{scheme} {name}: {diff} (se {se})"
+    if scheme == "multinomial":
+        # slots 1..N-1 are i.i.d. draws from W
+        _, rest = _draw(scheme, log_w, seed=1, conditional=True, skip_first=True)
+        _assert_mean(rest, (n - 1) * w, "conditional multinomial")
+    if scheme == "systematic":
+        expected = n * w
+        assert (cond >= np.floor(expected - 1e-3)).all()
+        assert (cond <= np.ceil(expected + 1e-3)).all()
+    if scheme == "stratified":
+        assert (np.abs(cond - n * w) <= 2.0 + 1e-3).all()
+
+
+@pytest.mark.parametrize("scheme", CONDITIONAL)
+def test_conditional_single_particle(scheme):
+    idx, _ = _draw(scheme, np.array([0.3], np.float32), conditional=True)
+    assert (idx == 0).all()
+
+
+# ---------------------------------------------------------------------------- weights
+def test_ess_exact_values():
+    assert float(rs.ess(jnp.zeros(10))) == pytest.approx(10.0)
+    w = np.array([1.0, 2.0, 3.0])
+    assert float(rs.ess(jnp.log(w))) == pytest.approx(36.0 / 14.0, rel=1e-6)
+    assert float(rs.ess(jnp.log(w) + 1e4)) == pytest.approx(36.0 / 14.0, rel=1e-3)
+    assert float(rs.ess(jnp.array([0.0, -jnp.inf, jnp.nan]))) == pytest.approx(1.0)
+    assert float(rs.ess(jnp.array([-jnp.inf, -jnp.inf]))) == 0.0
+    assert float(rs.ess(jnp.array([0.0, -1e4]))) == pytest.approx(1.0)
+
+
+def test_log_normalize_exact_values():
+    log_w = jnp.log(jnp.array([1.0, 3.0])) - 7000.0
+    log_W, log_sum = rs.log_normalize(log_w)
+    np.testing.assert_allclose(np.exp(np.asarray(log_W)), [0.25, 0.75], rtol=1e-3)
+    assert float(log_sum) == pytest.approx(np.log(4.0) - 7000.0, abs=1e-3)
+    log_W, log_sum = rs.log_normalize(jnp.array([0.0, jnp.nan, jnp.inf, 0.0]))
+    np.testing.assert_allclose(np.exp(np.asarray(log_W)), [0.5, 0.0, 0.0, 0.5], atol=1e-7)
+    assert float(log_sum) == pytest.approx(np.log(2.0))
+    log_W, log_sum = rs.log_normalize(jnp.full(4, -jnp.inf))
+    np.testing.assert_allclose(np.asarray(log_W), np.full(4, -np.log(4.0)), rtol=1e-6)
+    assert float(log_sum) == -np.inf
+    np.testing.assert_allclose(
+        np.asarray(rs.normalize(jnp.log(jnp.array([2.0, 6.0])))), [0.25, 0.75], rtol=1e-6
+    )
+
+
+def test_get_scheme():
+    for name in SCHEMES:
+        assert rs.get_scheme(name) is getattr(rs, name)
+    custom = lambda key, log_w, num_samples=None: jnp.zeros(log_w.shape[0], jnp.int32)
+    assert rs.get_scheme(custom) is custom
+    with pytest.raises(ValueError, match="unknown resampling scheme 'bogus'"):
+        rs.get_scheme("bogus")
+    assert rs.get_conditional_scheme("systematic") is rs.conditional_systematic
+    assert rs.get_conditional_scheme(rs.residual) is rs.conditional_residual
+    assert rs.get_conditional_scheme(rs.conditional_stratified) is rs.conditional_stratified
+    with pytest.raises(ValueError, match="no conditional version"):
+        rs.get_conditional_scheme("ssp")
+
+
+@pytest.mark.filterwarnings("error")
+def test_float64_mode():
+    """With ``jax_enable_x64`` every scheme runs on float64 weights, returns int32
+    indices, and raises no dtype-promotion warnings (future JAX errors)."""
+    with jax.enable_x64(True):
+        log_w = jnp.log(jnp.array([0.1, 0.2, 0.0, 0.4, 0.3]))
+        assert log_w.dtype == jnp.float64
+        fns = [rs.get_scheme(s) for s in SCHEMES]
+        fns += [rs.get_conditional_scheme(s) for s in CONDITIONAL]
+        for fn in fns:
+            idx = jax.jit(fn)(jax.random.key(0), log_w)
+            assert idx.dtype == jnp.int32 and idx.shape == (5,)
+            assert int(rs.offspring_counts(idx, 5)[2]) == 0

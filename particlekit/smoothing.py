@@ -1,3 +1,873 @@
-"""smoothing (under construction)."""
+"""Particle smoothing for :class:`~particlekit.ssm.StateSpaceModel`: forward filtering
+backward sampling (FFBS) and PaRIS online smoothing of additive functionals.
 
-__all__: list[str] = []
+Both rest on the *backward kernel* of a particle filter,
+
+    Lambda_t(i, j) ∝ W_t^j f_{t+1}(x_{t+1}^i | x_t^j),     j = 1..N,
+
+which picks an ancestor at time ``t`` for a state at time ``t + 1``. Drawing from it costs
+``O(N)`` exactly (one row of log-densities and an inverse-CDF draw), or ``O(1)`` on average
+by accept–reject: propose ``j ~ W_t`` and accept with probability
+``f(x_{t+1}^i | x_t^j) / bound`` where ``bound >= max_j f(x_{t+1}^i | x_t^j)`` (Douc, Garivier,
+Moulines & Olsson 2011). Rejection is run for a capped number of rounds; the draws still
+pending are then made exactly, so the result is always an exact draw.
+
+The bound is the user's ``log_transition_bound`` (a number, or ``t -> number``) or, when the
+transition is a NumPyro ``Normal``, ``MultivariateNormal`` or an ``Independent`` ``Normal``,
+the maximum density over the current particle cloud (``max_j`` of
+``-log(scale_j) - log(2 pi) / 2`` per dimension), computed automatically; scales may then
+depend on the state.
+
+PaRIS (Olsson & Westerborn 2017) estimates ``E[sum_t h_t(x_{t-1}, x_t) | y_{0:t}]`` online
+with the per-particle statistics
+
+    tau_0^i = h_0(x_0^i),
+    tau_t^i = (1/K) sum_{k=1..K} [tau_{t-1}^{J_ik} + h_t(x_{t-1}^{J_ik}, x_t^i)],
+    J_ik ~ Lambda_{t-1}(i, .),
+
+and the estimate ``sum_i W_t^i tau_t^i``; ``K >= 2`` backward draws keep the variance stable
+over long horizons at a cost linear in ``N``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+from particlekit import kernels, resampling
+from particlekit.filters import FilterResult
+from particlekit.ssm import StateSpaceModel
+from particlekit.types import ParticleState, PyTree
+
+__all__ = [
+    "ffbs",
+    "paris",
+    "paris_online",
+    "OnlinePaRIS",
+    "PaRISState",
+    "PaRISInfo",
+    "PaRISResult",
+    "backward_indices",
+    "max_log_density",
+]
+
+_METHODS = ("auto", "exact", "rejection")
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def _take(tree, idx):
+    return jax.tree.map(lambda a: a[idx], tree)
+
+
+def _log_f_rows(ssm: StateSpaceModel, xs_prev, x, t):
+    """``log f_t(x | xs_prev[j])`` for every ``j``: shape (N,)."""
+    if ssm.vectorized:
+        xb = jax.tree.map(lambda a, p: jnp.broadcast_to(a, p.shape), x, xs_prev)
+        return ssm.transition_log_prob(xs_prev, xb, t)
+    return jax.vmap(lambda xp: ssm.transition_log_prob(xp, x, t))(xs_prev)
+
+
+def _log_f_pairs(ssm: StateSpaceModel, xs_prev, xs, t):
+    """Elementwise ``log f_t(xs[m] | xs_prev[m])``: shape (M,)."""
+    if ssm.vectorized:
+        return ssm.transition_log_prob(xs_prev, xs, t)
+    return jax.vmap(lambda a, b: ssm.transition_log_prob(a, b, t))(xs_prev, xs)
+
+
+def _inverse_cdf(cdf, uniforms, n):
+    """Indices ``j`` with ``cdf[j-1] <= u < cdf[j]`` (i.i.d. categorical draws)."""
+    return jnp.clip(jnp.searchsorted(cdf, uniforms, side="right"), 0, n - 1).astype(jnp.int32)
+
+
+def _categorical(key, logits, num):
+    """``num`` i.i.d. draws from ``softmax(logits)`` by inverse CDF, ``O(N + num log N)``.
+    Non-finite logits count as zero probability; all-zero rows fall back to uniform."""
+    n = logits.shape[0]
+    log_w, _ = resampling.log_normalize(logits)
+    cdf = jnp.cumsum(jnp.exp(log_w))
+    cdf = cdf / cdf[-1]
+    u = jax.random.uniform(key, (num,), dtype=cdf.dtype)
+    return _inverse_cdf(cdf, u, n)
+
+
+def max_log_density(d) -> jax.Array | None:
+    """``log max_x p(x)`` of a NumPyro distribution when it is known in closed form.
+
+    Supported: ``Normal`` (elementwise, per batch entry), ``MultivariateNormal`` and
+    ``Independent`` wrappers of those (summed over the reinterpreted dimensions). Returns
+    ``None`` for other distributions.
+
+    Examples
+    --------
+    >>> import numpyro.distributions as dist
+    >>> round(float(max_log_density(dist.Normal(0.0, 1.0))), 4)
+    -0.9189
+    """
+    if isinstance(d, dist.Independent):
+        inner = max_log_density(d.base_dist)
+        if inner is None:
+            return None
+        n = d.reinterpreted_batch_ndims
+        return jnp.sum(inner, axis=tuple(range(-n, 0)))
+    if isinstance(d, dist.Normal):
+        return jnp.broadcast_to(-jnp.log(d.scale) - 0.5 * math.log(2 * math.pi), d.batch_shape)
+    if isinstance(d, dist.MultivariateNormal):
+        dim = d.event_shape[-1]
+        log_det = jnp.sum(jnp.log(jnp.diagonal(d.scale_tril, axis1=-2, axis2=-1)), axis=-1)
+        return -log_det - 0.5 * dim * math.log(2 * math.pi)
+    return None
+
+
+def _population_log_bound(ssm: StateSpaceModel, xs_prev, t, log_transition_bound):
+    """``log`` of a bound on ``f_t(x | x_prev^j)`` valid for every ``x`` and every particle
+    ``j`` of ``xs_prev``; ``None`` if none is given and none can be derived."""
+    if log_transition_bound is not None:
+        value = log_transition_bound(t) if callable(log_transition_bound) else log_transition_bound
+        return jnp.asarray(value, jnp.result_type(float))
+    if ssm.vectorized:
+        bound = max_log_density(ssm.transition(xs_prev, t))
+        return None if bound is None else jnp.max(bound)
+    probe = ssm.transition(_take(xs_prev, 0), t)
+    if max_log_density(probe) is None:
+        return None
+    bounds = jax.vmap(lambda xp: max_log_density(ssm.transition(xp, t)))(xs_prev)
+    return jnp.max(bounds)
+
+
+class BackwardStats(NamedTuple):
+    """Cost diagnostics of one batch of backward draws (scalars)."""
+
+    mean_trials: jax.Array  # mean number of rejection proposals per draw (0 if exact)
+    num_exact: jax.Array  # number of draws made exactly (all of them in exact mode)
+
+
+def backward_indices(
+    key,
+    ssm: StateSpaceModel,
+    log_weights_prev,
+    xs_prev,
+    targets,
+    t,
+    *,
+    num_draws: int = 1,
+    log_bound=None,
+    max_trials: int = 32,
+    exact_chunk: int | None = None,
+):
+    """Draw ancestors from the backward kernel ``Lambda(m, j) ∝ W^j f_t(targets_m | xs_prev^j)``.
+
+    Parameters
+    ----------
+    key : PRNG key
+    ssm : StateSpaceModel
+    log_weights_prev : Array, shape (N,)
+        (Unnormalised) filtering log-weights at ``t - 1``.
+    xs_prev : Array, shape (N, ...)
+        Filtering particles at ``t - 1``.
+    targets : Array, shape (M, ...)
+        States at ``t`` whose ancestors are drawn.
+    t : int
+        Time index of ``targets`` (the transition ``f_t`` maps ``t - 1`` to ``t``).
+    num_draws : int
+        ``K`` independent draws per target.
+    log_bound : Array or None
+        ``log`` of a bound of ``f_t`` over ``xs_prev``: accept–reject with at most
+        ``max_trials`` rounds, then exact draws for the rest. ``None``: exact draws.
+    max_trials : int
+        Rejection rounds on all draws; the pending ones then get ``4^l max_trials``
+        more rounds (at most ``N``) at level ``l`` in buffers 8x smaller per level, and
+        the draws still pending after that are made exactly.
+    exact_chunk : int, optional
+        Number of pending draws finished exactly per pass (memory ``exact_chunk * N``).
+
+    Returns
+    -------
+    indices : Array, shape (M, K), int32
+    stats : BackwardStats
+    """
+    n = log_weights_prev.shape[0]
+    m = jax.tree.leaves(targets)[0].shape[0]
+    num_items = m * num_draws
+    log_w, _ = resampling.log_normalize(log_weights_prev)
+    item_target = jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_draws)
+    # exact passes: all draws at once (memory-bounded) in exact mode; small chunks for the
+    # few rejection fallbacks
+    chunk = exact_chunk or max(1, min(num_items, (1 << 22) // max(n, 1)))
+    fallback_chunk = exact_chunk or max(1, min(chunk, 64))
+
+    def one_exact(kk, tid):
+        logits = log_w + _log_f_rows(ssm, xs_prev, _take(targets, tid), t)
+        return _categorical(kk, logits, 1)[0]
+
+    def exact_rows(k, target_ids):
+        return jax.vmap(one_exact)(jax.random.split(k, target_ids.shape[0]), target_ids)
+
+    if log_bound is None:
+        keys = jax.random.split(key, num_items)
+        if chunk >= num_items:
+            idx = jax.vmap(one_exact)(keys, item_target)
+        else:  # bound the memory of the (items x N) log-density rows
+            idx = jax.lax.map(lambda a: one_exact(*a), (keys, item_target), batch_size=chunk)
+        stats = BackwardStats(jnp.zeros(()), jnp.asarray(num_items, jnp.int32))
+        return idx.reshape(m, num_draws), stats
+
+    # ---- accept-reject (Douc et al. 2011, Alg. 1), in levels: ``max_trials`` rounds on all
+    # draws, then the pending ones gathered into buffers 8x smaller per level, with 4x more
+    # rounds (at most N, the cost of an exact draw): hard draws get many proposals while the
+    # total cost stays linear in the number of draws.
+    cdf = jnp.cumsum(jnp.exp(log_w))
+    cdf = cdf / cdf[-1]
+    k_rounds, k_fallback = jax.random.split(key)
+
+    def rounds(k, items, done0, num_rounds):
+        size = items.shape[0]
+        item_x = _take(targets, item_target[items])
+
+        def cond(carry):
+            r, _, done, _ = carry
+            return (r < num_rounds) & ~jnp.all(done)
+
+        def body(carry):
+            r, idx, done, trials = carry
+            k_u, k_acc = jax.random.split(jax.random.fold_in(k, r))
+            cand = _inverse_cdf(cdf, jax.random.uniform(k_u, (size,), dtype=cdf.dtype), n)
+            log_f = _log_f_pairs(ssm, _take(xs_prev, cand), item_x, t)
+            log_u = jnp.log(jax.random.uniform(k_acc, (size,), dtype=cdf.dtype))
+            accept = ~done & (log_u < log_f - log_bound)
+            trials = trials + (~done).astype(jnp.int32)
+            return r + 1, jnp.where(accept, cand, idx), done | accept, trials
+
+        init = (jnp.zeros((), jnp.int32), jnp.zeros(size, jnp.int32), done0,
+                jnp.zeros(size, jnp.int32))  # fmt: skip
+        _, idx, done, trials = jax.lax.while_loop(cond, body, init)
+        return idx, done & ~done0, trials
+
+    all_items = jnp.arange(num_items, dtype=jnp.int32)
+    idx, done, trials = rounds(jax.random.fold_in(k_rounds, 0), all_items,
+                               jnp.zeros(num_items, bool), max_trials)  # fmt: skip
+    size, level = num_items // 8, 1
+    while size >= 16:
+        (buf,) = jnp.nonzero(~done, size=size, fill_value=num_items)
+        valid = buf < num_items
+        idx_b, acc_b, trials_b = rounds(
+            jax.random.fold_in(k_rounds, level), jnp.where(valid, buf, 0), ~valid,
+            min(max_trials * 4**level, max(n, max_trials)),
+        )  # fmt: skip
+        idx = idx.at[buf].set(jnp.where(acc_b, idx_b, idx[jnp.where(valid, buf, 0)]),
+                              mode="drop")  # fmt: skip
+        done = done.at[buf].set(acc_b, mode="drop")
+        trials = trials.at[buf].add(trials_b, mode="drop")
+        size, level = size // 8, level + 1
+    num_pending = jnp.sum(~done).astype(jnp.int32)
+
+    # ---- exact fallback for the draws still pending, ``chunk`` at a time
+    def fb_cond(carry):
+        _, done, _ = carry
+        return ~jnp.all(done)
+
+    def fb_body(carry):
+        idx, done, p = carry
+        (pending,) = jnp.nonzero(~done, size=fallback_chunk, fill_value=num_items)
+        valid = pending < num_items
+        safe = jnp.where(valid, pending, 0)
+        new = exact_rows(jax.random.fold_in(k_fallback, p), item_target[safe])
+        idx = idx.at[pending].set(new, mode="drop")
+        done = done.at[pending].set(True, mode="drop")
+        return idx, done, p + 1
+
+    idx, _, _ = jax.lax.while_loop(fb_cond, fb_body, (idx, done, jnp.zeros((), jnp.int32)))
+    stats = BackwardStats(jnp.mean(trials.astype(jnp.float32)), num_pending)
+    return idx.reshape(m, num_draws), stats
+
+
+# below this many particles exact backward draws are cheaper than accept-reject rounds
+AUTO_EXACT_BELOW = 256
+
+
+def _resolve_bound(ssm, xs_prev, t, method, log_transition_bound):
+    """The log-bound to use (``None`` = exact draws), per ``method``."""
+    n = jax.tree.leaves(xs_prev)[0].shape[0]
+    if method == "exact" or (method == "auto" and n < AUTO_EXACT_BELOW):
+        return None
+    bound = _population_log_bound(ssm, xs_prev, t, log_transition_bound)
+    if bound is None and method == "rejection":
+        raise ValueError(
+            "method='rejection' needs a bound on the transition density: pass "
+            "log_transition_bound=..., or use a Normal / MultivariateNormal transition"
+        )
+    return bound
+
+
+def _check_method(method):
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+
+
+def _check_trials(max_trials):
+    return kernels.check_num_particles(max_trials, "max_trials")
+
+
+# --------------------------------------------------------------------------------------
+# FFBS
+# --------------------------------------------------------------------------------------
+def backward_trajectories(
+    key, ssm, particles, log_weights, num_samples, *, method, log_transition_bound, max_trials
+):
+    """FFBS on a stored particle history: ``(num_samples, T, ...)`` trajectories (traced)."""
+    num_steps, n = log_weights.shape
+    k_last, k_back = jax.random.split(key)
+    idx_last = _categorical(k_last, log_weights[-1], num_samples)
+    x_last = _take(_take(particles, num_steps - 1), idx_last)
+    if num_steps == 1:
+        return jax.tree.map(lambda a: a[:, None], x_last)
+
+    def body(x_next, inp):
+        xs_t, lw_t, t = inp
+        bound = _resolve_bound(ssm, xs_t, t + 1, method, log_transition_bound)
+        idx, _ = backward_indices(
+            jax.random.fold_in(k_back, t), ssm, lw_t, xs_t, x_next, t + 1,
+            num_draws=1, log_bound=bound, max_trials=max_trials,
+        )  # fmt: skip
+        x_t = _take(xs_t, idx[:, 0])
+        return x_t, x_t
+
+    ts = jnp.arange(num_steps - 1, dtype=jnp.int32)
+    inputs = (_take(particles, slice(0, num_steps - 1)), log_weights[:-1], ts)
+    _, xs = jax.lax.scan(body, x_last, inputs, reverse=True)
+    out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), xs, x_last)
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+
+
+@partial(
+    jax.jit,
+    static_argnames=("ssm", "num_samples", "method", "log_transition_bound", "max_trials"),
+)
+def _ffbs(key, particles, log_weights, *, ssm, num_samples, method, log_transition_bound,
+          max_trials):  # fmt: skip
+    return backward_trajectories(
+        key, ssm, particles, log_weights, num_samples,
+        method=method, log_transition_bound=log_transition_bound, max_trials=max_trials,
+    )  # fmt: skip
+
+
+def ffbs(
+    key: jax.Array,
+    ssm: StateSpaceModel,
+    filter_result: FilterResult,
+    num_samples: int,
+    *,
+    method: str = "exact",
+    log_transition_bound: float | Callable | None = None,
+    max_trials: int = 32,
+) -> PyTree:
+    """Forward filtering backward sampling: draw trajectories from the particle
+    approximation of the joint smoothing law ``p(x_{0:T-1} | y_{0:T-1})``.
+
+    Backward pass: ``x_{T-1} ~ W_{T-1}``, then for ``t = T-2, ..., 0`` the index of
+    ``x_t`` is drawn from the backward kernel ``∝ W_t^j f_{t+1}(x_{t+1} | x_t^j)``. Each
+    draw costs ``O(N)`` exactly (``method="exact"``) or ``O(1)`` on average by
+    accept–reject (``method="rejection"``, needs a bounded transition density).
+
+    Parameters
+    ----------
+    key : PRNG key
+    ssm : StateSpaceModel
+        The model the filter was run on.
+    filter_result : FilterResult
+        Output of a filter of :mod:`particlekit.filters` run with ``keep_history=True``.
+    num_samples : int
+        Number ``M`` of trajectories.
+    method : {"exact", "rejection", "auto"}
+        ``"auto"`` uses rejection when a bound is known and ``N >= 256``, otherwise exact
+        draws.
+    log_transition_bound : float or callable, optional
+        ``log sup f_t`` (a number or a function of ``t``); derived automatically for
+        Normal / MultivariateNormal transitions.
+    max_trials : int
+        Rejection rounds before finishing the pending draws exactly.
+
+    Returns
+    -------
+    Array, shape (num_samples, T, ...)
+        Smoothing trajectories (unweighted).
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> _, ys = ssm.simulate(jax.random.key(0), 50)
+    >>> res = pk.filters.bootstrap(jax.random.key(1), ssm, ys, num_particles=200)
+    >>> paths = pk.smoothing.ffbs(jax.random.key(2), ssm, res, 100)
+    >>> paths.shape
+    (100, 50)
+    """
+    if not isinstance(filter_result, FilterResult) or filter_result.particles is None:
+        raise ValueError("ffbs needs a FilterResult computed with keep_history=True")
+    num_samples = kernels.check_num_particles(num_samples, "num_samples")
+    _check_method(method)
+    return _ffbs(
+        key,
+        filter_result.particles,
+        filter_result.log_weights,
+        ssm=ssm,
+        num_samples=num_samples,
+        method=method,
+        log_transition_bound=log_transition_bound,
+        max_trials=_check_trials(max_trials),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# PaRIS
+# --------------------------------------------------------------------------------------
+class PaRISState(NamedTuple):
+    """State of the online PaRIS smoother after observing ``y_{0:t}``.
+
+    Attributes
+    ----------
+    particle_state : ParticleState
+        Filtering population at ``t`` (particles ``(N, ...)``, log-weights ``(N,)``).
+    tau : PyTree
+        Per-particle statistics ``tau_t^i``, leaves ``(N, ...)``.
+    t : Array, shape (), int32
+        Current time index.
+    """
+
+    particle_state: ParticleState
+    tau: PyTree
+    t: jax.Array
+
+    @property
+    def estimate(self) -> PyTree:
+        """``sum_i W_t^i tau_t^i``, the estimate of ``E[sum_s h_s | y_{0:t}]``."""
+        return _weighted_mean(self.particle_state.log_weights, self.tau)
+
+
+class PaRISInfo(NamedTuple):
+    """Diagnostics of one PaRIS step (scalars; stacked over time in results)."""
+
+    ess: jax.Array
+    resampled: jax.Array
+    log_evidence_increment: jax.Array
+    num_nonfinite: jax.Array
+    mean_trials: jax.Array
+    num_exact: jax.Array
+
+
+class PaRISResult(NamedTuple):
+    """Output of :func:`paris`.
+
+    Attributes
+    ----------
+    estimate : PyTree
+        Estimate of ``E[sum_{t=0}^{T-1} h_t(x_{t-1}, x_t) | y_{0:T-1}]`` (same structure
+        as the output of ``additive_fn``).
+    estimates : PyTree
+        Online estimates after each observation, leaves ``(T, ...)``.
+    tau : PyTree
+        Final per-particle statistics, leaves ``(N, ...)``.
+    particles : Array, shape (N, ...)
+        Final filtering particles.
+    log_weights : Array, shape (N,)
+        Final filtering log-weights.
+    log_evidence : Array, shape ()
+        Filter estimate of ``log p(y_{0:T-1})`` (``-inf`` on failure).
+    ess, resampled, num_nonfinite : Array, shape (T,)
+        Filter diagnostics per step.
+    mean_trials : Array, shape (T,)
+        Mean rejection proposals per backward draw (0 in exact mode and at ``t = 0``).
+    num_exact : Array, shape (T,)
+        Backward draws made exactly (fallbacks in rejection mode).
+    failed : Array, shape (), bool
+        True if every weight became zero at some step.
+    """
+
+    estimate: PyTree
+    estimates: PyTree
+    tau: PyTree
+    particles: PyTree
+    log_weights: jax.Array
+    log_evidence: jax.Array
+    ess: jax.Array
+    resampled: jax.Array
+    num_nonfinite: jax.Array
+    mean_trials: jax.Array
+    num_exact: jax.Array
+    failed: jax.Array
+
+
+class OnlinePaRIS(NamedTuple):
+    """The online PaRIS smoother as a pair of pure functions (see :func:`paris_online`).
+
+    ``init(key, y0) -> PaRISState`` and ``update(key, state, y) -> (PaRISState,
+    PaRISInfo)``; both jit-compilable.
+    """
+
+    init: Callable
+    update: Callable
+
+
+def _weighted_mean(log_weights, tree):
+    w = resampling.normalize(log_weights)
+    return jax.tree.map(lambda a: jnp.tensordot(w, a, axes=(0, 0)), tree)
+
+
+def _zeros_like_h(additive_fn, x, t):
+    shapes = jax.eval_shape(lambda a: additive_fn(a, a, t), x)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _smc_step(
+    key, state: ParticleState, y, t, ref_t, *, ssm, scheme, ess_threshold, conditional,
+    ancestor_sampling,
+):  # fmt: skip
+    """One bootstrap-filter step ``t - 1 -> t`` (resample, move, reweight), optionally
+    conditional on a reference state ``ref_t`` pinned in slot 0 (conditional SMC), with
+    ancestor sampling of the reference's parent (Lindsten, Jordan & Schön 2014)."""
+    v = ssm.vectorized
+    k_res, k_as, k_move, k_w = jax.random.split(key, 4)
+    prev, log_w_prev = state.particles, state.log_weights
+    if conditional:
+        state, info = kernels.resample(resampling.get_conditional_scheme(scheme), 1.0)(k_res, state)
+        if ancestor_sampling:
+            logits = resampling.log_normalize(log_w_prev)[0] + _log_f_rows(ssm, prev, ref_t, t)
+            a0 = _categorical(k_as, logits, 1)[0]
+            state = state._replace(ancestors=state.ancestors.at[0].set(a0))
+    else:
+        state, info = kernels.resample(scheme, ess_threshold)(k_res, state)
+
+    def propagate(k, x_prev, inputs):
+        return ssm.sample_transition(k, x_prev, inputs[1])
+
+    def log_g(x_prev, x, inputs):
+        return ssm.observation_log_prob(x, inputs[0], inputs[1])
+
+    state, minfo = kernels.move(propagate, vectorized=v)(k_move, state, (y, t))
+    if conditional:
+        state = state._replace(
+            particles=jax.tree.map(lambda a, r: a.at[0].set(r), state.particles, ref_t)
+        )
+    state, winfo = kernels.reweight(log_g, vectorized=v)(k_w, state, (y, t))
+    return state, info.merge(minfo).merge(winfo)
+
+
+def _smc_init(key, ssm, y0, ref0, *, num_particles, conditional):
+    """``x_0 ~ initial`` (slot 0 pinned to ``ref0`` if conditional), weighted by ``g_0``."""
+    v = ssm.vectorized
+    k_init, k_w = jax.random.split(key)
+    state = kernels.init(k_init, ssm.sample_initial, num_particles, vectorized=v)
+    if conditional:
+        pinned = jax.tree.map(lambda a, r: a.at[0].set(r), state.particles, ref0)
+        state = state._replace(particles=pinned, previous_particles=pinned)
+
+    def log_g(x_prev, x, inputs):
+        return ssm.observation_log_prob(x, inputs[0], inputs[1])
+
+    return kernels.reweight(log_g, vectorized=v)(k_w, state, (y0, jnp.int32(0)))
+
+
+def _tau_init(state: ParticleState, *, additive_fn, initial_fn, ssm):
+    x0 = state.particles
+    if initial_fn is None:
+        n = state.log_weights.shape[0]
+        zeros = _zeros_like_h(additive_fn, _take(x0, 0), jnp.int32(1))
+        return jax.tree.map(lambda z: jnp.broadcast_to(z, (n,) + z.shape), zeros)
+    return jax.vmap(initial_fn)(x0)
+
+
+def _tau_update(
+    key, tau, prev, log_w_prev, xs, t, *, ssm, additive_fn, num_backward, method,
+    log_transition_bound, max_trials,
+):  # fmt: skip
+    """PaRIS update (Olsson & Westerborn 2017, Alg. 2): ``K`` backward indices per
+    particle, ``tau_t^i = mean_k [tau_{t-1}^{J_ik} + h_t(x_{t-1}^{J_ik}, x_t^i)]``."""
+    bound = _resolve_bound(ssm, prev, t, method, log_transition_bound)
+    idx, stats = backward_indices(
+        key, ssm, log_w_prev, prev, xs, t,
+        num_draws=num_backward, log_bound=bound, max_trials=max_trials,
+    )  # fmt: skip
+    x_back = _take(prev, idx)  # (N, K, ...)
+    h = jax.vmap(lambda xb, x: jax.vmap(lambda a: additive_fn(a, x, t))(xb))(x_back, xs)
+    new_tau = jax.tree.map(lambda old, hk: jnp.mean(old[idx] + hk, axis=1), tau, h)
+    return new_tau, stats
+
+
+def _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, resampling_,
+                  ess_threshold, method, log_transition_bound, max_trials):  # fmt: skip
+    if not isinstance(ssm, StateSpaceModel):
+        raise ValueError(f"ssm must be a particlekit.StateSpaceModel, got {type(ssm).__name__}")
+    if not callable(additive_fn):
+        raise ValueError("additive_fn must be a function h(x_prev, x, t) -> PyTree")
+    if initial_fn is not None and not callable(initial_fn):
+        raise ValueError("initial_fn must be a function h_0(x_0) -> PyTree or None")
+    kernels.check_num_particles(num_particles)
+    kernels.check_num_particles(num_backward, "num_backward")
+    _check_method(method)
+    if not 0.0 <= float(ess_threshold) <= 1.0:
+        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    return dict(
+        ssm=ssm,
+        additive_fn=additive_fn,
+        initial_fn=initial_fn,
+        num_particles=int(num_particles),
+        num_backward=int(num_backward),
+        scheme=resampling.get_scheme(resampling_),
+        ess_threshold=float(ess_threshold),
+        method=method,
+        log_transition_bound=log_transition_bound,
+        max_trials=_check_trials(max_trials),
+    )
+
+
+def paris_init_state(key, y0, ref0=None, *, cfg, conditional=False):
+    """Traced PaRIS initialisation (used by :func:`paris` and particle Gibbs)."""
+    state, info = _smc_init(
+        key, cfg["ssm"], y0, ref0, num_particles=cfg["num_particles"], conditional=conditional
+    )
+    tau = _tau_init(
+        state, additive_fn=cfg["additive_fn"], initial_fn=cfg["initial_fn"], ssm=cfg["ssm"]
+    )
+    pinfo = PaRISInfo(
+        ess=info.ess,
+        resampled=info.resampled,
+        log_evidence_increment=info.log_evidence_increment,
+        num_nonfinite=info.num_nonfinite,
+        mean_trials=jnp.zeros(()),
+        num_exact=jnp.zeros((), jnp.int32),
+    )
+    return PaRISState(state, tau, jnp.zeros((), jnp.int32)), pinfo
+
+
+def paris_update_state(
+    key, pstate: PaRISState, y, ref_t=None, *, cfg, conditional=False, ancestor_sampling=False
+):
+    """Traced PaRIS step ``t - 1 -> t`` (used by :func:`paris` and particle Gibbs)."""
+    k_step, k_back = jax.random.split(key)
+    t = pstate.t + 1
+    old = pstate.particle_state
+    state, info = _smc_step(
+        k_step, old, y, t, ref_t, ssm=cfg["ssm"], scheme=cfg["scheme"],
+        ess_threshold=cfg["ess_threshold"], conditional=conditional,
+        ancestor_sampling=ancestor_sampling,
+    )  # fmt: skip
+    tau, stats = _tau_update(
+        k_back, pstate.tau, old.particles, old.log_weights, state.particles, t,
+        ssm=cfg["ssm"], additive_fn=cfg["additive_fn"], num_backward=cfg["num_backward"],
+        method=cfg["method"], log_transition_bound=cfg["log_transition_bound"],
+        max_trials=cfg["max_trials"],
+    )  # fmt: skip
+    pinfo = PaRISInfo(
+        ess=info.ess,
+        resampled=info.resampled,
+        log_evidence_increment=info.log_evidence_increment,
+        num_nonfinite=info.num_nonfinite,
+        mean_trials=stats.mean_trials,
+        num_exact=stats.num_exact,
+    )
+    return PaRISState(state, tau, t), pinfo
+
+
+def paris_online(
+    ssm: StateSpaceModel,
+    *,
+    additive_fn: Callable,
+    num_particles: int,
+    num_backward: int = 2,
+    initial_fn: Callable | None = None,
+    resampling="systematic",
+    ess_threshold: float = 0.5,
+    method: str = "auto",
+    log_transition_bound: float | Callable | None = None,
+    max_trials: int = 32,
+) -> OnlinePaRIS:
+    """The PaRIS smoother as an online algorithm: one observation at a time.
+
+    Parameters are those of :func:`paris`. Returns an :class:`OnlinePaRIS` with
+    ``init(key, y0) -> PaRISState`` and ``update(key, state, y_t) -> (PaRISState,
+    PaRISInfo)`` (both jitted); ``state.estimate`` is the current estimate of
+    ``E[sum_{s<=t} h_s | y_{0:t}]``.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+    >>> smoother = pk.smoothing.paris_online(
+    ...     ssm, additive_fn=lambda xp, x, t: x, initial_fn=lambda x: x, num_particles=100)
+    >>> state = smoother.init(jax.random.key(1), ys[0])
+    >>> for t in range(1, 20):
+    ...     state, info = smoother.update(jax.random.fold_in(jax.random.key(2), t), state, ys[t])
+    >>> state.estimate.shape
+    ()
+    """
+    cfg = _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, resampling,
+                        ess_threshold, method, log_transition_bound, max_trials)  # fmt: skip
+
+    @jax.jit
+    def init(key, y0):
+        return paris_init_state(key, jnp.asarray(y0), cfg=cfg)[0]
+
+    @jax.jit
+    def update(key, state, y):
+        return paris_update_state(key, state, jnp.asarray(y), cfg=cfg)
+
+    return OnlinePaRIS(init=init, update=update)
+
+
+def paris_forward(key, ys, refs=None, *, cfg, conditional=False, ancestor_sampling=False,
+                  keep_history=False):  # fmt: skip
+    """Run PaRIS over the whole sequence (traced). Returns the final PaRISState, the
+    stacked PaRISInfo (T,), the online estimates (T, ...) and, with ``keep_history``, the
+    particle history ``(particles (T, N, ...), log_weights (T, N))``."""
+    num_steps = ys.shape[0]
+    k0, k_run = jax.random.split(key)
+    ref0 = None if refs is None else _take(refs, 0)
+    pstate, info0 = paris_init_state(k0, ys[0], ref0, cfg=cfg, conditional=conditional)
+    first = (pstate.particle_state.particles, pstate.particle_state.log_weights)
+
+    def body(carry, inp):
+        ps = carry
+        t, y, r = inp
+        ps, inf = paris_update_state(
+            jax.random.fold_in(k_run, t), ps, y, r, cfg=cfg, conditional=conditional,
+            ancestor_sampling=ancestor_sampling,
+        )  # fmt: skip
+        hist = (ps.particle_state.particles, ps.particle_state.log_weights)
+        return ps, (inf, ps.estimate, hist if keep_history else None)
+
+    ts = jnp.arange(1, num_steps, dtype=jnp.int32)
+    ref_rest = None if refs is None else _take(refs, slice(1, None))
+    final, (infos, ests, hist) = jax.lax.scan(body, pstate, (ts, ys[1:], ref_rest))
+
+    def cat(a, b):
+        return jnp.concatenate([jnp.asarray(a)[None], b])
+
+    infos = jax.tree.map(cat, info0, infos)
+    ests = jax.tree.map(cat, pstate.estimate, ests)
+    history = None
+    if keep_history:
+        history = jax.tree.map(cat, first, hist)
+    return final, infos, ests, history
+
+
+@partial(jax.jit, static_argnames=("cfg_items",))
+def _paris(key, ys, *, cfg_items):
+    cfg = dict(cfg_items)
+    final, infos, ests, _ = paris_forward(key, ys, cfg=cfg)
+    ps = final.particle_state
+    log_evidence = ps.log_evidence
+    failed = ~jnp.isfinite(log_evidence)
+    return PaRISResult(
+        estimate=final.estimate,
+        estimates=ests,
+        tau=final.tau,
+        particles=ps.particles,
+        log_weights=ps.log_weights,
+        log_evidence=jnp.where(jnp.isnan(log_evidence), -jnp.inf, log_evidence),
+        ess=infos.ess,
+        resampled=infos.resampled,
+        num_nonfinite=infos.num_nonfinite,
+        mean_trials=infos.mean_trials,
+        num_exact=infos.num_exact,
+        failed=failed,
+    )
+
+
+def _freeze(cfg: dict):
+    return tuple(sorted(cfg.items()))
+
+
+def paris(
+    key: jax.Array,
+    ssm: StateSpaceModel,
+    ys,
+    *,
+    additive_fn: Callable,
+    num_particles: int,
+    num_backward: int = 2,
+    initial_fn: Callable | None = None,
+    resampling="systematic",
+    ess_threshold: float = 0.5,
+    method: str = "auto",
+    log_transition_bound: float | Callable | None = None,
+    max_trials: int = 32,
+) -> PaRISResult:
+    """PaRIS: online smoothing of an additive functional (Olsson & Westerborn 2017).
+
+    Estimates ``E[S_T | y_{0:T-1}]`` for ``S_T = h_0(x_0) + sum_{t=1}^{T-1} h_t(x_{t-1},
+    x_t)`` with a bootstrap filter (Feynman–Kac model ``M_t = f_t``, ``G_t = g_t``) and
+    per-particle statistics ``tau_t^i = (1/K) sum_k [tau_{t-1}^{J_ik} +
+    h_t(x_{t-1}^{J_ik}, x_t^i)]``, the indices ``J_ik`` drawn from the backward kernel
+    ``∝ W_{t-1}^j f_t(x_t^i | x_{t-1}^j)``. The estimate is ``sum_i W_{T-1}^i tau^i``.
+
+    Parameters
+    ----------
+    key : PRNG key
+    ssm : StateSpaceModel
+    ys : Array, shape (T, ...)
+        Observations (NaN rows are missing).
+    additive_fn : callable
+        ``h(x_prev, x, t) -> PyTree`` for one pair of states, ``t >= 1``. Several
+        functionals at once: return a dict / tuple of arrays.
+    num_particles : int
+        ``N``.
+    num_backward : int
+        ``K`` backward draws per particle per step (2 is the usual choice).
+    initial_fn : callable, optional
+        ``h_0(x_0) -> PyTree``, the term at ``t = 0`` (default: zero).
+    resampling : str or callable
+        Resampling scheme of the filter.
+    ess_threshold : float
+        Resample when ``ESS < ess_threshold * N``.
+    method : {"auto", "rejection", "exact"}
+        Backward draws by accept–reject against a density bound (average cost linear in
+        ``N``) or exactly (``O(N^2)``). ``"auto"``: rejection when a bound is known or
+        derivable and ``N >= 256``, exact otherwise.
+    log_transition_bound : float or callable, optional
+        ``log sup f_t`` (number or function of ``t``); derived automatically for Normal /
+        MultivariateNormal transitions.
+    max_trials : int
+        Rejection rounds before the pending draws are made exactly.
+
+    Returns
+    -------
+    PaRISResult
+
+    Examples
+    --------
+    Smoothed ``E[sum_t x_t | y]`` and ``E[sum_t x_{t-1} x_t | y]`` together:
+
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> _, ys = ssm.simulate(jax.random.key(0), 50)
+    >>> h = lambda xp, x, t: {"sum": x, "cross": xp * x}
+    >>> res = pk.smoothing.paris(jax.random.key(1), ssm, ys, additive_fn=h,
+    ...                          initial_fn=lambda x: {"sum": x, "cross": 0.0 * x},
+    ...                          num_particles=500)
+    >>> sorted(res.estimate)
+    ['cross', 'sum']
+    """
+    cfg = _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, resampling,
+                        ess_threshold, method, log_transition_bound, max_trials)  # fmt: skip
+    ys = ssm.validate(ys, num_particles)
+    return _paris(key, ys, cfg_items=_freeze(cfg))

@@ -1,0 +1,215 @@
+"""Smoothing benchmarks: PaRIS cost vs N, FFBS vs `particles`, PPG vs PaRIS at equal compute.
+
+Model: x_t = 0.9 x_{t-1} + N(0, 1), y_t = x_t + N(0, 0.5^2), x_0 ~ N(0, 1).
+
+1. PaRIS (K = 2) wall time per run for N = 1e2 .. 1e5, accept-reject backward draws
+   (linear) vs exact draws (quadratic), compile time separately.
+2. FFBS of M = N trajectories from one filter: particlekit exact / rejection vs
+   `particles` 0.3 ``hist.backward_sampling(M, linear_cost=False / True)`` (its O(N^2) and
+   rejection FFBS). (`particles`' PaRIS collector fails in 0.3: ``'Paris' object has no
+   attribute 'N'``, so it is not compared.)
+3. PPG (n particles x k sweeps) vs PaRIS (k n particles): mean squared error of
+   E[sum_t x_t^2 | y] against the RTS smoother over seeds, at equal particle budget.
+
+Usage: ``python benchmarks/bench_smoothing.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from exact import rts, scalar_model  # noqa: E402
+
+import particlekit as pk  # noqa: E402
+
+A, Q, R = 0.9, 1.0, 0.5
+SSM = pk.StateSpaceModel(
+    initial=lambda: dist.Normal(0.0, 1.0),
+    transition=lambda x_prev, t: dist.Normal(A * x_prev, Q),
+    observation=lambda x, t: dist.Normal(x, R),
+)
+
+
+def timeit(fn, repeats):
+    """(first-call time, median of ``repeats`` later calls) in seconds."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(0))
+    first = time.perf_counter() - t0
+    times = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(i + 1))
+        times.append(time.perf_counter() - t0)
+    return first, float(np.median(times))
+
+
+def bench_paris(ys, sizes, exact_max, repeats):
+    print("\n## 1. PaRIS (K=2) wall time per run, T =", ys.shape[0])
+    print(f"{'N':>8} {'rejection s':>12} {'compile s':>10} {'trials/draw':>12} "
+          f"{'exact frac':>11} {'exact s':>10} {'ratio':>7}")  # fmt: skip
+    h = lambda xp, x, t: x  # noqa: E731
+    rows = []
+    for n in sizes:
+        out = {}
+        for method in ("rejection", "exact"):
+            if method == "exact" and n > exact_max:
+                out[method] = (np.nan, np.nan, None)
+                continue
+
+            @jax.jit
+            def run(key, method=method, n=n):
+                return pk.smoothing.paris(key, SSM, ys, additive_fn=h, num_particles=n,
+                                          method=method)  # fmt: skip
+
+            res = {}
+
+            def call(i, run=run, res=res):
+                r = run(jax.random.key(i))
+                res["r"] = r
+                return r.estimate
+
+            first, med = timeit(call, repeats)
+            out[method] = (med, first - med, res["r"])
+        rej, ex = out["rejection"], out["exact"]
+        trials = float(np.mean(rej[2].mean_trials[1:]))
+        frac = float(np.mean(rej[2].num_exact[1:])) / (2 * n)
+        ratio = ex[0] / rej[0] if np.isfinite(ex[0]) else np.nan
+        print(f"{n:>8} {rej[0]:>12.4f} {rej[1]:>10.2f} {trials:>12.2f} {frac:>11.4f} "
+              f"{ex[0]:>10.4f} {ratio:>7.2f}")  # fmt: skip
+        rows.append((n, rej[0], ex[0]))
+    ns = np.array([r[0] for r in rows], float)
+    ts = np.array([r[1] for r in rows], float)
+    if len(ns) >= 2:
+        slope = np.polyfit(np.log(ns[1:]), np.log(ts[1:]), 1)[0] if len(ns) > 2 else np.nan
+        print(f"log-log slope of rejection time vs N (N >= {int(ns[1])}): {slope:.2f} (1 = linear)")
+
+
+def bench_ffbs(ys, sizes, particles_max, repeats):
+    print("\n## 2. FFBS, M = N trajectories, T =", ys.shape[0], "(backward pass only)")
+    try:
+        import particles
+        from particles import state_space_models as ssms
+    except ImportError:  # pragma: no cover
+        particles = None
+    print(f"{'N':>7} {'pk exact s':>11} {'pk rej s':>9} {'particles ON2 s':>16} "
+          f"{'particles rej s':>16} {'ON2 ratio':>10} {'rej ratio':>10}")  # fmt: skip
+    if particles is not None:
+
+        class AR(ssms.StateSpaceModel):
+            default_params = {"a": A, "q": Q, "r": R}
+
+            def PX0(self):
+                return particles.distributions.Normal(0.0, 1.0)
+
+            def PX(self, t, xp):
+                return particles.distributions.Normal(self.a * xp, self.q)
+
+            def PY(self, t, xp, x):
+                return particles.distributions.Normal(x, self.r)
+
+            def upper_bound_log_pt(self, t):
+                return -np.log(self.q * np.sqrt(2 * np.pi))
+
+        ys_np = [np.array(v) for v in np.asarray(ys, np.float64)]
+    for n in sizes:
+        res = pk.filters.bootstrap(jax.random.key(0), SSM, ys, num_particles=n)
+        pk_times = {}
+        for method in ("exact", "rejection"):
+            if method == "exact" and n > particles_max:
+                pk_times[method] = np.nan
+                continue
+            fn = lambda i, method=method, n=n, res=res: pk.smoothing.ffbs(  # noqa: E731
+                jax.random.key(i), SSM, res, n, method=method
+            )
+            pk_times[method] = timeit(fn, repeats)[1]
+        p_times = {False: np.nan, True: np.nan}
+        if particles is not None:
+            fk = ssms.Bootstrap(ssm=AR(), data=ys_np)
+            alg = particles.SMC(fk=fk, N=n, store_history=True)
+            alg.run()
+            for lin in (False, True):
+                if not lin and n > particles_max:
+                    continue
+                reps = []
+                for _ in range(max(1, repeats // 2)):
+                    t0 = time.perf_counter()
+                    alg.hist.backward_sampling(n, linear_cost=lin)
+                    reps.append(time.perf_counter() - t0)
+                p_times[lin] = float(np.median(reps))
+        print(f"{n:>7} {pk_times['exact']:>11.4f} {pk_times['rejection']:>9.4f} "
+              f"{p_times[False]:>16.4f} {p_times[True]:>16.4f} "
+              f"{p_times[False] / pk_times['exact']:>10.1f} "
+              f"{p_times[True] / pk_times['rejection']:>10.1f}")  # fmt: skip
+
+
+def bench_ppg(ys, n, sweeps, num_seeds):
+    print(f"\n## 3. PPG ({n} particles x {sweeps} sweeps, burn-in {sweeps // 5}) vs PaRIS "
+          f"({n * sweeps} particles), E[sum x_t^2 | y], {num_seeds} seeds")  # fmt: skip
+    sm, sP, _ = rts(scalar_model(A, Q, R, 1.0), np.asarray(ys))
+    exact = float(np.sum(sP[:, 0, 0] + sm[:, 0] ** 2))
+    h = lambda xp, x, t: x**2  # noqa: E731
+    h0 = lambda x: x**2  # noqa: E731
+    keys = jax.random.split(jax.random.key(1), num_seeds)
+    paris = jax.jit(
+        jax.vmap(
+            lambda k: (
+                pk.smoothing.paris(
+                    k, SSM, ys, additive_fn=h, initial_fn=h0, num_particles=n * sweeps
+                ).estimate
+            )
+        )
+    )
+    ppg = jax.jit(jax.vmap(lambda k: pk.pgibbs.ppg(
+        k, SSM, ys, additive_fn=h, initial_fn=h0, num_particles=n, num_iterations=sweeps,
+        burn_in=sweeps // 5).estimate))  # fmt: skip
+    paris_small = jax.jit(
+        jax.vmap(
+            lambda k: (
+                pk.smoothing.paris(
+                    k, SSM, ys, additive_fn=h, initial_fn=h0, num_particles=n
+                ).estimate
+            )
+        )
+    )
+    print(f"{'estimator':>26} {'bias':>8} {'std':>8} {'MSE':>9} {'time s':>8}")
+    for name, fn in ((f"PaRIS N={n}", paris_small), (f"PaRIS N={n * sweeps}", paris),
+                     (f"PPG N={n} x {sweeps}", ppg)):  # fmt: skip
+        jax.block_until_ready(fn(keys))
+        t0 = time.perf_counter()
+        est = np.asarray(jax.block_until_ready(fn(keys)), np.float64)
+        elapsed = time.perf_counter() - t0
+        bias, std = est.mean() - exact, est.std()
+        print(f"{name:>26} {bias:>8.3f} {std:>8.3f} {bias**2 + std**2:>9.4f} {elapsed:>8.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    args = parser.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+          f"jax {jax.__version__} ({jax.default_backend()})")  # fmt: skip
+    num_steps = 20 if args.quick else 50
+    _, ys = SSM.simulate(jax.random.key(0), num_steps)
+    if args.quick:
+        bench_paris(ys, [100, 1000], exact_max=1000, repeats=2)
+        bench_ffbs(ys, [100, 300], particles_max=300, repeats=2)
+        bench_ppg(ys, 16, 5, 16)
+    else:
+        bench_paris(ys, [100, 1000, 10_000, 100_000], exact_max=3000, repeats=3)
+        bench_ffbs(ys, [100, 1000, 10_000], particles_max=1000, repeats=3)
+        bench_ppg(ys, 32, 32, 64)
+
+
+if __name__ == "__main__":
+    jnp.zeros(())  # initialise the backend before timing
+    main()

@@ -29,7 +29,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
 
 __all__ = [
     "ess",
@@ -91,15 +90,26 @@ def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     log_weights = sanitize_log_weights(log_weights)
     n = log_weights.shape[0]
-    log_sum = logsumexp(log_weights)
-    ok = jnp.isfinite(log_sum)
-    log_W = jnp.where(ok, log_weights - jnp.where(ok, log_sum, 0.0), -jnp.log(n))
+    # subtract the max first (exact for nearby floats), then the log of a sum in [1, N]:
+    # subtracting a rounded logsumexp of size 1e4 directly would shift every log-weight
+    # by up to half an ulp of 1e4 (5e-4 in float32), so sum(W) would miss 1 by that much
+    top = jnp.max(log_weights)
+    ok = jnp.isfinite(top)
+    shifted = log_weights - jnp.where(ok, top, 0.0)
+    log_total = jnp.log(jnp.sum(jnp.exp(shifted)))
+    log_sum = jnp.where(ok, top + log_total, -jnp.inf)
+    log_W = jnp.where(ok, shifted - log_total, -jnp.log(n))
     return log_W, log_sum
 
 
 def normalize(log_weights: jax.Array) -> jax.Array:
-    """Normalised weights ``W`` (summing to one) from unnormalised log-weights."""
-    return jnp.exp(log_normalize(log_weights)[0])
+    """Normalised weights ``W`` (summing to one up to rounding) from unnormalised
+    log-weights; uniform if every weight is zero."""
+    log_weights = sanitize_log_weights(log_weights)
+    top = jnp.max(log_weights)
+    ok = jnp.isfinite(top)
+    weights = jnp.where(ok, jnp.exp(log_weights - jnp.where(ok, top, 0.0)), 1.0)
+    return weights / jnp.sum(weights)
 
 
 def ess(log_weights: jax.Array) -> jax.Array:
@@ -310,7 +320,7 @@ def stratified(key: jax.Array, log_weights: jax.Array, num_samples: int | None =
 
 
 def _residual_parts(log_weights, m):
-    weights = jnp.exp(log_normalize(log_weights)[0])
+    weights = normalize(log_weights)
     scaled = m * weights
     floors = jnp.floor(scaled).astype(jnp.int32)
     floors = jnp.minimum(floors, m)
@@ -388,7 +398,7 @@ def ssp(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     and negatively associated; the output is ordered by parent. ``O(N + M)``.
     """
     n, m = _num_samples(log_weights, num_samples)
-    weights = jnp.exp(log_normalize(log_weights)[0])
+    weights = normalize(log_weights)
     counts = _ssp_counts(key, m * weights, m)
     first = _blocked_cumsum(counts)
     return _indices_from_first_points(first, n, m)

@@ -1,0 +1,285 @@
+"""Bootstrap particle filter: particlekit vs `particles` vs a hand-written JAX filter.
+
+Two models, T = 1000 observations, N in {1e3, 1e4, 1e5}, systematic resampling when
+``ESS < N / 2`` for every contender:
+
+* ``lg``: 1-D linear Gaussian, ``x_t = 0.9 x_{t-1} + N(0, 1)``, ``y_t = x_t + N(0, 0.5^2)``;
+* ``sv``: stochastic volatility (``particles.state_space_models.StochVol`` defaults:
+  ``mu = -1.02, rho = 0.9702, sigma = 0.178``, ``y_t ~ N(0, exp(x_t))``).
+
+Contenders (all timed end to end from the user's call, median of ``--repeats`` runs after a
+warm-up run; compile time = first call minus the median):
+
+* ``pk vectorized``: ``pk.filters.bootstrap`` on a ``StateSpaceModel(vectorized=True)``
+  (the callables receive the particle batch), ``keep_history=False``;
+* ``pk default``: the default per-particle model (the library vmaps), ``keep_history=False``;
+* ``pk default+hist``: the same with the default ``keep_history=True`` (N <= 1e4 only);
+* ``particles``: Chopin's ``particles.SMC(fk=Bootstrap(...), resampling="systematic",
+  ESSrmin=0.5)`` with its default (cheap) summaries, ``store_history=False``;
+* ``jax hand``: a minimal hand-written JAX filter (``lax.scan``, batched draws,
+  ``lax.cond`` on the ESS, closed-form log-densities) resampling with a textbook
+  ``jnp.searchsorted`` systematic scheme;
+* ``jax hand+pk.sys``: the same filter calling ``pk.resampling.systematic``;
+* ``jax hand+pk.sys+numpyro``: the same again with the model's NumPyro distributions for
+  sampling and densities instead of closed forms (isolates the engine's overhead).
+
+Usage::
+
+    python benchmarks/bench_filters.py           # full table (a few minutes)
+    python benchmarks/bench_filters.py --quick   # smoke run in seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+
+import particlekit as pk
+
+RHO_LG, SIG_Y_LG = 0.9, 0.5
+MU_SV, RHO_SV, SIG_SV = -1.02, 0.9702, 0.178
+SIG0_SV = SIG_SV / math.sqrt(1.0 - RHO_SV**2)
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# ----------------------------------------------------------------------------- models
+def pk_model(name: str, vectorized: bool) -> pk.StateSpaceModel:
+    if name == "lg":
+        return pk.StateSpaceModel(
+            initial=lambda: dist.Normal(0.0, 1.0),
+            transition=lambda x, t: dist.Normal(RHO_LG * x, 1.0),
+            observation=lambda x, t: dist.Normal(x, SIG_Y_LG),
+            vectorized=vectorized,
+        )
+    return pk.StateSpaceModel(
+        initial=lambda: dist.Normal(MU_SV, SIG0_SV),
+        transition=lambda x, t: dist.Normal(MU_SV + RHO_SV * (x - MU_SV), SIG_SV),
+        observation=lambda x, t: dist.Normal(0.0, jnp.exp(0.5 * x)),
+        vectorized=vectorized,
+    )
+
+
+def particles_model(name: str):
+    from particles import distributions as pdists
+    from particles import state_space_models as ssms
+
+    if name == "sv":
+        return ssms.StochVol(mu=MU_SV, rho=RHO_SV, sigma=SIG_SV)
+
+    class LinearGauss(ssms.StateSpaceModel):
+        def PX0(self):
+            return pdists.Normal(loc=0.0, scale=1.0)
+
+        def PX(self, t, xp):
+            return pdists.Normal(loc=RHO_LG * xp, scale=1.0)
+
+        def PY(self, t, xp, x):
+            return pdists.Normal(loc=x, scale=SIG_Y_LG)
+
+    return LinearGauss()
+
+
+def hand_model(name: str):
+    """(init(key, n), transition(key, x), log g(x, y)) written directly in jnp."""
+    if name == "lg":
+        return (
+            lambda k, n: jax.random.normal(k, (n,)),
+            lambda k, x: RHO_LG * x + jax.random.normal(k, x.shape),
+            lambda x, y: -0.5 * ((y - x) / SIG_Y_LG) ** 2 - math.log(SIG_Y_LG) - HALF_LOG_2PI,
+        )
+    return (
+        lambda k, n: MU_SV + SIG0_SV * jax.random.normal(k, (n,)),
+        lambda k, x: MU_SV + RHO_SV * (x - MU_SV) + SIG_SV * jax.random.normal(k, x.shape),
+        lambda x, y: -0.5 * y**2 * jnp.exp(-x) - 0.5 * x - HALF_LOG_2PI,
+    )
+
+
+def hand_model_numpyro(name: str):
+    """The same three functions built from the NumPyro distributions particlekit uses, to
+    separate the cost of the density expressions from the engine's overhead."""
+    ssm = pk_model(name, True)
+    t = jnp.int32(1)
+    return (
+        lambda k, n: ssm.initial().sample(k, (n,)),
+        lambda k, x: ssm.transition(x, t).sample(k),
+        lambda x, y: ssm.observation(x, t).log_prob(y),
+    )
+
+
+# ----------------------------------------------------------------------------- filters
+def searchsorted_systematic(key, log_w):
+    n = log_w.shape[0]
+    cdf = jnp.cumsum(jnp.exp(log_w - jnp.max(log_w)))
+    points = (jnp.arange(n) + jax.random.uniform(key)) * (cdf[-1] / n)
+    return jnp.clip(jnp.searchsorted(cdf, points), 0, n - 1)
+
+
+def make_hand_filter(name: str, n: int, resample_fn, *, numpyro_densities=False):
+    """A minimal bootstrap filter: ESS-triggered systematic resampling under lax.cond."""
+    init, transition, log_g = (hand_model_numpyro if numpyro_densities else hand_model)(name)
+
+    def log_sum(lw):
+        top = jnp.max(lw)
+        return top + jnp.log(jnp.sum(jnp.exp(lw - top)))
+
+    @jax.jit
+    def run(key, ys):
+        k0, k_scan = jax.random.split(key)
+        x = init(k0, n)
+        lw = log_g(x, ys[0])
+        ll = log_sum(lw) - math.log(n)
+
+        def step(carry, inp):
+            x, lw, ll = carry
+            y, k = inp
+            k_res, k_move = jax.random.split(k)
+            top = jnp.max(lw)
+            w = jnp.exp(lw - top)
+            s = jnp.sum(w)
+            lw = lw - (top + jnp.log(s))  # normalised
+            ess = s**2 / jnp.sum(w**2)
+            x, lw = jax.lax.cond(
+                ess < 0.5 * n,
+                lambda x, lw: (x[resample_fn(k_res, lw)], jnp.full_like(lw, -math.log(n))),
+                lambda x, lw: (x, lw),
+                x,
+                lw,
+            )
+            x = transition(k_move, x)
+            lw = lw + log_g(x, y)
+            return (x, lw, ll + log_sum(lw)), None
+
+        keys = jax.random.split(k_scan, ys.shape[0] - 1)
+        (_, _, ll), _ = jax.lax.scan(step, (x, lw, ll), (ys[1:], keys))
+        return ll
+
+    return run
+
+
+def run_particles(fk_model, n, seed):
+    import particles
+
+    np.random.seed(seed)  # noqa: NPY002 (particles draws from the global numpy RNG)
+    alg = particles.SMC(fk=fk_model, N=n, resampling="systematic", ESSrmin=0.5, store_history=False)
+    alg.run()
+    return alg.logLt
+
+
+# ----------------------------------------------------------------------------- timing
+def time_interleaved(contenders, repeats):
+    """Warm up every contender, then time them round-robin ``repeats`` times, so that a
+    change of machine load hits all of them alike. Returns, per contender, (first-call s,
+    median wall s, min wall s, median process-CPU s, last value)."""
+    first, wall, cpu, value = {}, {}, {}, {}
+    for label, fn in contenders.items():
+        t0 = time.perf_counter()
+        value[label] = float(jax.block_until_ready(fn(0)))
+        first[label] = time.perf_counter() - t0
+        wall[label], cpu[label] = [], []
+    for r in range(repeats):
+        for label, fn in contenders.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            value[label] = float(jax.block_until_ready(fn(r + 1)))
+            wall[label].append(time.perf_counter() - t0)
+            cpu[label].append(time.process_time() - c0)
+    return {
+        k: (first[k], float(np.median(wall[k])), min(wall[k]), float(np.median(cpu[k])), value[k])
+        for k in contenders
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="T=50, N=1e3, 2 repeats")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default="lg,sv")
+    parser.add_argument("--sizes", default=None, help="comma-separated N (default 1e3,1e4,1e5)")
+    parser.add_argument("--skip", default="", help="comma-separated contenders to skip")
+    args = parser.parse_args(argv)
+    num_steps = 50 if args.quick else 1000
+    sizes = [1_000] if args.quick else [1_000, 10_000, 100_000]
+    if args.sizes:
+        sizes = [int(float(s)) for s in args.sizes.split(",")]
+    repeats = 2 if args.quick else args.repeats
+    skip = set(filter(None, args.skip.split(",")))
+    warnings.filterwarnings("ignore")
+
+    import particles
+
+    print(
+        f"jax {jax.__version__}, particles {particles.__version__}, T={num_steps}, "
+        f"repeats={repeats} (median), ESS threshold 0.5, systematic resampling"
+    )
+    results = []  # (model, N, contender, ns per particle-step, compile s, log Z)
+    for model in args.models.split(","):
+        _, ys = pk_model(model, False).simulate(jax.random.key(42), num_steps)
+        ys_np = np.asarray(ys, dtype=np.float64)
+        from particles import state_space_models as ssms
+
+        fk = ssms.Bootstrap(ssm=particles_model(model), data=ys_np)
+        for n in sizes:
+            contenders = {}
+            for label, vec, hist in [
+                ("pk vectorized", True, False),
+                ("pk default", False, False),
+                ("pk default+hist", False, True),
+            ]:
+                if hist and (n > 10_000 or args.quick):
+                    continue
+                ssm = pk_model(model, vec)
+                contenders[label] = lambda s, ssm=ssm, hist=hist, n=n: (
+                    pk.filters.bootstrap(
+                        jax.random.key(s), ssm, ys, num_particles=n, keep_history=hist
+                    ).log_evidence
+                )
+            hand = make_hand_filter(model, n, searchsorted_systematic)
+            contenders["jax hand"] = lambda s, f=hand: f(jax.random.key(s), ys)
+            hand_pk = make_hand_filter(model, n, pk.resampling.systematic)
+            contenders["jax hand+pk.sys"] = lambda s, f=hand_pk: f(jax.random.key(s), ys)
+            hand_np = make_hand_filter(model, n, pk.resampling.systematic, numpyro_densities=True)
+            contenders["jax hand+pk.sys+numpyro"] = lambda s, f=hand_np: f(jax.random.key(s), ys)
+            contenders["particles"] = lambda s, n=n: run_particles(fk, n, s)
+            contenders = {k: v for k, v in contenders.items() if k not in skip}
+            for label, (first, med, best, cpu, value) in time_interleaved(
+                contenders, repeats
+            ).items():
+                scale = 1e9 / (n * num_steps)
+                compile_s = max(first - med, 0.0) if label != "particles" else 0.0
+                results.append(
+                    (model, n, label, med * scale, best * scale, cpu * scale, compile_s, value)
+                )
+                print(
+                    f"  {model} N={n:>7} {label:<16} {med * scale:8.2f} ns/particle-step "
+                    f"(min {best * scale:7.2f}, cpu {cpu * scale:7.2f})  compile "
+                    f"{compile_s:6.2f} s  log Z {value:10.3f}",
+                    flush=True,
+                )
+
+    print(
+        "\n| model | N | contender | ns / particle-step (median) | min | CPU | x particles "
+        "| x jax hand (best) | compile (s) | log Z |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for model in args.models.split(","):
+        for n in sizes:
+            rows = [r for r in results if r[0] == model and r[1] == n]
+            by = {r[2]: r[3] for r in rows}
+            hands = [by[k] for k in ("jax hand", "jax hand+pk.sys") if k in by]
+            hand_best = min(hands) if hands else float("nan")
+            for _, _, label, ns, best, cpu, comp, value in rows:
+                rel_p = f"{ns / by['particles']:.2f}" if "particles" in by else "-"
+                print(
+                    f"| {model} | {n:.0e} | {label} | {ns:.1f} | {best:.1f} | {cpu:.1f} | "
+                    f"{rel_p} | {ns / hand_best:.2f} | {comp:.1f} | {value:.2f} |"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -85,7 +85,7 @@ def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     --------
     >>> import jax.numpy as jnp
     >>> log_W, log_sum = log_normalize(jnp.array([0.0, jnp.log(3.0)]))
-    >>> jnp.exp(log_W).round(2).tolist(), float(log_sum.round(3))
+    >>> jnp.exp(log_W).round(2).tolist(), round(float(log_sum), 3)
     ([0.25, 0.75], 1.386)
     """
     log_weights = sanitize_log_weights(log_weights)

@@ -26,7 +26,7 @@ import datetime
 import numpy as np
 import xarray as xr
 
-__all__ = ["from_smc", "wrap_groups", "arviz_major_version"]
+__all__ = ["from_smc", "from_draws", "wrap_groups", "arviz_major_version"]
 
 
 def arviz_major_version() -> int:
@@ -66,6 +66,22 @@ def wrap_groups(groups: dict, attrs: dict | None = None):
     import arviz as az
 
     return az.InferenceData(**groups, attrs=attrs, warn_on_custom_groups=False)
+
+
+def from_draws(posterior: dict, sample_stats: dict | None = None, attrs: dict | None = None):
+    """Wrap MCMC-style draws ``{name: array (chain, draw, ...)}`` for ArviZ (any version).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = from_draws({"theta": np.zeros((2, 10))})
+    >>> sorted(data.children if hasattr(data, "children") else data.groups())
+    ['posterior']
+    """
+    groups = {"posterior": _dataset(posterior, ["chain", "draw"])}
+    if sample_stats:
+        groups["sample_stats"] = _dataset(sample_stats, ["chain", "draw"])
+    return wrap_groups(groups, attrs)
 
 
 def from_smc(smc):

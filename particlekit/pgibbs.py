@@ -404,7 +404,7 @@ class ParticleGibbsResult(NamedTuple):
 
     def to_dict(self) -> dict:
         """A flat ``{name: array (chain, draw, ...)}`` dict of the parameter draws plus
-        ``"x"`` for the states, as ``arviz.from_dict(posterior=...)`` expects."""
+        ``"x"`` for the states."""
         out = {}
         flat, _ = jax.tree_util.tree_flatten_with_path(self.theta)
         for path, leaf in flat:
@@ -414,10 +414,11 @@ class ParticleGibbsResult(NamedTuple):
         return out
 
     def to_inference_data(self):
-        """The draws as an ``arviz.InferenceData`` (posterior group)."""
-        import arviz as az
+        """The draws for ArviZ (posterior group; ``InferenceData`` with arviz < 1, a
+        ``DataTree`` with arviz >= 1)."""
+        from particlekit.arviz import from_draws
 
-        return az.from_dict(posterior=self.to_dict())
+        return from_draws(self.to_dict())
 
 
 def particle_gibbs(

@@ -150,16 +150,10 @@ def reweight(fn: Callable, *, vectorized: bool = False) -> Kernel:
         log_g = jnp.where(nonfinite, -jnp.inf, log_g)
         log_w_prev, _ = resampling.log_normalize(state.log_weights)
         log_weights = log_w_prev + log_g
-        # increment = logsumexp(log_weights) and the ESS of the new weights from one
-        # max-subtraction and one exp pass (w <= 1, so sum(w^2) >= 1 when finite)
-        top = jnp.max(log_weights)
-        ok = jnp.isfinite(top)
-        w = jnp.exp(log_weights - jnp.where(ok, top, 0.0))
-        total = jnp.sum(w)
-        increment = jnp.where(ok, top + jnp.log(total), -jnp.inf)
+        increment, new_ess = resampling.log_sum_and_ess(log_weights)
         state = state._replace(log_weights=log_weights, log_evidence=state.log_evidence + increment)
         info = StepInfo(
-            ess=jnp.where(ok, total * total / jnp.sum(w * w), 0.0),
+            ess=new_ess,
             resampled=jnp.asarray(False),
             log_evidence_increment=increment,
             acceptance_rate=jnp.full((), jnp.nan, log_weights.dtype),

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 __all__ = [
     "ess",
+    "log_sum_and_ess",
     "log_normalize",
     "normalize",
     "sanitize_log_weights",
@@ -65,6 +66,24 @@ def sanitize_log_weights(log_weights: jax.Array) -> jax.Array:
     return jnp.where(bad, -jnp.inf, log_weights)
 
 
+def _shift_by_max(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Sanitised log-weights minus their maximum, the maximum, and whether any weight is
+    positive. Subtracting the max is exact for nearby floats; subtracting a rounded
+    logsumexp of size 1e4 instead would shift every log-weight by up to half an ulp of
+    1e4 (5e-4 in float32), so the weights would miss summing to one by that much."""
+    log_weights = sanitize_log_weights(log_weights)
+    top = jnp.max(log_weights)
+    ok = jnp.isfinite(top)
+    return log_weights - jnp.where(ok, top, 0.0), top, ok
+
+
+def _relative_weights(log_weights: jax.Array) -> jax.Array:
+    """Weights divided by the largest one (in ``[0, 1]``), or all ones if every weight is
+    zero (the uniform fallback)."""
+    shifted, _, ok = _shift_by_max(log_weights)
+    return jnp.where(ok, jnp.exp(shifted), 1.0)
+
+
 def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Normalise log-weights with max-subtraction.
 
@@ -88,14 +107,8 @@ def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     >>> jnp.exp(log_W).round(2).tolist(), round(float(log_sum), 3)
     ([0.25, 0.75], 1.386)
     """
-    log_weights = sanitize_log_weights(log_weights)
     n = log_weights.shape[0]
-    # subtract the max first (exact for nearby floats), then the log of a sum in [1, N]:
-    # subtracting a rounded logsumexp of size 1e4 directly would shift every log-weight
-    # by up to half an ulp of 1e4 (5e-4 in float32), so sum(W) would miss 1 by that much
-    top = jnp.max(log_weights)
-    ok = jnp.isfinite(top)
-    shifted = log_weights - jnp.where(ok, top, 0.0)
+    shifted, top, ok = _shift_by_max(log_weights)
     log_total = jnp.log(jnp.sum(jnp.exp(shifted)))
     log_sum = jnp.where(ok, top + log_total, -jnp.inf)
     log_W = jnp.where(ok, shifted - log_total, -jnp.log(n))
@@ -105,11 +118,27 @@ def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
 def normalize(log_weights: jax.Array) -> jax.Array:
     """Normalised weights ``W`` (summing to one up to rounding) from unnormalised
     log-weights; uniform if every weight is zero."""
-    log_weights = sanitize_log_weights(log_weights)
-    top = jnp.max(log_weights)
-    ok = jnp.isfinite(top)
-    weights = jnp.where(ok, jnp.exp(log_weights - jnp.where(ok, top, 0.0)), 1.0)
+    weights = _relative_weights(log_weights)
     return weights / jnp.sum(weights)
+
+
+def log_sum_and_ess(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``logsumexp(log_weights)`` and :func:`ess` together, from one max-subtraction and
+    one ``exp`` pass (the engine's ``reweight`` needs both every step).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> log_sum, value = log_sum_and_ess(jnp.zeros(4))
+    >>> round(float(log_sum), 4), float(value)
+    (1.3863, 4.0)
+    """
+    shifted, top, ok = _shift_by_max(log_weights)
+    # w_i = W_i / max_j W_j in [0, 1]: the sums cannot overflow and sum(w^2) >= 1
+    w = jnp.exp(shifted)
+    total = jnp.sum(w)
+    log_sum = jnp.where(ok, top + jnp.log(total), -jnp.inf)
+    return log_sum, jnp.where(ok, total * total / jnp.sum(w * w), 0.0)
 
 
 def ess(log_weights: jax.Array) -> jax.Array:
@@ -124,14 +153,7 @@ def ess(log_weights: jax.Array) -> jax.Array:
     >>> float(ess(jnp.zeros(10)))
     10.0
     """
-    log_weights = sanitize_log_weights(log_weights)
-    # one max-subtraction and one exp pass: w_i = W_i / max_j W_j in [0, 1], so the
-    # sums cannot overflow and sum(w^2) >= 1
-    top = jnp.max(log_weights)
-    ok = jnp.isfinite(top)
-    w = jnp.exp(log_weights - jnp.where(ok, top, 0.0))
-    total = jnp.sum(w)
-    return jnp.where(ok, total * total / jnp.sum(w * w), 0.0)
+    return log_sum_and_ess(log_weights)[1]
 
 
 # --------------------------------------------------------------------------------------
@@ -172,11 +194,7 @@ def _cdf(log_weights: jax.Array) -> jax.Array:
     """Normalised cumulative weights with the last entry exactly 1 (uniform if all the
     weights are zero). One max-subtraction and one ``exp`` pass: the normalising constant
     is divided out of the cumulative sum instead of a separate ``logsumexp``."""
-    log_weights = sanitize_log_weights(log_weights)
-    top = jnp.max(log_weights)
-    ok = jnp.isfinite(top)
-    weights = jnp.where(ok, jnp.exp(log_weights - jnp.where(ok, top, 0.0)), 1.0)
-    cdf = _cumsum(weights)
+    cdf = _cumsum(_relative_weights(log_weights))
     cdf = cdf / cdf[-1]
     return cdf.at[-1].set(1.0)
 

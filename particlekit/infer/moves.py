@@ -26,6 +26,8 @@ import blackjax
 import jax
 import jax.numpy as jnp
 
+from particlekit import resampling
+
 __all__ = [
     "KERNELS",
     "TARGET_ACCEPTANCE",
@@ -76,8 +78,7 @@ def initial_log_scale(kernel, dim: int) -> float:
 def weighted_moments(positions: jax.Array, log_weights: jax.Array):
     """Weighted mean ``(D,)`` and covariance ``(D, D)`` of particles ``(N, D)``, with a
     small jitter so the covariance is positive definite."""
-    w = jax.nn.softmax(jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights))
-    w = jnp.where(jnp.isfinite(w), w, 1.0 / w.shape[0])
+    w = resampling.normalize(log_weights)
     mean = w @ positions
     centred = positions - mean
     cov = (centred * w[:, None]).T @ centred

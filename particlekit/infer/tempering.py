@@ -23,8 +23,9 @@ __all__ = ["conditional_ess", "next_temperature", "safe_log_likelihood"]
 
 
 def safe_log_likelihood(log_lik: jax.Array) -> jax.Array:
-    """Map NaN and ``+inf`` log-likelihoods to ``-inf`` (zero weight at any ``delta > 0``)."""
-    return jnp.where(jnp.isnan(log_lik) | (log_lik == jnp.inf), -jnp.inf, log_lik)
+    """Map NaN and ``+inf`` log-likelihoods to ``-inf`` (zero weight at any ``delta > 0``),
+    the engine's rule for log-weights."""
+    return resampling.sanitize_log_weights(log_lik)
 
 
 def _tempered_increment(delta, log_lik):

@@ -18,16 +18,26 @@ Methods (same particle count N, same target ESS 0.5)
   ``lax.while_loop`` under ``jit``.
 - ``particles``: ``particles.smc_samplers.AdaptiveTempering`` (NumPy, waste-free, its default
   adaptive random walk, chains of length 10).
+- ``pymc smc (IMH)``: ``pm.sample_smc(draws=N, chains=1)`` with PyMC's default independent
+  Metropolis-Hastings kernel (threshold 0.5, adaptive number of steps), run by
+  ``bench_static_pymc.py`` in a subprocess with the Python given by ``--pymc-python`` (default:
+  ``$PYMC_PYTHON``; skipped if neither is set). Its time includes building the PyTensor
+  functions on every call, as ``pm.sample_smc`` does.
 
 Wall time: median over seeds after a warm-up run; JAX compile time reported separately
-(first call minus median). Usage: ``python benchmarks/bench_static.py [--quick]``.
+(first call minus median). Usage: ``python benchmarks/bench_static.py [--quick]
+[--pymc-python PATH]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import subprocess
 import time
+from pathlib import Path
 
 import blackjax
 import jax
@@ -131,7 +141,45 @@ def run_particlekit(problem, n, seeds, **options):
     return first, out
 
 
+def _time_blackjax(run, seeds):
+    out = []
+    for j, seed in enumerate([seeds[0]] + list(seeds)):
+        t0 = time.perf_counter()
+        stages, log_z = jax.block_until_ready(run(jax.random.key(seed)))
+        elapsed = time.perf_counter() - t0
+        if j > 0:
+            out.append((elapsed, int(stages), float(log_z)))
+        else:
+            first = elapsed
+    return first, out
+
+
+def _blackjax_loop(algo, problem, n):
+    """The loop a BlackJAX user writes around ``algo.step``, under one ``jit``."""
+
+    @jax.jit
+    def run(key):
+        k0, k1 = jax.random.split(key)
+        positions = problem["prior_sd"] * jax.random.normal(k0, (n, D))
+        state = algo.init(positions)
+
+        def cond(c):
+            lam = getattr(c[1], "sampler_state", c[1]).tempering_param
+            return (lam < 1.0) & (c[0] < 500)
+
+        def body(c):
+            i, state, log_z = c
+            state, info = algo.step(jax.random.fold_in(k1, i), state)
+            return i + 1, state, log_z + info.log_likelihood_increment
+
+        i, _, log_z = jax.lax.while_loop(cond, body, (0, state, 0.0))
+        return i, log_z
+
+    return run
+
+
 def run_blackjax(problem, n, seeds, num_mcmc_steps=10):
+    """Random walk with a fixed scale (tuned by hand to the posterior), 10 steps per stage."""
     sigma = 2.38 / np.sqrt(D) * problem["bj_sigma"] * jnp.eye(D)
     rw = blackjax.additive_step_random_walk.build_kernel()
 
@@ -148,34 +196,56 @@ def run_blackjax(problem, n, seeds, num_mcmc_steps=10):
         0.5,
         num_mcmc_steps=num_mcmc_steps,
     )
+    return _time_blackjax(_blackjax_loop(algo, problem, n), seeds)
 
-    @jax.jit
-    def run(key):
-        k0, k1 = jax.random.split(key)
-        positions = problem["prior_sd"] * jax.random.normal(k0, (n, D))
-        state = algo.init(positions)
 
-        def cond(c):
-            return (c[1].tempering_param < 1.0) & (c[0] < 500)
+def run_blackjax_irmh(problem, n, seeds, num_mcmc_steps=2):
+    """BlackJAX's independent MH with the proposal N(mean, cov) refitted to the weighted
+    particles at every stage through ``blackjax.inner_kernel_tuning``: the same kernel and
+    tuning as ``pk.infer.SMC(kernel="imh")``, with a fixed number of steps."""
+    irmh = blackjax.irmh.build_kernel()
 
-        def body(c):
-            i, state, log_z = c
-            state, info = algo.step(jax.random.fold_in(k1, i), state)
-            return i + 1, state, log_z + info.log_likelihood_increment
+    def step_fn(key, state, logdensity_fn, mean, chol, inv_chol):
+        def propose(k):
+            return mean + chol @ jax.random.normal(k, (D,))
 
-        i, _, log_z = jax.lax.while_loop(cond, body, (0, state, 0.0))
-        return i, log_z
+        def log_q(state_from, state_to):
+            return -0.5 * jnp.sum((inv_chol @ (state_to.position - mean)) ** 2)
 
-    out = []
-    for j, seed in enumerate([seeds[0]] + list(seeds)):
-        t0 = time.perf_counter()
-        stages, log_z = jax.block_until_ready(run(jax.random.key(seed)))
-        elapsed = time.perf_counter() - t0
-        if j > 0:
-            out.append((elapsed, int(stages), float(log_z)))
-        else:
-            first = elapsed
-    return first, out
+        return irmh(key, state, logdensity_fn, propose, log_q)
+
+    def fit(positions, weights):
+        mean = weights @ positions
+        centred = positions - mean
+        cov = (centred * weights[:, None]).T @ centred + 1e-6 * jnp.eye(D)
+        chol = jnp.linalg.cholesky(cov)
+        inv_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(D), lower=True)
+        return blackjax.smc.extend_params({"mean": mean, "chol": chol, "inv_chol": inv_chol})
+
+    def update(key, state, info):
+        return fit(state.particles, state.weights)
+
+    # first stage: the prior N(0, prior_sd^2 I) is the exact fit
+    prior_fit = blackjax.smc.extend_params(
+        {
+            "mean": jnp.zeros(D),
+            "chol": problem["prior_sd"] * jnp.eye(D),
+            "inv_chol": jnp.eye(D) / problem["prior_sd"],
+        }
+    )
+    algo = blackjax.inner_kernel_tuning(
+        smc_algorithm=blackjax.adaptive_tempered_smc,
+        logprior_fn=problem["log_prior"],
+        loglikelihood_fn=problem["log_lik"],
+        mcmc_step_fn=step_fn,
+        mcmc_init_fn=blackjax.irmh.init,
+        resampling_fn=blackjax.smc.resampling.systematic,
+        mcmc_parameter_update_fn=update,
+        initial_parameter_value=prior_fit,
+        num_mcmc_steps=num_mcmc_steps,
+        target_ess=0.5,
+    )
+    return _time_blackjax(_blackjax_loop(algo, problem, n), seeds)
 
 
 def run_particles(problem, n, seeds):
@@ -203,6 +273,19 @@ def run_particles(problem, n, seeds):
     return 0.0, out
 
 
+def run_pymc(python, n, seeds):
+    """Run ``bench_static_pymc.py`` once with ``python``; {problem name: (first, rows)}."""
+    script = Path(__file__).with_name("bench_static_pymc.py")
+    cmd = [python, str(script), "--particles", str(n), "--seeds", str(len(seeds)), "--json"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.strip():
+            record = json.loads(line)
+            results[record["problem"]] = (record["first"], [tuple(r) for r in record["rows"]])
+    return results
+
+
 # ------------------------------------------------------------------ driver
 def summarise(name, first, out, log_z_ref):
     times = np.array([o[0] for o in out])
@@ -228,6 +311,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="few particles and seeds")
     parser.add_argument("--particles", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument(
+        "--pymc-python",
+        default=os.environ.get("PYMC_PYTHON"),
+        help="Python with PyMC installed, to run bench_static_pymc.py (default: $PYMC_PYTHON)",
+    )
     args = parser.parse_args()
     n = args.particles or (200 if args.quick else 1000)
     num_seeds = args.seeds or (2 if args.quick else 10)
@@ -237,6 +325,12 @@ def main():
         f"{jax.default_backend()} device(s), jax {jax.__version__}, blackjax "
         f"{blackjax.__version__}; N={n}, seeds={num_seeds}"
     )
+    if args.pymc_python:
+        print(f"running PyMC with {args.pymc_python} ...", flush=True)
+        pymc_results = run_pymc(args.pymc_python, n, seeds)
+    else:
+        pymc_results = {}
+        print("note: PyMC skipped (pass --pymc-python PATH or set PYMC_PYTHON)")
     for problem in (logistic_problem(), mixture_problem()):
         log_z_ref = problem["log_z"]
         if log_z_ref is None and not args.quick:
@@ -260,7 +354,9 @@ def main():
             summarise("blackjax rwm", *run_blackjax(problem, n, seeds), log_z_ref),
             summarise("particles", *run_particles(problem, n, seeds), log_z_ref),
         ]
-        bj = rows[3]["time"]
+        if problem["name"] in pymc_results:
+            rows.append(summarise("pymc smc (IMH)", *pymc_results[problem["name"]], log_z_ref))
+        bj = next(r["time"] for r in rows if r["method"] == "blackjax rwm")
         print(f"\n## {problem['name']}  (log Z ref = {log_z_ref})")
         print(
             f"{'method':<15}{'time s':>9}{'compile s':>11}{'x BJ':>7}{'stages':>8}"

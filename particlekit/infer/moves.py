@@ -8,13 +8,22 @@ Buchholz, Chopin & Jacob 2021):
   particle covariance, ``s`` started at ``2.38 / sqrt(D)`` (Roberts & Rosenthal 2001);
 - ``"mala"``: step size ``h = s^2 min_j Sigma_jj / 2``;
 - ``"hmc"`` / ``"nuts"``: diagonal inverse mass matrix ``diag(Sigma)``, step size ``s``;
+- ``"imh"``: independent Metropolis–Hastings (BlackJAX ``irmh``) proposing from the Gaussian
+  ``N(mu, Sigma)`` fitted to the weighted particles, as PyMC's default SMC kernel. Each
+  accepted move is a fresh draw, so it decorrelates in a few steps when the tempered targets
+  are close to Gaussian, and mixes poorly when they are not (multimodal, funnels);
 - a factory ``factory(logdensity_fn, cov) -> blackjax algorithm`` (no scale adaptation).
 
 The scale ``s`` is updated from one stage to the next towards the kernel's target acceptance
-rate, ``s <- s * a / a_target`` (damped to a factor in ``[e^-2, e]`` per stage). The number
-of steps per stage is adapted by a decorrelation criterion (as PyMC's SMC): steps continue
-until the probability that a particle has not moved at all, ``(1 - a)^k`` with ``a`` the
-running mean acceptance, is below ``decorrelation_threshold`` (or ``max_steps`` is hit).
+rate, ``s <- s * a / a_target`` (damped to a factor in ``[e^-2, e]`` per stage; not for
+``"imh"``, whose proposal is not scaled). The number of steps per stage is adapted by a
+decorrelation criterion (as PyMC's SMC): steps continue until the probability that a
+particle has not moved at all, ``(1 - a)^k`` with ``a`` the running mean acceptance, is
+below ``decorrelation_threshold`` (or ``max_steps`` is hit).
+
+The Metropolis–Hastings kernels (``"rwm"``, ``"imh"``) run on the particle dicts
+``{"u", "log_prior", "log_lik"}``: their proposals evaluate the model once and the chain
+state keeps the result, so the next stage's reweighting needs no further evaluation.
 """
 
 from __future__ import annotations
@@ -33,15 +42,16 @@ __all__ = [
     "TARGET_ACCEPTANCE",
     "MoveSpec",
     "initial_log_scale",
-    "build_algorithm",
+    "Move",
+    "build_move",
     "adapt_log_scale",
     "weighted_moments",
     "mutate",
     "mutate_waste_free",
 ]
 
-KERNELS = ("rwm", "mala", "hmc", "nuts")
-TARGET_ACCEPTANCE = {"rwm": 0.3, "mala": 0.574, "hmc": 0.65, "nuts": 0.8}
+KERNELS = ("rwm", "mala", "hmc", "nuts", "imh")
+TARGET_ACCEPTANCE = {"rwm": 0.3, "mala": 0.574, "hmc": 0.65, "nuts": 0.8, "imh": 0.5}
 
 
 class MoveSpec(NamedTuple):
@@ -88,32 +98,115 @@ def weighted_moments(positions: jax.Array, log_weights: jax.Array):
     return mean, cov
 
 
-def build_algorithm(spec: MoveSpec, logdensity_fn: Callable, cov: jax.Array, log_scale):
-    """A BlackJAX ``SamplingAlgorithm`` for ``logdensity_fn`` tuned by ``cov`` and ``s``."""
+def _cholesky(cov):
+    chol = jnp.linalg.cholesky(cov)
+    return jnp.where(jnp.isfinite(chol), chol, jnp.eye(cov.shape[0], dtype=cov.dtype))
+
+
+def _gaussian_proposal(mean, cov):
+    """Sampler and log-density (up to a constant) of ``N(mean, cov)`` on positions ``(D,)``."""
+    chol = _cholesky(cov)
+    # Inverted once per stage, so each particle's density is one matrix-vector product.
+    inv_chol = jax.scipy.linalg.solve_triangular(
+        chol, jnp.eye(chol.shape[0], dtype=chol.dtype), lower=True
+    )
+
+    def sample(key):
+        return mean + chol @ jax.random.normal(key, mean.shape, mean.dtype)
+
+    def log_density(u):
+        z = inv_chol @ (u - mean)
+        return -0.5 * jnp.sum(z**2)
+
+    return sample, log_density
+
+
+class Move(NamedTuple):
+    """A stage's BlackJAX algorithm and how its positions relate to particles.
+
+    Attributes
+    ----------
+    algorithm : blackjax SamplingAlgorithm
+    on_particles : bool
+        True when the algorithm's positions are the particle dicts
+        ``{"u", "log_prior", "log_lik"}`` themselves (Metropolis–Hastings kernels, whose
+        proposals evaluate the model once, so no evaluation is repeated after the move);
+        False when they are the unconstrained vectors ``u`` (gradient-based kernels and
+        factories), which are evaluated after the move.
+    """
+
+    algorithm: object
+    on_particles: bool
+
+
+def build_move(
+    spec: MoveSpec,
+    evaluate: Callable,
+    tempered_log_density: Callable,
+    mean: jax.Array,
+    cov: jax.Array,
+    log_scale,
+) -> Move:
+    """The stage's move, tuned by the weighted particle ``mean`` ``(D,)``, covariance
+    ``cov`` ``(D, D)`` and scale ``s = exp(log_scale)``.
+
+    Parameters
+    ----------
+    evaluate : callable
+        ``u -> {"u": u, "log_prior": ..., "log_lik": ...}`` (one model evaluation).
+    tempered_log_density : callable
+        ``(log_prior, log_lik) -> log pi_lambda`` (invariant density of the move).
+    """
     scale = jnp.exp(log_scale)
     kernel = spec.kernel
+
+    def on_particle(particle):
+        return tempered_log_density(particle["log_prior"], particle["log_lik"])
+
     if kernel == "rwm":
-        chol = jnp.linalg.cholesky(cov)
-        chol = jnp.where(jnp.isfinite(chol), chol, jnp.eye(cov.shape[0], dtype=cov.dtype))
-        return blackjax.additive_step_random_walk.normal_random_walk(logdensity_fn, scale * chol)
+        step_chol = scale * _cholesky(cov)
+
+        def random_walk(key, particle):
+            u = particle["u"]
+            return evaluate(u + step_chol @ jax.random.normal(key, u.shape, u.dtype))
+
+        return Move(blackjax.rmh(on_particle, random_walk), True)
+    if kernel == "imh":
+        sample, log_q = _gaussian_proposal(mean, cov)
+
+        def independent(key):
+            return evaluate(sample(key))
+
+        def proposal_log_density(state_from, state_to):
+            del state_from  # independent proposal: q(x' | x) = q(x')
+            return log_q(state_to.position["u"])
+
+        return Move(blackjax.irmh(on_particle, independent, proposal_log_density), True)
+
+    def on_vector(u):
+        particle = evaluate(u)
+        return tempered_log_density(particle["log_prior"], particle["log_lik"])
+
     diag = jnp.diag(cov)
     if kernel == "mala":
-        return blackjax.mala(logdensity_fn, 0.5 * scale**2 * jnp.min(diag))
-    if kernel == "hmc":
-        return blackjax.hmc(
-            logdensity_fn,
+        algorithm = blackjax.mala(on_vector, 0.5 * scale**2 * jnp.min(diag))
+    elif kernel == "hmc":
+        algorithm = blackjax.hmc(
+            on_vector,
             step_size=scale,
             inverse_mass_matrix=diag,
             num_integration_steps=spec.num_integration_steps,
         )
-    if kernel == "nuts":
-        return blackjax.nuts(logdensity_fn, step_size=scale, inverse_mass_matrix=diag)
-    return kernel(logdensity_fn, cov)
+    elif kernel == "nuts":
+        algorithm = blackjax.nuts(on_vector, step_size=scale, inverse_mass_matrix=diag)
+    else:
+        algorithm = kernel(on_vector, cov)
+    return Move(algorithm, False)
 
 
 def adapt_log_scale(spec: MoveSpec, log_scale, acceptance_rate):
     """Next ``log s`` given the stage's mean acceptance rate (unchanged for factories)."""
-    if callable(spec.kernel):
+    if callable(spec.kernel) or spec.kernel == "imh":
         return log_scale
     acc = jnp.where(jnp.isnan(acceptance_rate), spec.target_acceptance, acceptance_rate)
     # multiplicative update s <- s * acc / target, damped to [e^-2, e^1] per stage
@@ -138,14 +231,15 @@ def _step_all(algorithm, key, states):
 
 def mutate(
     key,
-    positions: jax.Array,
+    positions,
     algorithm,
     *,
     num_steps: int | None,
     max_steps: int,
     decorrelation_threshold: float,
 ):
-    """Move every particle ``(N, D)`` with the BlackJAX ``algorithm``.
+    """Move every particle with the BlackJAX ``algorithm``; ``positions`` is an array
+    ``(N, D)`` or a pytree of arrays with leading axis ``N``.
 
     With ``num_steps`` given, exactly that many steps; otherwise at least one step and until
     ``(1 - a)^k <= decorrelation_threshold`` or ``k = max_steps``, ``a`` the running mean
@@ -172,10 +266,11 @@ def mutate(
     return states.position, acc_sum / jnp.maximum(k, 1), k
 
 
-def mutate_waste_free(key, starts: jax.Array, algorithm, *, chain_length: int):
+def mutate_waste_free(key, starts, algorithm, *, chain_length: int):
     """Waste-free move (Dau & Chopin 2022): grow each of the ``P`` resampled particles
-    ``(P, D)`` into a chain of ``chain_length = M`` states (the start included), giving
-    ``N = P M`` particles ``(N, D)``. Returns ``(positions, mean_acceptance, M - 1)``."""
+    (leading axis ``P`` of the pytree ``starts``) into a chain of ``chain_length = M`` states
+    (the start included), giving ``N = P M`` particles (leading axis ``N``, chain step major).
+    Returns ``(positions, mean_acceptance, M - 1)``."""
     states = jax.vmap(algorithm.init)(starts)
 
     def body(states, step_key):
@@ -183,6 +278,10 @@ def mutate_waste_free(key, starts: jax.Array, algorithm, *, chain_length: int):
         return states, (states.position, acc)
 
     _, (path, accs) = jax.lax.scan(body, states, jax.random.split(key, chain_length - 1))
-    chains = jnp.concatenate([starts[None], path], axis=0)  # (M, P, D)
-    positions = chains.reshape((-1, starts.shape[-1]))
+
+    def chains(start, steps):  # (P, ...) and (M - 1, P, ...) -> (M P, ...)
+        whole = jnp.concatenate([start[None], steps], axis=0)
+        return whole.reshape((-1,) + start.shape[1:])
+
+    positions = jax.tree.map(chains, starts, path)
     return positions, jnp.mean(accs), jnp.asarray(chain_length - 1, jnp.int32)

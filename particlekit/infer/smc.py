@@ -12,6 +12,7 @@ independent chains are ``vmap``-ped.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -105,9 +106,14 @@ class _Carry(NamedTuple):
     weighted_log_weights: jax.Array
 
 
+def _particle(target, u):
+    """One model evaluation: the particle ``{"u", "log_prior", "log_lik"}`` at ``u``."""
+    log_prior, log_lik = target.log_prior_and_likelihood(u)
+    return {"u": u, "log_prior": log_prior, "log_lik": log_lik}
+
+
 def _evaluate(target, positions):
-    log_prior, log_lik = jax.vmap(target.log_prior_and_likelihood)(positions)
-    return {"u": positions, "log_prior": log_prior, "log_lik": log_lik}
+    return jax.vmap(functools.partial(_particle, target))(positions)
 
 
 def _tempered_potential(x_prev, x, delta):
@@ -146,33 +152,42 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
     state, info = reweight(_tempered_potential)(None, state, delta)
     failed = ~jnp.isfinite(info.log_evidence_increment)
     log_w, _ = resampling.log_normalize(state.log_weights)
-    _, cov = moves.weighted_moments(state.particles["u"], state.log_weights)
+    mean, cov = moves.weighted_moments(state.particles["u"], state.log_weights)
 
-    def logdensity(u):
-        lp, ll = target.log_prior_and_likelihood(u)
-        ll = tempering.safe_log_likelihood(ll)
-        value = lp + jnp.where(temperature > 0, temperature * ll, 0.0)
+    def tempered_log_density(log_prior, log_lik):
+        log_lik = tempering.safe_log_likelihood(log_lik)
+        value = log_prior + jnp.where(temperature > 0, temperature * log_lik, 0.0)
         return jnp.where(jnp.isnan(value), -jnp.inf, value)
 
-    algorithm = moves.build_algorithm(cfg.spec, logdensity, cov, carry.log_scale)
+    move = moves.build_move(
+        cfg.spec,
+        functools.partial(_particle, target),
+        tempered_log_density,
+        mean,
+        cov,
+        carry.log_scale,
+    )
+    num_starts = cfg.num_resampled if cfg.waste_free else n
+    idx = cfg.resampling(k_resample, state.log_weights, num_starts)
+    starts = jax.tree.map(lambda a: a[idx], state.particles)
+    if not move.on_particles:
+        starts = starts["u"]
     if cfg.waste_free:
-        idx = cfg.resampling(k_resample, state.log_weights, cfg.num_resampled)
-        starts = state.particles["u"][idx]
-        positions, acc, steps = moves.mutate_waste_free(
-            k_move, starts, algorithm, chain_length=n // cfg.num_resampled
+        moved, acc, steps = moves.mutate_waste_free(
+            k_move, starts, move.algorithm, chain_length=n // cfg.num_resampled
         )
     else:
-        idx = cfg.resampling(k_resample, state.log_weights, n)
-        positions, acc, steps = moves.mutate(
+        moved, acc, steps = moves.mutate(
             k_move,
-            state.particles["u"][idx],
-            algorithm,
+            starts,
+            move.algorithm,
             num_steps=cfg.num_mcmc_steps,
             max_steps=cfg.max_mcmc_steps,
             decorrelation_threshold=cfg.decorrelation_threshold,
         )
+    particles = moved if move.on_particles else _evaluate(target, moved)
     new_state = state._replace(
-        particles=_evaluate(target, positions),
+        particles=particles,
         log_weights=jnp.zeros_like(state.log_weights),
         ancestors=jnp.arange(n, dtype=jnp.int32),
     )
@@ -311,9 +326,14 @@ class SMC:
         Observed sites and ``numpyro.factor`` sites form the likelihood.
     num_particles : int
         ``N`` particles per chain.
-    kernel : {"rwm", "mala", "hmc", "nuts"} or callable
+    kernel : {"rwm", "mala", "hmc", "nuts", "imh"} or callable
         The rejuvenation move, tuned from the population at every stage (see
-        :mod:`particlekit.infer.moves`). A callable is a BlackJAX kernel factory
+        :mod:`particlekit.infer.moves`). ``"imh"`` (independent Metropolis–Hastings from
+        the Gaussian fitted to the particles, PyMC's default) is the fastest when the
+        tempered posteriors are roughly Gaussian (regressions, GLMs): a few steps per
+        stage; watch its acceptance rate in :attr:`diagnostics` on multimodal or
+        heavy-tailed ones, where ``"rwm"`` (the default) is the safer choice. A callable is
+        a BlackJAX kernel factory
         ``factory(logdensity_fn, cov) -> SamplingAlgorithm``, with ``cov`` the ``(D, D)``
         weighted particle covariance.
     num_mcmc_steps : int, optional

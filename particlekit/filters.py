@@ -101,7 +101,7 @@ def _assemble(first: ParticleState, info0: StepInfo, final, trace, keep_history)
     increments = cat(info0.log_evidence_increment, trace.info.log_evidence_increment)
     log_evidence = final.log_evidence
     failed = ~jnp.isfinite(log_evidence)
-    log_evidence = jnp.where(jnp.isnan(log_evidence), -jnp.inf, log_evidence)
+    log_evidence = kernels.reported_log_evidence(log_evidence)
     if keep_history:
         hist = trace.history
         particles = jax.tree.map(cat, first.particles, hist.particles)

@@ -22,7 +22,16 @@ import jax.numpy as jnp
 from particlekit import resampling
 from particlekit.types import Kernel, ParticleState, PyTree, StepInfo, num_particles_of
 
-__all__ = ["init", "move", "reweight", "resample", "mcmc", "chain", "check_num_particles"]
+__all__ = [
+    "init",
+    "move",
+    "reweight",
+    "resample",
+    "mcmc",
+    "chain",
+    "check_num_particles",
+    "reported_log_evidence",
+]
 
 
 def check_num_particles(num_particles, name: str = "num_particles") -> int:
@@ -32,6 +41,19 @@ def check_num_particles(num_particles, name: str = "num_particles") -> int:
     if num_particles <= 0:
         raise ValueError(f"{name} must be a positive integer, got {num_particles}")
     return int(num_particles)
+
+
+def reported_log_evidence(log_evidence: jax.Array) -> jax.Array:
+    """The log-evidence a recipe reports: NaN (a run whose weights all vanished) becomes
+    ``-inf``, so a failure is a zero evidence, never a silent NaN.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> reported_log_evidence(jnp.array([-3.0, jnp.nan])).tolist()
+    [-3.0, -inf]
+    """
+    return jnp.where(jnp.isnan(log_evidence), -jnp.inf, log_evidence)
 
 
 def _take(tree: PyTree, idx: jax.Array) -> PyTree:
@@ -220,7 +242,7 @@ def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
             )
         # the ESS after the step: N if resampled (equal weights), unchanged otherwise
         ess_after = jnp.where(do_resample, jnp.asarray(n, current_ess.dtype), current_ess)
-        info = StepInfo.neutral(new_state)._replace(ess=ess_after, resampled=do_resample)
+        info = StepInfo.neutral(new_state, ess=ess_after)._replace(resampled=do_resample)
         return new_state, info
 
     return kernel

@@ -171,19 +171,27 @@ def _num_samples(log_weights, num_samples):
     return n, m
 
 
-def _cumsum(x: jax.Array) -> jax.Array:
-    """Inclusive cumulative sum of non-negative ``x`` as a parallel prefix scan.
+_SCAN_MIN_SIZE = 1 << 15
 
-    On CPU ``jnp.cumsum`` lowers to a reduce-window costing 4-12 ns per element; the
-    log-depth ``associative_scan`` costs ~2 ns (benchmarks/bench_resampling.py) and its
-    rounding error grows like ``log N`` rather than ``N``. Different prefixes are summed
-    in different orders, so in floating point a prefix can differ from the previous one by
-    an ulp where ``x`` is 0. A running maximum over the prefixes at ``x > 0`` (another ~2
-    ns scan) makes the result non-decreasing and *exactly* flat over zero entries, so
-    zero-weight particles never receive offspring. Integer sums are exact and skip it."""
-    out = jax.lax.associative_scan(jnp.add, x)
+
+def _cumsum(x: jax.Array) -> jax.Array:
+    """Inclusive cumulative sum of non-negative ``x``, non-decreasing and exactly flat over
+    zero entries.
+
+    From ``2**15`` elements on, a log-depth ``associative_scan``: on CPU it runs faster than
+    ``jnp.cumsum`` (8 vs 11 ns per element at 1e5) and its rounding error grows like
+    ``log N``. Below that, ``jnp.cumsum``: within microseconds at run time, and it compiles
+    3x faster (0.17 s against 0.55 s), which dominates for the particle counts of tempered
+    SMC. Prefixes may be summed in different orders, so in floating point a prefix can
+    differ from the previous one by an ulp where ``x`` is 0; a running maximum over the
+    prefixes at ``x > 0`` makes the result non-decreasing and *exactly* flat over zero
+    entries, so zero-weight particles never receive offspring. Integer sums are exact and
+    skip it."""
+    large = x.shape[0] >= _SCAN_MIN_SIZE
+    out = jax.lax.associative_scan(jnp.add, x) if large else jnp.cumsum(x)
     if jnp.issubdtype(out.dtype, jnp.floating):
-        out = jax.lax.associative_scan(jnp.maximum, jnp.where(x > 0, out, 0.0))
+        positive = jnp.where(x > 0, out, 0.0)
+        out = jax.lax.associative_scan(jnp.maximum, positive) if large else jax.lax.cummax(positive)
     return out
 
 

@@ -779,7 +779,7 @@ def _paris(key, ys, *, cfg_items):
         tau=final.tau,
         particles=ps.particles,
         log_weights=ps.log_weights,
-        log_evidence=jnp.where(jnp.isnan(log_evidence), -jnp.inf, log_evidence),
+        log_evidence=kernels.reported_log_evidence(log_evidence),
         ess=infos.ess,
         resampled=infos.resampled,
         num_nonfinite=infos.num_nonfinite,

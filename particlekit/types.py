@@ -70,11 +70,15 @@ class StepInfo(NamedTuple):
     num_nonfinite: jax.Array
 
     @classmethod
-    def neutral(cls, state: ParticleState) -> StepInfo:
-        from particlekit.resampling import ess
+    def neutral(cls, state: ParticleState, ess: jax.Array | None = None) -> StepInfo:
+        """The info of a step that changed nothing; ``ess`` is computed from ``state``
+        unless given."""
+        if ess is None:
+            from particlekit.resampling import ess as ess_of
 
+            ess = ess_of(state.log_weights)
         return cls(
-            ess=ess(state.log_weights),
+            ess=ess,
             resampled=jnp.asarray(False),
             log_evidence_increment=jnp.zeros((), state.log_weights.dtype),
             acceptance_rate=jnp.full((), jnp.nan, state.log_weights.dtype),

@@ -162,8 +162,10 @@ def test_bimodal_waste_free_both_modes():
     frac = (mu > 0).mean(1)
     # symmetric posterior: each mode carries half the mass; the modes are at +-1
     assert_within_mc_error(frac, 0.5)
-    # no run collapses onto one mode (binomial SE with ESS >= 500 is 0.022; 0.15 is ~7 SE)
-    assert np.all(np.abs(frac - 0.5) < 0.15), frac
+    # No run collapses onto one mode. The chains never switch modes, so each run's mode
+    # fraction drifts like a Wright-Fisher frequency over its ~8 resamplings of P = 100
+    # starts: sd ~ sqrt(8 * 0.25 / 100) = 0.14 per run. A collapse is frac = 0 or 1.
+    assert np.all(np.abs(frac - 0.5) < 0.45), frac
     assert_within_mc_error(np.abs(mu).mean(1), np.abs(mu).mean())
     assert np.abs(np.abs(mu).mean() - 1.0) < 0.1
     assert np.all(smc.diagnostics.stages.num_mcmc_steps[:, 0] == 9)

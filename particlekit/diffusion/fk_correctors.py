@@ -237,7 +237,7 @@ def _fk_corrector(
     return FKCResult(
         samples=final.particles,
         log_weights=final.log_weights,
-        log_evidence=jnp.where(jnp.isnan(log_evidence), -jnp.inf, log_evidence),
+        log_evidence=kernels.reported_log_evidence(log_evidence),
         ess=trace.info.ess,
         resampled=trace.info.resampled,
         num_nonfinite=trace.info.num_nonfinite,

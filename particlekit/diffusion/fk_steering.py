@@ -275,7 +275,7 @@ def _fk_steering(
     return FKSteeringResult(
         samples=final.particles.x,
         log_weights=final.log_weights,
-        log_evidence=jnp.where(jnp.isnan(log_evidence), -jnp.inf, log_evidence),
+        log_evidence=kernels.reported_log_evidence(log_evidence),
         ess=info.ess,
         resampled=info.resampled,
         rewards=final.particles.reward,

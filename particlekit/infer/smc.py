@@ -225,7 +225,31 @@ def _init_chain(key, target, cfg: _Config):
     return _evaluate(target, positions)
 
 
-def _run_chain(key, particles, target, cfg: _Config, progress):
+def _initial_problems(particles) -> jax.Array:
+    """Counts checked on the host after the run, ``(3,)`` int32: prior draws whose
+    log-prior, resp. log-likelihood, is NaN or ``+inf``; and 1 if the log-prior is ``-inf``
+    at every draw."""
+
+    def invalid(values):
+        return jnp.sum(jnp.isnan(values) | (values == jnp.inf)).astype(jnp.int32)
+
+    return jnp.stack(
+        [
+            invalid(particles["log_prior"]),
+            invalid(particles["log_lik"]),
+            jnp.all(jnp.isneginf(particles["log_prior"])).astype(jnp.int32),
+        ]
+    )
+
+
+def _init_and_run_chain(key, target, cfg: _Config, progress):
+    k_init, k_run = jax.random.split(key)
+    particles = _init_chain(k_init, target, cfg)
+    problems = _initial_problems(particles)
+    return _run_chain(k_run, particles, target, cfg, progress, jnp.any(problems > 0)), problems
+
+
+def _run_chain(key, particles, target, cfg: _Config, progress, invalid_start):
     n = cfg.num_particles
     dtype = particles["log_prior"].dtype
     state = ParticleState(
@@ -242,7 +266,7 @@ def _run_chain(key, particles, target, cfg: _Config, progress):
         log_scale=jnp.asarray(moves.initial_log_scale(cfg.spec.kernel, target.dim), dtype),
         stage=jnp.zeros((), jnp.int32),
         forced=jnp.zeros((), jnp.int32),
-        failed=jnp.asarray(False),
+        failed=invalid_start,  # reported by the host check; the loop does not start
         num_nonfinite=jnp.zeros((), jnp.int32),
         stages=StageDiagnostics(*(nan_buffer,) * len(StageDiagnostics._fields)),
         weighted_positions=particles["u"],
@@ -487,14 +511,9 @@ class SMC:
         spec_local = spec if spec is not None else _split_args(args, kwargs)[1]
 
         @jax.jit
-        def init(keys, dyn):
+        def sample(keys, dyn):  # prior draws and every stage, in one executable
             target = target_of(dyn)
-            return jax.vmap(lambda k: _init_chain(k, target, cfg))(keys)
-
-        @jax.jit
-        def loop(keys, particles, dyn):
-            target = target_of(dyn)
-            return jax.vmap(lambda k, p: _run_chain(k, p, target, cfg, progress))(keys, particles)
+            return _map_chains(lambda k: _init_and_run_chain(k, target, cfg, progress), keys)
 
         @jax.jit
         def constrain(positions, dyn):
@@ -503,7 +522,7 @@ class SMC:
             values = jax.vmap(target.constrain)(flat)
             return {k: v.reshape(positions.shape[:-1] + v.shape[1:]) for k, v in values.items()}
 
-        fns = (info, init, loop, constrain)
+        fns = (info, sample, constrain)
         if spec is not None:
             self._compiled[spec] = fns
         return fns
@@ -519,11 +538,9 @@ class SMC:
             ``max_stages`` warns and is flagged in :attr:`diagnostics`.
         """
         dyn, spec = _split_args(args, kwargs)
-        info, init, loop, constrain = self._functions(spec, args, kwargs)
-        k_init, k_run = jax.random.split(key)
-        particles = init(jax.random.split(k_init, self.num_chains), dyn)
-        _check_initial(particles, info)
-        result = loop(jax.random.split(k_run, self.num_chains), particles, dyn)
+        info, sample, constrain = self._functions(spec, args, kwargs)
+        result, problems = sample(jax.random.split(key, self.num_chains), dyn)
+        _check_initial(np.asarray(problems), self.num_particles, info)
         self._result = result
         self._args = (args, kwargs)
         self._info = info
@@ -610,6 +627,15 @@ class SMC:
         return from_smc(self)
 
 
+def _map_chains(fn, *args):
+    """``jax.vmap(fn)(*args)`` over chains; one chain runs unbatched (a batched
+    ``while_loop`` predicate would add a select over the whole state at every iteration)."""
+    if jax.tree.leaves(args)[0].shape[0] == 1:
+        out = fn(*jax.tree.map(lambda a: a[0], args))
+        return jax.tree.map(lambda a: a[None], out)
+    return jax.vmap(fn)(*args)
+
+
 def _scheme_with_num_samples(scheme):
     fn = resampling.get_scheme(scheme)
 
@@ -619,17 +645,17 @@ def _scheme_with_num_samples(scheme):
     return draw
 
 
-def _check_initial(particles, info: ModelInfo) -> None:
-    """Host check of the prior draws (one round-trip before the loop)."""
-    lp = np.asarray(particles["log_prior"])
-    ll = np.asarray(particles["log_lik"])
-    for name, values in (("log-prior", lp), ("log-likelihood", ll)):
-        bad = np.isnan(values) | (values == np.inf)
-        if bad.any():
+def _check_initial(problems: np.ndarray, num_particles: int, info: ModelInfo) -> None:
+    """Raise on invalid prior draws, from the per-chain counts of :func:`_initial_problems`
+    (a chain that starts invalid stops before its first stage)."""
+    bad_prior, bad_lik, all_neginf = problems.sum(axis=0)
+    total = problems.shape[0] * num_particles
+    for name, bad in (("log-prior", bad_prior), ("log-likelihood", bad_lik)):
+        if bad:
             raise ValueError(
-                f"the {name} is NaN or +inf at {int(bad.sum())} of {values.size} prior draws "
+                f"the {name} is NaN or +inf at {int(bad)} of {total} prior draws "
                 f"(latent sites {list(info.latent_names)}); check the model's parameters and "
                 "supports"
             )
-    if np.isneginf(lp).all():
+    if all_neginf:
         raise ValueError("the log-prior is -inf at every prior draw")

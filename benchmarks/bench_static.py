@@ -34,7 +34,9 @@ Independent Metropolis-Hastings from the Gaussian fitted to the particles:
   ``--pymc-python`` (default: ``$PYMC_PYTHON``; skipped if neither is set). Its time includes
   building the PyTensor functions on every call, as ``pm.sample_smc`` does.
 
-``x BJ`` is the wall time relative to the BlackJAX row of the same kernel family. RMSE is
+``blackjax ... 5 st.`` rows run 5 MCMC steps per stage instead of 10 (rwm) or 2 (irmh), to
+show BlackJAX's accuracy/time trade-off. ``x BJ`` is the wall time relative to the default
+BlackJAX row of the same kernel family (``blackjax rwm`` or ``blackjax irmh``). RMSE is
 over seeds against the reference; its relative standard error is about ``1/sqrt(2 seeds)``.
 Wall time: median over seeds after a warm-up run; JAX compile time reported separately
 (first call minus median). Usage: ``python benchmarks/bench_static.py [--quick] [--seeds K]
@@ -364,19 +366,21 @@ def main():
         f"{jax.default_backend()} device(s), jax {jax.__version__}, blackjax "
         f"{blackjax.__version__}; N={n}, seeds={num_seeds}"
     )
+    problems = (logistic_problem(), mixture_problem())
+    for problem in problems:  # references first: no NumPy work between timed JAX runs
+        if problem["log_z"] is None:
+            problem["log_z"], se = importance_sampling_log_z(
+                problem, num_draws=400_000 if args.quick else 4_000_000
+            )
+            print(f"reference log Z ({problem['name']}): {problem['log_z']:.4f} (IS, se {se:.1e})")
     if args.pymc_python:
         print(f"running PyMC with {args.pymc_python} ...", flush=True)
         pymc_results = run_pymc(args.pymc_python, n, seeds)
     else:
         pymc_results = {}
         print("note: PyMC skipped (pass --pymc-python PATH or set PYMC_PYTHON)")
-    for problem in (logistic_problem(), mixture_problem()):
+    for problem in problems:
         log_z_ref = problem["log_z"]
-        if log_z_ref is None:
-            log_z_ref, se = importance_sampling_log_z(
-                problem, num_draws=400_000 if args.quick else 4_000_000
-            )
-            print(f"reference log Z ({problem['name']}): {log_z_ref:.4f} (IS, se {se:.1e})")
         rows = [
             summarise("pk rwm", "rwm", *run_particlekit(problem, n, seeds), log_z_ref),
             summarise(
@@ -386,15 +390,28 @@ def main():
                 log_z_ref,
             ),
             summarise("blackjax rwm", "rwm", *run_blackjax(problem, n, seeds), log_z_ref),
+            summarise(
+                "blackjax rwm 5 st.",
+                "rwm",
+                *run_blackjax(problem, n, seeds, num_mcmc_steps=5),
+                log_z_ref,
+            ),
             summarise("particles", "rwm", *run_particles(problem, n, seeds), log_z_ref),
             summarise(
                 "pk imh", "imh", *run_particlekit(problem, n, seeds, kernel="imh"), log_z_ref
             ),
             summarise("blackjax irmh", "imh", *run_blackjax_irmh(problem, n, seeds), log_z_ref),
+            summarise(
+                "blackjax irmh 5 st.",
+                "imh",
+                *run_blackjax_irmh(problem, n, seeds, num_mcmc_steps=5),
+                log_z_ref,
+            ),
         ]
         if problem["name"] in pymc_results:
             rows.append(summarise("pymc imh", "imh", *pymc_results[problem["name"]], log_z_ref))
-        blackjax_time = {r["family"]: r["time"] for r in rows if r["method"].startswith("blackjax")}
+        by_name = {r["method"]: r["time"] for r in rows}
+        blackjax_time = {"rwm": by_name["blackjax rwm"], "imh": by_name["blackjax irmh"]}
         print(f"\n## {problem['name']}  (log Z ref = {log_z_ref:.4f})")
         print(
             f"{'method':<19}{'time s':>9}{'compile s':>11}{'x BJ':>7}{'stages':>8}"

@@ -25,6 +25,7 @@ from particlekit import resampling
 from particlekit.infer import moves, tempering
 from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
 from particlekit.kernels import check_num_particles, reweight
+from particlekit.run import constrain_particles
 from particlekit.types import ParticleState
 
 __all__ = ["SMC", "SMCResult", "StageDiagnostics"]
@@ -134,6 +135,7 @@ class _Config(NamedTuple):
     resampling: Callable
     max_stages: int
     min_increment: float
+    sharding: object = None
 
 
 def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
@@ -191,7 +193,9 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
         log_weights=jnp.zeros_like(state.log_weights),
         ancestors=jnp.arange(n, dtype=jnp.int32),
     )
-    new_state = new_state._replace(previous_particles=new_state.particles)
+    new_state = constrain_particles(
+        new_state._replace(previous_particles=new_state.particles), cfg.sharding
+    )
     # A failed stage keeps the reweighted (all-zero) population and stops the loop.
     new_state = jax.tree.map(lambda a, b: jnp.where(failed, a, b), state, new_state)
     i = carry.stage
@@ -259,6 +263,7 @@ def _run_chain(key, particles, target, cfg: _Config, progress, invalid_start):
         ancestors=jnp.arange(n, dtype=jnp.int32),
         previous_particles=particles,
     )
+    state = constrain_particles(state, cfg.sharding)
     nan_buffer = jnp.full((cfg.max_stages,), jnp.nan, dtype)
     carry = _Carry(
         state=state,
@@ -393,6 +398,12 @@ class SMC:
         Leapfrog steps of ``kernel="hmc"``.
     progress_bar : bool
         Show the temperature in a tqdm bar.
+    sharding : jax.sharding.Sharding, optional
+        Sharding of the particle axis within a chain (e.g. ``NamedSharding(mesh, P("p"))``
+        over a 1-D device mesh) to spread each chain's ``N`` particles over devices. The
+        per-particle work (model evaluations, MCMC steps) runs on each device's share;
+        the population statistics (ESS, covariance, evidence) become cross-device
+        reductions, inserted by XLA. See the Scaling page.
 
     Examples
     --------
@@ -428,6 +439,7 @@ class SMC:
         target_acceptance: float | None = None,
         num_integration_steps: int = 10,
         progress_bar: bool = False,
+        sharding=None,
     ):
         n = check_num_particles(num_particles)
         self.num_chains = check_num_particles(num_chains, "num_chains")
@@ -485,6 +497,7 @@ class SMC:
             resampling=_scheme_with_num_samples(resampling),
             max_stages=max_stages,
             min_increment=float(min_increment),
+            sharding=_check_sharding(sharding),
         )
         self._compiled: dict = {}
         self._result: SMCResult | None = None
@@ -643,6 +656,14 @@ def _scheme_with_num_samples(scheme):
         return fn(key, log_weights, num_samples)
 
     return draw
+
+
+def _check_sharding(sharding):
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+        raise ValueError(
+            f"sharding must be a jax.sharding.Sharding of the particle axis, got {sharding!r}"
+        )
+    return sharding
 
 
 def _check_initial(problems: np.ndarray, num_particles: int, info: ModelInfo) -> None:

@@ -10,7 +10,13 @@ import jax.numpy as jnp
 
 from particlekit.types import Kernel, ParticleState, PyTree, RunTrace
 
-__all__ = ["run", "run_until", "progress_bar_callback", "constrain_particles"]
+__all__ = [
+    "run",
+    "run_until",
+    "progress_bar_callback",
+    "constrain_particles",
+    "check_sharding",
+]
 
 
 def _kahan_add(total, compensation, value):
@@ -45,6 +51,16 @@ def progress_bar_callback(num_steps: int, desc: str = "particlekit"):
         jax.debug.callback(_update, i, ordered=True)
 
     return callback
+
+
+def check_sharding(sharding):
+    """Return ``sharding`` if it is ``None`` or a ``jax.sharding.Sharding`` (of the particle
+    axis); raise ValueError otherwise. Recipes call it before tracing."""
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+        raise ValueError(
+            f"sharding must be a jax.sharding.Sharding of the particle axis, got {sharding!r}"
+        )
+    return sharding
 
 
 def constrain_particles(state: ParticleState, sharding) -> ParticleState:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel, check_sampler
 from particlekit.diffusion.schedules import time_grid
-from particlekit.run import run
+from particlekit.run import check_sharding, constrain_particles, run
 
 __all__ = ["BestOfNResult", "SVDDResult", "best_of_n", "svdd"]
 
@@ -114,6 +114,7 @@ def svdd(
     alpha: float = 0.0,
     sampler: str = "ddpm",
     eta: float = 1.0,
+    sharding=None,
 ) -> SVDDResult:
     """SVDD-style decoding: at every reverse step each particle draws ``num_children``
     children ``x_s^(j) ~ p(. | x_t)`` and keeps one, picked with probability
@@ -121,6 +122,8 @@ def svdd(
     step), or the arg-max when ``alpha = 0``. Built as one :func:`particlekit.move`
     kernel (the pick uses :func:`particlekit.resampling.multinomial`) run by
     :func:`particlekit.run`. Cost: ``num_particles * num_children`` network calls per step.
+    ``sharding`` (a ``jax.sharding.Sharding`` of the particle axis, optional) spreads the
+    particles over devices as in :func:`fk_steering`; see the Scaling page.
 
     Examples
     --------
@@ -137,15 +140,19 @@ def svdd(
     num_steps = kernels.check_num_particles(num_steps, "num_steps")
     if not float(alpha) >= 0.0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
+    sharding = check_sharding(sharding)
     return _svdd(
         key, model, reward_fn, jnp.asarray(alpha, jnp.result_type(float)),
         num_particles=num_particles, num_children=num_children, num_steps=num_steps,
-        sampler=sampler, eta=float(eta),
+        sampler=sampler, eta=float(eta), sharding=sharding,
     )  # fmt: skip
 
 
 @eqx.filter_jit
-def _svdd(key, model, reward_fn, alpha, *, num_particles, num_children, num_steps, sampler, eta):
+def _svdd(
+    key, model, reward_fn, alpha, *, num_particles, num_children, num_steps, sampler, eta,
+    sharding=None,
+):  # fmt: skip
     grid = time_grid(num_steps)
     ts, ss = grid[1:][::-1], grid[:-1][::-1]
     last = jnp.arange(num_steps) == num_steps - 1
@@ -168,6 +175,9 @@ def _svdd(key, model, reward_fn, alpha, *, num_particles, num_children, num_step
         return children[idx]
 
     k_init, k_run = jax.random.split(key)
-    state = kernels.init(k_init, model.sample_prior, num_particles)
-    final, _ = run(k_run, kernels.move(pick_child), state, (ts, ss, last), keep_history=False)
+    state = constrain_particles(kernels.init(k_init, model.sample_prior, num_particles), sharding)
+    inputs = (ts, ss, last)
+    final, _ = run(
+        k_run, kernels.move(pick_child), state, inputs, keep_history=False, sharding=sharding
+    )
     return SVDDResult(final.particles, jax.vmap(reward_fn)(final.particles))

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel
 from particlekit.diffusion.schedules import time_grid
-from particlekit.run import run
+from particlekit.run import check_sharding, constrain_particles, run
 
 __all__ = [
     "FKCResult",
@@ -116,6 +116,7 @@ def fk_corrector(
     noise: str | float = "target",
     ess_threshold: float = 0.5,
     resampling: str = "systematic",
+    sharding=None,
 ) -> FKCResult:
     """Sample ``prod_i p_i(x)^{beta_i} / Z`` with a Feynman–Kac corrector.
 
@@ -137,6 +138,11 @@ def fk_corrector(
         Resample when ``ESS < ess_threshold * N`` (weights carried otherwise).
     resampling : str or callable
         A scheme of :mod:`particlekit.resampling`.
+    sharding : jax.sharding.Sharding, optional
+        Sharding of the particle axis, e.g. ``NamedSharding(mesh, P("p"))`` over a 1-D
+        mesh: the particles are spread over the devices and pinned there after every
+        step (``num_particles`` a multiple of the number of devices); see the Scaling
+        page.
 
     Returns
     -------
@@ -170,13 +176,14 @@ def fk_corrector(
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     noise_factor = _noise_factor(noise, total)
+    sharding = check_sharding(sharding)
     dim = math.prod(models[0].shape)
     dtype = jnp.result_type(float)
     return _fk_corrector(
         key, models, jnp.asarray(betas_list, dtype), jnp.asarray(noise_factor, dtype),
         jnp.asarray(_log_gaussian_power_integral(total, dim), dtype),
         num_particles=num_particles, num_steps=num_steps, ess_threshold=float(ess_threshold),
-        scheme=resampling_scheme(resampling),
+        scheme=resampling_scheme(resampling), sharding=sharding,
     )  # fmt: skip
 
 
@@ -187,8 +194,9 @@ def resampling_scheme(scheme):
 
 @eqx.filter_jit
 def _fk_corrector(
-    key, models, betas, noise_factor, log_z0, *, num_particles, num_steps, ess_threshold, scheme
-):
+    key, models, betas, noise_factor, log_z0, *, num_particles, num_steps, ess_threshold, scheme,
+    sharding=None,
+):  # fmt: skip
     schedule = models[0].schedule
     shape = models[0].shape
     total = jnp.sum(betas)
@@ -230,8 +238,8 @@ def _fk_corrector(
         return jax.random.normal(k, shape) / jnp.sqrt(total)
 
     k_init, k_run = jax.random.split(key)
-    state = kernels.init(k_init, sample_init, num_particles)
-    final, trace = run(k_run, step, state, ts, keep_history=False)
+    state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
+    final, trace = run(k_run, step, state, ts, keep_history=False, sharding=sharding)
     log_evidence = final.log_evidence + log_z0
     failed = ~jnp.isfinite(log_evidence)
     return FKCResult(
@@ -247,12 +255,14 @@ def _fk_corrector(
 
 def anneal(key, model: DiffusionModel, beta: float, **kwargs) -> FKCResult:
     """Sample ``p(x)^beta / Z`` (temperature ``1 / beta``) from one model; ``kwargs`` as in
-    :func:`fk_corrector` (for ``beta > 1`` prefer ``noise >= 1``, e.g. ``noise=2.0``)."""
+    :func:`fk_corrector`, ``sharding`` included (for ``beta > 1`` prefer ``noise >= 1``,
+    e.g. ``noise=2.0``)."""
     return fk_corrector(key, [model], [beta], **kwargs)
 
 
 def product_of_experts(key, model1: DiffusionModel, model2: DiffusionModel, **kwargs):
-    """Sample ``p1(x) p2(x) / Z``; ``kwargs`` as in :func:`fk_corrector`."""
+    """Sample ``p1(x) p2(x) / Z``; ``kwargs`` as in :func:`fk_corrector`, ``sharding``
+    included."""
     return fk_corrector(key, [model1, model2], [1.0, 1.0], **kwargs)
 
 
@@ -260,5 +270,6 @@ def geometric_average(key, model1: DiffusionModel, model2: DiffusionModel, gamma
     """Sample ``p1(x)^{1 - gamma} p2(x)^gamma / Z``. With ``p1`` unconditional, ``p2``
     conditional and ``gamma > 1`` this is the target of classifier-free guidance with
     guidance scale ``gamma``, sampled exactly (up to time discretisation) instead of by the
-    CFG heuristic of mixing scores."""
+    CFG heuristic of mixing scores. ``kw`` as in :func:`fk_corrector`, ``sharding``
+    included."""
     return fk_corrector(key, [model1, model2], [1.0 - gamma, gamma], **kw)

@@ -42,7 +42,7 @@ from jax.scipy.special import logsumexp
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel, check_sampler
 from particlekit.diffusion.schedules import time_grid
-from particlekit.run import run
+from particlekit.run import check_sharding, constrain_particles, run
 from particlekit.types import StepInfo
 
 __all__ = [
@@ -190,7 +190,7 @@ def _update(potential, p: _Particle, r):
 @eqx.filter_jit
 def _fk_steering(
     key, model, reward_fn, lmbda, mask, potential, *, num_particles, intermediate,
-    num_reward_samples, ess_threshold, scheme, proposal, sampler, eta,
+    num_reward_samples, ess_threshold, scheme, proposal, sampler, eta, sharding=None,
 ):  # fmt: skip
     num_steps = mask.shape[0]
     grid = time_grid(num_steps)
@@ -267,8 +267,9 @@ def _fk_steering(
         return state, _Info(info, mean_reward)
 
     k_init, k_run = jax.random.split(key)
-    state = kernels.init(k_init, sample_init, num_particles)
-    final, trace = run(k_run, step, state, (ts, ss, mask, final_flags), keep_history=False)
+    state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
+    inputs = (ts, ss, mask, final_flags)
+    final, trace = run(k_run, step, state, inputs, keep_history=False, sharding=sharding)
     info = trace.info.info
     log_evidence = final.log_evidence
     failed = ~jnp.isfinite(log_evidence)
@@ -303,6 +304,7 @@ def fk_steering(
     proposal: Callable | None = None,
     sampler: str = "ddpm",
     eta: float = 1.0,
+    sharding=None,
 ) -> FKSteeringResult:
     """Sample ``p(x_0) exp(lmbda r(x_0)) / Z`` from a diffusion model with Feynman–Kac
     steering (Singhal et al. 2025), built from the engine (``init``, ``move``,
@@ -344,6 +346,11 @@ def fk_steering(
         :func:`gradient_guided_proposal`.
     sampler : {"ddpm", "ddim", "em"}, eta : float
         The base reverse kernel (DDIM needs ``eta > 0``).
+    sharding : jax.sharding.Sharding, optional
+        Sharding of the particle axis, e.g. ``NamedSharding(mesh, P("p"))`` over a 1-D
+        mesh: the particles are spread over the devices and pinned there after every
+        step (``num_particles`` a multiple of the number of devices); see the Scaling
+        page.
 
     Returns
     -------
@@ -381,6 +388,7 @@ def fk_steering(
     if proposal is not None and not callable(proposal):
         raise ValueError("proposal must be None or a callable (x_t, t, s) -> Distribution")
     check_sampler(sampler, eta)
+    sharding = check_sharding(sharding)
     lmbda = jnp.asarray(lmbda, jnp.result_type(float))
     if lmbda.ndim != 0:
         raise ValueError(f"lmbda must be a scalar, got shape {lmbda.shape}")
@@ -391,7 +399,7 @@ def fk_steering(
         num_particles=num_particles, intermediate=intermediate_reward,
         num_reward_samples=num_reward_samples, ess_threshold=float(ess_threshold),
         scheme=resampling_scheme(resampling), proposal=proposal, sampler=sampler,
-        eta=float(eta),
+        eta=float(eta), sharding=sharding,
     )  # fmt: skip
 
 

@@ -33,7 +33,7 @@ import numpyro.distributions as dist
 from particlekit import kernels, resampling
 from particlekit.diffusion.potentials import NaivePotential, log_g0
 from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, time_grid
-from particlekit.run import run
+from particlekit.run import check_sharding, constrain_particles, run
 from particlekit.types import ParticleState, RunTrace
 
 __all__ = ["PDDSParticle", "PDDSResult", "pdds"]
@@ -206,6 +206,7 @@ def _pdds_run(key, log_density, potential, config):
         scheme,
         keep_history,
         progress_bar,
+        sharding,
     ) = config
     dtype = jnp.result_type(float)
     exact_g0 = lambda x: log_g0(log_density, sigma, x)
@@ -246,11 +247,17 @@ def _pdds_run(key, log_density, potential, config):
         return state, info._replace(ess=info_w.ess)
 
     # t = 1: draw from the reference, weight by g_hat_1, resample on ESS
-    state = kernels.init(k_init, sample_ref, num_particles)
+    state = constrain_particles(kernels.init(k_init, sample_ref, num_particles), sharding)
     state, info0 = kernels.reweight(lambda _, p, __: p.log_potential)(None, state, None)
     state, info0_r = resample(k_first, state, None)
     final, trace = run(
-        k_run, step, state, inputs, keep_history=keep_history, progress_bar=progress_bar
+        k_run,
+        step,
+        state,
+        inputs,
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
     )
     info = trace.info
     log_evidence = final.log_evidence
@@ -283,6 +290,7 @@ def pdds(
     resampling: str | Callable = "systematic",
     keep_history: bool = False,
     progress_bar: bool = False,
+    sharding=None,
 ) -> PDDSResult:
     """Particle Denoising Diffusion Sampler: samples from ``pi ∝ gamma`` and an unbiased
     estimate of ``Z = int gamma(x) dx``.
@@ -333,6 +341,11 @@ def pdds(
         Keep every intermediate population in ``trace.history``.
     progress_bar : bool
         tqdm bar over the reverse steps.
+    sharding : jax.sharding.Sharding, optional
+        Sharding of the particle axis, e.g. ``NamedSharding(mesh, P("p"))`` over a 1-D
+        mesh: the particles are spread over the devices and pinned there after every
+        step (``num_particles`` a multiple of the number of devices); see the Scaling
+        page.
 
     Returns
     -------
@@ -350,6 +363,7 @@ def pdds(
     True
     """
     dim = _check_inputs(log_density, dim, num_particles, num_steps, sigma)
+    sharding = check_sharding(sharding)
     if isinstance(num_mcmc_steps, bool) or not isinstance(num_mcmc_steps, numbers.Integral):
         raise ValueError(f"num_mcmc_steps must be a non-negative integer, got {num_mcmc_steps!r}")
     if num_mcmc_steps < 0:
@@ -375,5 +389,6 @@ def pdds(
         scheme,
         bool(keep_history),
         bool(progress_bar),
+        sharding,
     )
     return _pdds_run(key, log_density, potential, config)

@@ -25,7 +25,7 @@ from particlekit import resampling
 from particlekit.infer import moves, tempering
 from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
 from particlekit.kernels import check_num_particles, reweight
-from particlekit.run import constrain_particles
+from particlekit.run import check_sharding, constrain_particles
 from particlekit.types import ParticleState
 
 __all__ = ["SMC", "SMCResult", "StageDiagnostics"]
@@ -497,7 +497,7 @@ class SMC:
             resampling=_scheme_with_num_samples(resampling),
             max_stages=max_stages,
             min_increment=float(min_increment),
-            sharding=_check_sharding(sharding),
+            sharding=check_sharding(sharding),
         )
         self._compiled: dict = {}
         self._result: SMCResult | None = None
@@ -656,14 +656,6 @@ def _scheme_with_num_samples(scheme):
         return fn(key, log_weights, num_samples)
 
     return draw
-
-
-def _check_sharding(sharding):
-    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
-        raise ValueError(
-            f"sharding must be a jax.sharding.Sharding of the particle axis, got {sharding!r}"
-        )
-    return sharding
 
 
 def _check_initial(problems: np.ndarray, num_particles: int, info: ModelInfo) -> None:

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from particlekit import kernels
 from particlekit.resampling import get_scheme, normalize, sanitize_log_weights
-from particlekit.run import run
+from particlekit.run import check_sharding, constrain_particles, run
 from particlekit.steering.sequences import (
     Config,
     SequenceState,
@@ -103,15 +103,17 @@ def sweep(
     ess_threshold: float,
     reference: SequenceState | None = None,
     progress_bar: bool = False,
+    sharding=None,
 ) -> tuple[ParticleState, StepInfo, StepInfo]:
     """One SMC pass over ``T = L - len(prompt)`` steps (conditional on ``reference`` in
-    slot 0 when given; ``scheme`` must then be a conditional scheme).
+    slot 0 when given; ``scheme`` must then be a conditional scheme), with the particle
+    axis sharded by ``sharding`` when given.
 
     Returns the final state, the step-0 info and the stacked per-step infos.
     """
     key_init, key_w0, key_run = jax.random.split(key, 3)
     x0 = initial_state(prompt, reward_fn, config, init_cache)
-    state = kernels.init(key_init, lambda k: x0, num_particles)
+    state = constrain_particles(kernels.init(key_init, lambda k: x0, num_particles), sharding)
     state, info0 = kernels.reweight(initial_potential)(key_w0, state, None)
     step = kernels.chain(
         kernels.resample(scheme, ess_threshold),
@@ -120,14 +122,20 @@ def sweep(
     )
     num_steps = config.total_length - config.prompt_length
     final, trace = run(
-        key_run, step, state, num_steps=num_steps, keep_history=False, progress_bar=progress_bar
+        key_run,
+        step,
+        state,
+        num_steps=num_steps,
+        keep_history=False,
+        progress_bar=progress_bar,
+        sharding=sharding,
     )
     return final, info0, trace.info
 
 
 @eqx.filter_jit
 def _smc(key, step_fn, reward_fn, prompt, init_cache, *, config, num_particles, variant, scheme,
-         ess_threshold, progress_bar):  # fmt: skip
+         ess_threshold, progress_bar, sharding=None):  # fmt: skip
     final, info0, info = sweep(
         key,
         step_fn,
@@ -140,6 +148,7 @@ def _smc(key, step_fn, reward_fn, prompt, init_cache, *, config, num_particles, 
         scheme=scheme,
         ess_threshold=ess_threshold,
         progress_bar=progress_bar,
+        sharding=sharding,
     )
     log_evidence = final.log_evidence
     failed = ~jnp.isfinite(log_evidence)
@@ -184,6 +193,7 @@ def smc(
     ess_threshold: float | None = None,
     init_cache=None,
     progress_bar: bool = False,
+    sharding=None,
 ) -> SteeringResult:
     """Steer an autoregressive generator with a reward model by sequential Monte Carlo.
 
@@ -234,6 +244,11 @@ def smc(
         resampled along with the tokens.
     progress_bar : bool
         Show a tqdm bar over the generation steps.
+    sharding : jax.sharding.Sharding, optional
+        Sharding of the particle axis, e.g. ``NamedSharding(mesh, P("p"))`` over a 1-D
+        mesh: the sequences (and ``init_cache``) are spread over the devices and pinned
+        there after every step (``num_particles`` a multiple of the number of devices);
+        see the Scaling page.
 
     Returns
     -------
@@ -268,6 +283,7 @@ def smc(
         variant=variant,
     )
     threshold = _ess_threshold(ess_threshold, variant)
+    sharding = check_sharding(sharding)
     scheme = get_scheme(resampling)
     return _smc(
         key,
@@ -281,4 +297,5 @@ def smc(
         scheme=scheme,
         ess_threshold=threshold,
         progress_bar=bool(progress_bar),
+        sharding=sharding,
     )

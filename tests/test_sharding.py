@@ -7,14 +7,11 @@ and unsharded filters are compared statistically: both are unbiased for the Kalm
 evidence and agree with each other within Monte Carlo error.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 from exact import kalman, scalar_model
+from forced_devices import run_on_forced_devices
 
 SEEDS = 16
 
@@ -54,21 +51,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_bootstrap_with_sharded_particles():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(SEEDS)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = run_on_forced_devices(SCRIPT, SEEDS)
 
     # the particles really live on 8 devices, 64 per device
     assert out["final_spec"] == ["p"]
@@ -127,17 +110,7 @@ SMC_SCRIPT = textwrap.dedent(
 def test_tempered_smc_with_sharded_particles():
     from scipy.stats import multivariate_normal
 
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", SMC_SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = run_on_forced_devices(SMC_SCRIPT)
     y = np.asarray(out["y"])
     n = y.size
     log_z = multivariate_normal(np.full(n, 0.5), np.eye(n) + 4.0 * np.ones((n, n))).logpdf(y)

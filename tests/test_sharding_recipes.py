@@ -7,16 +7,13 @@ statistically (cumulative sums, hence resampling decisions, can differ across sh
 and the final particles must really live on the 8 devices.
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from forced_devices import run_on_forced_devices
 
 import particlekit as pk
 
@@ -103,21 +100,7 @@ SCRIPT = textwrap.dedent(
 
 
 def test_recipes_with_sharded_particles():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(SEEDS)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
-    out = json.loads(line[len("RESULT") :])
+    out = run_on_forced_devices(SCRIPT, SEEDS)
 
     for name in (*RECIPES, "svdd"):
         res = out[name]

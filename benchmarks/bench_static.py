@@ -26,6 +26,8 @@ Independent Metropolis-Hastings from the Gaussian fitted to the particles:
 
 - ``pk imh``: ``pk.infer.SMC(model, kernel="imh")`` (adaptive number of steps; it settles at 2
   per stage on the logistic regression).
+- ``pk imh 2 comp.``: the same with ``imh_components=2`` (a two-component Gaussian mixture
+  fitted by EM as the proposal).
 - ``blackjax irmh``: ``blackjax.irmh`` inside ``adaptive_tempered_smc``, with the proposal
   refitted to the weighted particles at every stage through ``blackjax.inner_kernel_tuning``
   and 2 steps per stage: the same kernel, tuning and work per stage as ``pk imh``.
@@ -404,6 +406,12 @@ def main():
             summarise("particles", "rwm", *run_particles(problem, n, seeds), log_z_ref),
             summarise(
                 "pk imh", "imh", *run_particlekit(problem, n, seeds, kernel="imh"), log_z_ref
+            ),
+            summarise(
+                "pk imh 2 comp.",
+                "imh",
+                *run_particlekit(problem, n, seeds, kernel="imh", imh_components=2),
+                log_z_ref,
             ),
             summarise("blackjax irmh", "imh", *run_blackjax_irmh(problem, n, seeds), log_z_ref),
             summarise(

@@ -154,7 +154,6 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
     state, info = reweight(_tempered_potential)(None, state, delta)
     failed = ~jnp.isfinite(info.log_evidence_increment)
     log_w, _ = resampling.log_normalize(state.log_weights)
-    mean, cov = moves.weighted_moments(state.particles["u"], state.log_weights)
 
     def tempered_log_density(log_prior, log_lik):
         log_lik = tempering.safe_log_likelihood(log_lik)
@@ -165,15 +164,13 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
         cfg.spec,
         functools.partial(_particle, target),
         tempered_log_density,
-        mean,
-        cov,
+        state.particles["u"],
+        state.log_weights,
         carry.log_scale,
     )
     num_starts = cfg.num_resampled if cfg.waste_free else n
     idx = cfg.resampling(k_resample, state.log_weights, num_starts)
-    starts = jax.tree.map(lambda a: a[idx], state.particles)
-    if not move.on_particles:
-        starts = starts["u"]
+    starts = move.prepare(jax.tree.map(lambda a: a[idx], state.particles), idx)
     if cfg.waste_free:
         moved, acc, steps = moves.mutate_waste_free(
             k_move, starts, move.algorithm, chain_length=n // cfg.num_resampled
@@ -187,7 +184,7 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
             max_steps=cfg.max_mcmc_steps,
             decorrelation_threshold=cfg.decorrelation_threshold,
         )
-    particles = moved if move.on_particles else _evaluate(target, moved)
+    particles = move.finish(moved)
     new_state = state._replace(
         particles=particles,
         log_weights=jnp.zeros_like(state.log_weights),
@@ -396,6 +393,10 @@ class SMC:
         HMC 0.65, NUTS 0.8).
     num_integration_steps : int
         Leapfrog steps of ``kernel="hmc"``.
+    imh_components : int
+        Gaussian components of the ``kernel="imh"`` proposal, fitted to the weighted
+        particles by EM at every stage. ``1`` (PyMC's choice) suits unimodal posteriors;
+        ``K > 1`` keeps the acceptance rate up on multimodal ones with up to ``K`` modes.
     progress_bar : bool
         Show the temperature in a tqdm bar.
     sharding : jax.sharding.Sharding, optional
@@ -438,6 +439,7 @@ class SMC:
         min_increment: float = 1e-6,
         target_acceptance: float | None = None,
         num_integration_steps: int = 10,
+        imh_components: int = 1,
         progress_bar: bool = False,
         sharding=None,
     ):
@@ -487,7 +489,12 @@ class SMC:
         self.progress_bar = progress_bar
         self._cfg = _Config(
             num_particles=n,
-            spec=moves.MoveSpec(kernel, float(target_acceptance), int(num_integration_steps)),
+            spec=moves.MoveSpec(
+                kernel,
+                float(target_acceptance),
+                int(num_integration_steps),
+                check_num_particles(imh_components, "imh_components"),
+            ),
             num_mcmc_steps=num_mcmc_steps,
             max_mcmc_steps=max_mcmc_steps,
             decorrelation_threshold=float(decorrelation_threshold),

@@ -104,6 +104,10 @@ def test_bad_num_particles(n):
 def test_bad_configuration():
     with pytest.raises(ValueError, match="kernel"):
         pk.infer.SMC(constrained_model, kernel="gibbs")
+    with pytest.raises(ValueError, match="imh_components"):
+        pk.infer.SMC(constrained_model, kernel="rwm", imh_components=2)
+    with pytest.raises(ValueError, match="imh_components"):
+        pk.infer.SMC(constrained_model, kernel="imh", imh_components=0)
     with pytest.raises(ValueError, match="target_ess"):
         pk.infer.SMC(constrained_model, target_ess=1.5)
     with pytest.raises(ValueError, match="num_resampled"):

@@ -121,6 +121,15 @@ def fit_gaussian_mixture(
     weighted covariance (``mean + c_k sd v``, ``c_k`` evenly spaced in ``[-1, 1]``) with the
     global covariance, then ``num_iterations`` EM steps; every covariance gets the jitter
     of :func:`weighted_moments` and every mixture weight is floored at ``1e-3``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> x = jnp.concatenate([jax.random.normal(jax.random.key(0), (500, 2)) - 3.0,
+    ...                      jax.random.normal(jax.random.key(1), (500, 2)) + 3.0])
+    >>> log_mix, means, covs = fit_gaussian_mixture(x, jnp.zeros(1000), 2)
+    >>> jnp.round(jnp.sort(means[:, 0])).tolist()
+    [-3.0, 3.0]
     """
     mean, cov = weighted_moments(positions, log_weights)
     if num_components == 1:

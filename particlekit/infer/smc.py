@@ -482,6 +482,11 @@ class SMC:
                 )
         else:
             num_resampled = n
+        if imh_components != 1 and kernel != "imh":
+            raise ValueError(
+                f"imh_components={imh_components} only applies to kernel='imh', got "
+                f"kernel={kernel!r}"
+            )
         if target_acceptance is None:
             target_acceptance = moves.TARGET_ACCEPTANCE.get(kernel, 0.5)
         self.model = model

@@ -112,7 +112,7 @@ def _cholesky(cov):
 
 
 def fit_gaussian_mixture(
-    positions: jax.Array, log_weights: jax.Array, num_components: int, num_iterations: int = 20
+    positions: jax.Array, log_weights: jax.Array, num_components: int, num_iterations: int = 10
 ):
     """Weighted Gaussian mixture fitted to particles ``(N, D)`` by EM.
 

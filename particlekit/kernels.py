@@ -168,7 +168,7 @@ def reweight(fn: Callable, *, vectorized: bool = False) -> Kernel:
                 f"the log-potential must be a scalar per particle; got shape {log_g.shape} "
                 f"for {num_particles_of(state)} particles"
             )
-        nonfinite = jnp.isnan(log_g) | (log_g == jnp.inf)
+        nonfinite = resampling.invalid_log_weights(log_g)
         log_g = jnp.where(nonfinite, -jnp.inf, log_g)
         log_w_prev, _ = resampling.log_normalize(state.log_weights)
         log_weights = log_w_prev + log_g

@@ -36,6 +36,7 @@ __all__ = [
     "log_normalize",
     "normalize",
     "sanitize_log_weights",
+    "invalid_log_weights",
     "multinomial",
     "systematic",
     "stratified",
@@ -59,11 +60,24 @@ Resampler = Callable[..., jax.Array]
 # --------------------------------------------------------------------------------------
 # weights
 # --------------------------------------------------------------------------------------
+def invalid_log_weights(log_weights: jax.Array) -> jax.Array:
+    """Mask of the log-weights that carry no valid weight: ``NaN`` and ``+inf`` (``-inf``
+    is a valid zero weight).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> invalid_log_weights(jnp.array([0.0, -jnp.inf, jnp.nan, jnp.inf])).tolist()
+    [False, False, True, True]
+    """
+    log_weights = jnp.asarray(log_weights)
+    return jnp.isnan(log_weights) | (log_weights == jnp.inf)
+
+
 def sanitize_log_weights(log_weights: jax.Array) -> jax.Array:
     """Map ``NaN`` and ``+inf`` log-weights to ``-inf`` (zero weight)."""
     log_weights = jnp.asarray(log_weights)
-    bad = jnp.isnan(log_weights) | (log_weights == jnp.inf)
-    return jnp.where(bad, -jnp.inf, log_weights)
+    return jnp.where(invalid_log_weights(log_weights), -jnp.inf, log_weights)
 
 
 def _shift_by_max(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -175,18 +175,20 @@ def _principal_axis(cov, num_iterations: int = 30):
 
 
 def _inverse_cholesky(covs):
+    """Cholesky factors ``L_k``, their inverses and ``-log |L_k|`` of covariances
+    ``(K, D, D)``."""
     chols = jax.vmap(_cholesky)(covs)
     eye = jnp.eye(covs.shape[-1], dtype=covs.dtype)
     inv = jax.vmap(lambda c: jax.scipy.linalg.solve_triangular(c, eye, lower=True))(chols)
-    return chols, inv
+    neg_log_det = jnp.sum(jnp.log(jnp.diagonal(inv, axis1=-2, axis2=-1)), axis=-1)
+    return chols, inv, neg_log_det
 
 
 def _gaussian_log_densities(x, means, covs):
     """``log N(x_n; means_k, covs_k)`` for ``x (N, D)``: ``(N, K)``."""
-    _, inv = _inverse_cholesky(covs)
+    _, inv, neg_log_det = _inverse_cholesky(covs)
     z = jnp.einsum("kij,nkj->nki", inv, x[:, None, :] - means[None])
-    log_det = jnp.sum(jnp.log(jnp.diagonal(inv, axis1=1, axis2=2)), axis=1)  # -log|L|
-    return -0.5 * jnp.sum(z**2, axis=-1) + log_det - 0.5 * x.shape[1] * jnp.log(2 * jnp.pi)
+    return -0.5 * jnp.sum(z**2, axis=-1) + neg_log_det - 0.5 * x.shape[1] * jnp.log(2 * jnp.pi)
 
 
 def _mixture_proposal(log_mix, means, covs):
@@ -194,9 +196,8 @@ def _mixture_proposal(log_mix, means, covs):
     Gaussian mixtures stacked on a leading axis (``log_mix (F, K)``, ``means (F, K, D)``,
     ``covs (F, K, D, D)``); ``fit`` picks one per particle."""
     # Cholesky factors inverted once per stage: each particle's density is K mat-vecs.
-    chols, inv_chols = jax.vmap(_inverse_cholesky)(covs)
-    log_det = jnp.sum(jnp.log(jnp.diagonal(inv_chols, axis1=-2, axis2=-1)), axis=-1)
-    log_norm = log_mix + log_det  # (F, K)
+    chols, inv_chols, neg_log_det = jax.vmap(_inverse_cholesky)(covs)
+    log_norm = log_mix + neg_log_det  # (F, K)
 
     def sample(key, fit):
         if means.shape[1] == 1:  # one Gaussian: no component draw

@@ -232,7 +232,7 @@ def _initial_problems(particles) -> jax.Array:
     at every draw."""
 
     def invalid(values):
-        return jnp.sum(jnp.isnan(values) | (values == jnp.inf)).astype(jnp.int32)
+        return jnp.sum(resampling.invalid_log_weights(values)).astype(jnp.int32)
 
     return jnp.stack(
         [

@@ -55,7 +55,17 @@ def progress_bar_callback(num_steps: int, desc: str = "particlekit"):
 
 def check_sharding(sharding):
     """Return ``sharding`` if it is ``None`` or a ``jax.sharding.Sharding`` (of the particle
-    axis); raise ValueError otherwise. Recipes call it before tracing."""
+    axis); raise ValueError otherwise. Recipes call it before tracing.
+
+    Examples
+    --------
+    >>> import jax
+    >>> from jax.sharding import SingleDeviceSharding
+    >>> check_sharding(None) is None
+    True
+    >>> check_sharding(SingleDeviceSharding(jax.devices()[0])) is not None
+    True
+    """
     if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
         raise ValueError(
             f"sharding must be a jax.sharding.Sharding of the particle axis, got {sharding!r}"

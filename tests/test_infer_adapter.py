@@ -148,3 +148,22 @@ def test_tempering_bisection_hits_target():
     # -inf everywhere: the minimum increment is forced
     lam, forced = step(jnp.zeros(100), jnp.full(100, -jnp.inf), 0.0)
     assert forced and lam == pytest.approx(1e-6)
+
+
+def test_conditional_ess_matches_direct_formula():
+    """CESS = (sum W G)^2 / sum W G^2 in float64 NumPy, with unequal weights, zero weights
+    and -inf log-likelihoods; one test per regime of delta."""
+    from particlekit.infer.tempering import conditional_ess
+
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(size=200) * 2.0
+    log_w[:5] = -np.inf
+    log_lik = -np.abs(rng.normal(size=200)) * 300.0
+    log_lik[10:15] = -np.inf
+    w = np.exp(log_w - log_w[np.isfinite(log_w)].max())
+    w /= w.sum()
+    for delta in (0.0, 1e-4, 0.01, 0.3, 1.0):
+        g = np.where(np.isfinite(log_lik), np.exp(delta * (log_lik - log_lik.max())), 0.0)
+        expected = (w @ g) ** 2 / (w @ g**2) if delta > 0 else 1.0
+        got = conditional_ess(jnp.asarray(log_w, jnp.float32), jnp.asarray(log_lik), delta)
+        np.testing.assert_allclose(float(got), expected, rtol=1e-4)

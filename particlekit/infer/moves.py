@@ -57,6 +57,7 @@ __all__ = [
 
 KERNELS = ("rwm", "mala", "hmc", "nuts", "imh")
 TARGET_ACCEPTANCE = {"rwm": 0.3, "mala": 0.574, "hmc": 0.65, "nuts": 0.8, "imh": 0.5}
+PROPOSAL_EM_ITERATIONS = 5  # EM iterations of each "imh" mixture fit
 
 
 class MoveSpec(NamedTuple):
@@ -195,22 +196,27 @@ def _mixture_proposal(log_mix, means, covs):
     """Sampler ``(key, fit) -> u`` and log-density ``(u, fit) -> log q(u)`` of ``F``
     Gaussian mixtures stacked on a leading axis (``log_mix (F, K)``, ``means (F, K, D)``,
     ``covs (F, K, D, D)``); ``fit`` picks one per particle."""
-    # Cholesky factors inverted once per stage: each particle's density is K mat-vecs.
+    # Cholesky factors inverted once per stage. Each particle works with all F K factors
+    # (F K mat-vecs) and then picks its own: indexing the factors by a per-particle label
+    # would copy F K D^2 floats per particle and step.
     chols, inv_chols, neg_log_det = jax.vmap(_inverse_cholesky)(covs)
     log_norm = log_mix + neg_log_det  # (F, K)
+    num_components = means.shape[1]
 
     def sample(key, fit):
-        if means.shape[1] == 1:  # one Gaussian: no component draw
-            noise = jax.random.normal(key, means.shape[2:], means.dtype)
-            return means[fit, 0] + chols[fit, 0] @ noise
-        k_component, k_normal = jax.random.split(key)
-        k = jax.random.categorical(k_component, log_mix[fit])
+        if num_components == 1:  # one Gaussian: no component draw
+            k_component, k_normal = None, key
+        else:
+            k_component, k_normal = jax.random.split(key)
         noise = jax.random.normal(k_normal, means.shape[2:], means.dtype)
-        return means[fit, k] + chols[fit, k] @ noise
+        draws = means + jnp.einsum("fkij,j->fki", chols, noise)  # (F, K, D)
+        if num_components == 1:
+            return draws[fit, 0]
+        return draws[fit, jax.random.categorical(k_component, log_mix[fit])]
 
     def log_density(u, fit):
-        z = jnp.einsum("kij,kj->ki", inv_chols[fit], u - means[fit])
-        return jax.scipy.special.logsumexp(log_norm[fit] - 0.5 * jnp.sum(z**2, axis=1))
+        z = jnp.einsum("fkij,fkj->fki", inv_chols, u - means)
+        return jax.scipy.special.logsumexp(log_norm - 0.5 * jnp.sum(z**2, axis=-1), axis=1)[fit]
 
     return sample, log_density
 
@@ -222,12 +228,19 @@ def _cross_fitted_mixtures(positions, log_weights, num_components):
     favour them: an ``O(1/N)`` bias of the evidence that grows with the number of fitted
     parameters (+0.05 to +0.09 nats with two components in 10-D at ``N = 1000``, removed by
     the cross-fit). With one Gaussian the bias was below the Monte Carlo error there, while
-    half-sample fits cost ~30 % more steps, so one fit serves both halves."""
+    half-sample fits cost ~30 % more steps, so one fit serves both halves.
+
+    Each fit runs :data:`PROPOSAL_EM_ITERATIONS` EM iterations from the principal-axis
+    start: on the benchmark problems 5 iterations give the acceptance rate and evidence
+    accuracy of 10 or 20. (Warm-starting EM from the previous stage's fit did worse: a
+    split of the still unimodal early stages persists once the modes separate.)"""
     if num_components == 1 or positions.shape[0] < 4:  # one fit serves both
-        fit = fit_gaussian_mixture(positions, log_weights, num_components)
+        fit = fit_gaussian_mixture(positions, log_weights, num_components, PROPOSAL_EM_ITERATIONS)
         return jax.tree.map(lambda a: jnp.stack([a, a]), fit)
     fits = [
-        fit_gaussian_mixture(positions[half::2], log_weights[half::2], num_components)
+        fit_gaussian_mixture(
+            positions[half::2], log_weights[half::2], num_components, PROPOSAL_EM_ITERATIONS
+        )
         for half in (0, 1)
     ]
     return jax.tree.map(lambda a, b: jnp.stack([a, b]), *fits)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
 
 from particlekit import resampling
 
@@ -44,13 +43,27 @@ def conditional_ess(log_weights: jax.Array, log_lik: jax.Array, delta) -> jax.Ar
         Log-likelihood of each particle (``-inf`` allowed).
     delta : scalar
         Temperature increment.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> float(conditional_ess(jnp.zeros(4), jnp.array([0.0, -1.0, -2.0, -3.0]), 0.0))
+    1.0
     """
-    log_w, _ = resampling.log_normalize(log_weights)
+    return _conditional_ess(resampling.normalize(log_weights), log_lik, delta)
+
+
+def _conditional_ess(weights, log_lik, delta):
+    """:func:`conditional_ess` for normalised weights ``W`` (precomputed once per
+    bisection), with one ``exp`` per particle: ``h_i = exp(log G_i - max_{j: W_j > 0}
+    log G_j)`` gives ``CESS = (sum_i W_i h_i)^2 / sum_i W_i h_i^2``."""
     log_g = _tempered_increment(delta, log_lik)
-    num = 2.0 * logsumexp(log_w + log_g)
-    den = logsumexp(log_w + 2.0 * log_g)
-    value = jnp.exp(num - den)
-    return jnp.where(jnp.isfinite(num) & jnp.isfinite(den), value, 0.0)
+    log_g = jnp.where(weights > 0, log_g, -jnp.inf)
+    top = jnp.max(log_g)
+    h = jnp.exp(log_g - jnp.where(jnp.isfinite(top), top, 0.0))
+    wh = weights * h
+    value = jnp.sum(wh) ** 2 / jnp.sum(wh * h)
+    return jnp.where(jnp.isfinite(top) & jnp.isfinite(value), value, 0.0)
 
 
 def next_temperature(
@@ -60,7 +73,7 @@ def next_temperature(
     *,
     target_ess: float = 0.5,
     min_increment: float = 1e-6,
-    num_bisections: int = 40,
+    num_bisections: int = 30,
 ) -> tuple[jax.Array, jax.Array]:
     """The next inverse temperature ``lambda' in (lambda, 1]``.
 
@@ -92,8 +105,10 @@ def next_temperature(
     max_delta = 1.0 - temperature
     min_delta = jnp.minimum(jnp.asarray(min_increment, log_lik.dtype), max_delta)
 
+    weights = resampling.normalize(log_weights)
+
     def ok(delta):
-        return conditional_ess(log_weights, log_lik, delta) >= target_ess
+        return _conditional_ess(weights, log_lik, delta) >= target_ess
 
     lo = jnp.log(min_delta)
     hi = jnp.log(max_delta)

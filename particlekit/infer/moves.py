@@ -152,7 +152,8 @@ def fit_gaussian_mixture(
         mass = jnp.sum(wr, axis=0) + 1e-12  # (K,)
         means = (wr.T @ positions) / mass[:, None]
         centred = positions[None] - means[:, None]  # (K, N, D)
-        covs = jnp.einsum("kn,kni,knj->kij", wr.T, centred, centred) / mass[:, None, None]
+        weighted = centred * wr.T[:, :, None]
+        covs = jnp.matmul(jnp.swapaxes(weighted, 1, 2), centred) / mass[:, None, None]
         jitter = 1e-6 * (jnp.trace(covs, axis1=1, axis2=2) / dim + 1e-6)
         covs = covs + jitter[:, None, None] * eye
         mix = jnp.maximum(mass, 1e-3)
@@ -161,17 +162,18 @@ def fit_gaussian_mixture(
     return jax.lax.fori_loop(0, num_iterations, em_step, (log_mix, means, covs))
 
 
-def _principal_axis(cov, num_iterations: int = 30):
-    """``sqrt(lambda_max) v_max`` of a covariance ``(D, D)`` by power iteration (matrix
-    products only), started from the largest-variance coordinate axis plus a constant."""
+def _principal_axis(cov, num_squarings: int = 5):
+    """``sqrt(lambda_max) v_max`` of a covariance ``(D, D)``: the power method with
+    ``2^num_squarings`` iterations as repeated squaring (``num_squarings`` matrix products,
+    trace-normalised), applied to the largest-variance coordinate axis plus a constant."""
     dim = cov.shape[0]
     start = jax.nn.one_hot(jnp.argmax(jnp.diag(cov)), dim, dtype=cov.dtype) + 1.0 / dim
-
-    def power_step(_, v):
-        v = cov @ v
-        return v / (jnp.linalg.norm(v) + 1e-30)
-
-    v = jax.lax.fori_loop(0, num_iterations, power_step, start / jnp.linalg.norm(start))
+    power = cov / jnp.trace(cov)
+    for _ in range(num_squarings):
+        power = power @ power
+        power = power / jnp.trace(power)
+    v = power @ start
+    v = v / (jnp.linalg.norm(v) + 1e-30)
     return v * jnp.sqrt(jnp.maximum(v @ cov @ v, 0.0))
 
 
@@ -188,20 +190,26 @@ def _inverse_cholesky(covs):
 def _gaussian_log_densities(x, means, covs):
     """``log N(x_n; means_k, covs_k)`` for ``x (N, D)``: ``(N, K)``."""
     _, inv, neg_log_det = _inverse_cholesky(covs)
-    z = jnp.einsum("kij,nkj->nki", inv, x[:, None, :] - means[None])
-    return -0.5 * jnp.sum(z**2, axis=-1) + neg_log_det - 0.5 * x.shape[1] * jnp.log(2 * jnp.pi)
+    num_components, dim = means.shape
+    # z_nk = L_k^-1 (x_n - m_k) = x_n L_k^-T - m_k L_k^-T: one (N, D) @ (D, K D) product
+    stacked = jnp.transpose(inv, (2, 0, 1)).reshape(dim, num_components * dim)
+    z = (x @ stacked).reshape(-1, num_components, dim) - jnp.einsum("kij,kj->ki", inv, means)
+    return -0.5 * jnp.sum(z**2, axis=-1) + neg_log_det - 0.5 * dim * jnp.log(2 * jnp.pi)
 
 
 def _mixture_proposal(log_mix, means, covs):
     """Sampler ``(key, fit) -> u`` and log-density ``(u, fit) -> log q(u)`` of ``F``
     Gaussian mixtures stacked on a leading axis (``log_mix (F, K)``, ``means (F, K, D)``,
-    ``covs (F, K, D, D)``); ``fit`` picks one per particle."""
+    ``covs (F, K, D, D)``); ``fit`` picks one per particle (any label if ``F = 1``)."""
     # Cholesky factors inverted once per stage. Each particle works with all F K factors
     # (F K mat-vecs) and then picks its own: indexing the factors by a per-particle label
     # would copy F K D^2 floats per particle and step.
     chols, inv_chols, neg_log_det = jax.vmap(_inverse_cholesky)(covs)
     log_norm = log_mix + neg_log_det  # (F, K)
-    num_components = means.shape[1]
+    num_fits, num_components = means.shape[:2]
+
+    def own(fit):
+        return fit if num_fits > 1 else 0
 
     def sample(key, fit):
         if num_components == 1:  # one Gaussian: no component draw
@@ -211,18 +219,20 @@ def _mixture_proposal(log_mix, means, covs):
         noise = jax.random.normal(k_normal, means.shape[2:], means.dtype)
         draws = means + jnp.einsum("fkij,j->fki", chols, noise)  # (F, K, D)
         if num_components == 1:
-            return draws[fit, 0]
-        return draws[fit, jax.random.categorical(k_component, log_mix[fit])]
+            return draws[own(fit), 0]
+        return draws[own(fit), jax.random.categorical(k_component, log_mix[own(fit)])]
 
     def log_density(u, fit):
         z = jnp.einsum("fkij,fkj->fki", inv_chols, u - means)
-        return jax.scipy.special.logsumexp(log_norm - 0.5 * jnp.sum(z**2, axis=-1), axis=1)[fit]
+        log_q = jax.scipy.special.logsumexp(log_norm - 0.5 * jnp.sum(z**2, axis=-1), axis=1)
+        return log_q[own(fit)]
 
     return sample, log_density
 
 
 def _cross_fitted_mixtures(positions, log_weights, num_components):
-    """Two mixtures, fitted to the even- and to the odd-indexed particles. A particle
+    """Two mixtures stacked (``F = 2``), fitted to the even- and to the odd-indexed
+    particles (one fit, ``F = 1``, for one Gaussian). A particle
     descended from an even one proposes from the odd fit and vice versa, so no proposal
     is fitted to the point it moves. A proposal fitted to its own particles makes IMH
     favour them: an ``O(1/N)`` bias of the evidence that grows with the number of fitted
@@ -236,7 +246,7 @@ def _cross_fitted_mixtures(positions, log_weights, num_components):
     split of the still unimodal early stages persists once the modes separate.)"""
     if num_components == 1 or positions.shape[0] < 4:  # one fit serves both
         fit = fit_gaussian_mixture(positions, log_weights, num_components, PROPOSAL_EM_ITERATIONS)
-        return jax.tree.map(lambda a: jnp.stack([a, a]), fit)
+        return jax.tree.map(lambda a: a[None], fit)
     fits = [
         fit_gaussian_mixture(
             positions[half::2], log_weights[half::2], num_components, PROPOSAL_EM_ITERATIONS

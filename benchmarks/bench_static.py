@@ -240,7 +240,7 @@ def _blackjax_loop(algo, problem, n):
     return run
 
 
-def run_blackjax(problem, n, seeds, num_mcmc_steps=10):
+def run_blackjax(problem, n, seeds, num_mcmc_steps=10, target_ess=0.5):
     """Random walk with a fixed scale (tuned by hand to the posterior), 10 steps per stage."""
     sigma = 2.38 / np.sqrt(D) * problem["bj_sigma"] * jnp.eye(D)
     rw = blackjax.additive_step_random_walk.build_kernel()
@@ -255,13 +255,13 @@ def run_blackjax(problem, n, seeds, num_mcmc_steps=10):
         blackjax.additive_step_random_walk.init,
         blackjax.smc.extend_params({"sigma": sigma}),
         blackjax.smc.resampling.systematic,
-        0.5,
+        target_ess,
         num_mcmc_steps=num_mcmc_steps,
     )
     return _time_blackjax(_blackjax_loop(algo, problem, n), seeds)
 
 
-def run_blackjax_irmh(problem, n, seeds, num_mcmc_steps=2):
+def run_blackjax_irmh(problem, n, seeds, num_mcmc_steps=2, target_ess=0.5):
     """BlackJAX's independent MH with the proposal N(mean, cov) refitted to the weighted
     particles at every stage through ``blackjax.inner_kernel_tuning``: the same kernel and
     tuning as ``pk.infer.SMC(kernel="imh")``, with a fixed number of steps."""
@@ -305,7 +305,7 @@ def run_blackjax_irmh(problem, n, seeds, num_mcmc_steps=2):
         mcmc_parameter_update_fn=update,
         initial_parameter_value=prior_fit,
         num_mcmc_steps=num_mcmc_steps,
-        target_ess=0.5,
+        target_ess=target_ess,
     )
     return _time_blackjax(_blackjax_loop(algo, problem, n), seeds)
 

@@ -114,6 +114,43 @@ def test_imh_proposal_density_is_the_fitted_gaussian():
     np.testing.assert_allclose(np.cov(np.asarray(draws).T), np.asarray(cov), atol=0.15)
 
 
+def test_imh_mixture_proposal_sampler_and_density():
+    """Two stacked 3-component mixtures (one per fit label): draws pick each component with
+    its weight (the component comes from an extra normal compared with normal quantiles) and
+    the density is the scipy mixture density up to its constant, for both labels."""
+    from particlekit.infer import moves
+
+    mix = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    centres = np.array([-10.0, 0.0, 10.0])
+    means = np.stack([np.stack([np.full(2, c + f) for c in centres]) for f in (0.0, 1.0)])
+    covs = np.broadcast_to(np.eye(2) * np.array([1.0, 0.5, 2.0])[:, None, None], (2, 3, 2, 2))
+    sample, log_q = moves._mixture_proposal(
+        jnp.log(jnp.asarray(mix, jnp.float32)),
+        jnp.asarray(means, jnp.float32),
+        jnp.asarray(covs, jnp.float32),
+    )
+    xs = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32) * 8.0
+    n = 40_000
+    for fit in (0, 1):
+        exact = [
+            np.log(
+                sum(
+                    mix[fit, k] * multivariate_normal(means[fit, k], covs[fit, k]).pdf(x)
+                    for k in range(3)
+                )
+            )
+            for x in xs
+        ]
+        # log q leaves out the constant -D/2 log(2 pi), which cancels in the MH ratio
+        got = [float(log_q(jnp.asarray(x), fit)) - np.log(2 * np.pi) for x in xs]
+        np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-3)
+        keys = jax.random.split(jax.random.key(fit), n)
+        draws = np.asarray(jax.vmap(lambda k, f=fit: sample(k, f))(keys))
+        component = np.argmin(np.abs(draws[:, :1] - means[fit, :, 0]), axis=1)
+        freq = np.bincount(component, minlength=3) / n
+        np.testing.assert_allclose(freq, mix[fit], atol=4 * np.sqrt(0.25 / n))
+
+
 # ------------------------------------------------------------ Gamma precision
 def precision_model(y, a=2.0, b=1.0):
     tau = numpyro.sample("tau", dist.Gamma(a, b))

@@ -206,21 +206,21 @@ def _mixture_proposal(log_mix, means, covs):
     # would copy F K D^2 floats per particle and step.
     chols, inv_chols, neg_log_det = jax.vmap(_inverse_cholesky)(covs)
     log_norm = log_mix + neg_log_det  # (F, K)
-    num_fits, num_components = means.shape[:2]
+    num_fits, num_components, dim = means.shape
+    # The component is drawn from one extra standard normal z: component k when z lies
+    # between the normal quantiles of the cumulative mixture weights (F, K - 1).
+    cumulative = jnp.cumsum(jax.nn.softmax(log_mix, axis=-1), axis=-1)[:, :-1]
+    thresholds = jax.scipy.special.ndtri(jnp.clip(cumulative, 1e-7, 1.0 - 1e-7))
 
     def own(fit):
         return fit if num_fits > 1 else 0
 
     def sample(key, fit):
-        if num_components == 1:  # one Gaussian: no component draw
-            k_component, k_normal = None, key
-        else:
-            k_component, k_normal = jax.random.split(key)
-        noise = jax.random.normal(k_normal, means.shape[2:], means.dtype)
-        draws = means + jnp.einsum("fkij,j->fki", chols, noise)  # (F, K, D)
+        z = jax.random.normal(key, (dim + (num_components > 1),), means.dtype)
+        draws = means + jnp.einsum("fkij,j->fki", chols, z[:dim])  # (F, K, D)
         if num_components == 1:
             return draws[own(fit), 0]
-        return draws[own(fit), jax.random.categorical(k_component, log_mix[own(fit)])]
+        return draws[own(fit), jnp.sum(z[dim] > thresholds[own(fit)])]
 
     def log_density(u, fit):
         z = jnp.einsum("fkij,fkj->fki", inv_chols, u - means)
@@ -247,13 +247,13 @@ def _cross_fitted_mixtures(positions, log_weights, num_components):
     if num_components == 1 or positions.shape[0] < 4:  # one fit serves both
         fit = fit_gaussian_mixture(positions, log_weights, num_components, PROPOSAL_EM_ITERATIONS)
         return jax.tree.map(lambda a: a[None], fit)
-    fits = [
-        fit_gaussian_mixture(
-            positions[half::2], log_weights[half::2], num_components, PROPOSAL_EM_ITERATIONS
-        )
-        for half in (0, 1)
-    ]
-    return jax.tree.map(lambda a, b: jnp.stack([a, b]), *fits)
+    # both halves in one batched EM (an odd particle count leaves the last one out)
+    pairs = positions.shape[0] // 2
+    halves = positions[: 2 * pairs].reshape(pairs, 2, -1).swapaxes(0, 1)
+    half_weights = log_weights[: 2 * pairs].reshape(pairs, 2).T
+    return jax.vmap(fit_gaussian_mixture, in_axes=(0, 0, None, None))(
+        halves, half_weights, num_components, PROPOSAL_EM_ITERATIONS
+    )
 
 
 class Move(NamedTuple):
@@ -321,19 +321,23 @@ def build_move(
             *_cross_fitted_mixtures(positions, log_weights, spec.num_components)
         )
 
+        # Each particle carries its fit label and log q(u) under that fit, computed once
+        # when it is proposed (or labelled), so a step evaluates one mixture density.
         def independent(key, particle):  # the fit label is fixed; u' does not depend on u
             fit = particle["fit"]
-            return {**evaluate(sample(key, fit)), "fit": fit}
+            u = sample(key, fit)
+            return {**evaluate(u), "fit": fit, "log_q": log_q(u, fit)}
 
         def proposal_log_density(state_from, state_to):
             del state_from  # independent proposal: q(x' | x) = q(x')
-            return log_q(state_to.position["u"], state_to.position["fit"])
+            return state_to.position["log_q"]
 
         def label(particles, ancestors):  # the fit of the other parity
-            return {**particles, "fit": 1 - ancestors % 2}
+            fit = 1 - ancestors % 2
+            return {**particles, "fit": fit, "log_q": jax.vmap(log_q)(particles["u"], fit)}
 
         def unlabel(particles):
-            return {k: v for k, v in particles.items() if k != "fit"}
+            return {k: v for k, v in particles.items() if k not in ("fit", "log_q")}
 
         algorithm = blackjax.rmh(on_particle, independent, proposal_log_density)
         return Move(algorithm, label, unlabel)

@@ -40,20 +40,29 @@ Independent Metropolis-Hastings from the Gaussian fitted to the particles:
   ``--pymc-python`` (default: ``$PYMC_PYTHON``; skipped if neither is set). Its time includes
   building the PyTensor functions on every call, as ``pm.sample_smc`` does.
 
-``blackjax ... 5 st.`` rows run 5 MCMC steps per stage instead of 10 (rwm) or 2 (irmh), to
-show BlackJAX's accuracy/time trade-off. ``ESS`` is the mean ESS fraction after reweighting
-over the non-final stages. BlackJAX picks each temperature from the particles *before* they
-move (it moves at the old temperature, then reweights the moved particles), so its stages
-land near 0.63-0.64 for a nominal 0.5; the ``pk ... ESS=`` rows give ``pk.infer.SMC`` the
-ESS that BlackJAX realises (its default rows' mean, to 0.05): the same stage granularity.
-``x BJ`` is the wall time relative to the default BlackJAX row of the same kernel family
-(``blackjax rwm`` or ``blackjax irmh``). ``eq.acc. x BJ`` is ``time x RMSE^2`` relative to
-the best BlackJAX row of the family: the time ratio at equal accuracy, since the MSE falls
-like ``1 / N`` while the time grows like ``N`` (the issue's target is <= 0.5). RMSE is over
-seeds against the reference; its relative standard error is about ``1/sqrt(2 seeds)``.
-Wall time: median over seeds after a warm-up run; JAX compile time reported separately
-(first call minus median). Usage: ``python benchmarks/bench_static.py [--quick] [--seeds K]
-[--pymc-python PATH]``.
+Variants (both libraries):
+
+- ``... 5 st.``: BlackJAX with 5 MCMC steps per stage instead of 10 (rwm) or 2 (irmh).
+- ``... ESS=x``: another target ESS. BlackJAX picks each temperature from the particles
+  *before* they move (it moves at the old temperature, then reweights the moved particles),
+  so its stages land near an ESS of 0.63-0.64 for a nominal 0.5. ``pk ... ESS=`` rows with
+  the ESS BlackJAX realises (its default row's first run, to 0.05) compare at the same stage
+  granularity; ``blackjax ... ESS=0.8`` rows are BlackJAX's finer schedule (realised ~0.85).
+- ``pk imh 2 c. ESS=0.9 1 st.``: many small stages of one IMH step each from the
+  two-component mixture (accepted ~70 % of the time on the mixture problem).
+
+``ESS`` is the mean ESS fraction after reweighting over the non-final stages. ``x BJ`` is
+the wall time relative to the default BlackJAX row of the same kernel family (``blackjax
+rwm`` or ``blackjax irmh``). ``eq.acc. x BJ`` is ``time x RMSE^2`` relative to the best
+BlackJAX row of the family: the time ratio at equal accuracy, since the MSE falls like ``1 /
+N`` while the time grows like ``N`` (the issue's target is <= 0.5). RMSE is over seeds
+against the reference; its relative standard error is about ``1/sqrt(2 seeds)`` (11 % at
+the default 40 seeds, so ``eq.acc.`` ratios carry about +-25 %).
+Wall time: median over seeds after a warm-up run, all of a problem's contenders timed
+round-robin (seed by seed) so that load swings of the machine hit them alike; JAX compile
+time reported separately (first call minus median).
+
+Usage: ``python benchmarks/bench_static.py [--quick] [--seeds K] [--pymc-python PATH]``.
 """
 
 from __future__ import annotations
@@ -183,35 +192,33 @@ def importance_sampling_log_z(problem, num_draws=4_000_000, seed=0):
 
 
 # ------------------------------------------------------------------ methods
-def run_particlekit(problem, n, seeds, **options):
+# Each contender is a function ``once(seed) -> (seconds, stages, log_z, ess)`` for one run,
+# timing the run itself (not the diagnostics read afterwards); all of a problem's contenders
+# are then run round-robin (``time_round_robin``).
+def particlekit_contender(problem, n, **options):
     smc = pk.infer.SMC(problem["model"], num_particles=n, **options)
-    out = []
-    for i, seed in enumerate([seeds[0]] + list(seeds)):
+
+    def once(seed):
         t0 = time.perf_counter()
         smc.run(jax.random.key(seed), *problem["args"])
         log_z = float(jax.block_until_ready(smc.log_evidence))
         elapsed = time.perf_counter() - t0
-        if i > 0:
-            stages = int(smc.result.num_stages[0])
-            ess = float(np.mean(np.asarray(smc.result.stages.ess[0, : stages - 1])))
-            out.append((elapsed, stages, log_z, ess))
-        else:
-            first = elapsed
-    return first, out
+        stages = int(np.asarray(smc.result.num_stages)[0])
+        ess = float(np.mean(np.asarray(smc.result.stages.ess)[0, : stages - 1]))
+        return elapsed, stages, log_z, ess
+
+    return once
 
 
-def _time_blackjax(run, seeds):
-    out = []
-    for j, seed in enumerate([seeds[0]] + list(seeds)):
+def _blackjax_contender(run):
+    def once(seed):
         t0 = time.perf_counter()
         stages, log_z, ess_sum, last_ess = jax.block_until_ready(run(jax.random.key(seed)))
         elapsed = time.perf_counter() - t0
-        if j > 0:
-            ess = float(ess_sum - last_ess) / max(int(stages) - 1, 1)
-            out.append((elapsed, int(stages), float(log_z), ess))
-        else:
-            first = elapsed
-    return first, out
+        ess = float(ess_sum - last_ess) / max(int(stages) - 1, 1)  # non-final stages
+        return elapsed, int(stages), float(log_z), ess
+
+    return once
 
 
 def _blackjax_loop(algo, problem, n):
@@ -240,7 +247,7 @@ def _blackjax_loop(algo, problem, n):
     return run
 
 
-def run_blackjax(problem, n, seeds, num_mcmc_steps=10, target_ess=0.5):
+def blackjax_contender(problem, n, num_mcmc_steps=10, target_ess=0.5):
     """Random walk with a fixed scale (tuned by hand to the posterior), 10 steps per stage."""
     sigma = 2.38 / np.sqrt(D) * problem["bj_sigma"] * jnp.eye(D)
     rw = blackjax.additive_step_random_walk.build_kernel()
@@ -258,10 +265,10 @@ def run_blackjax(problem, n, seeds, num_mcmc_steps=10, target_ess=0.5):
         target_ess,
         num_mcmc_steps=num_mcmc_steps,
     )
-    return _time_blackjax(_blackjax_loop(algo, problem, n), seeds)
+    return _blackjax_contender(_blackjax_loop(algo, problem, n))
 
 
-def run_blackjax_irmh(problem, n, seeds, num_mcmc_steps=2, target_ess=0.5):
+def blackjax_irmh_contender(problem, n, num_mcmc_steps=2, target_ess=0.5):
     """BlackJAX's independent MH with the proposal N(mean, cov) refitted to the weighted
     particles at every stage through ``blackjax.inner_kernel_tuning``: the same kernel and
     tuning as ``pk.infer.SMC(kernel="imh")``, with a fixed number of steps."""
@@ -307,10 +314,10 @@ def run_blackjax_irmh(problem, n, seeds, num_mcmc_steps=2, target_ess=0.5):
         num_mcmc_steps=num_mcmc_steps,
         target_ess=target_ess,
     )
-    return _time_blackjax(_blackjax_loop(algo, problem, n), seeds)
+    return _blackjax_contender(_blackjax_loop(algo, problem, n))
 
 
-def run_particles(problem, n, seeds):
+def particles_contender(problem, n):
     if not hasattr(np, "float"):  # particles 0.3 still uses the removed alias np.float
         setattr(np, "float", float)  # noqa: B010
     import particles
@@ -324,17 +331,35 @@ def run_particles(problem, n, seeds):
     prior = pdists.StructDist(
         {"x": pdists.IndepProd(*[pdists.Normal(scale=problem["prior_sd"]) for _ in range(D)])}
     )
-    out = []
-    for seed in seeds:
+
+    def once(seed):
         np.random.seed(seed)  # noqa: NPY002 (particles draws from the global NumPy RNG)
         fk = ssp.AdaptiveTempering(model=Static(data=None, prior=prior), len_chain=10)
         alg = particles.SMC(fk=fk, N=n, verbose=False)
         t0 = time.perf_counter()
         alg.run()
+        elapsed = time.perf_counter() - t0
         population = len(alg.wgts.lw)  # waste-free: N chains of length len_chain
         ess = float(np.mean(alg.summaries.ESSs[:-1])) / population
-        out.append((time.perf_counter() - t0, alg.t, float(alg.logLt), ess))
-    return 0.0, out
+        return elapsed, alg.t, float(alg.logLt), ess
+
+    return once
+
+
+def time_round_robin(contenders, seeds, first=None):
+    """Run every contender on every seed, round-robin (seed-major), so that load swings of
+    the machine hit all contenders alike. A first call on ``seeds[0]`` compiles and is timed
+    separately (unless ``first`` already holds its time). Returns ``{name: (first, [(time,
+    stages, log_z, ess), ...])}``."""
+    first = dict(first or {})
+    for name, once in contenders.items():
+        if name not in first:
+            first[name] = once(seeds[0])[0]
+    rows = {name: [] for name in contenders}
+    for seed in seeds:
+        for name, once in contenders.items():
+            rows[name].append(once(seed))
+    return {name: (first[name], rows[name]) for name in contenders}
 
 
 def run_pymc(python, n, seeds):
@@ -371,6 +396,57 @@ def summarise(name, family, first, out, log_z_ref):
     )
 
 
+def run_problem(problem, n, seeds):
+    """Every JAX and ``particles`` contender on one problem, timed round-robin."""
+    log_z_ref = problem["log_z"]
+    # BlackJAX picks each temperature on the particles before they move, so its stages land
+    # above its nominal target ESS; the "ESS=" rows give pk.infer.SMC the ESS BlackJAX
+    # realises (its default rows' first run, mean over non-final stages, to 0.05).
+    warm = {
+        "blackjax rwm": ("rwm", blackjax_contender(problem, n)),
+        "blackjax irmh": ("imh", blackjax_irmh_contender(problem, n)),
+    }
+    first, matched = {}, {}
+    for name, (family, once) in warm.items():
+        first[name], _, _, ess = once(seeds[0])
+        matched[family] = round(20 * ess) / 20
+
+    def pk(**options):
+        return particlekit_contender(problem, n, **options)
+
+    rwm, imh = matched["rwm"], matched["imh"]
+    contenders = {
+        "pk rwm": ("rwm", pk()),
+        f"pk rwm ESS={rwm:.2f}": ("rwm", pk(target_ess=rwm)),
+        "pk waste-free rwm": ("rwm", pk(waste_free=True)),
+        "blackjax rwm": warm["blackjax rwm"],
+        "blackjax rwm 5 st.": ("rwm", blackjax_contender(problem, n, num_mcmc_steps=5)),
+        "blackjax rwm ESS=0.8": ("rwm", blackjax_contender(problem, n, target_ess=0.8)),
+        "particles": ("rwm", particles_contender(problem, n)),
+        "pk imh": ("imh", pk(kernel="imh")),
+        f"pk imh ESS={imh:.2f}": ("imh", pk(kernel="imh", target_ess=imh)),
+        "pk imh 2 comp.": ("imh", pk(kernel="imh", imh_components=2)),
+        f"pk imh 2 c. ESS={imh:.2f}": ("imh", pk(kernel="imh", imh_components=2, target_ess=imh)),
+        "pk imh 2 c. ESS=0.9 1 st.": (
+            "imh",
+            pk(kernel="imh", imh_components=2, target_ess=0.9, num_mcmc_steps=1),
+        ),
+        "blackjax irmh": warm["blackjax irmh"],
+        "blackjax irmh 5 st.": ("imh", blackjax_irmh_contender(problem, n, num_mcmc_steps=5)),
+        "blackjax irmh ESS=0.8": ("imh", blackjax_irmh_contender(problem, n, target_ess=0.8)),
+    }
+    timed = time_round_robin(
+        {name: once for name, (_, once) in contenders.items()}, seeds, first=first
+    )
+    rows = []
+    for name, (family, _) in contenders.items():
+        first_time, out = timed[name]
+        if name == "particles":  # NumPy: nothing to compile
+            first_time = 0.0
+        rows.append(summarise(name, family, first_time, out, log_z_ref))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few particles and seeds")
@@ -383,7 +459,7 @@ def main():
     )
     args = parser.parse_args()
     n = args.particles or (200 if args.quick else 1000)
-    num_seeds = args.seeds or (2 if args.quick else 20)
+    num_seeds = args.seeds or (2 if args.quick else 40)
     seeds = list(range(1, num_seeds + 1))
     print(
         f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} "
@@ -405,58 +481,7 @@ def main():
         print("note: PyMC skipped (pass --pymc-python PATH or set PYMC_PYTHON)")
     for problem in problems:
         log_z_ref = problem["log_z"]
-        blackjax_rows = {
-            "rwm": [
-                summarise("blackjax rwm", "rwm", *run_blackjax(problem, n, seeds), log_z_ref),
-                summarise(
-                    "blackjax rwm 5 st.",
-                    "rwm",
-                    *run_blackjax(problem, n, seeds, num_mcmc_steps=5),
-                    log_z_ref,
-                ),
-            ],
-            "imh": [
-                summarise("blackjax irmh", "imh", *run_blackjax_irmh(problem, n, seeds), log_z_ref),
-                summarise(
-                    "blackjax irmh 5 st.",
-                    "imh",
-                    *run_blackjax_irmh(problem, n, seeds, num_mcmc_steps=5),
-                    log_z_ref,
-                ),
-            ],
-        }
-        # BlackJAX picks each temperature on the particles before they move, so its stages
-        # land above its nominal target ESS; the "ESS=" rows give pk.infer.SMC the ESS
-        # BlackJAX realises (mean over its non-final stages, default rows, to 0.05).
-        matched = {
-            family: round(20 * rows[0]["ess"]) / 20 for family, rows in blackjax_rows.items()
-        }
-
-        def pk_row(name, family, **options):
-            return summarise(
-                name, family, *run_particlekit(problem, n, seeds, **options), log_z_ref
-            )
-
-        rwm_ess = matched["rwm"]
-        imh_ess = matched["imh"]
-        rows = [
-            pk_row("pk rwm", "rwm"),
-            pk_row(f"pk rwm ESS={rwm_ess:.2f}", "rwm", target_ess=rwm_ess),
-            pk_row("pk waste-free rwm", "rwm", waste_free=True),
-            *blackjax_rows["rwm"],
-            summarise("particles", "rwm", *run_particles(problem, n, seeds), log_z_ref),
-            pk_row("pk imh", "imh", kernel="imh"),
-            pk_row(f"pk imh ESS={imh_ess:.2f}", "imh", kernel="imh", target_ess=imh_ess),
-            pk_row("pk imh 2 comp.", "imh", kernel="imh", imh_components=2),
-            pk_row(
-                f"pk imh 2 c. ESS={imh_ess:.2f}",
-                "imh",
-                kernel="imh",
-                imh_components=2,
-                target_ess=imh_ess,
-            ),
-            *blackjax_rows["imh"],
-        ]
+        rows = run_problem(problem, n, seeds)
         if problem["name"] in pymc_results:
             rows.append(summarise("pymc imh", "imh", *pymc_results[problem["name"]], log_z_ref))
         by_name = {r["method"]: r for r in rows}
@@ -472,14 +497,14 @@ def main():
         }
         print(f"\n## {problem['name']}  (log Z ref = {log_z_ref:.4f})")
         print(
-            f"{'method':<24}{'time s':>9}{'compile s':>11}{'x BJ':>7}{'stages':>8}{'ESS':>6}"
+            f"{'method':<28}{'time s':>9}{'compile s':>11}{'x BJ':>7}{'stages':>8}{'ESS':>6}"
             f"{'mean logZ':>11}{'sd':>8}{'bias':>8}{'rmse':>8}{'eq.acc. x BJ':>14}"
         )
         for r in rows:
             ratio = r["time"] / default_blackjax[r["family"]]["time"]
             equal_accuracy = r["time"] * r["rmse"] ** 2 / best_blackjax[r["family"]]
             print(
-                f"{r['method']:<24}{r['time']:>9.3f}{r['compile']:>11.2f}{ratio:>7.2f}"
+                f"{r['method']:<28}{r['time']:>9.3f}{r['compile']:>11.2f}{ratio:>7.2f}"
                 f"{r['stages']:>8.1f}{r['ess']:>6.2f}{r['log_z']:>11.3f}{r['sd']:>8.3f}{r['bias']:>8.3f}"
                 f"{r['rmse']:>8.3f}{equal_accuracy:>14.2f}"
             )

@@ -257,7 +257,8 @@ def _cross_fitted_mixtures(positions, log_weights, num_components):
 
 
 class Move(NamedTuple):
-    """A stage's BlackJAX algorithm and how its positions relate to particles.
+    """A stage's BlackJAX algorithm and how its positions relate to particles (built by
+    :func:`build_move`, whose example shows it in use).
 
     Attributes
     ----------
@@ -296,6 +297,26 @@ def build_move(
         ``u -> {"u": u, "log_prior": ..., "log_lik": ...}`` (one model evaluation).
     tempered_log_density : callable
         ``(log_prior, log_lik) -> log pi_lambda`` (invariant density of the move).
+
+    Examples
+    --------
+    One stage's move at ``lambda = 0.5`` for a prior ``N(0, I)`` and likelihood ``N(1; u,
+    I)`` in 2-D, as :class:`particlekit.infer.SMC` wires it (resampled particles in,
+    ``prepare``, :func:`mutate`, ``finish``):
+
+    >>> import jax, jax.numpy as jnp
+    >>> def evaluate(u):
+    ...     return {"u": u, "log_prior": -0.5 * jnp.sum(u**2),
+    ...             "log_lik": -0.5 * jnp.sum((u - 1.0) ** 2)}
+    >>> positions = jax.random.normal(jax.random.key(0), (100, 2))
+    >>> particles = jax.vmap(evaluate)(positions)
+    >>> move = build_move(MoveSpec("imh", 0.5), evaluate, lambda lp, ll: lp + 0.5 * ll,
+    ...                   positions, jnp.zeros(100), 0.0)
+    >>> starts = move.prepare(particles, jnp.arange(100))
+    >>> moved, acceptance, steps = mutate(jax.random.key(1), starts, move.algorithm,
+    ...     num_steps=3, max_steps=3, decorrelation_threshold=0.05)
+    >>> move.finish(moved)["u"].shape, int(steps)
+    ((100, 2), 3)
     """
     scale = jnp.exp(log_scale)
     kernel = spec.kernel

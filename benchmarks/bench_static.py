@@ -58,9 +58,11 @@ BlackJAX row of the family: the time ratio at equal accuracy, since the MSE fall
 N`` while the time grows like ``N`` (the issue's target is <= 0.5). RMSE is over seeds
 against the reference; its relative standard error is about ``1/sqrt(2 seeds)`` (11 % at
 the default 40 seeds, so ``eq.acc.`` ratios carry about +-25 %).
-Wall time: median over seeds after a warm-up run, all of a problem's contenders timed
-round-robin (seed by seed) so that load swings of the machine hit them alike; JAX compile
-time reported separately (first call minus median).
+Wall time: median over seeds after a warm-up run. A problem's JAX contenders are timed
+round-robin (seed by seed) so that load swings of the machine hit them alike, with Python's
+garbage collector paused during each timed call (as ``timeit`` does); ``particles`` runs
+after them (OpenBLAS threads spinning after its NumPy calls slowed the next JAX run). JAX
+compile time is reported separately (first call minus median).
 
 Usage: ``python benchmarks/bench_static.py [--quick] [--seeds K] [--pymc-python PATH]``.
 """
@@ -68,6 +70,7 @@ Usage: ``python benchmarks/bench_static.py [--quick] [--seeds K] [--pymc-python 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -346,12 +349,28 @@ def particles_contender(problem, n):
     return once
 
 
+def without_gc(once):
+    """``once`` with Python's garbage collector run before and paused during the call (as
+    ``timeit`` does), so that no contender pays for collecting the others' objects."""
+
+    def timed(seed):
+        gc.collect()
+        gc.disable()
+        try:
+            return once(seed)
+        finally:
+            gc.enable()
+
+    return timed
+
+
 def time_round_robin(contenders, seeds, first=None):
     """Run every contender on every seed, round-robin (seed-major), so that load swings of
     the machine hit all contenders alike. A first call on ``seeds[0]`` compiles and is timed
     separately (unless ``first`` already holds its time). Returns ``{name: (first, [(time,
     stages, log_z, ess), ...])}``."""
     first = dict(first or {})
+    contenders = {name: without_gc(once) for name, once in contenders.items()}
     for name, once in contenders.items():
         if name not in first:
             first[name] = once(seeds[0])[0]
@@ -422,7 +441,6 @@ def run_problem(problem, n, seeds):
         "blackjax rwm": warm["blackjax rwm"],
         "blackjax rwm 5 st.": ("rwm", blackjax_contender(problem, n, num_mcmc_steps=5)),
         "blackjax rwm ESS=0.8": ("rwm", blackjax_contender(problem, n, target_ess=0.8)),
-        "particles": ("rwm", particles_contender(problem, n)),
         "pk imh": ("imh", pk(kernel="imh")),
         f"pk imh ESS={imh:.2f}": ("imh", pk(kernel="imh", target_ess=imh)),
         "pk imh 2 comp.": ("imh", pk(kernel="imh", imh_components=2)),
@@ -438,13 +456,12 @@ def run_problem(problem, n, seeds):
     timed = time_round_robin(
         {name: once for name, (_, once) in contenders.items()}, seeds, first=first
     )
-    rows = []
-    for name, (family, _) in contenders.items():
-        first_time, out = timed[name]
-        if name == "particles":  # NumPy: nothing to compile
-            first_time = 0.0
-        rows.append(summarise(name, family, first_time, out, log_z_ref))
-    return rows
+    # particles (NumPy) runs after the JAX contenders, not between them: OpenBLAS threads
+    # keep spinning for a while after each NumPy call and slowed the next JAX run down.
+    contenders["particles"] = ("rwm", particles_contender(problem, n))
+    timed["particles"] = (0.0, time_round_robin({"": contenders["particles"][1]}, seeds)[""][1])
+    order = [*contenders][:6] + ["particles"] + [*contenders][6:-1]
+    return [summarise(name, contenders[name][0], *timed[name], log_z_ref) for name in order]
 
 
 def main():

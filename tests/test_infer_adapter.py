@@ -167,3 +167,5 @@ def test_conditional_ess_matches_direct_formula():
         expected = (w @ g) ** 2 / (w @ g**2) if delta > 0 else 1.0
         got = conditional_ess(jnp.asarray(log_w, jnp.float32), jnp.asarray(log_lik), delta)
         np.testing.assert_allclose(float(got), expected, rtol=1e-4)
+    # every weight zero: no effective sample at all
+    assert float(conditional_ess(jnp.full(200, -jnp.inf), jnp.asarray(log_lik), 0.1)) == 0.0

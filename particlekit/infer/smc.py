@@ -368,7 +368,11 @@ class SMC:
         ``max_mcmc_steps``. With ``waste_free=True`` it is the chain length minus one,
         ``N / num_resampled - 1`` (default 9).
     target_ess : float in (0, 1)
-        Conditional-ESS fraction defining the next temperature.
+        Conditional-ESS fraction defining the next temperature. Higher values give more,
+        smaller stages: worth it when one MCMC step decorrelates well (e.g. ``0.9`` with
+        ``num_mcmc_steps=1`` and a mixture ``"imh"`` proposal on multimodal posteriors) or
+        with a random walk (``0.65``). BlackJAX's ``adaptive_tempered_smc`` realises about
+        ``0.64`` for its nominal ``0.5``. See "Stage size" on the Static models page.
     waste_free : bool
         Waste-free SMC (Dau & Chopin 2022): resample ``P = num_resampled`` of the ``N``
         particles and grow each into an MCMC chain of length ``N / P``; all ``N`` states

@@ -50,7 +50,8 @@ def conditional_ess(log_weights: jax.Array, log_lik: jax.Array, delta) -> jax.Ar
     >>> float(conditional_ess(jnp.zeros(4), jnp.array([0.0, -1.0, -2.0, -3.0]), 0.0))
     1.0
     """
-    return _conditional_ess(resampling.normalize(log_weights), log_lik, delta)
+    value = _conditional_ess(resampling.normalize(log_weights), log_lik, delta)
+    return jnp.where(jnp.any(log_weights > -jnp.inf), value, 0.0)  # all weights zero: 0
 
 
 def _conditional_ess(weights, log_lik, delta):

@@ -393,19 +393,19 @@ def _ssp_counts(key: jax.Array, scaled: jax.Array, m: int) -> jax.Array:
     Fractional parts are paired in a tournament: at each level the surviving fractional
     particle of two neighbouring groups meet, and one of the two fractions is made 0 or 1
     with probabilities that keep every fraction's expectation (Gerber, Chopin & Whiteley
-    2019, Alg. 2). The levels halve the work, so the total cost is ``O(N)``.
+    2019, Alg. 2). Only the survivors are carried to the next level (half as many), and the
+    settled fractions are written once at the end, so the total cost is ``O(N)``.
     """
     n = scaled.shape[0]
     floors = jnp.floor(scaled)
-    fracs = scaled - floors
     size = 1 << max(0, (n - 1).bit_length())
-    fracs = jnp.pad(fracs, (0, size - n))
-    active = jnp.arange(size, dtype=jnp.int32)
+    survivors = jnp.arange(size, dtype=jnp.int32)
+    fracs = jnp.pad(scaled - floors, (0, size - n))
+    settled_index, settled_value = [], []
     level = 0
-    while active.shape[0] > 1:
-        pairs = active.reshape(-1, 2)
-        i, j = pairs[:, 0], pairs[:, 1]
-        fi, fj = fracs[i], fracs[j]
+    while survivors.shape[0] > 1:
+        i, j = survivors[0::2], survivors[1::2]
+        fi, fj = fracs[0::2], fracs[1::2]
         total = fi + fj
         u = jax.random.uniform(jax.random.fold_in(key, level), i.shape, dtype=fracs.dtype)
         below = total < 1.0
@@ -415,17 +415,20 @@ def _ssp_counts(key: jax.Array, scaled: jax.Array, m: int) -> jax.Array:
         denom = 2.0 - total
         p_i_full = jnp.where(denom > 0, (1.0 - fj) / jnp.where(denom > 0, denom, 1.0), 0.5)
         i_keeps = jnp.where(below, u < p_i_takes, u >= p_i_full)
-        kept = jnp.where(below, total, total - 1.0)
-        settled = jnp.where(below, 0.0, 1.0)
-        new_fi = jnp.where(i_keeps, kept, settled)
-        new_fj = jnp.where(i_keeps, settled, kept)
-        fracs = fracs.at[i].set(new_fi).at[j].set(new_fj)
-        active = jnp.where(i_keeps, i, j)
+        settled_index.append(jnp.where(i_keeps, j, i))
+        settled_value.append(jnp.where(below, 0.0, 1.0).astype(fracs.dtype))
+        survivors = jnp.where(i_keeps, i, j)
+        fracs = jnp.where(below, total, total - 1.0)
         level += 1
-    fracs = fracs[:n]
-    last = active[0]
-    counts = floors.astype(jnp.int32) + (fracs > 0.5).astype(jnp.int32)
-    # the last active fraction is an integer up to rounding: give it what makes the sum m
+    last = survivors[0]
+    # every index is settled exactly once, or is the last survivor
+    final = (
+        jnp.zeros(size, scaled.dtype)
+        .at[jnp.concatenate([*settled_index, survivors])]
+        .set(jnp.concatenate([*settled_value, fracs]))
+    )
+    counts = floors.astype(jnp.int32) + (final[:n] > 0.5).astype(jnp.int32)
+    # the last survivor's fraction is an integer up to rounding: give it what makes the sum m
     others = jnp.sum(counts) - counts[last]
     counts = counts.at[last].set(jnp.maximum(m - others, 0).astype(jnp.int32))
     return counts

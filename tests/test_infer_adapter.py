@@ -108,6 +108,8 @@ def test_bad_configuration():
         pk.infer.SMC(constrained_model, kernel="rwm", imh_components=2)
     with pytest.raises(ValueError, match="imh_components"):
         pk.infer.SMC(constrained_model, kernel="imh", imh_components=0)
+    with pytest.raises(ValueError, match="num_particles >= 8"):
+        pk.infer.SMC(constrained_model, kernel="imh", imh_components=4, num_particles=7)
     with pytest.raises(ValueError, match="target_ess"):
         pk.infer.SMC(constrained_model, target_ess=1.5)
     with pytest.raises(ValueError, match="num_resampled"):

@@ -400,7 +400,9 @@ class SMC:
     imh_components : int
         Gaussian components of the ``kernel="imh"`` proposal, fitted to the weighted
         particles by EM at every stage. ``1`` (PyMC's choice) suits unimodal posteriors;
-        ``K > 1`` keeps the acceptance rate up on multimodal ones with up to ``K`` modes.
+        ``K > 1`` keeps the acceptance rate up on multimodal ones with up to ``K`` modes
+        (two mixtures, cross-fitted to the two halves of the particles: needs
+        ``num_particles >= 2 K``).
     progress_bar : bool
         Show the temperature in a tqdm bar.
     sharding : jax.sharding.Sharding, optional
@@ -490,6 +492,12 @@ class SMC:
             raise ValueError(
                 f"imh_components={imh_components} only applies to kernel='imh', got "
                 f"kernel={kernel!r}"
+            )
+        if kernel == "imh" and imh_components > 1 and 2 * imh_components > n:
+            raise ValueError(
+                f"imh_components={imh_components} needs num_particles >= "
+                f"{2 * imh_components}: each of the two cross-fitted halves of the particles "
+                f"fits {imh_components} components; got num_particles={n}"
             )
         if target_acceptance is None:
             target_acceptance = moves.TARGET_ACCEPTANCE.get(kernel, 0.5)

@@ -61,7 +61,7 @@ the default 40 seeds, so ``eq.acc.`` ratios carry about +-25 %).
 Wall time: median over seeds after a warm-up run. A problem's JAX contenders are timed
 round-robin (seed by seed) so that load swings of the machine hit them alike, with Python's
 garbage collector paused during each timed call (as ``timeit`` does); ``particles`` runs
-after them (OpenBLAS threads spinning after its NumPy calls slowed the next JAX run). JAX
+after them, so that its NumPy (OpenBLAS) threads cannot land inside a JAX timing. JAX
 compile time is reported separately (first call minus median).
 
 Usage: ``python benchmarks/bench_static.py [--quick] [--seeds K] [--pymc-python PATH]``.
@@ -456,8 +456,8 @@ def run_problem(problem, n, seeds):
     timed = time_round_robin(
         {name: once for name, (_, once) in contenders.items()}, seeds, first=first
     )
-    # particles (NumPy) runs after the JAX contenders, not between them: OpenBLAS threads
-    # keep spinning for a while after each NumPy call and slowed the next JAX run down.
+    # particles (NumPy) runs after the JAX contenders, not between them, so that its
+    # OpenBLAS threads (which spin for a while after each call) cannot disturb a JAX timing.
     contenders["particles"] = ("rwm", particles_contender(problem, n))
     timed["particles"] = (0.0, time_round_robin({"": contenders["particles"][1]}, seeds)[""][1])
     order = [*contenders][:6] + ["particles"] + [*contenders][6:-1]

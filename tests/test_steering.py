@@ -181,6 +181,37 @@ def _check_well_formed(res):
     np.testing.assert_allclose(res.log_potentials, num_a)
 
 
+def test_exact_variant_skips_the_steps_after_every_sequence_has_finished():
+    """Every sequence is two letters and the end token. With ``max_length=8`` the five
+    steps after all have finished are skipped, so the result equals the ``max_length=3``
+    run (the same keys), although the final ESS is below the threshold: one more step
+    of the full sampler would have resampled."""
+
+    def step_fn(tokens, length):
+        letters = jnp.array([0.0, 0.0, 0.0, -jnp.inf])
+        end = jnp.array([-jnp.inf, -jnp.inf, -jnp.inf, 0.0])
+        return jnp.where(length >= 2, end, letters)
+
+    def reward_fn(tokens, length):  # log phi = 5 #b for finished sequences, else 0
+        mask = jnp.arange(tokens.shape[0]) < length
+        num_b = jnp.sum((tokens == 1) & mask)
+        ended = jnp.any((tokens == EOS) & mask)
+        return jnp.where(ended, 5.0 * num_b, 0.0)
+
+    short, long = (
+        pk.steering.smc(
+            jax.random.key(0), step_fn, reward_fn, num_particles=64, max_length=t, eos_id=EOS
+        )
+        for t in (3, 8)
+    )
+    assert float(short.ess[-1]) < 0.5 * 64
+    np.testing.assert_array_equal(long.sequences[:, :3], short.sequences)
+    assert np.all(np.asarray(long.sequences[:, 3:]) == EOS)
+    np.testing.assert_array_equal(long.log_weights, short.log_weights)
+    assert float(long.log_evidence) == float(short.log_evidence)
+    assert not np.any(long.resampled[3:]) and np.all(long.ess[3:] == long.ess[2])
+
+
 # ----------------------------------------------------------------------------- softmax
 @pytest.mark.slow
 def test_softmax_variant_targets_its_own_law_not_p_phi(exact):

@@ -120,6 +120,8 @@ def sweep(
         kernels.move(extend_move(step_fn, reward_fn, config, reference), vectorized=True),
         kernels.reweight(potential(variant)),
     )
+    if variant == "exact":
+        step = _skipped_once_all_finished(step)
     num_steps = config.total_length - config.prompt_length
     final, trace = run(
         key_run,
@@ -131,6 +133,23 @@ def sweep(
         sharding=sharding,
     )
     return final, info0, trace.info
+
+
+def _skipped_once_all_finished(step):
+    """``step``, skipped (``lax.cond``: the generator is not called) once every sequence
+    has finished. Under ``"exact"`` such a step would leave every sequence and weight as it
+    is and at most resample, which the skip leaves out; its info is neutral (same ESS, no
+    resampling). Not for ``"softmax"``, whose potential keeps weighting finished sequences
+    at every step."""
+
+    def kernel(key, state, inputs):
+        return jax.lax.cond(
+            jnp.all(state.particles.finished),
+            lambda: (state, StepInfo.neutral(state)),
+            lambda: step(key, state, inputs),
+        )
+
+    return kernel
 
 
 @eqx.filter_jit
@@ -201,7 +220,9 @@ def smc(
     the generator; ``G_t`` is the reward ratio ``phi(x_{1:t}) / phi(x_{1:t-1})``
     (``variant="exact"``) or the current reward ``phi(x_{1:t})`` (``variant="softmax"``,
     Puri et al. 2025). Finished sequences (end token, or ``max_length`` tokens) stay in the
-    pool: they no longer move, and under ``"exact"`` their weight no longer changes.
+    pool: they no longer move, and under ``"exact"`` their weight no longer changes. Under
+    ``"exact"`` the steps after every sequence has finished are skipped (the generator is
+    not called; their ``ess`` stays at its last value and ``resampled`` is False).
 
     Parameters
     ----------

@@ -89,8 +89,10 @@ SMC_SCRIPT = textwrap.dedent(
 
     y = jnp.asarray(np.random.default_rng(0).normal(1.0, 1.0, size=20), jnp.float32)
     out = {"y": np.asarray(y).tolist()}
-    for kernel in ("rwm", "imh"):
-        smc = pk.infer.SMC(model, num_particles=512, kernel=kernel, sharding=sharding)
+    for kernel in ("rwm", "imh", "hmc"):
+        smc = pk.infer.SMC(
+            model, num_particles=512, kernel=kernel, sharding=sharding, num_chains=1
+        )
         zs = []
         for seed in range(8):
             smc.run(jax.random.key(seed), y)
@@ -116,7 +118,7 @@ def test_tempered_smc_with_sharded_particles():
     log_z = multivariate_normal(np.full(n, 0.5), np.eye(n) + 4.0 * np.ones((n, n))).logpdf(y)
     post_var = 1.0 / (1.0 / 4.0 + n)
     post_mean = post_var * (0.5 / 4.0 + y.sum())
-    for kernel in ("rwm", "imh"):
+    for kernel in ("rwm", "imh", "hmc"):
         res = out[kernel]
         # each chain's 512 particles live on the 8 devices, 64 per device
         assert res["devices"] == 8 and res["shard_rows"] == [64] * 8

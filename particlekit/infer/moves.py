@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 KERNELS = ("rwm", "mala", "hmc", "nuts", "imh")
-TARGET_ACCEPTANCE = {"rwm": 0.3, "mala": 0.574, "hmc": 0.65, "nuts": 0.8, "imh": 0.5}
+TARGET_ACCEPTANCE = {"rwm": 0.3, "mala": 0.574, "hmc": 0.8, "nuts": 0.8, "imh": 0.5}
 PROPOSAL_EM_ITERATIONS = 5  # EM iterations of each "imh" mixture fit
 
 
@@ -69,15 +69,16 @@ class MoveSpec(NamedTuple):
         One of :data:`KERNELS` or a factory ``(logdensity_fn, cov) -> algorithm``.
     target_acceptance : float
         Acceptance rate the scale is adapted towards.
-    num_integration_steps : int
-        Leapfrog steps of ``"hmc"``.
+    num_integration_steps : int, optional
+        Mean leapfrog steps of ``"hmc"``; ``None`` adapts the trajectory length (10 in
+        waste-free SMC).
     num_components : int
         Gaussian components of the ``"imh"`` proposal.
     """
 
     kernel: str | Callable
     target_acceptance: float
-    num_integration_steps: int = 10
+    num_integration_steps: int | None = None
     num_components: int = 1
 
 
@@ -375,7 +376,7 @@ def build_move(
             on_vector,
             step_size=scale,
             inverse_mass_matrix=diag,
-            num_integration_steps=spec.num_integration_steps,
+            num_integration_steps=spec.num_integration_steps or 10,
         )
     elif kernel == "nuts":
         algorithm = blackjax.nuts(on_vector, step_size=scale, inverse_mass_matrix=diag)

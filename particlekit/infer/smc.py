@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import resampling
-from particlekit.infer import moves, tempering
+from particlekit.infer import adaptive_hmc, convergence, moves, tempering
 from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
 from particlekit.kernels import check_num_particles, reweight
 from particlekit.run import check_sharding, constrain_particles
@@ -43,6 +43,12 @@ class StageDiagnostics(NamedTuple):
     num_mcmc_steps : MCMC steps of the stage (float, NaN-padded).
     log_evidence_increment : ``log Z_t / Z_{t-1}``.
     scale : the tuned move scale ``s`` (RWM scale, MALA/HMC/NUTS step size parameter).
+    trajectory_length : HMC integration time ``T = eps L`` in standardised units
+        (``kernel="hmc"``; NaN for other kernels).
+    correlation : largest absolute correlation, across particles, between a coordinate (or
+        the tempered log-density) at the start of the stage's move and after it
+        (gradient kernels; NaN for the Metropolis–Hastings kernels). Near 1: the
+        population barely moved.
     """
 
     temperature: jax.Array
@@ -51,6 +57,8 @@ class StageDiagnostics(NamedTuple):
     num_mcmc_steps: jax.Array
     log_evidence_increment: jax.Array
     scale: jax.Array
+    trajectory_length: jax.Array
+    correlation: jax.Array
 
 
 class SMCResult(NamedTuple):
@@ -98,6 +106,7 @@ class _Carry(NamedTuple):
     state: ParticleState  # particles = {"u", "log_prior", "log_lik"}
     temperature: jax.Array
     log_scale: jax.Array
+    hmc_tuning: adaptive_hmc.HMCTuning
     stage: jax.Array
     forced: jax.Array
     failed: jax.Array
@@ -135,7 +144,14 @@ class _Config(NamedTuple):
     resampling: Callable
     max_stages: int
     min_increment: float
+    max_correlation: float = 0.1
+    max_integration_steps: int = 128
     sharding: object = None
+
+    @property
+    def adaptive_hmc(self) -> bool:
+        """The population-tuned HMC move of :mod:`~particlekit.infer.adaptive_hmc`."""
+        return self.spec.kernel == "hmc" and not self.waste_free
 
 
 def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
@@ -160,31 +176,56 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
         value = log_prior + jnp.where(temperature > 0, temperature * log_lik, 0.0)
         return jnp.where(jnp.isnan(value), -jnp.inf, value)
 
-    move = moves.build_move(
-        cfg.spec,
-        functools.partial(_particle, target),
-        tempered_log_density,
-        state.particles["u"],
-        state.log_weights,
-        carry.log_scale,
-    )
     num_starts = cfg.num_resampled if cfg.waste_free else n
     idx = cfg.resampling(k_resample, state.log_weights, num_starts)
-    starts = move.prepare(jax.tree.map(lambda a: a[idx], state.particles), idx)
-    if cfg.waste_free:
-        moved, acc, steps = moves.mutate_waste_free(
-            k_move, starts, move.algorithm, chain_length=n // cfg.num_resampled
-        )
-    else:
-        moved, acc, steps = moves.mutate(
+    resampled = jax.tree.map(lambda a: a[idx], state.particles)
+    dtype = state.log_weights.dtype
+    hmc_tuning, correlation = carry.hmc_tuning, jnp.full((), jnp.nan, dtype)
+    if cfg.adaptive_hmc:
+
+        def on_vector(u):
+            particle = _particle(target, u)
+            return tempered_log_density(particle["log_prior"], particle["log_lik"])
+
+        _, cov = moves.weighted_moments(state.particles["u"], state.log_weights)
+        moved, acc, steps, hmc_tuning, correlation = adaptive_hmc.mutate_hmc(
             k_move,
-            starts,
-            move.algorithm,
-            num_steps=cfg.num_mcmc_steps,
+            resampled["u"],
+            on_vector,
+            cov,
+            carry.hmc_tuning,
             max_steps=cfg.max_mcmc_steps,
-            decorrelation_threshold=cfg.decorrelation_threshold,
+            max_correlation=cfg.max_correlation,
+            max_integration_steps=cfg.max_integration_steps,
+            target_acceptance=cfg.spec.target_acceptance,
+            num_steps=cfg.num_mcmc_steps,
+            num_integration_steps=cfg.spec.num_integration_steps,
         )
-    particles = move.finish(moved)
+        particles = _evaluate(target, moved)
+    else:
+        move = moves.build_move(
+            cfg.spec,
+            functools.partial(_particle, target),
+            tempered_log_density,
+            state.particles["u"],
+            state.log_weights,
+            carry.log_scale,
+        )
+        starts = move.prepare(resampled, idx)
+        if cfg.waste_free:
+            moved, acc, steps = moves.mutate_waste_free(
+                k_move, starts, move.algorithm, chain_length=n // cfg.num_resampled
+            )
+        else:
+            moved, acc, steps = moves.mutate(
+                k_move,
+                starts,
+                move.algorithm,
+                num_steps=cfg.num_mcmc_steps,
+                max_steps=cfg.max_mcmc_steps,
+                decorrelation_threshold=cfg.decorrelation_threshold,
+            )
+        particles = move.finish(moved)
     new_state = state._replace(
         particles=particles,
         log_weights=jnp.zeros_like(state.log_weights),
@@ -196,7 +237,6 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
     # A failed stage keeps the reweighted (all-zero) population and stops the loop.
     new_state = jax.tree.map(lambda a, b: jnp.where(failed, a, b), state, new_state)
     i = carry.stage
-    dtype = state.log_weights.dtype
     stages = StageDiagnostics(
         temperature=carry.stages.temperature.at[i].set(temperature),
         ess=carry.stages.ess.at[i].set(info.ess / n),
@@ -205,12 +245,19 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
         log_evidence_increment=carry.stages.log_evidence_increment.at[i].set(
             info.log_evidence_increment
         ),
-        scale=carry.stages.scale.at[i].set(jnp.exp(carry.log_scale)),
+        scale=carry.stages.scale.at[i].set(
+            jnp.exp(carry.hmc_tuning.log_step_size if cfg.adaptive_hmc else carry.log_scale)
+        ),
+        trajectory_length=carry.stages.trajectory_length.at[i].set(
+            jnp.exp(carry.hmc_tuning.log_trajectory_length) if cfg.adaptive_hmc else jnp.nan
+        ),
+        correlation=carry.stages.correlation.at[i].set(correlation),
     )
     return _Carry(
         state=new_state,
         temperature=temperature,
         log_scale=moves.adapt_log_scale(cfg.spec, carry.log_scale, acc),
+        hmc_tuning=jax.tree.map(lambda a, b: jnp.where(failed, a, b), carry.hmc_tuning, hmc_tuning),
         stage=i + 1,
         forced=carry.forced + forced.astype(jnp.int32),
         failed=failed,
@@ -266,6 +313,7 @@ def _run_chain(key, particles, target, cfg: _Config, progress, invalid_start):
         state=state,
         temperature=jnp.zeros((), dtype),
         log_scale=jnp.asarray(moves.initial_log_scale(cfg.spec.kernel, target.dim), dtype),
+        hmc_tuning=adaptive_hmc.initial_tuning(target.dim, dtype),
         stage=jnp.zeros((), jnp.int32),
         forced=jnp.zeros((), jnp.int32),
         failed=invalid_start,  # reported by the host check; the loop does not start
@@ -422,8 +470,10 @@ class SMC:
     ...         numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
     >>> smc = pk.infer.SMC(model, num_particles=500)
     >>> smc.run(jax.random.key(0), jnp.array([0.3, 0.5, 0.1]))
-    >>> samples = smc.get_samples()          # {"mu": (500,)}
-    >>> float(smc.log_evidence) < 0.0
+    >>> samples = smc.get_samples()          # {"mu": (1000,)}: 2 chains of 500
+    >>> smc.log_evidence.shape               # one estimate per chain
+    (2,)
+    >>> smc.convergence.trustworthy          # the chains agree (else a UserWarning)
     True
     """
 
@@ -432,19 +482,21 @@ class SMC:
         model: Callable,
         *,
         num_particles: int = 1000,
-        kernel: str | Callable = "rwm",
+        kernel: str | Callable = "hmc",
         num_mcmc_steps: int | None = None,
         target_ess: float = 0.5,
         waste_free: bool = False,
         num_resampled: int | None = None,
-        num_chains: int = 1,
+        num_chains: int = 2,
         resampling: str | Callable = "systematic",
         max_mcmc_steps: int = 20,
         decorrelation_threshold: float = 0.05,
         max_stages: int = 200,
         min_increment: float = 1e-6,
         target_acceptance: float | None = None,
-        num_integration_steps: int = 10,
+        num_integration_steps: int | None = None,
+        max_integration_steps: int = 128,
+        max_correlation: float = 0.1,
         imh_components: int = 1,
         progress_bar: bool = False,
         sharding=None,
@@ -463,6 +515,8 @@ class SMC:
             num_mcmc_steps = check_num_particles(num_mcmc_steps, "num_mcmc_steps")
         max_mcmc_steps = check_num_particles(max_mcmc_steps, "max_mcmc_steps")
         max_stages = check_num_particles(max_stages, "max_stages")
+        if not 0.0 < float(max_correlation) < 1.0:
+            raise ValueError(f"max_correlation must be in (0, 1), got {max_correlation}")
         if not 0.0 < float(min_increment) < 1.0:
             raise ValueError(f"min_increment must be in (0, 1), got {min_increment}")
         if waste_free:
@@ -509,7 +563,9 @@ class SMC:
             spec=moves.MoveSpec(
                 kernel,
                 float(target_acceptance),
-                int(num_integration_steps),
+                None
+                if num_integration_steps is None
+                else check_num_particles(num_integration_steps, "num_integration_steps"),
                 check_num_particles(imh_components, "imh_components"),
             ),
             num_mcmc_steps=num_mcmc_steps,
@@ -521,12 +577,17 @@ class SMC:
             resampling=_scheme_with_num_samples(resampling),
             max_stages=max_stages,
             min_increment=float(min_increment),
+            max_correlation=float(max_correlation),
+            max_integration_steps=check_num_particles(
+                max_integration_steps, "max_integration_steps"
+            ),
             sharding=check_sharding(sharding),
         )
         self._compiled: dict = {}
         self._result: SMCResult | None = None
         self._args = ((), {})
         self._info: ModelInfo | None = None
+        self._convergence: convergence.ConvergenceReport | None = None
 
     # ------------------------------------------------------------------ running
     def _functions(self, spec, args, kwargs):
@@ -582,6 +643,20 @@ class SMC:
         self._args = (args, kwargs)
         self._info = info
         self._constrain_fn = lambda positions: constrain(positions, dyn)
+        self._convergence = convergence.assess(
+            np.asarray(result.positions),
+            np.asarray(result.log_evidence),
+            np.asarray(result.stages.ess),
+            np.asarray(result.num_stages),
+            self._capped_stages(result),
+            self.num_particles,
+        )
+        if self._convergence.messages and not np.any(result.failed):
+            warnings.warn(
+                "; ".join(self._convergence.messages) + ". " + convergence.FIX,
+                UserWarning,
+                stacklevel=2,
+            )
         if bool(np.any(result.failed)):
             warnings.warn(
                 "tempered SMC failed: at some stage every particle had zero weight (the "
@@ -598,7 +673,29 @@ class SMC:
                 stacklevel=2,
             )
 
+    def _capped_stages(self, result: SMCResult) -> np.ndarray:
+        """``(C, S)`` bool: the stage's adaptive move hit ``max_mcmc_steps`` without meeting
+        its stopping criterion."""
+        cfg = self._cfg
+        stages = jax.tree.map(np.asarray, result.stages)
+        if cfg.num_mcmc_steps is not None or cfg.waste_free:
+            return np.zeros(stages.num_mcmc_steps.shape, bool)
+        hit = stages.num_mcmc_steps >= cfg.max_mcmc_steps
+        if cfg.adaptive_hmc:
+            return hit & (stages.correlation > cfg.max_correlation)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            unmoved = (1.0 - np.clip(stages.acceptance_rate, 0.0, 1.0)) ** stages.num_mcmc_steps
+        return hit & (unmoved > cfg.decorrelation_threshold)
+
     # ------------------------------------------------------------------ results
+    @property
+    def convergence(self) -> convergence.ConvergenceReport:
+        """The checks of the last run across its chains (R-hat, bulk ESS, log Z agreement,
+        capped stages): :class:`particlekit.infer.convergence.ConvergenceReport`. A failed
+        check also raised a ``UserWarning`` during :meth:`run`."""
+        self.result  # noqa: B018  (raises before the first run)
+        return self._convergence
+
     @property
     def result(self) -> SMCResult:
         """The raw :class:`SMCResult` of the last run."""
@@ -653,8 +750,15 @@ class SMC:
         print_summary(samples, prob=prob, group_by_chain=True)
         d = self.diagnostics
         le = np.asarray(self.result.log_evidence)
-        print(f"log evidence: {np.mean(le):.4f}" + (f" (per chain {le})" if le.size > 1 else ""))
+        print(f"log evidence: {np.mean(le):.4f}")
+        print(convergence.format_report(self.convergence))
         print(f"stages: {d.num_stages}, failed: {d.failed}, max_stages hit: {d.reached_max_stages}")
+        with np.printoptions(precision=2, suppress=True, linewidth=88):
+            for c in range(self.num_chains):
+                s = int(d.num_stages[c])
+                print(f"chain {c}: temperature {d.stages.temperature[c, :s]}")
+                print(f"chain {c}: acceptance  {d.stages.acceptance_rate[c, :s]}")
+                print(f"chain {c}: MCMC steps  {d.stages.num_mcmc_steps[c, :s].astype(int)}")
 
     def to_inference_data(self):
         """An ArviZ ``InferenceData`` (arviz < 1) or ``DataTree`` (arviz >= 1); see

@@ -15,7 +15,9 @@ Groups of :func:`from_smc`:
   ``(chain, stage)``, NaN after a chain's last stage;
 - ``weighted_particles``: the last stage's population before the final resampling and its
   normalised ``log_weight``, dims ``(chain, particle, ...)``;
-- ``log_likelihood``: pointwise log-likelihood of each observed site, ``(chain, draw, ...)``;
+- ``log_likelihood``: pointwise log-likelihood of each observed site, ``(chain, draw, ...)``
+  (NumPyro models only: a :class:`~particlekit.infer.LogDensityModel` has one total, in
+  ``sample_stats``' ``lp``);
 - ``observed_data``.
 """
 
@@ -112,6 +114,8 @@ def from_smc(smc):
     """
     from numpyro.infer.util import log_likelihood
 
+    from particlekit.infer.log_density import LogDensityModel
+
     result = smc.diagnostics
     model_args, model_kwargs = smc._args
     info = smc._info
@@ -152,12 +156,14 @@ def from_smc(smc):
     weighted["log_weight"] = np.asarray(log_w)
     groups["weighted_particles"] = _dataset(weighted, ["chain", "particle"], attrs)
 
-    latent = {
-        k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items() if k in info.latent_names
-    }
-    loglik = log_likelihood(smc.model, latent, *model_args, batch_ndims=1, **model_kwargs)
-    c, n = smc.num_chains, smc.num_particles
-    loglik = {k: np.asarray(v).reshape((c, n) + np.shape(v)[1:]) for k, v in loglik.items()}
+    loglik = {}
+    if not isinstance(smc.model, LogDensityModel):  # pointwise terms need NumPyro sites
+        latent = {
+            k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items() if k in info.latent_names
+        }
+        loglik = log_likelihood(smc.model, latent, *model_args, batch_ndims=1, **model_kwargs)
+        c, n = smc.num_chains, smc.num_particles
+        loglik = {k: np.asarray(v).reshape((c, n) + np.shape(v)[1:]) for k, v in loglik.items()}
     if loglik:
         groups["log_likelihood"] = _dataset(loglik, ["chain", "draw"], attrs)
     if info.observed:

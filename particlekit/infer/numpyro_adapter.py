@@ -123,12 +123,15 @@ class NumPyroTarget(NamedTuple):
         ``u -> dict`` of constrained latent values (and deterministic sites).
     dim : int
         ``D``.
+    initial_positions : callable
+        ``(key, num_particles) -> (num_particles, D)``: the starting population.
     """
 
     log_prior_and_likelihood: Callable
     sample_prior: Callable
     constrain: Callable
     dim: int
+    initial_positions: Callable
 
 
 def make_target(model, model_args, model_kwargs, info: ModelInfo) -> NumPyroTarget:
@@ -181,4 +184,9 @@ def make_target(model, model_args, model_kwargs, info: ModelInfo) -> NumPyroTarg
             model, model_args, model_kwargs, info.unravel_fn(u), return_deterministic=True
         )
 
-    return NumPyroTarget(log_prior_and_likelihood, sample_prior, constrain, info.dim)
+    def initial_positions(key, num_particles):
+        return jax.vmap(sample_prior)(jax.random.split(key, num_particles))
+
+    return NumPyroTarget(
+        log_prior_and_likelihood, sample_prior, constrain, info.dim, initial_positions
+    )

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import resampling
-from particlekit.infer import adaptive_hmc, convergence, moves, tempering
+from particlekit.infer import adaptive_hmc, convergence, log_density, moves, tempering
 from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
 from particlekit.kernels import check_num_particles, reweight
 from particlekit.run import check_sharding, constrain_particles
@@ -269,7 +269,7 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
 
 
 def _init_chain(key, target, cfg: _Config):
-    positions = jax.vmap(target.sample_prior)(jax.random.split(key, cfg.num_particles))
+    positions = target.initial_positions(key, cfg.num_particles)
     return _evaluate(target, positions)
 
 
@@ -555,6 +555,17 @@ class SMC:
             )
         if target_acceptance is None:
             target_acceptance = moves.TARGET_ACCEPTANCE.get(kernel, 0.5)
+        if isinstance(model, log_density.LogDensityModel):
+            size = log_density.population_size(model)
+            if size is not None and size < n:
+                raise ValueError(
+                    f"initial_population has {size} draws, fewer than num_particles={n}"
+                )
+        elif not callable(model):
+            raise ValueError(
+                "model must be a NumPyro model (a callable) or a pk.infer.LogDensityModel, "
+                f"got {type(model).__name__}"
+            )
         self.model = model
         self.num_particles = n
         self.progress_bar = progress_bar
@@ -597,14 +608,19 @@ class SMC:
             cached, spec = None, None
         if cached is not None:
             return cached
-        info = inspect_model(self.model, args, kwargs)
         cfg = self._cfg
         model = self.model
+        if isinstance(model, log_density.LogDensityModel):
+            info = log_density.inspect_log_density_model(model, args, kwargs)
+            build_target = log_density.make_log_density_target
+        else:
+            info = inspect_model(model, args, kwargs)
+            build_target = make_target
         progress = _progress_callback() if self.progress_bar else None
 
         def target_of(dyn):
             a, kw = _merge_args(dyn, spec_local)
-            return make_target(model, a, kw, info)
+            return build_target(model, a, kw, info)
 
         spec_local = spec if spec is not None else _split_args(args, kwargs)[1]
 

@@ -273,6 +273,7 @@ def bootstrap(
     >>> res.ess.shape, res.particles.shape
     ((100,), (100, 1000))
     """
+    kernels.check_key(key)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     return _bootstrap(
         key,
@@ -407,6 +408,7 @@ def guided(
     >>> _, ys = ssm.simulate(jax.random.key(0), 50)
     >>> res = pk.filters.guided(jax.random.key(1), ssm, ys, proposal=prop, num_particles=500)
     """
+    kernels.check_key(key)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     if not callable(proposal):
         raise ValueError("proposal must be a function (x_prev, y, t) -> Distribution")
@@ -527,6 +529,7 @@ def auxiliary(
     >>> res = pk.filters.auxiliary(jax.random.key(1), ssm, ys, log_predictive=pred,
     ...                            num_particles=500)
     """
+    kernels.check_key(key)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     if not callable(log_predictive):
         raise ValueError("log_predictive must be a function (x_prev, y, t) -> log weight")

@@ -30,6 +30,7 @@ __all__ = [
     "mcmc",
     "chain",
     "check_num_particles",
+    "check_key",
     "reported_log_evidence",
 ]
 
@@ -41,6 +42,42 @@ def check_num_particles(num_particles, name: str = "num_particles") -> int:
     if num_particles <= 0:
         raise ValueError(f"{name} must be a positive integer, got {num_particles}")
     return int(num_particles)
+
+
+def check_key(key, name: str = "key"):
+    """Validate a PRNG key before tracing: a typed key (``jax.random.key(seed)``, shape
+    ``()``) or a legacy ``uint32`` key (``jax.random.PRNGKey(seed)``, shape ``(2,)``);
+    traced keys (inside ``jit`` / ``vmap``) are checked by dtype and shape the same way.
+    Anything else (an ``int`` seed, data passed where the key belongs) is a ``ValueError``
+    that says so. Returns ``key``.
+
+    Examples
+    --------
+    >>> import jax
+    >>> _ = check_key(jax.random.key(0))
+    >>> check_key(0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: key must be a JAX PRNG key such as jax.random.key(0), got int 0; ...
+    """
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape == ():
+            return key
+        problem = f"a batch of keys of shape {shape}; pass one key"
+    elif dtype == jnp.uint32 and shape == (2,):
+        return key
+    else:
+        described = repr(key) if jnp.ndim(key) == 0 and shape in (None, ()) else ""
+        if dtype is not None:
+            problem = f"an array of dtype {dtype} and shape {shape}"
+        else:
+            problem = f"{type(key).__name__} {described[:40]}".strip()
+    raise ValueError(
+        f"{name} must be a JAX PRNG key such as jax.random.key(0), got {problem}; the key "
+        "is the first argument of every particlekit sampler"
+    )
 
 
 def reported_log_evidence(log_evidence: jax.Array) -> jax.Array:
@@ -87,6 +124,7 @@ def init(
     >>> state.particles.shape
     (100,)
     """
+    check_key(key)
     n = check_num_particles(num_particles)
     if vectorized:
         particles = sample_fn(key, n)

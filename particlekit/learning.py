@@ -227,6 +227,7 @@ def mle(
     >>> res.trace["a"].shape
     (50,)
     """
+    kernels.check_key(key)
     if estimator not in ("paris", "ppg"):
         raise ValueError(f"estimator must be 'paris' or 'ppg', got {estimator!r}")
     num_particles = kernels.check_num_particles(num_particles)
@@ -402,6 +403,7 @@ def score_climbing(
     >>> res.trace.shape
     (20, 3)
     """
+    kernels.check_key(key)
     if ssm.vectorized:
         raise ValueError("score_climbing needs a non-vectorised StateSpaceModel")
     ys = ssm.validate(ys, num_particles)

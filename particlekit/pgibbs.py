@@ -213,6 +213,7 @@ def csmc(
     >>> new.shape
     (30,)
     """
+    kernels.check_key(key)
     if not isinstance(ssm, StateSpaceModel):
         raise ValueError(f"ssm must be a particlekit.StateSpaceModel, got {type(ssm).__name__}")
     ys = ssm.validate(ys, num_particles)
@@ -365,6 +366,7 @@ def ppg(
     >>> res.estimates.shape
     (20,)
     """
+    kernels.check_key(key)
     cfg = _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, resampling,
                         1.0, method, log_transition_bound, max_trials)  # fmt: skip
     resampling_scheme_for_csmc(resampling)
@@ -494,6 +496,7 @@ def particle_gibbs(
     >>> res.states.shape
     (1, 10, 30)
     """
+    kernels.check_key(key)
     if (theta_update is None) == (mcmc is None):
         raise ValueError("give exactly one of theta_update (exact draw) or mcmc (BlackJAX)")
     if mcmc is not None and log_prior is None:

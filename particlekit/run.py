@@ -8,6 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from particlekit.kernels import check_key
 from particlekit.types import Kernel, ParticleState, PyTree, RunTrace
 
 __all__ = [
@@ -157,6 +158,7 @@ def run(
     >>> trace.info.ess.shape
     (5,)
     """
+    check_key(key)
     total_steps = _num_steps_of(inputs, num_steps)
     if inputs is None:
         inputs = jnp.arange(total_steps)
@@ -198,6 +200,7 @@ def run_until(
     ``state`` may be any PyTree (adaptive recipes nest a ``ParticleState`` with their own
     fields, e.g. a temperature); ``step`` returns the new state only.
     """
+    check_key(key)
 
     def cond(carry):
         state, t = carry

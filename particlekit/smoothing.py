@@ -413,6 +413,7 @@ def ffbs(
     >>> paths.shape
     (100, 50)
     """
+    kernels.check_key(key)
     if not isinstance(filter_result, FilterResult) or filter_result.particles is None:
         raise ValueError("ffbs needs a FilterResult computed with keep_history=True")
     num_samples = kernels.check_num_particles(num_samples, "num_samples")
@@ -867,6 +868,7 @@ def paris(
     >>> sorted(res.estimate)
     ['cross', 'sum']
     """
+    kernels.check_key(key)
     cfg = _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, resampling,
                         ess_threshold, method, log_transition_bound, max_trials)  # fmt: skip
     ys = ssm.validate(ys, num_particles)

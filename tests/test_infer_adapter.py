@@ -171,3 +171,12 @@ def test_conditional_ess_matches_direct_formula():
         np.testing.assert_allclose(float(got), expected, rtol=1e-4)
     # every weight zero: no effective sample at all
     assert float(conditional_ess(jnp.full(200, -jnp.inf), jnp.asarray(log_lik), 0.1)) == 0.0
+
+
+def test_improper_prior_is_a_clear_error():
+    def model(y):
+        mu = numpyro.sample("mu", dist.ImproperUniform(dist.constraints.real, (), ()))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match="ImproperUniform.*LogDensityModel"):
+        pk.infer.SMC(model, num_particles=10).run(jax.random.key(0), jnp.array([0.5]))

@@ -305,3 +305,17 @@ def test_fit_gaussian_mixture_recovers_a_known_mixture():
     np.testing.assert_allclose(means, [[-2.0, 0.0], [2.0, 1.0]], atol=0.1)
     np.testing.assert_allclose(covs[0], np.eye(2), atol=0.15)
     np.testing.assert_allclose(covs[1], 0.5 * np.eye(2), atol=0.1)
+
+
+def test_progress_bar_announces_compilation_and_shows_the_stage(capsys):
+    y = jnp.asarray([0.3, -0.2, 1.1], jnp.float32)
+    smc = pk.infer.SMC(normal_mean_model, num_particles=100, progress_bar=True)
+    smc.run(jax.random.key(0), y)
+    first = capsys.readouterr().err
+    assert "tempered SMC (compiling)" in first
+    for field in ("lambda=1.000", "stage=", "acc=", "ess="):
+        assert field in first
+    smc.run(jax.random.key(1), y)  # compiled already: no announcement
+    assert "compiling" not in capsys.readouterr().err
+    # off by default when standard error is not a terminal (as under pytest)
+    assert not pk.infer.SMC(normal_mean_model).progress_bar

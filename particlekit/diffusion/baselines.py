@@ -91,6 +91,7 @@ def best_of_n(
     >>> res.best.shape
     (2,)
     """
+    kernels.check_key(key)
     _check(model, reward_fn, sampler, eta)
     samples = model.sample(key, num_samples, num_steps=num_steps, sampler=sampler, eta=eta)
     return _pick_best(reward_fn, samples)
@@ -134,6 +135,7 @@ def svdd(
     >>> res.samples.shape
     (8, 2)
     """
+    kernels.check_key(key)
     _check(model, reward_fn, sampler, eta)
     num_particles = kernels.check_num_particles(num_particles)
     num_children = kernels.check_num_particles(num_children, "num_children")

@@ -158,6 +158,7 @@ def fk_corrector(
     >>> res.samples.shape
     (256, 1)
     """
+    kernels.check_key(key)
     models = tuple(models)
     if not models or not all(isinstance(m, DiffusionModel) for m in models):
         raise ValueError("models must be a non-empty sequence of DiffusionModel")

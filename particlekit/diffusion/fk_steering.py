@@ -365,6 +365,7 @@ def fk_steering(
     >>> res.samples.shape, res.log_weights.shape
     ((64, 2), (64,))
     """
+    kernels.check_key(key)
     num_particles = kernels.check_num_particles(num_particles)
     num_steps = kernels.check_num_particles(num_steps, "num_steps")
     resample_every = kernels.check_num_particles(resample_every, "resample_every")

@@ -362,6 +362,7 @@ def pdds(
     >>> bool(abs(res.log_evidence - jnp.log(2 * jnp.pi)) < 0.1)
     True
     """
+    kernels.check_key(key)
     dim = _check_inputs(log_density, dim, num_particles, num_steps, sigma)
     sharding = check_sharding(sharding)
     if isinstance(num_mcmc_steps, bool) or not isinstance(num_mcmc_steps, numbers.Integral):

@@ -284,7 +284,9 @@ def fit_pdds_potential(
     ...     potential=pot)
     """
     from particlekit.diffusion.pdds import _check_inputs, pdds
-    from particlekit.kernels import check_num_particles
+    from particlekit.kernels import check_key, check_num_particles
+
+    check_key(key)
 
     dim = _check_inputs(log_density, dim, num_particles, num_steps, sigma)
     num_rounds = check_num_particles(num_rounds, "num_rounds")

@@ -90,7 +90,17 @@ def inspect_model(model, model_args=(), model_kwargs=None, *, key=None) -> Model
             unconstrained[name] = biject_to(fn.support).inv(site["value"])
         return observed, unconstrained
 
-    observed, unconstrained = draw(key)
+    try:
+        observed, unconstrained = draw(key)
+    except NotImplementedError as err:
+        raise ValueError(
+            "tempered SMC starts from draws of the prior, and this model's prior cannot be "
+            f"sampled (NumPyro raised NotImplementedError{': ' + str(err) if str(err) else ''}"
+            "; dist.ImproperUniform and other improper priors have no sampler). Give every "
+            "latent site a proper prior, or write the model as a pk.infer.LogDensityModel "
+            "with an initial_population drawn from a proper reference distribution whose "
+            "density is in log_prior."
+        ) from err
     if not latent:
         raise ValueError("the model has no latent sample sites: nothing to infer")
     flat, unravel_fn = ravel_pytree(unconstrained)

@@ -13,6 +13,7 @@ independent chains are ``vmap``-ped.
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -24,7 +25,7 @@ import numpy as np
 from particlekit import resampling
 from particlekit.infer import adaptive_hmc, convergence, log_density, moves, tempering
 from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
-from particlekit.kernels import check_num_particles, reweight
+from particlekit.kernels import check_key, check_num_particles, reweight
 from particlekit.run import check_sharding, constrain_particles
 from particlekit.types import ParticleState
 
@@ -329,7 +330,14 @@ def _run_chain(key, particles, target, cfg: _Config, progress, invalid_start):
     def body(c):
         c = _stage(jax.random.fold_in(key, c.stage), c, target, cfg)
         if progress is not None:
-            jax.debug.callback(progress, c.stage, c.temperature)
+            i = c.stage - 1
+            jax.debug.callback(
+                progress,
+                c.stage,
+                c.temperature,
+                c.stages.acceptance_rate[i],
+                c.stages.ess[i],
+            )
         return c
 
     c = jax.lax.while_loop(cond, body, carry)
@@ -366,24 +374,57 @@ def _merge_args(dyn, spec):
     return jax.tree.unflatten(treedef, leaves)
 
 
-def _progress_callback():
-    from tqdm.auto import tqdm
+class _ProgressBar:
+    """tqdm bar of a tempered-SMC run: announced while compiling, then the temperature with
+    the stage, acceptance rate, ESS and elapsed time, updated from inside the compiled loop
+    by ``jax.debug.callback``. Under ``vmap`` the callback runs once per chain, in chain
+    order, at every iteration; the bar shows the chain with the lowest temperature."""
 
-    bar = {}
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| lambda={n:.3f} [{elapsed}{postfix}]"
 
-    def update(stage, temperature):
-        lam = float(np.min(np.asarray(temperature)))
-        if "bar" not in bar:
-            bar["bar"] = tqdm(total=1.0, desc="tempered SMC", bar_format="{l_bar}{bar}| {n:.3f}")
-        b = bar["bar"]
-        b.n = lam
-        b.set_postfix(stage=int(np.max(np.asarray(stage))))
-        b.refresh()
-        if lam >= 1.0:
-            b.close()
-            bar.pop("bar")
+    def __init__(self, num_chains: int):
+        self.num_chains = num_chains
+        self.bar = None
+        self.calls = 0
+        self.latest: dict = {}
 
-    return update
+    def start(self, compiling: bool):
+        from tqdm.auto import tqdm
+
+        self.close()
+        self.calls, self.latest = 0, {}
+        desc = "tempered SMC (compiling)" if compiling else "tempered SMC"
+        self.bar = tqdm(total=1.0, desc=desc, bar_format=self.FORMAT)
+        self.bar.refresh()
+
+    def update(self, stage, temperature, acceptance, ess):
+        if self.bar is None:
+            return
+        self.latest[self.calls % self.num_chains] = (
+            float(temperature),
+            int(stage),
+            float(acceptance),
+            float(ess),
+        )
+        self.calls += 1
+        lam, stage, acceptance, ess = min(self.latest.values())
+        self.bar.set_description_str("tempered SMC", refresh=False)
+        self.bar.n = lam
+        self.bar.set_postfix(stage=stage, acc=f"{acceptance:.2f}", ess=f"{ess:.2f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _show_progress(progress_bar: bool | None) -> bool:
+    """``None``: on when standard error is a terminal (interactive use), else off."""
+    if progress_bar is None:
+        isatty = getattr(sys.stderr, "isatty", None)
+        return bool(isatty and isatty())
+    return bool(progress_bar)
 
 
 class SMC:
@@ -451,8 +492,10 @@ class SMC:
         ``K > 1`` keeps the acceptance rate up on multimodal ones with up to ``K`` modes
         (two mixtures, cross-fitted to the two halves of the particles: needs
         ``num_particles >= 2 K``).
-    progress_bar : bool
-        Show the temperature in a tqdm bar.
+    progress_bar : bool, optional
+        A tqdm bar with the temperature, stage, acceptance rate, ESS and elapsed time
+        (announced while the sampler compiles). ``None`` (default): shown when standard
+        error is a terminal, hidden in scripts, tests and CI logs.
     sharding : jax.sharding.Sharding, optional
         Sharding of the particle axis within a chain (e.g. ``NamedSharding(mesh, P("p"))``
         over a 1-D device mesh) to spread each chain's ``N`` particles over devices. The
@@ -498,7 +541,7 @@ class SMC:
         max_integration_steps: int = 128,
         max_correlation: float = 0.1,
         imh_components: int = 1,
-        progress_bar: bool = False,
+        progress_bar: bool | None = None,
         sharding=None,
     ):
         n = check_num_particles(num_particles)
@@ -568,7 +611,8 @@ class SMC:
             )
         self.model = model
         self.num_particles = n
-        self.progress_bar = progress_bar
+        self.progress_bar = _show_progress(progress_bar)
+        self._bar = _ProgressBar(self.num_chains)
         self._cfg = _Config(
             num_particles=n,
             spec=moves.MoveSpec(
@@ -616,7 +660,7 @@ class SMC:
         else:
             info = inspect_model(model, args, kwargs)
             build_target = make_target
-        progress = _progress_callback() if self.progress_bar else None
+        progress = self._bar.update if self.progress_bar else None
 
         def target_of(dyn):
             a, kw = _merge_args(dyn, spec_local)
@@ -651,9 +695,20 @@ class SMC:
             NaN at a prior draw. A failed stage (every weight zero) or hitting
             ``max_stages`` warns and is flagged in :attr:`diagnostics`.
         """
+        check_key(key)
         dyn, spec = _split_args(args, kwargs)
+        if self.progress_bar:
+            try:
+                compiling = spec not in self._compiled
+            except TypeError:
+                compiling = True
+            self._bar.start(compiling)
         info, sample, constrain = self._functions(spec, args, kwargs)
-        result, problems = sample(jax.random.split(key, self.num_chains), dyn)
+        try:
+            result, problems = sample(jax.random.split(key, self.num_chains), dyn)
+            jax.block_until_ready(result)
+        finally:
+            self._bar.close()
         _check_initial(np.asarray(problems), self.num_particles, info)
         self._result = result
         self._args = (args, kwargs)

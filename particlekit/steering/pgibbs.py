@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from particlekit.kernels import check_key
 from particlekit.resampling import get_conditional_scheme, get_scheme, sanitize_log_weights
 from particlekit.steering.sequences import Config, SequenceState, check_config
 from particlekit.steering.smc import sweep
@@ -209,6 +210,7 @@ def particle_gibbs(
     >>> chain.sequences.shape
     (20, 4)
     """
+    check_key(key)
     config, prompt = check_config(
         step_fn,
         reward_fn,

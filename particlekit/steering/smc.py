@@ -293,6 +293,7 @@ def smc(
     >>> res.sequences.shape, bool(jnp.isfinite(res.log_evidence))
     ((256, 4), True)
     """
+    kernels.check_key(key)
     config, prompt = check_config(
         step_fn,
         reward_fn,

@@ -11,8 +11,8 @@ Groups of :func:`from_smc`:
 - ``sample_stats``: ``lp`` ``(chain, draw)`` (log-prior with Jacobians + log-likelihood, i.e.
   ``-potential_energy``) and ``log_marginal_likelihood`` ``(chain,)``;
 - ``smc_stages``: ``beta``, ``ess``, ``acceptance_rate``, ``num_mcmc_steps``,
-  ``log_evidence_increment``, ``scale``, ``trajectory_length``, ``correlation``, dims
-  ``(chain, stage)``, NaN after a chain's last stage;
+  ``log_evidence_increment``, ``scale``, ``trajectory_length``, ``correlation``,
+  ``capped``, dims ``(chain, stage)``, NaN after a chain's last stage;
 - ``weighted_particles``: the last stage's population before the final resampling and its
   normalised ``log_weight``, dims ``(chain, particle, ...)``;
 - ``log_likelihood``: pointwise log-likelihood of each observed site, ``(chain, draw, ...)``
@@ -145,6 +145,7 @@ def from_smc(smc):
             "scale": stages.scale,
             "trajectory_length": stages.trajectory_length,
             "correlation": stages.correlation,
+            "capped": stages.capped,
         },
         ["chain", "stage"],
         attrs,

@@ -20,9 +20,11 @@ the weighted particles and from the particles' own trajectories (Buchholz, Chopi
   the jump still grows faster than their cost (``beta ~ 2``, ballistic) and shrink once
   they fold back (``beta < 1``). On a standard Gaussian this settles near ``T ~ 2.3``;
 - **number of steps** per stage: steps continue until the population has moved, i.e. the
-  largest absolute correlation, across particles, between a coordinate (or the tempered
-  log-density) at the start of the stage and now is at most ``max_correlation`` (computed
-  on ``tanh``-squashed standardised values, so robust to heavy tails), or a cap is hit. The
+  correlation, across particles, between each coordinate (and the tempered log-density)
+  at the start of the stage and now is at most ``max_correlation`` (computed on
+  ``tanh``-squashed standardised values, so robust to heavy tails; never below the noise
+  level of :func:`correlation_thresholds`), or a cap is hit. A large negative correlation
+  (a trajectory that swings to the other side of the mode) counts as moved. The
   final correlation is reported per stage, so a capped stage that did not decorrelate is
   visible (and warned about by :class:`particlekit.infer.SMC`).
 
@@ -51,6 +53,8 @@ __all__ = [
     "inverse_mass_matrix",
     "mutate_hmc",
     "population_correlation",
+    "column_correlations",
+    "correlation_thresholds",
 ]
 
 DENSE_MAX_DIM = 50
@@ -85,21 +89,13 @@ def _squash(x: jax.Array, centre: jax.Array, scale: jax.Array) -> jax.Array:
     return jnp.tanh((x - centre) / scale)
 
 
-def population_correlation(start: jax.Array, now: jax.Array) -> jax.Array:
-    """Largest absolute correlation across particles between the columns of ``start`` and
-    ``now`` (both ``(N, K)``), computed on the values squashed by ``tanh`` after
-    standardising both with the start's mean and sd. The squashing makes it robust to heavy
-    tails (as a rank correlation, at the cost of a mean instead of a sort): a few far-out
-    particles cannot hold it up once the bulk of the population has moved. Columns constant
-    at the start count as decorrelated.
-
-    Examples
-    --------
-    >>> import jax, jax.numpy as jnp
-    >>> x = jax.random.normal(jax.random.key(0), (1000, 2))
-    >>> round(float(population_correlation(x, x)), 4)
-    1.0
-    """
+def column_correlations(start: jax.Array, now: jax.Array) -> jax.Array:
+    """Correlations ``(K,)`` across particles between the columns of ``start`` and ``now``
+    (both ``(N, K)``), computed on the values squashed by ``tanh`` after standardising both
+    with the start's mean and sd. The squashing makes them robust to heavy tails (as a rank
+    correlation, at the cost of a mean instead of a sort): a few far-out particles cannot
+    hold a correlation up once the bulk of the population has moved. Columns constant at
+    the start count as decorrelated (0)."""
     centre = jnp.mean(start, axis=0)
     sd = jnp.std(start, axis=0)
     tiny = jnp.finfo(start.dtype).tiny
@@ -110,7 +106,44 @@ def population_correlation(start: jax.Array, now: jax.Array) -> jax.Array:
     b = b - jnp.mean(b, axis=0)
     norm = jnp.sqrt(jnp.mean(a**2, axis=0) * jnp.mean(b**2, axis=0))
     rho = jnp.where((sd > tiny) & (norm > tiny), jnp.mean(a * b, axis=0) / norm, 0.0)
-    return jnp.max(jnp.abs(jnp.nan_to_num(rho)))
+    return jnp.nan_to_num(rho)
+
+
+def population_correlation(start: jax.Array, now: jax.Array) -> jax.Array:
+    """The largest of :func:`column_correlations`.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> x = jax.random.normal(jax.random.key(0), (1000, 2))
+    >>> round(float(population_correlation(x, x)), 4)
+    1.0
+    """
+    return jnp.max(column_correlations(start, now))
+
+
+def correlation_thresholds(num_particles: int, dim: int, max_correlation: float):
+    """Thresholds ``(D + 1,)`` of the stopping rule, for the ``D`` coordinates and the
+    log-density. A correlation estimated from ``N`` particles has a sampling sd of about
+    ``1 / sqrt(N)``, so the largest of ``D`` independent ones exceeds ``z_{1 - 0.05 / D} /
+    sqrt(N)`` only 5 % of the time (0.10 for ``D = 100``, ``N = 1000``): the coordinates'
+    threshold is ``max(max_correlation, z_{1 - 0.05 / D} / sqrt(N))`` so that noise alone
+    cannot keep the move running, and the log-density's is ``max(max_correlation,
+    z_0.95 / sqrt(N))``. The log-density decorrelates last and sets the accuracy of the
+    next stage's reweighting (hence of the evidence), so it keeps the tight threshold.
+
+    Examples
+    --------
+    >>> thresholds = correlation_thresholds(1000, 100, 0.05)
+    >>> round(float(thresholds[0]), 3), round(float(thresholds[-1]), 3)
+    (0.104, 0.052)
+    """
+    from statistics import NormalDist
+
+    root_n = math.sqrt(num_particles)
+    coordinates = max(max_correlation, NormalDist().inv_cdf(1.0 - 0.05 / dim) / root_n)
+    log_density = max(max_correlation, NormalDist().inv_cdf(0.95) / root_n)
+    return jnp.asarray([coordinates] * dim + [log_density])
 
 
 def _columns(states) -> jax.Array:
@@ -125,6 +158,7 @@ class _Loop(NamedTuple):
     tuning: HMCTuning
     acc_sum: jax.Array
     correlation: jax.Array
+    decorrelated: jax.Array
 
 
 def _trajectory_change(jump, time, long):
@@ -170,7 +204,8 @@ def mutate_hmc(
         Cap on the number of MCMC steps.
     max_correlation : float
         Stop once every coordinate's (and the log-density's) correlation with its value at
-        the start of the stage is at most this.
+        the start of the stage is at most this, or the noise level of
+        :func:`correlation_thresholds` where that is larger.
     max_integration_steps : int
         Cap on the leapfrog steps of one trajectory.
     num_steps : int, optional
@@ -185,6 +220,7 @@ def mutate_hmc(
     steps : int32 scalar
     tuning : HMCTuning for the next stage
     correlation : scalar, the final largest correlation with the start
+    decorrelated : bool scalar, the stopping criterion was met
 
     Examples
     --------
@@ -195,9 +231,9 @@ def mutate_hmc(
     >>> logdensity = lambda u: -0.5 * jnp.sum(u**2)
     >>> out = mutate_hmc(jax.random.key(1), x, logdensity, jnp.eye(2), initial_tuning(2),
     ...                  max_steps=10, max_correlation=0.1, max_integration_steps=50)
-    >>> moved, acceptance, steps, tuning, correlation = out
-    >>> bool(acceptance > 0.5), bool(correlation <= 0.1)
-    (True, True)
+    >>> moved, acceptance, steps, tuning, correlation, decorrelated = out
+    >>> bool(acceptance > 0.5), bool(decorrelated), bool(correlation <= 0.1)
+    (True, True, True)
     """
     n, dim = positions.shape
     dtype = positions.dtype
@@ -207,6 +243,7 @@ def mutate_hmc(
     init = jax.vmap(lambda u: blackjax.hmc.init(u, logdensity_fn))
     states = init(positions)
     start = _columns(states)
+    thresholds = correlation_thresholds(n, dim, max_correlation).astype(dtype)
 
     def one_step(key, states, tuning: HMCTuning):
         k_len, k_move = jax.random.split(key)
@@ -232,10 +269,11 @@ def mutate_hmc(
     def cond(c: _Loop):
         if num_steps is not None:
             return c.k < num_steps
-        return (c.k < 1) | ((c.correlation > max_correlation) & (c.k < max_steps))
+        return (c.k < 1) | (~c.decorrelated & (c.k < max_steps))
 
     def body(c: _Loop):
         states, alpha, change = one_step(jax.random.fold_in(key, c.k), c.states, c.tuning)
+        rho = column_correlations(start, _columns(states))
         acc = jnp.mean(alpha)
         step = jnp.clip(0.5 * jnp.log((acc + 1e-3) / target_acceptance), -0.5, 0.25)
         log_step_size = jnp.clip(c.tuning.log_step_size + step, -15.0, 5.0)
@@ -249,7 +287,8 @@ def mutate_hmc(
             states=states,
             tuning=HMCTuning(log_step_size, log_trajectory),
             acc_sum=c.acc_sum + acc,
-            correlation=population_correlation(start, _columns(states)),
+            correlation=jnp.max(rho),
+            decorrelated=jnp.all(rho <= thresholds),
         )
 
     out = jax.lax.while_loop(
@@ -261,7 +300,8 @@ def mutate_hmc(
             tuning,
             jnp.zeros((), dtype),
             jnp.ones((), dtype),
+            jnp.zeros((), bool),
         ),
     )
     acceptance = out.acc_sum / jnp.maximum(out.k, 1)
-    return out.states.position, acceptance, out.k, out.tuning, out.correlation
+    return out.states.position, acceptance, out.k, out.tuning, out.correlation, out.decorrelated

@@ -5,23 +5,32 @@ Every algorithm is a recipe over the same primitives: :func:`init`, :func:`move`
 :func:`reweight`, :func:`resample`, :func:`mcmc`, :func:`chain` and :func:`run`.
 """
 
-from particlekit import (
-    arviz,
-    diffusion,
-    filters,
-    infer,
-    learning,
-    pgibbs,
-    resampling,
-    smoothing,
-    steering,
-)
+import importlib
+
+from particlekit import filters, pgibbs, resampling, smoothing
 from particlekit.kernels import chain, init, mcmc, move, resample, reweight
 from particlekit.run import run, run_until
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState, RunTrace, StepInfo
 
 __version__ = "0.1.0"
+
+# Subpackages with heavy dependencies (equinox, optax, BlackJAX, ArviZ/xarray) are imported
+# on first use (PEP 562), so that ``import particlekit`` costs little beyond jax + numpyro.
+_LAZY_SUBMODULES = ("arviz", "diffusion", "infer", "learning", "steering")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        module = importlib.import_module(f"particlekit.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'particlekit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 __all__ = [
     "ParticleState",

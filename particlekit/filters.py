@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from particlekit import kernels, resampling
-from particlekit.run import constrain_particles, run
+from particlekit.run import check_sharding, constrain_particles, run
 from particlekit.ssm import StateSpaceModel, missing_mask
 from particlekit.types import ParticleState, PyTree, RunTrace, StepInfo
 
@@ -274,6 +274,7 @@ def bootstrap(
     ((100,), (100, 1000))
     """
     kernels.check_key(key)
+    check_sharding(sharding)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     return _bootstrap(
         key,
@@ -409,6 +410,7 @@ def guided(
     >>> res = pk.filters.guided(jax.random.key(1), ssm, ys, proposal=prop, num_particles=500)
     """
     kernels.check_key(key)
+    check_sharding(sharding)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     if not callable(proposal):
         raise ValueError("proposal must be a function (x_prev, y, t) -> Distribution")
@@ -530,6 +532,7 @@ def auxiliary(
     ...                            num_particles=500)
     """
     kernels.check_key(key)
+    check_sharding(sharding)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     if not callable(log_predictive):
         raise ValueError("log_predictive must be a function (x_prev, y, t) -> log weight")

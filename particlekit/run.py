@@ -3,6 +3,7 @@ horizon under ``lax.while_loop``), with an optional progress bar."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -97,6 +98,10 @@ def _num_steps_of(inputs, num_steps):
         if not leaves:
             raise ValueError("run needs inputs with a leading time axis, or num_steps")
         return leaves[0].shape[0]
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be a non-negative integer, got {num_steps}")
     if leaves and leaves[0].shape[0] != num_steps:
         raise ValueError(
             f"num_steps={num_steps} does not match the leading axis {leaves[0].shape[0]} of inputs"
@@ -159,6 +164,7 @@ def run(
     (5,)
     """
     check_key(key)
+    check_sharding(sharding)
     total_steps = _num_steps_of(inputs, num_steps)
     if inputs is None:
         inputs = jnp.arange(total_steps)

@@ -65,3 +65,23 @@ def test_smc_run_with_the_key_forgotten_names_the_key():
 
     with pytest.raises(ValueError, match="must be a JAX PRNG key"):
         pk.infer.SMC(model, num_particles=10).run(jnp.array([0.5, 1.0]))
+
+
+@pytest.mark.parametrize("num_steps", [-3, 2.5, True])
+def test_run_rejects_impossible_num_steps(num_steps):
+    state = pk.init(jax.random.key(0), lambda k: jax.random.normal(k), 4)
+    with pytest.raises(ValueError, match="num_steps must be a non-negative integer"):
+        pk.run(jax.random.key(1), pk.chain(pk.resample()), state, num_steps=num_steps)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [pk.filters.bootstrap, pk.filters.guided, pk.filters.auxiliary, pk.run],
+    ids=lambda f: f.__name__,
+)
+def test_bad_sharding_is_a_clear_value_error(fn):
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    args = [None for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and p.default is p.empty]
+    kwargs = {p.name: None for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty}
+    with pytest.raises(ValueError, match="sharding must be a jax.sharding.Sharding"):
+        fn(jax.random.key(0), *args, **{**kwargs, "sharding": "gpu"})

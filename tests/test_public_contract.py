@@ -87,3 +87,23 @@ def test_static_model_interface():
         assert callable(getattr(pk.infer.SMC, method))
     assert isinstance(inspect.getattr_static(pk.infer.SMC, "log_evidence"), property)
     assert "group_by_chain" in inspect.signature(pk.infer.SMC.get_samples).parameters
+
+
+def test_import_particlekit_leaves_heavy_dependencies_for_first_use():
+    """``import particlekit`` loads no equinox, optax, BlackJAX or ArviZ (import time; see
+    benchmarks/bench_import.py); the lazy subpackages still resolve as attributes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, particlekit as pk\n"
+        "heavy = [m for m in ('equinox', 'optax', 'blackjax', 'arviz', 'xarray') "
+        "if m in sys.modules]\n"
+        "print(heavy)\n"
+        "print(pk.infer.SMC.__name__, pk.diffusion.pdds.__name__, pk.arviz.from_smc.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "[]", lines
+    assert lines[1] == "SMC pdds from_smc"
+    assert set(pk.__all__) <= set(dir(pk))

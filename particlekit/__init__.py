@@ -1,8 +1,8 @@
 """particlekit: Sequential Monte Carlo and particle methods in JAX.
 
 Users write functions for one particle; the library vectorises them with ``jax.vmap``.
-Every algorithm is a recipe over the same primitives: :func:`init`, :func:`move`,
-:func:`reweight`, :func:`resample`, :func:`mcmc`, :func:`chain` and :func:`run`.
+Every algorithm is a recipe over the same primitives: ``init``, ``move``,
+``reweight``, ``resample``, ``mcmc``, ``chain`` and ``run``.
 """
 
 import importlib

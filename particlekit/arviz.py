@@ -5,7 +5,7 @@ We build plain ``xarray.Dataset`` groups and wrap them per ArviZ version: an
 (Python >= 3.12). Building the datasets ourselves keeps the stage group rectangular with
 dims ``(chain, stage)`` only (arviz 1.x ``from_dict`` would put ``chain × draw`` on it).
 
-Groups of :func:`from_smc`:
+Groups of ``from_smc``:
 
 - ``posterior``: equally weighted draws, dims ``(chain, draw, ...)``;
 - ``sample_stats``: ``lp`` ``(chain, draw)`` (log-prior with Jacobians + log-likelihood, i.e.
@@ -16,7 +16,7 @@ Groups of :func:`from_smc`:
 - ``weighted_particles``: the last stage's population before the final resampling and its
   normalised ``log_weight``, dims ``(chain, particle, ...)``;
 - ``log_likelihood``: pointwise log-likelihood of each observed site, ``(chain, draw, ...)``
-  (NumPyro models only: a :class:`~particlekit.infer.LogDensityModel` has one total, in
+  (NumPyro models only: a ``LogDensityModel`` has one total, in
   ``sample_stats``' ``lp``);
 - ``observed_data``.
 """
@@ -87,7 +87,7 @@ def from_draws(posterior: dict, sample_stats: dict | None = None, attrs: dict | 
 
 
 def from_smc(smc):
-    """Convert a finished :class:`particlekit.infer.SMC` run to ArviZ.
+    """Convert a finished ``particlekit.infer.SMC`` run to ArviZ.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Particle filters for :class:`~particlekit.ssm.StateSpaceModel`: bootstrap, guided and
+"""Particle filters for ``StateSpaceModel``: bootstrap, guided and
 auxiliary. Each is a short recipe over the engine (``init``, ``reweight``, ``resample``,
 ``move``, ``chain``, ``run``).
 
@@ -244,7 +244,7 @@ def bootstrap(
     num_particles : int
         ``N > 0``.
     resampling : str or callable
-        Scheme of :mod:`particlekit.resampling` (default ``"systematic"``).
+        Scheme of ``particlekit.resampling`` (default ``"systematic"``).
     ess_threshold : float
         Resample when ``ESS < ess_threshold * N``; 1.0 resamples every step.
     keep_history : bool
@@ -392,7 +392,7 @@ def guided(
 
     Notes
     -----
-    The other parameters and the result are as in :func:`bootstrap`.
+    The other parameters and the result are as in ``bootstrap``.
 
     Examples
     --------
@@ -516,7 +516,7 @@ def auxiliary(
 
     Notes
     -----
-    The other parameters and the result are as in :func:`bootstrap`.
+    The other parameters and the result are as in ``bootstrap``.
 
     Examples
     --------

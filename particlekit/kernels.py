@@ -3,9 +3,9 @@
 User functions act on **one** particle; the kernels vectorise them over the population with
 ``jax.vmap`` (or, with ``vectorized=True``, hand the whole batch to the user function). A
 kernel is a function ``(key, state, inputs) -> (state, info)`` with ``state`` a
-:class:`~particlekit.types.ParticleState` and ``info`` a :class:`~particlekit.types.StepInfo`.
+``ParticleState`` and ``info`` a ``StepInfo``.
 
-The one evidence rule (DESIGN.md §3): ``log_evidence`` grows only in :func:`reweight`, by
+The one evidence rule (docs/architecture.md §3): ``log_evidence`` grows only in ``reweight``, by
 ``logsumexp(log W_prev + log G)`` with ``W_prev`` the normalised weights before the step.
 It makes the evidence estimate unbiased on the natural scale whether or not a step
 resampled.
@@ -240,7 +240,7 @@ def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
     Parameters
     ----------
     scheme : str or callable
-        A scheme of :mod:`particlekit.resampling` (name or function), or any function
+        A scheme of ``particlekit.resampling`` (name or function), or any function
         ``(key, log_weights, num_samples) -> indices``.
     ess_threshold : float in [0, 1]
         ``1.0`` resamples at every step, ``0.0`` never.

@@ -54,7 +54,7 @@ def score_functional(model_fn: Callable, theta: PyTree, ys):
     Returns ``(additive_fn, initial_fn)`` with ``additive_fn(x_prev, x, t) = grad_theta
     [log f_theta(x | x_prev) + log g_theta(y_t | x)]`` and ``initial_fn(x_0) = grad_theta
     [log p_theta(x_0) + log g_theta(y_0 | x_0)]`` (pytrees shaped like ``theta``), ready for
-    :func:`particlekit.smoothing.paris`.
+    ``particlekit.smoothing.paris``.
 
     Examples
     --------
@@ -99,7 +99,7 @@ def default_learning_rate(step):
 
 
 class MLEResult(NamedTuple):
-    """Output of :func:`mle`.
+    """Output of ``mle``.
 
     Attributes
     ----------
@@ -182,7 +182,7 @@ def mle(
     """Maximum likelihood by stochastic gradient ascent with particle score estimates.
 
     At each iteration the score ``grad_theta log p_theta(y_{0:T-1})`` is estimated through
-    Fisher's identity (see :func:`score_functional`) by PaRIS (``estimator="paris"``) or
+    Fisher's identity (see ``score_functional``) by PaRIS (``estimator="paris"``) or
     one PaRIS particle Gibbs sweep (``estimator="ppg"``, nearly unbiased at small ``N``),
     and the optimiser takes a step on ``-score / T``.
 
@@ -205,7 +205,7 @@ def mle(
         order one; pass e.g. ``optax.adam(1e-2)`` otherwise).
     estimator : {"paris", "ppg"}
     num_backward, method, max_trials
-        PaRIS options (see :func:`particlekit.smoothing.paris`).
+        PaRIS options (see ``particlekit.smoothing.paris``).
     resampling, ess_threshold
         Resampling of the filter (PPG always resamples, with the conditional scheme).
 
@@ -260,7 +260,7 @@ def mle(
 # Markov score climbing
 # --------------------------------------------------------------------------------------
 class ScoreClimbingResult(NamedTuple):
-    """Output of :func:`score_climbing`.
+    """Output of ``score_climbing``.
 
     Attributes
     ----------

@@ -2,7 +2,7 @@
 
 Conditional SMC (Andrieu, Doucet & Holenstein 2010) runs the bootstrap filter with slot 0
 pinned to a reference trajectory ``x*_{0:T-1}``: conditional resampling gives slot 0 the
-ancestor 0 (:func:`particlekit.resampling.get_conditional_scheme`) and the move sets
+ancestor 0 (``particlekit.resampling.get_conditional_scheme``) and the move sets
 ``x_t^0 = x*_t``. A new trajectory drawn from the conditional particle system, by backward
 sampling (Whiteley 2010) or ancestor sampling (Lindsten, Jordan & Schön 2014), leaves the
 smoothing law ``p(x_{0:T-1} | y)`` invariant.
@@ -193,7 +193,7 @@ def csmc(
         A scheme with a conditional version (``multinomial``, ``systematic``,
         ``stratified``, ``residual``).
     method, log_transition_bound, max_trials
-        Backward-sampling options, as in :func:`particlekit.smoothing.ffbs`.
+        Backward-sampling options, as in ``particlekit.smoothing.ffbs``.
 
     Returns
     -------
@@ -241,7 +241,7 @@ def resampling_scheme_for_csmc(scheme):
 # PaRIS particle Gibbs
 # --------------------------------------------------------------------------------------
 class PPGResult(NamedTuple):
-    """Output of :func:`ppg`.
+    """Output of ``ppg``.
 
     Attributes
     ----------
@@ -322,7 +322,7 @@ def ppg(
     ``E[h_0(x_0) + sum_t h_t(x_{t-1}, x_t) | y_{0:T-1}]`` at a small particle count.
 
     Each of ``num_iterations`` iterations runs PaRIS (see
-    :func:`particlekit.smoothing.paris`) on a conditional SMC sweep with the current
+    ``particlekit.smoothing.paris``) on a conditional SMC sweep with the current
     reference trajectory pinned (Feynman–Kac model ``M_t = f_t``, ``G_t = g_t``, slot 0
     forced to the reference), records the estimate ``hat S_k``, and draws the next
     reference by backward simulation. ``.estimate`` is the roll-out mean of ``hat S_k``
@@ -334,7 +334,7 @@ def ppg(
     ssm : StateSpaceModel
     ys : Array, shape (T, ...)
     additive_fn, initial_fn, num_backward, method, log_transition_bound, max_trials
-        As in :func:`particlekit.smoothing.paris`.
+        As in ``particlekit.smoothing.paris``.
     num_particles : int
         ``N >= 2`` per sweep (including the reference).
     num_iterations : int
@@ -472,7 +472,7 @@ def particle_gibbs(
     reference : Array, shape (T, ...), optional
         Initial trajectory; default: simulated from the model at ``theta_init``.
     ancestor_sampling, resampling
-        As in :func:`csmc`.
+        As in ``csmc``.
 
     Returns
     -------

@@ -9,7 +9,7 @@ The returned ancestor indices ``a`` are such that the offspring count of particl
 
 Non-finite log-weights are handled the same way everywhere: ``NaN`` and ``+inf`` count as
 ``-inf`` (zero weight). If *every* weight is zero the schemes fall back to uniform weights;
-callers that care (the filters) detect this case through :func:`log_normalize`'s second
+callers that care (the filters) detect this case through ``log_normalize``'s second
 output, which is then ``-inf``.
 
 Cost. ``systematic``, ``stratified``, ``ssp`` and ``killing`` run in ``O(N + M)``: the
@@ -137,7 +137,7 @@ def normalize(log_weights: jax.Array) -> jax.Array:
 
 
 def log_sum_and_ess(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``logsumexp(log_weights)`` and :func:`ess` together, from one max-subtraction and
+    """``logsumexp(log_weights)`` and ``ess`` together, from one max-subtraction and
     one ``exp`` pass (the engine's ``reweight`` needs both every step).
 
     Examples
@@ -318,7 +318,7 @@ def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int | None 
 
 
 def _iid_categorical(key: jax.Array, log_weights: jax.Array, m: int) -> jax.Array:
-    """``m`` i.i.d. categorical draws in *random order* (unlike :func:`multinomial`, whose
+    """``m`` i.i.d. categorical draws in *random order* (unlike ``multinomial``, whose
     output is sorted): needed wherever individual slots are used, not just the multiset.
     Inverse CDF of unsorted uniforms through a guide table, ``O(N + M)`` expected."""
     n = log_weights.shape[0]

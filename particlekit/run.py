@@ -127,7 +127,7 @@ def run(
     key : PRNG key
         Step ``t`` uses ``fold_in(key, t)``.
     step : kernel
-        ``(key, state, inputs_t) -> (state, info)``, e.g. built by :func:`chain`.
+        ``(key, state, inputs_t) -> (state, info)``, e.g. built by ``chain``.
     state : ParticleState
         Initial population.
     inputs : PyTree, optional
@@ -146,7 +146,7 @@ def run(
     -------
     final_state : ParticleState
     trace : RunTrace
-        Per-step :class:`~particlekit.types.StepInfo` (each field ``(T,)``), running
+        Per-step ``StepInfo`` (each field ``(T,)``), running
         log-evidence ``(T,)``, and the history when requested.
 
     Examples

@@ -1,4 +1,4 @@
-"""Particle smoothing for :class:`~particlekit.ssm.StateSpaceModel`: forward filtering
+"""Particle smoothing for ``StateSpaceModel``: forward filtering
 backward sampling (FFBS) and PaRIS online smoothing of additive functionals.
 
 Both rest on the *backward kernel* of a particle filter,
@@ -382,7 +382,7 @@ def ffbs(
     ssm : StateSpaceModel
         The model the filter was run on.
     filter_result : FilterResult
-        Output of a filter of :mod:`particlekit.filters` run with ``keep_history=True``.
+        Output of a filter of ``particlekit.filters`` run with ``keep_history=True``.
     num_samples : int
         Number ``M`` of trajectories.
     method : {"exact", "rejection", "auto"}
@@ -468,7 +468,7 @@ class PaRISInfo(NamedTuple):
 
 
 class PaRISResult(NamedTuple):
-    """Output of :func:`paris`.
+    """Output of ``paris``.
 
     Attributes
     ----------
@@ -510,7 +510,7 @@ class PaRISResult(NamedTuple):
 
 
 class OnlinePaRIS(NamedTuple):
-    """The online PaRIS smoother as a pair of pure functions (see :func:`paris_online`).
+    """The online PaRIS smoother as a pair of pure functions (see ``paris_online``).
 
     ``init(key, y0) -> PaRISState`` and ``update(key, state, y) -> (PaRISState,
     PaRISInfo)``; both jit-compilable.
@@ -633,7 +633,7 @@ def _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, res
 
 
 def paris_init_state(key, y0, ref0=None, *, cfg, conditional=False):
-    """Traced PaRIS initialisation (used by :func:`paris` and particle Gibbs)."""
+    """Traced PaRIS initialisation (used by ``paris`` and particle Gibbs)."""
     state, info = _smc_init(
         key, cfg["ssm"], y0, ref0, num_particles=cfg["num_particles"], conditional=conditional
     )
@@ -654,7 +654,7 @@ def paris_init_state(key, y0, ref0=None, *, cfg, conditional=False):
 def paris_update_state(
     key, pstate: PaRISState, y, ref_t=None, *, cfg, conditional=False, ancestor_sampling=False
 ):
-    """Traced PaRIS step ``t - 1 -> t`` (used by :func:`paris` and particle Gibbs)."""
+    """Traced PaRIS step ``t - 1 -> t`` (used by ``paris`` and particle Gibbs)."""
     k_step, k_back = jax.random.split(key)
     t = pstate.t + 1
     old = pstate.particle_state
@@ -695,7 +695,7 @@ def paris_online(
 ) -> OnlinePaRIS:
     """The PaRIS smoother as an online algorithm: one observation at a time.
 
-    Parameters are those of :func:`paris`. Returns an :class:`OnlinePaRIS` with
+    Parameters are those of ``paris``. Returns an ``OnlinePaRIS`` with
     ``init(key, y0) -> PaRISState`` and ``update(key, state, y_t) -> (PaRISState,
     PaRISInfo)`` (both jitted); ``state.estimate`` is the current estimate of
     ``E[sum_{s<=t} h_s | y_{0:t}]``.

@@ -29,13 +29,13 @@ class ParticleState(NamedTuple):
     log_weights : Array, shape (N,)
         Unnormalised log-weights.
     log_evidence : Array, shape ()
-        Running estimate of ``log Z``; grows only in :func:`particlekit.reweight`.
+        Running estimate of ``log Z``; grows only in ``particlekit.reweight``.
     ancestors : Array, shape (N,), int32
         Indices into the population before the last resampling (``arange(N)`` if none).
     previous_particles : PyTree
-        The particles before the most recent :func:`particlekit.move` (equal to
+        The particles before the most recent ``particlekit.move`` (equal to
         ``particles`` when nothing has moved yet); the ``x_prev`` argument of
-        :func:`particlekit.reweight` potentials.
+        ``particlekit.reweight`` potentials.
     """
 
     particles: PyTree
@@ -99,7 +99,7 @@ class StepInfo(NamedTuple):
 
 
 class RunTrace(NamedTuple):
-    """What :func:`particlekit.run` records per step.
+    """What ``particlekit.run`` records per step.
 
     Attributes
     ----------

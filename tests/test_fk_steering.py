@@ -1,4 +1,4 @@
-"""FK steering against the exact tilted Gaussian mixture (DESIGN.md §6), NaN rewards,
+"""FK steering against the exact tilted Gaussian mixture (docs/architecture.md §6), NaN rewards,
 proposals, and the best-of-N / SVDD baselines.
 
 A Gaussian-mixture prior tilted by ``exp(lmbda a.x)`` is the mixture with means

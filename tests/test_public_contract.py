@@ -1,4 +1,4 @@
-"""The names of DESIGN.md §4 ("Public contract") are promises to users: every function,
+"""The names of docs/architecture.md §4 ("Public contract") are promises to users: every function,
 keyword argument and result field listed there must exist. Signature checks only (no
 compilation), so this file runs in a second."""
 

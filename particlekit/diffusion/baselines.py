@@ -1,5 +1,5 @@
 """Baselines for reward steering of diffusion models, as recipes over the same engine
-primitives as :func:`~particlekit.diffusion.fk_steering`: best-of-N and SVDD-style
+primitives as ``fk_steering``: best-of-N and SVDD-style
 "pick among children" (Li et al. 2024, "Derivative-Free Guidance in Continuous and Discrete
 Diffusion Models with Soft Value-Based Decoding").
 
@@ -28,7 +28,7 @@ __all__ = ["BestOfNResult", "SVDDResult", "best_of_n", "svdd"]
 
 
 class BestOfNResult(NamedTuple):
-    """Output of :func:`best_of_n`.
+    """Output of ``best_of_n``.
 
     Attributes
     ----------
@@ -47,7 +47,7 @@ class BestOfNResult(NamedTuple):
 
 
 class SVDDResult(NamedTuple):
-    """Output of :func:`svdd`.
+    """Output of ``svdd``.
 
     Attributes
     ----------
@@ -79,7 +79,7 @@ def best_of_n(
     sampler: str = "ddpm",
     eta: float = 1.0,
 ) -> BestOfNResult:
-    """Draw ``num_samples`` unsteered samples (:meth:`DiffusionModel.sample`) and keep the
+    """Draw ``num_samples`` unsteered samples (``DiffusionModel.sample``) and keep the
     one with the highest reward.
 
     Examples
@@ -120,11 +120,11 @@ def svdd(
     """SVDD-style decoding: at every reverse step each particle draws ``num_children``
     children ``x_s^(j) ~ p(. | x_t)`` and keeps one, picked with probability
     ``∝ exp(v_j / alpha)`` where ``v_j = r(x0_hat(x_s^(j), s))`` (``r(x_0)`` at the last
-    step), or the arg-max when ``alpha = 0``. Built as one :func:`particlekit.move`
-    kernel (the pick uses :func:`particlekit.resampling.multinomial`) run by
-    :func:`particlekit.run`. Cost: ``num_particles * num_children`` network calls per step.
+    step), or the arg-max when ``alpha = 0``. Built as one ``particlekit.move``
+    kernel (the pick uses ``particlekit.resampling.multinomial``) run by
+    ``particlekit.run``. Cost: ``num_particles * num_children`` network calls per step.
     ``sharding`` (a ``jax.sharding.Sharding`` of the particle axis, optional) spreads the
-    particles over devices as in :func:`fk_steering`; see the Scaling page.
+    particles over devices as in ``fk_steering``; see the Scaling page.
 
     Examples
     --------

@@ -60,7 +60,7 @@ __all__ = [
 
 
 class FKCResult(NamedTuple):
-    """Output of :func:`fk_corrector` (``N`` particles, ``K`` steps).
+    """Output of ``fk_corrector`` (``N`` particles, ``K`` steps).
 
     Attributes
     ----------
@@ -137,7 +137,7 @@ def fk_corrector(
     ess_threshold : float in [0, 1]
         Resample when ``ESS < ess_threshold * N`` (weights carried otherwise).
     resampling : str or callable
-        A scheme of :mod:`particlekit.resampling`.
+        A scheme of ``particlekit.resampling``.
     sharding : jax.sharding.Sharding, optional
         Sharding of the particle axis, e.g. ``NamedSharding(mesh, P("p"))`` over a 1-D
         mesh: the particles are spread over the devices and pinned there after every
@@ -256,13 +256,13 @@ def _fk_corrector(
 
 def anneal(key, model: DiffusionModel, beta: float, **kwargs) -> FKCResult:
     """Sample ``p(x)^beta / Z`` (temperature ``1 / beta``) from one model; ``kwargs`` as in
-    :func:`fk_corrector`, ``sharding`` included (for ``beta > 1`` prefer ``noise >= 1``,
+    ``fk_corrector``, ``sharding`` included (for ``beta > 1`` prefer ``noise >= 1``,
     e.g. ``noise=2.0``)."""
     return fk_corrector(key, [model], [beta], **kwargs)
 
 
 def product_of_experts(key, model1: DiffusionModel, model2: DiffusionModel, **kwargs):
-    """Sample ``p1(x) p2(x) / Z``; ``kwargs`` as in :func:`fk_corrector`, ``sharding``
+    """Sample ``p1(x) p2(x) / Z``; ``kwargs`` as in ``fk_corrector``, ``sharding``
     included."""
     return fk_corrector(key, [model1, model2], [1.0, 1.0], **kwargs)
 
@@ -271,6 +271,6 @@ def geometric_average(key, model1: DiffusionModel, model2: DiffusionModel, gamma
     """Sample ``p1(x)^{1 - gamma} p2(x)^gamma / Z``. With ``p1`` unconditional, ``p2``
     conditional and ``gamma > 1`` this is the target of classifier-free guidance with
     guidance scale ``gamma``, sampled exactly (up to time discretisation) instead of by the
-    CFG heuristic of mixing scores. ``kw`` as in :func:`fk_corrector`, ``sharding``
+    CFG heuristic of mixing scores. ``kw`` as in ``fk_corrector``, ``sharding``
     included."""
     return fk_corrector(key, [model1, model2], [1.0 - gamma, gamma], **kw)

@@ -58,7 +58,7 @@ INTERMEDIATE_REWARDS = ("x0", "many_sample")
 
 
 class FKSteeringResult(NamedTuple):
-    """Output of :func:`fk_steering` (``N`` particles, ``K`` steps).
+    """Output of ``fk_steering`` (``N`` particles, ``K`` steps).
 
     Attributes
     ----------
@@ -137,7 +137,7 @@ def gradient_guided_proposal(
     model: DiffusionModel, reward_fn: Callable, lmbda: float, *, scale: float = 1.0,
     sampler: str = "ddpm", eta: float = 1.0,
 ):  # fmt: skip
-    """A reward-gradient-guided proposal for :func:`fk_steering`:
+    """A reward-gradient-guided proposal for ``fk_steering``:
     ``q(x_s | x_t) = N(m + scale * lmbda * v * grad_x r(x0_hat(x_t, t)), v I)`` with
     ``(m, v)`` the base reverse kernel's mean and variance. ``fk_steering`` corrects it by
     ``p / q``, so the target is unchanged; only the variance of the weights improves.
@@ -339,11 +339,11 @@ def fk_steering(
         At potential steps resample when ``ESS < ess_threshold * N`` (``1.0``: always, as
         in the paper; weights are carried forward otherwise).
     resampling : str or callable
-        A scheme of :mod:`particlekit.resampling`.
+        A scheme of ``particlekit.resampling``.
     proposal : callable, optional
         ``proposal(x_t, t, s) -> numpyro Distribution`` over ``x_s`` (one particle), used
         instead of the base kernel and corrected by ``p / q`` at every step, e.g.
-        :func:`gradient_guided_proposal`.
+        ``gradient_guided_proposal``.
     sampler : {"ddpm", "ddim", "em"}, eta : float
         The base reverse kernel (DDIM needs ``eta > 0``).
     sharding : jax.sharding.Sharding, optional

@@ -2,7 +2,7 @@
 reverse step, its Gaussian transition density and the Tweedie ``x0`` prediction; and
 ``gaussian_mixture``, a diffusion model with exact noised scores.
 
-Convention (variance preserving, see :mod:`particlekit.diffusion.schedules`, reference
+Convention (variance preserving, see ``particlekit.diffusion.schedules``, reference
 scale 1): ``x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps`` with ``ab_t = alpha_bar(t)``, data
 at ``t = 0`` and (nearly) pure noise ``N(0, I)`` at ``t = 1``. A network predicts one of
 
@@ -73,7 +73,7 @@ class DiffusionModel(eqx.Module):
         ``fn(x, t) -> prediction`` for ONE particle ``x`` of shape ``shape`` and a scalar
         time ``t`` in ``[0, 1]``; any JAX function or equinox / flax-bound module.
     schedule : NoiseSchedule or str
-        ``"linear"``, ``"cosine"`` or a :class:`~particlekit.diffusion.NoiseSchedule`.
+        ``"linear"``, ``"cosine"`` or a ``NoiseSchedule``.
     prediction : {"eps", "x0", "score"}
         What ``fn`` predicts; converted internally.
     shape : tuple of int
@@ -281,7 +281,7 @@ def _mixture_arrays(weights, means, stds=None, covs=None):
 
 
 def gaussian_mixture(weights, means, stds=None, covs=None, *, schedule="linear"):
-    """A :class:`DiffusionModel` whose data distribution is a Gaussian mixture, with exact
+    """A ``DiffusionModel`` whose data distribution is a Gaussian mixture, with exact
     noised scores (for tests, examples and sanity checks).
 
     Parameters
@@ -300,7 +300,7 @@ def gaussian_mixture(weights, means, stds=None, covs=None, *, schedule="linear")
     -------
     DiffusionModel
         ``prediction="score"``, ``shape=(d,)``; ``model.fn`` is a
-        :class:`GaussianMixtureScore` with ``log_prob(x, t)`` and ``distribution(t)``.
+        ``GaussianMixtureScore`` with ``log_prob(x, t)`` and ``distribution(t)``.
 
     Examples
     --------
@@ -316,7 +316,7 @@ def gaussian_mixture(weights, means, stds=None, covs=None, *, schedule="linear")
 
 
 def tilted_gaussian_mixture(weights, means, stds=None, covs=None, *, direction, lmbda):
-    """The exact tilt of a Gaussian mixture by ``exp(lmbda a.x)`` (DESIGN.md §6).
+    """The exact tilt of a Gaussian mixture by ``exp(lmbda a.x)`` (docs/architecture.md §6).
 
     ``p(x) exp(lmbda a.x) / Z`` is the mixture with means ``mu_k + lmbda S_k a`` and weights
     ``∝ w_k exp(lmbda a.mu_k + lmbda^2 a.S_k a / 2)``, and

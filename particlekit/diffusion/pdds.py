@@ -4,7 +4,7 @@ unnormalised density ``gamma`` by running SMC along the time reversal of an
 Ornstein–Uhlenbeck noising process.
 
 Feynman–Kac picture (time grid ``1 = t_K > ... > t_0 = 0``, ``lambda_k = lambda_{t_k,
-t_{k-1}}`` from :mod:`~particlekit.diffusion.schedules`, reference ``N(0, sigma^2 I)``):
+t_{k-1}}`` from ``schedules``, reference ``N(0, sigma^2 I)``):
 
 - ``M_K = N(0, sigma^2 I)``, ``G_K(x_K) = g_hat_{t_K}(x_K)``;
 - ``M_k(x_{k-1} | x_k) = q = N(sqrt(1 - lambda_k) x_k + sigma^2 lambda_k grad log
@@ -50,7 +50,7 @@ class PDDSParticle(NamedTuple):
 
 
 class PDDSResult(NamedTuple):
-    """Output of :func:`pdds`.
+    """Output of ``pdds``.
 
     Attributes
     ----------
@@ -74,7 +74,7 @@ class PDDSResult(NamedTuple):
     failed : Array, shape (), bool
         True if every weight became zero (then ``log_evidence = -inf``).
     trace : RunTrace
-        The engine's trace of the reverse steps (history of :class:`PDDSParticle` states
+        The engine's trace of the reverse steps (history of ``PDDSParticle`` states
         with ``keep_history=True``).
     """
 
@@ -123,7 +123,7 @@ def _value_and_grad(potential, t, x):
 
 
 def _cache(potential, exact_g0, t, x, is_last):
-    """A :class:`PDDSParticle` at time ``t``; ``g_0`` itself when ``is_last`` (a real
+    """A ``PDDSParticle`` at time ``t``; ``g_0`` itself when ``is_last`` (a real
     ``cond``: ``is_last`` is not batched), unless the potential is exact at ``t = 0``."""
     if getattr(potential, "exact_at_zero", False):
         return PDDSParticle(x, *_value_and_grad(potential, t, x))
@@ -299,7 +299,7 @@ def pdds(
     the reverse OU diffusion down to ``t = 0`` with guided Gaussian moves, reweighting by
     the ratio of guidance potentials and resampling when the ESS drops (see the module
     docstring for the Feynman–Kac model). The evidence grows by the engine's one rule
-    (:func:`particlekit.reweight`).
+    (``particlekit.reweight``).
 
     Parameters
     ----------
@@ -321,8 +321,8 @@ def pdds(
         Noise schedule ``alpha_bar(t)``.
     potential : callable, optional
         Guidance ``potential(t, x) -> log g_hat_t(x)`` for one particle; e.g. the
-        :class:`~particlekit.diffusion.potentials.LearnedPotential` returned by
-        :func:`~particlekit.diffusion.fit_pdds_potential` (passed as a traced PyTree: no
+        ``LearnedPotential`` returned by
+        ``fit_pdds_potential`` (passed as a traced PyTree: no
         recompilation when its weights change). ``None``: the naive guidance
         ``g_0(sqrt(alpha_bar_t) x)``. Any potential gives an unbiased evidence; the
         final step always uses ``g_0`` exactly.
@@ -336,7 +336,7 @@ def pdds(
         MALA step size relative to the particles' mean per-coordinate variance
         (default ``0.5 dim^(-1/3)``).
     resampling : str or callable
-        A scheme of :mod:`particlekit.resampling`.
+        A scheme of ``particlekit.resampling``.
     keep_history : bool
         Keep every intermediate population in ``trace.history``.
     progress_bar : bool

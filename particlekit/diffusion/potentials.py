@@ -12,13 +12,13 @@ reference process gives marginals ``pi_t(x) = N(x; 0, sigma^2 I) g_t(x) / Z`` wi
 (``sqrt(alpha_bar_t) = sqrt(1 - lambda_t)`` in the paper's notation). Any approximation
 ``g_hat_t`` gives a valid (unbiased) sampler; a better one gives lower variance.
 
-- :class:`NaivePotential`: ``g_hat_t(x) = g_0(sqrt(alpha_bar_t) x)`` (the paper's
-  training-free guidance, ``potential=None`` in :func:`~particlekit.diffusion.pdds`).
-- :class:`LearnedPotential`: the naive value corrected by a small equinox network,
+- ``NaivePotential``: ``g_hat_t(x) = g_0(sqrt(alpha_bar_t) x)`` (the paper's
+  training-free guidance, ``potential=None`` in ``pdds``).
+- ``LearnedPotential``: the naive value corrected by a small equinox network,
   ``log g_hat_t(x) = (1 + s_t a_theta(t)) log g_naive_t(x) + s_t f_theta(t, sqrt(alpha_bar_t)
   x)`` with
   ``s_t = sqrt(1 - alpha_bar_t)`` (so it is exact at ``t = 0``), trained by
-  :func:`fit_pdds_potential` on the paper's score-matching loss:
+  ``fit_pdds_potential`` on the paper's score-matching loss:
 
       E || grad log g_hat_t(x_t) - sqrt(alpha_bar_t) grad log g_0(x_0) ||^2,
       x_0 ~ PDDS particles,  x_t = sqrt(alpha_bar_t) x_0 + sigma sqrt(1 - alpha_bar_t) eps,
@@ -95,7 +95,7 @@ class LearnedPotential(eqx.Module):
     equinox MLP on ``(time features, sqrt(alpha_bar_t) x / sigma)``. Both start at zero
     (the naive potential).
 
-    Build it with :func:`init_learned_potential` or :func:`fit_pdds_potential`; call it as
+    Build it with ``init_learned_potential`` or ``fit_pdds_potential``; call it as
     ``pot(t, x)`` on one particle.
     """
 
@@ -133,7 +133,7 @@ def init_learned_potential(
     depth: int = 2,
     num_frequencies: int = 4,
 ) -> LearnedPotential:
-    """A :class:`LearnedPotential` equal to the naive potential (zero-initialised heads)."""
+    """A ``LearnedPotential`` equal to the naive potential (zero-initialised heads)."""
     sched = get_schedule(schedule)
     k1, k2 = jax.random.split(key)
     nf = 1 + 2 * num_frequencies
@@ -253,7 +253,7 @@ def fit_pdds_potential(
         Dimension of ``x``.
     sigma, schedule
         Reference scale and noise schedule; pass the same ones to
-        :func:`~particlekit.diffusion.pdds`.
+        ``pdds``.
     num_rounds : int
         Rounds of (sample, fit). Round 1 samples with the naive potential.
     num_train_steps, batch_size, learning_rate

@@ -33,7 +33,7 @@ __all__ = [
 class NoiseSchedule:
     """A variance-preserving noise schedule ``alpha_bar : [0, 1] -> (0, 1]``.
 
-    Use :func:`linear_schedule` or :func:`cosine_schedule` to build one. Hashable, so it
+    Use ``linear_schedule`` or ``cosine_schedule`` to build one. Hashable, so it
     can be a static argument of jitted functions.
 
     Attributes
@@ -111,7 +111,7 @@ def cosine_schedule(s: float = 0.008, min_alpha_bar: float = 1e-5) -> NoiseSched
 
 
 def get_schedule(schedule) -> NoiseSchedule:
-    """Resolve ``"linear"``, ``"cosine"`` or a :class:`NoiseSchedule`."""
+    """Resolve ``"linear"``, ``"cosine"`` or a ``NoiseSchedule``."""
     if isinstance(schedule, NoiseSchedule):
         return schedule
     if schedule == "linear":

@@ -5,7 +5,7 @@ the weighted particles and from the particles' own trajectories (Buchholz, Chopi
 2021, "Adaptive tuning of Hamiltonian Monte Carlo within sequential Monte Carlo"):
 
 - **mass matrix**: the inverse mass matrix is the weighted particle covariance ``Sigma``
-  (dense for ``D <=`` :data:`DENSE_MAX_DIM`, else its diagonal), so the preconditioned
+  (dense for ``D <=`` ``DENSE_MAX_DIM``, else its diagonal), so the preconditioned
   target is close to isotropic with unit scales;
 - **step size** ``eps``: after every MCMC step, ``log eps += 0.5 log(a / a_target)``
   (damped to ``[-0.5, 0.25]``), ``a`` the population's mean acceptance probability; carried
@@ -23,12 +23,12 @@ the weighted particles and from the particles' own trajectories (Buchholz, Chopi
   correlation, across particles, between each coordinate (and the tempered log-density)
   at the start of the stage and now is at most ``max_correlation`` (computed on
   ``tanh``-squashed standardised values, so robust to heavy tails; never below the noise
-  level of :func:`correlation_thresholds`), or a cap is hit. A large negative correlation
+  level of ``correlation_thresholds``), or a cap is hit. A large negative correlation
   (a trajectory that swings to the other side of the mode) counts as moved. The
   final correlation is reported per stage, so a capped stage that did not decorrelate is
-  visible (and warned about by :class:`particlekit.infer.SMC`).
+  visible (and warned about by ``particlekit.infer.SMC``).
 
-The choice of a dense mass matrix below :data:`DENSE_MAX_DIM` dimensions: a dense ``D x D``
+The choice of a dense mass matrix below ``DENSE_MAX_DIM`` dimensions: a dense ``D x D``
 leapfrog product costs less than one evaluation of a typical model's gradient there, and
 the covariance of ``N >= 20 D`` particles is estimated well enough (its eigenvalues are
 within a few tens of percent) to precondition correlated posteriors (regressions with
@@ -110,7 +110,7 @@ def column_correlations(start: jax.Array, now: jax.Array) -> jax.Array:
 
 
 def population_correlation(start: jax.Array, now: jax.Array) -> jax.Array:
-    """The largest of :func:`column_correlations`.
+    """The largest of ``column_correlations``.
 
     Examples
     --------
@@ -205,7 +205,7 @@ def mutate_hmc(
     max_correlation : float
         Stop once every coordinate's (and the log-density's) correlation with its value at
         the start of the stage is at most this, or the noise level of
-        :func:`correlation_thresholds` where that is larger.
+        ``correlation_thresholds`` where that is larger.
     max_integration_steps : int
         Cap on the leapfrog steps of one trajectory.
     num_steps : int, optional

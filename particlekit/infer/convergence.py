@@ -1,6 +1,6 @@
 """When to trust a tempered-SMC run: diagnostics across independent chains, and warnings.
 
-:class:`particlekit.infer.SMC` runs ``num_chains >= 2`` independent SMC samplers by
+``particlekit.infer.SMC`` runs ``num_chains >= 2`` independent SMC samplers by
 default. Each gives an (approximately) independent sample of the posterior and an
 estimate of ``log Z``, so their agreement is checked after every run (on the host, in
 NumPy, at negligible cost):
@@ -13,10 +13,10 @@ NumPy, at negligible cost):
   ``v = sum_t (1 / ESS_t - 1) / N`` (``ESS_t`` the ESS fraction after the stage's
   reweighting; the chi-square divergence between successive tempered targets). The spread of
   ``log Z`` across chains is compared with it: a sample variance beyond
-  :data:`LOG_Z_VARIANCE_FACTOR` times ``v`` means that the chains disagree by more than
+  ``LOG_Z_VARIANCE_FACTOR`` times ``v`` means that the chains disagree by more than
   their Monte Carlo error;
-- **effective sample size**: the smallest bulk ESS must reach :data:`MIN_ESS_PER_CHAIN`
-  per chain (or :data:`MIN_ESS_FRACTION` of a chain's particles, if that is fewer). A move
+- **effective sample size**: the smallest bulk ESS must reach ``MIN_ESS_PER_CHAIN``
+  per chain (or ``MIN_ESS_FRACTION`` of a chain's particles, if that is fewer). A move
   that does not decorrelate the population from its resampled starting points leaves
   clumps of near-duplicates, which lower it. Stages whose number of MCMC steps hit the cap
   without meeting its criterion (correlation with the start above ``max_correlation`` for
@@ -27,7 +27,7 @@ NumPy, at negligible cost):
   ``benchmarks/bench_posteriors.py``), and what matters is whether the final sample holds
   enough independent draws and agrees across chains.
 
-Any of these raises a :class:`UserWarning` that names the likely fix. ``print_summary``
+Any of these raises a ``UserWarning`` that names the likely fix. ``print_summary``
 shows all of them.
 """
 

@@ -2,7 +2,7 @@
 
 Tempering needs the posterior split into a prior and a likelihood
 (``pi_lambda ∝ p(theta) L(theta)^lambda``), and the sampler needs a starting population from
-the prior. :class:`LogDensityModel` carries the three; :class:`particlekit.infer.SMC`
+the prior. ``LogDensityModel`` carries the three; ``particlekit.infer.SMC``
 accepts it in place of a NumPyro model and returns the same result object, summaries and
 ArviZ output.
 
@@ -108,8 +108,8 @@ def population_size(model: LogDensityModel) -> int | None:
 
 
 def inspect_log_density_model(model: LogDensityModel, args=(), kwargs=None) -> ModelInfo:
-    """The :class:`~particlekit.infer.numpyro_adapter.ModelInfo` of a
-    :class:`LogDensityModel`: its one latent ``"theta"`` (or the keys of a dict ``theta``)
+    """The ``ModelInfo`` of a
+    ``LogDensityModel``: its one latent ``"theta"`` (or the keys of a dict ``theta``)
     and the flattening of ``theta``. Raises ``ValueError`` on a malformed model."""
     _check(model)
     kwargs = {} if kwargs is None else kwargs
@@ -123,9 +123,9 @@ def inspect_log_density_model(model: LogDensityModel, args=(), kwargs=None) -> M
 
 
 def make_log_density_target(model: LogDensityModel, args, kwargs, info: ModelInfo):
-    """The tempering target of a :class:`LogDensityModel` at the given (possibly traced)
+    """The tempering target of a ``LogDensityModel`` at the given (possibly traced)
     data, with the interface of
-    :class:`~particlekit.infer.numpyro_adapter.NumPyroTarget`."""
+    ``NumPyroTarget``."""
     kwargs = {} if kwargs is None else kwargs
 
     def log_prior_and_likelihood(u):

@@ -13,7 +13,7 @@ Buchholz, Chopin & Jacob 2021):
   PyMC's default SMC kernel. Each accepted move is a fresh draw, so it decorrelates in a few
   steps when the tempered targets are close to Gaussian, and mixes poorly when they are not
   (multimodal, funnels). With ``MoveSpec.num_components = K > 1`` the proposal is a
-  ``K``-component Gaussian mixture fitted by EM (:func:`fit_gaussian_mixture`), for a few
+  ``K``-component Gaussian mixture fitted by EM (``fit_gaussian_mixture``), for a few
   separated modes, cross-fitted: particles descended from even-indexed ones propose from
   the fit to the odd-indexed ones and vice versa;
 - a factory ``factory(logdensity_fn, cov) -> blackjax algorithm`` (no scale adaptation).
@@ -66,7 +66,7 @@ class MoveSpec(NamedTuple):
     Attributes
     ----------
     kernel : str or callable
-        One of :data:`KERNELS` or a factory ``(logdensity_fn, cov) -> algorithm``.
+        One of ``KERNELS`` or a factory ``(logdensity_fn, cov) -> algorithm``.
     target_acceptance : float
         Acceptance rate the scale is adapted towards.
     num_integration_steps : int, optional
@@ -122,7 +122,7 @@ def fit_gaussian_mixture(
     and covariance. For ``K > 1`` the means start spread along the principal axis of the
     weighted covariance (``mean + c_k sd v``, ``c_k`` evenly spaced in ``[-1, 1]``) with the
     global covariance, then ``num_iterations`` EM steps; every covariance gets the jitter
-    of :func:`weighted_moments` and every mixture weight is floored at ``1e-3``.
+    of ``weighted_moments`` and every mixture weight is floored at ``1e-3``.
 
     Examples
     --------
@@ -241,7 +241,7 @@ def _cross_fitted_mixtures(positions, log_weights, num_components):
     the cross-fit). With one Gaussian the bias was below the Monte Carlo error there, while
     half-sample fits cost ~30 % more steps, so one fit serves both halves.
 
-    Each fit runs :data:`PROPOSAL_EM_ITERATIONS` EM iterations from the principal-axis
+    Each fit runs ``PROPOSAL_EM_ITERATIONS`` EM iterations from the principal-axis
     start: on the benchmark problems 5 iterations give the acceptance rate and evidence
     accuracy of 10 or 20. (Warm-starting EM from the previous stage's fit did worse: a
     split of the still unimodal early stages persists once the modes separate.)"""
@@ -259,7 +259,7 @@ def _cross_fitted_mixtures(positions, log_weights, num_components):
 
 class Move(NamedTuple):
     """A stage's BlackJAX algorithm and how its positions relate to particles (built by
-    :func:`build_move`, whose example shows it in use).
+    ``build_move``, whose example shows it in use).
 
     Attributes
     ----------
@@ -302,8 +302,8 @@ def build_move(
     Examples
     --------
     One stage's move at ``lambda = 0.5`` for a prior ``N(0, I)`` and likelihood ``N(1; u,
-    I)`` in 2-D, as :class:`particlekit.infer.SMC` wires it (resampled particles in,
-    ``prepare``, :func:`mutate`, ``finish``):
+    I)`` in 2-D, as ``particlekit.infer.SMC`` wires it (resampled particles in,
+    ``prepare``, ``mutate``, ``finish``):
 
     >>> import jax, jax.numpy as jnp
     >>> def evaluate(u):

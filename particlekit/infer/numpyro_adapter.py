@@ -145,7 +145,7 @@ class NumPyroTarget(NamedTuple):
 
 
 def make_target(model, model_args, model_kwargs, info: ModelInfo) -> NumPyroTarget:
-    """Build the :class:`NumPyroTarget` of ``model`` at the given (possibly traced) data.
+    """Build the ``NumPyroTarget`` of ``model`` at the given (possibly traced) data.
 
     Examples
     --------

@@ -1,13 +1,15 @@
-"""``pk.infer.SMC``: adaptive tempered SMC (and waste-free SMC) for NumPyro models.
+"""``pk.infer.SMC``: adaptive tempered SMC (and waste-free SMC) for NumPyro models and plain
+JAX log-densities (``LogDensityModel``).
 
-The Feynman–Kac model (DESIGN.md §1): particles ``u`` live in the unconstrained space of the
-latent sites; ``M0`` is the prior; stage ``t`` picks ``lambda_t`` by bisection on the
-conditional ESS (:mod:`~particlekit.infer.tempering`), reweights with the potential
-``G_t(u) = L(u)^(lambda_t - lambda_{t-1})`` through :func:`particlekit.reweight` (the one
+The Feynman–Kac model (docs/architecture.md §1): particles ``u`` live in the unconstrained
+space of the latent sites; ``M0`` is the prior; stage ``t`` picks ``lambda_t`` by bisection
+on the conditional ESS (``tempering``), reweights with the potential
+``G_t(u) = L(u)^(lambda_t - lambda_{t-1})`` through ``particlekit.reweight`` (the one
 place the evidence grows), resamples, and moves with a BlackJAX kernel invariant for
-``pi_{lambda_t} ∝ p(u) L(u)^lambda_t`` tuned from the population
-(:mod:`~particlekit.infer.moves`). The whole run is one ``lax.while_loop`` under ``jit``;
-independent chains are ``vmap``-ped.
+``pi_{lambda_t} ∝ p(u) L(u)^lambda_t`` tuned from the population (``adaptive_hmc`` for the
+default HMC move, ``moves`` for the others). The whole run is one ``lax.while_loop`` under
+``jit``; independent chains are ``vmap``-ped and checked against each other afterwards
+(``convergence``).
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class _Config(NamedTuple):
 
     @property
     def adaptive_hmc(self) -> bool:
-        """The population-tuned HMC move of :mod:`~particlekit.infer.adaptive_hmc`."""
+        """The population-tuned HMC move of ``adaptive_hmc``."""
         return self.spec.kernel == "hmc" and not self.waste_free
 
 
@@ -458,12 +460,12 @@ class SMC:
     kernel : {"hmc", "rwm", "mala", "nuts", "imh"} or callable
         The rejuvenation move, tuned from the population at every stage. ``"hmc"`` (the
         default) tunes its mass matrix, step size, trajectory length and number of steps
-        from the particles (:mod:`particlekit.infer.adaptive_hmc`): the choice for hard
+        from the particles (``particlekit.infer.adaptive_hmc``): the choice for hard
         posteriors (ill-conditioned, funnels, hierarchical models). For the others see
-        :mod:`particlekit.infer.moves`. ``"imh"`` (independent Metropolis–Hastings from
+        ``particlekit.infer.moves``. ``"imh"`` (independent Metropolis–Hastings from
         the Gaussian fitted to the particles, PyMC's default) is the fastest when the
         tempered posteriors are roughly Gaussian (regressions, GLMs): a few steps per
-        stage; watch its acceptance rate in :attr:`diagnostics` on multimodal or
+        stage; watch its acceptance rate in ``diagnostics`` on multimodal or
         heavy-tailed ones. ``"rwm"`` needs no gradient. A callable is
         a BlackJAX kernel factory
         ``factory(logdensity_fn, cov) -> SamplingAlgorithm``, with ``cov`` the ``(D, D)``
@@ -491,7 +493,7 @@ class SMC:
     num_chains : int
         Independent SMC runs (``vmap``-ped), reported as ArviZ chains.
     resampling : str or callable
-        Resampling scheme of :mod:`particlekit.resampling`.
+        Resampling scheme of ``particlekit.resampling``.
     max_mcmc_steps : int
         Cap on the adaptive number of MCMC steps per stage.
     decorrelation_threshold : float in (0, 1)
@@ -506,7 +508,7 @@ class SMC:
     num_integration_steps : int, optional
         Mean leapfrog steps of ``kernel="hmc"`` (jittered by ``U(0.5, 1.5)``); ``None``
         (default) adapts the trajectory length from the population (see
-        :mod:`particlekit.infer.adaptive_hmc`). 10 in waste-free SMC.
+        ``particlekit.infer.adaptive_hmc``). 10 in waste-free SMC.
     max_integration_steps : int
         Cap on the leapfrog steps of one HMC trajectory. It bounds the cost of a step where
         the adapted step size collapses (funnels: the horseshoe's prior).
@@ -515,7 +517,7 @@ class SMC:
         every coordinate (and the tempered log-density) at the start of the stage and now
         is at most this (or ``max_mcmc_steps`` is hit); the coordinates' threshold is never
         below the noise level of the largest of ``D`` estimated correlations (see
-        :func:`particlekit.infer.adaptive_hmc.correlation_thresholds`). The log-density
+        ``particlekit.infer.adaptive_hmc.correlation_thresholds``). The log-density
         decorrelates last and sets the accuracy of the evidence: on the 100-D
         ill-conditioned benchmark, ``0.1`` left a bias of -0.43 nats, ``0.05`` -0.29.
     imh_components : int
@@ -725,7 +727,7 @@ class SMC:
         ValueError
             If the model has a discrete latent site, or the log-prior / log-likelihood is
             NaN at a prior draw. A failed stage (every weight zero) or hitting
-            ``max_stages`` warns and is flagged in :attr:`diagnostics`.
+            ``max_stages`` warns and is flagged in ``diagnostics``.
         """
         check_key(key)
         dyn, spec = _split_args(args, kwargs)
@@ -786,14 +788,14 @@ class SMC:
     @property
     def convergence(self) -> convergence.ConvergenceReport:
         """The checks of the last run across its chains (R-hat, bulk ESS, log Z agreement,
-        capped stages): :class:`particlekit.infer.convergence.ConvergenceReport`. A failed
-        check also raised a ``UserWarning`` during :meth:`run`."""
+        capped stages): ``particlekit.infer.convergence.ConvergenceReport``. A failed
+        check also raised a ``UserWarning`` during ``run``."""
         self.result  # noqa: B018  (raises before the first run)
         return self._convergence
 
     @property
     def result(self) -> SMCResult:
-        """The raw :class:`SMCResult` of the last run."""
+        """The raw ``SMCResult`` of the last run."""
         if self._result is None:
             raise RuntimeError("call .run(key, *model_args) first")
         return self._result
@@ -830,7 +832,7 @@ class SMC:
 
     @property
     def diagnostics(self) -> SMCResult:
-        """The run's :class:`SMCResult` with ``stages`` trimmed to the longest chain (NumPy)."""
+        """The run's ``SMCResult`` with ``stages`` trimmed to the longest chain (NumPy)."""
         r = jax.tree.map(np.asarray, self.result)
         s = int(np.max(r.num_stages))
         return r._replace(stages=StageDiagnostics(*(a[:, :s] for a in r.stages)))
@@ -857,7 +859,7 @@ class SMC:
 
     def to_inference_data(self):
         """An ArviZ ``InferenceData`` (arviz < 1) or ``DataTree`` (arviz >= 1); see
-        :func:`particlekit.arviz.from_smc`."""
+        ``particlekit.arviz.from_smc``."""
         from particlekit.arviz import from_smc
 
         return from_smc(self)
@@ -882,7 +884,7 @@ def _scheme_with_num_samples(scheme):
 
 
 def _check_initial(problems: np.ndarray, num_particles: int, info: ModelInfo) -> None:
-    """Raise on invalid prior draws, from the per-chain counts of :func:`_initial_problems`
+    """Raise on invalid prior draws, from the per-chain counts of ``_initial_problems``
     (a chain that starts invalid stops before its first stage)."""
     bad_prior, bad_lik, all_neginf = problems.sum(axis=0)
     total = problems.shape[0] * num_particles

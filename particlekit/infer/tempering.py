@@ -55,7 +55,7 @@ def conditional_ess(log_weights: jax.Array, log_lik: jax.Array, delta) -> jax.Ar
 
 
 def _conditional_ess(weights, log_lik, delta):
-    """:func:`conditional_ess` for normalised weights ``W`` (precomputed once per
+    """``conditional_ess`` for normalised weights ``W`` (precomputed once per
     bisection), with one ``exp`` per particle: ``h_i = exp(log G_i - max_{j: W_j > 0}
     log G_j)`` gives ``CESS = (sum_i W_i h_i)^2 / sum_i W_i h_i^2``."""
     log_g = _tempered_increment(delta, log_lik)

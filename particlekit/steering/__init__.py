@@ -1,10 +1,10 @@
 """Particle steering of sequence generators: sample ``p(x) phi(x) / Z`` from any JAX
 autoregressive step function and a reward model on partial sequences, without fine-tuning.
 
-- :func:`smc`: particle filtering over sequences (``"exact"`` and ``"softmax"`` variants);
-- :func:`particle_gibbs`: conditional SMC with a reference sequence, iterated;
-- :class:`MarkovGenerator`, :func:`toy_generator`: a tiny generator shipped for tests;
-- :func:`enumerate_sequences`: the exact steered distribution of a small generator.
+- ``smc``: particle filtering over sequences (``"exact"`` and ``"softmax"`` variants);
+- ``particle_gibbs``: conditional SMC with a reference sequence, iterated;
+- ``MarkovGenerator``, ``toy_generator``: a tiny generator shipped for tests;
+- ``enumerate_sequences``: the exact steered distribution of a small generator.
 """
 
 from particlekit.steering.exact import Enumeration, enumerate_sequences, sequence_frequencies

@@ -28,7 +28,7 @@ class Enumeration(NamedTuple):
     ----------
     sequences : Array, shape (M, L), int32
         Prompt, generated tokens, padding with the end token (the layout of
-        :attr:`particlekit.steering.SteeringResult.sequences`).
+        ``particlekit.steering.SteeringResult.sequences``).
     lengths : Array, shape (M,), int32
     log_probs : Array, shape (M,)
         ``log p(x)`` under the generator (sums to one over the ``M`` sequences).
@@ -38,7 +38,7 @@ class Enumeration(NamedTuple):
         Normalised log-probabilities of the steered law of the variant: ``"exact"``:
         ``p(x) phi(x) / Z``; ``"softmax"``: ``p(x) prod_t phi(x_{1:min(t,|x|)}) / Z'``.
     log_evidence : Array, shape ()
-        ``log Z`` of the variant (what :func:`particlekit.steering.smc` estimates):
+        ``log Z`` of the variant (what ``particlekit.steering.smc`` estimates):
         ``log E_p[phi(x)]`` for ``"exact"``.
     """
 
@@ -98,9 +98,9 @@ def enumerate_sequences(
     Parameters
     ----------
     step_fn, reward_fn : callable
-        As in :func:`particlekit.steering.smc` (``reward_fn=None``: ``phi = 1``).
+        As in ``particlekit.steering.smc`` (``reward_fn=None``: ``phi = 1``).
     max_length, eos_id, prompt, variant
-        As in :func:`particlekit.steering.smc`.
+        As in ``particlekit.steering.smc``.
     max_sequences : int
         Refuse (ValueError) to enumerate more sequences than this.
 
@@ -170,7 +170,7 @@ def sequence_frequencies(enumeration: Enumeration, sequences, log_weights=None) 
     ----------
     enumeration : Enumeration
     sequences : Array, shape (N, L)
-        E.g. :attr:`SteeringResult.sequences` or the chain of :func:`particle_gibbs`.
+        E.g. ``SteeringResult.sequences`` or the chain of ``particle_gibbs``.
     log_weights : Array, shape (N,), optional
         Unnormalised log-weights (equal weights if omitted).
 

@@ -76,7 +76,7 @@ class MarkovGenerator(eqx.Module):
 
 
 def markov_generator(initial_probs, transition_probs, *, eos_id: int) -> MarkovGenerator:
-    """Build a :class:`MarkovGenerator` from probability tables (rows need not be
+    """Build a ``MarkovGenerator`` from probability tables (rows need not be
     normalised; zeros are impossible transitions).
 
     Parameters
@@ -105,7 +105,7 @@ def toy_generator() -> MarkovGenerator:
     ``a`` is rare at the start, letters tend to repeat, and the end token has probability
     0.2 to 0.3 after every letter, so sequences of up to 4 tokens carry most of the mass
     and the full distribution over sequences of length ``<= 4`` (121 of them) can be
-    enumerated exactly (:func:`particlekit.steering.enumerate_sequences`).
+    enumerated exactly (``particlekit.steering.enumerate_sequences``).
 
     Examples
     --------

@@ -1,10 +1,10 @@
 """Particle Gibbs over token sequences: conditional SMC with a reference sequence pinned in
 slot 0, iterated so that the chain of references targets ``p(x) phi(x) / Z``.
 
-Each iteration runs the ``"exact"`` Feynman–Kac model of :func:`particlekit.steering.smc`
+Each iteration runs the ``"exact"`` Feynman–Kac model of ``particlekit.steering.smc``
 (``M_t`` = one generator step, ``G_t = phi(x_{1:t}) / phi(x_{1:t-1})``) with slot 0 forced
 to follow the current reference and conditional resampling
-(:func:`particlekit.resampling.get_conditional_scheme`: slot 0 keeps ancestor 0), then
+(``particlekit.resampling.get_conditional_scheme``: slot 0 keeps ancestor 0), then
 draws the next reference from the final weights (Andrieu, Doucet & Holenstein 2010).
 """
 
@@ -26,7 +26,7 @@ __all__ = ["GibbsResult", "particle_gibbs"]
 
 
 class GibbsResult(NamedTuple):
-    """Output of :func:`particle_gibbs`: the chain of reference sequences.
+    """Output of ``particle_gibbs``: the chain of reference sequences.
 
     Attributes
     ----------
@@ -167,7 +167,7 @@ def particle_gibbs(
     ``p(x) phi(x) / Z``.
 
     Each iteration is one conditional SMC sweep of the ``"exact"`` steering model
-    (:func:`particlekit.steering.smc`): slot 0 replays the current reference token by
+    (``particlekit.steering.smc``): slot 0 replays the current reference token by
     token, the other ``N - 1`` particles are extended by the generator and weighted by
     the reward ratio ``phi(x_{1:t}) / phi(x_{1:t-1})``, resampling is conditional (slot 0
     keeps its own ancestor), and the next reference is drawn from the final weights.
@@ -176,13 +176,13 @@ def particle_gibbs(
     ----------
     key : PRNG key
     step_fn, reward_fn : callable
-        As in :func:`particlekit.steering.smc`.
+        As in ``particlekit.steering.smc``.
     num_particles : int
         ``N >= 2`` (the reference plus ``N - 1`` fresh particles).
     num_iterations : int
         ``K >= 1`` iterations (discard a burn-in yourself).
     max_length, eos_id, prompt, init_cache
-        As in :func:`particlekit.steering.smc`.
+        As in ``particlekit.steering.smc``.
     reference : tuple (tokens (L,), length), optional
         Starting sequence (with the prompt, padded with ``eos_id``), e.g.
         ``(res.sequences[i], res.lengths[i])`` of an SMC result. Default: one sequence

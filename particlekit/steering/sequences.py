@@ -1,7 +1,7 @@
 """The particle of sequence steering and its Feynman–Kac pieces: the move ``M_t`` (extend by
 one generator step), the potentials ``G_t`` of the two variants, and argument checks.
 
-Shared by :func:`particlekit.steering.smc` and :func:`particlekit.steering.particle_gibbs`.
+Shared by ``particlekit.steering.smc`` and ``particlekit.steering.particle_gibbs``.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
 
     With a ``reference`` (one sequence, conditional SMC), slot 0 is extended by the
     reference's next token instead of a draw. Returns a vectorised ``fn(key, xs, inputs)``
-    for :func:`particlekit.move`.
+    for ``particlekit.move``.
     """
     total, eos = config.total_length, config.eos_id
 

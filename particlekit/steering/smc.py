@@ -39,7 +39,7 @@ __all__ = ["SteeringResult", "smc", "sweep"]
 
 
 class SteeringResult(NamedTuple):
-    """Output of :func:`smc`: a weighted population of complete sequences.
+    """Output of ``smc``: a weighted population of complete sequences.
 
     Attributes
     ----------
@@ -68,7 +68,7 @@ class SteeringResult(NamedTuple):
     failed : Array, shape (), bool
         Every weight became zero (the reward rules out every sampled sequence).
     final_state : ParticleState
-        The final population; ``particles`` is a :class:`SequenceState`.
+        The final population; ``particles`` is a ``SequenceState``.
     """
 
     sequences: jax.Array
@@ -256,7 +256,7 @@ def smc(
     prompt : array of int, shape (P,), optional
         Tokens conditioned on; the sequences have ``L = P + max_length`` positions.
     resampling : str or callable
-        A scheme of :mod:`particlekit.resampling`.
+        A scheme of ``particlekit.resampling``.
     ess_threshold : float in [0, 1], optional
         Resample before a step when ``ESS < ess_threshold * N``. Default 0.5 for
         ``"exact"`` and 1.0 (every step) for ``"softmax"``.

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from particlekit import kernels
 from particlekit.kernels import check_key
 from particlekit.types import Kernel, ParticleState, PyTree, RunTrace
 
@@ -19,16 +20,6 @@ __all__ = [
     "constrain_particles",
     "check_sharding",
 ]
-
-
-def _kahan_add(total, compensation, value):
-    """Compensated (Kahan) summation: keeps the running log-evidence accurate in float32
-    over long horizons (T = 1e4 and more)."""
-    finite = jnp.isfinite(value) & jnp.isfinite(total)
-    y = value - compensation
-    t = total + y
-    new_compensation = (t - total) - y
-    return jnp.where(finite, t, total + value), jnp.where(finite, new_compensation, 0.0)
 
 
 def progress_bar_callback(num_steps: int, desc: str = "particlekit"):
@@ -175,7 +166,7 @@ def run(
         state, compensation = carry
         t, inputs_t = xs
         new_state, info = step(jax.random.fold_in(key, t), state, inputs_t)
-        log_evidence, compensation = _kahan_add(
+        log_evidence, compensation = kernels.compensated_add(
             state.log_evidence, compensation, info.log_evidence_increment
         )
         new_state = constrain_particles(new_state._replace(log_evidence=log_evidence), sharding)

@@ -444,11 +444,15 @@ class PaRISState(NamedTuple):
         Per-particle statistics ``tau_t^i``, leaves ``(N, ...)``.
     t : Array, shape (), int32
         Current time index.
+    log_evidence_compensation : Array, shape ()
+        Rounding error of the compensated sum of ``particle_state.log_evidence``
+        (``particlekit.kernels.compensated_add``).
     """
 
     particle_state: ParticleState
     tau: PyTree
     t: jax.Array
+    log_evidence_compensation: jax.Array = 0.0
 
     @property
     def estimate(self) -> PyTree:
@@ -648,7 +652,8 @@ def paris_init_state(key, y0, ref0=None, *, cfg, conditional=False):
         mean_trials=jnp.zeros(()),
         num_exact=jnp.zeros((), jnp.int32),
     )
-    return PaRISState(state, tau, jnp.zeros((), jnp.int32)), pinfo
+    compensation = jnp.zeros_like(state.log_evidence)
+    return PaRISState(state, tau, jnp.zeros((), jnp.int32), compensation), pinfo
 
 
 def paris_update_state(
@@ -677,7 +682,12 @@ def paris_update_state(
         mean_trials=stats.mean_trials,
         num_exact=stats.num_exact,
     )
-    return PaRISState(state, tau, t), pinfo
+    # the evidence as a compensated sum of the increments (plain float32 drifts over 1e5 steps)
+    log_evidence, compensation = kernels.compensated_add(
+        old.log_evidence, pstate.log_evidence_compensation, info.log_evidence_increment
+    )
+    state = state._replace(log_evidence=log_evidence)
+    return PaRISState(state, tau, t, compensation), pinfo
 
 
 def paris_online(

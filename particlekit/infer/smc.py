@@ -491,7 +491,11 @@ class SMC:
         ``P`` for waste-free SMC; must divide ``N``. Default ``N // (num_mcmc_steps + 1)``
         or ``N // 10``.
     num_chains : int
-        Independent SMC runs (``vmap``-ped), reported as ArviZ chains.
+        Independent SMC runs (``vmap``-ped), reported as ArviZ chains; ``log_evidence``
+        has one estimate per chain. The default, 2, lets every run check itself: R-hat
+        across chains and the spread of ``log Z`` (``convergence``, with a
+        ``UserWarning`` when they disagree). ``num_chains=1`` keeps only the within-chain
+        checks.
     resampling : str or callable
         Resampling scheme of ``particlekit.resampling``.
     max_mcmc_steps : int

@@ -6,6 +6,10 @@ Time runs over ``t = 0, ..., T - 1``. At ``t = 0`` particles are drawn from the 
 (or an initial proposal) and weighted by the observation density; at ``t >= 1`` the
 population is resampled when its ESS falls below ``ess_threshold * N``, moved, and
 reweighted. A ``NaN`` in ``ys[t]`` marks a missing observation: that step is not weighted.
+A vector ``y_t`` with only some coordinates NaN (partly missing) is a ``ValueError`` before
+tracing; under ``jit`` / ``vmap``, where the data cannot be inspected, it gives every particle
+zero weight at that step, counted in ``num_nonfinite``, and the result reports
+``failed=True`` (see ``particlekit.ssm.is_partly_missing``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import jax.numpy as jnp
 
 from particlekit import kernels, resampling
 from particlekit.run import check_sharding, constrain_particles, run
-from particlekit.ssm import StateSpaceModel, missing_mask
+from particlekit.ssm import StateSpaceModel, is_missing
 from particlekit.types import ParticleState, PyTree, RunTrace, StepInfo
 
 __all__ = ["FilterResult", "bootstrap", "guided", "auxiliary"]
@@ -240,7 +244,9 @@ def bootstrap(
     key : PRNG key
     ssm : StateSpaceModel
     ys : Array, shape (T, ...)
-        Observations; a NaN at step ``t`` marks it missing (not weighted).
+        Observations; a NaN at step ``t`` (every coordinate of a vector ``y_t``) marks it
+        missing (not weighted). A partly missing vector ``y_t`` is a ``ValueError``; under
+        ``jit`` / ``vmap`` it zeroes every weight at that step and sets ``failed``.
     num_particles : int
         ``N > 0``.
     resampling : str or callable
@@ -309,12 +315,11 @@ def _guided(
     ess_threshold, keep_history, progress_bar, sharding,
 ):  # fmt: skip
     v = ssm.vectorized
-    missing = missing_mask(ys)
 
     def sample_init(k, *n):
         if initial_proposal is None:
             return ssm.sample_initial(k, *n)
-        y0 = jnp.where(missing[0], jnp.zeros_like(ys[0]), ys[0])
+        y0 = jnp.where(jnp.isnan(ys[0]), 0.0, ys[0])  # as in log_w0
         d = initial_proposal(y0)
         return d.sample(k, n) if n else d.sample(k)
 
@@ -329,19 +334,19 @@ def _guided(
 
     def propagate(k, x_prev, inputs):
         y, t = inputs
-        is_missing = jnp.any(jnp.isnan(y))
+        missing = is_missing(y)
         k_q, k_f = jax.random.split(k)
         x_q = proposal(x_prev, jnp.where(jnp.isnan(y), 0.0, y), t).sample(k_q)
         x_f = ssm.sample_transition(k_f, x_prev, t)
-        return jnp.where(is_missing, x_f, x_q)
+        return jnp.where(missing, x_f, x_q)
 
     def log_w(x_prev, x, inputs):
         y, t = inputs
-        is_missing = jnp.any(jnp.isnan(y))
+        missing = is_missing(y)
         log_f = ssm.transition_log_prob(x_prev, x, t)
         log_q = proposal(x_prev, jnp.where(jnp.isnan(y), 0.0, y), t).log_prob(x)
         log_g = ssm.observation_log_prob(x, y, t)
-        return jnp.where(is_missing, 0.0, log_g + log_f - log_q)
+        return jnp.where(missing, 0.0, log_g + log_f - log_q)
 
     step = kernels.chain(
         kernels.resample(resampling_scheme, ess_threshold),
@@ -455,16 +460,20 @@ def _auxiliary(
     def log_eta(x_prev, x, inputs):
         # first stage: look ahead at y_t from the current particle x_{t-1} (= ``x`` here)
         y, t = inputs
-        is_missing = jnp.any(jnp.isnan(y))
+        missing = is_missing(y)
         value = log_predictive(x, jnp.where(jnp.isnan(y), 0.0, y), t)
-        return jnp.where(is_missing, jnp.zeros_like(value), value)
+        return jnp.where(missing, jnp.zeros_like(value), value)
 
     def propagate(k, x_prev, inputs):
         return ssm.sample_transition(k, x_prev, inputs[1])
 
     def log_second_stage(x_prev, x, inputs):
+        # a non-finite first-stage weight was counted (or was a zero weight) at the first
+        # stage: the particle stays dead here without being counted a second time
         y, t = inputs
-        return ssm.observation_log_prob(x, y, t) - log_eta(None, x_prev, inputs)
+        eta = log_eta(None, x_prev, inputs)
+        value = ssm.observation_log_prob(x, y, t) - eta
+        return jnp.where(jnp.isfinite(eta), value, -jnp.inf)
 
     log_g = _observation_term(ssm)
     step = kernels.chain(

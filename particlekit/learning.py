@@ -33,7 +33,7 @@ from particlekit import kernels
 from particlekit import resampling as _rs
 from particlekit.pgibbs import ppg_sweep, resampling_scheme_for_csmc
 from particlekit.smoothing import _check_method, _check_trials, _take, paris_forward
-from particlekit.ssm import StateSpaceModel
+from particlekit.ssm import StateSpaceModel, is_missing, missing_mask
 from particlekit.types import PyTree
 
 __all__ = ["mle", "MLEResult", "score_functional", "score_climbing", "ScoreClimbingResult"]
@@ -272,54 +272,91 @@ class ScoreClimbingResult(NamedTuple):
         Iterates, leaves ``(num_iterations, ...)``.
     paths : Array, shape (num_iterations, T, ...)
         The conditional-SMC paths (a Markov chain targeting ``p(x | y)``).
+    num_nonfinite : Array, shape (num_iterations, T), int32
+        Particles of each sweep whose log-weight was NaN or ``+inf`` (counted as zero
+        weight).
+    failed : Array, shape (), bool
+        True if in some sweep every weight, the reference's included, became zero at some
+        step (impossible data, e.g. an observation with zero likelihood everywhere): the
+        paths and ``phi`` are then meaningless.
     """
 
     phi: PyTree
     phi_average: PyTree
     trace: PyTree
     paths: jax.Array
+    num_nonfinite: jax.Array
+    failed: jax.Array
+
+
+def _safe_y(y):
+    """A missing observation (NaN) replaced by zeros, so that a proposal evaluated on it
+    stays finite (its value is then discarded)."""
+    return jnp.where(jnp.isnan(y), 0.0, y)
 
 
 def _guided_csmc(key, ssm, ys, ref, *, proposal, initial_proposal, num_particles, scheme):
-    """Conditional SMC with proposal ``q`` (weights ``f g / q``) and backward sampling."""
+    """Conditional SMC with proposal ``q`` (weights ``f g / q``) and backward sampling.
+
+    As in the guided filter, a missing ``y_t`` (NaN) is not weighted and the particles
+    follow the model (``initial`` at ``t = 0``, the transition after); NaN and ``+inf``
+    log-weights count as zero weight. Returns ``(path, num_nonfinite (T,), failed)``."""
     from particlekit.smoothing import _categorical, _log_f_rows
 
     cond_scheme = _rs.get_conditional_scheme(scheme)
     num_steps = ys.shape[0]
-    k0, k_run, k_back = jax.random.split(key, 3)
+    k0, k0_model, k_run, k_back = jax.random.split(key, 4)
     n = num_particles
 
     def pin(xs, r):
         return jax.tree.map(lambda a, b: a.at[0].set(b), xs, r)
 
-    q0 = initial_proposal(_take(ys, 0))
-    x0 = pin(q0.sample(k0, (n,)), _take(ref, 0))
+    def checked(log_w):
+        bad = _rs.invalid_log_weights(log_w)
+        log_w = jnp.where(bad, -jnp.inf, log_w)
+        return log_w, jnp.sum(bad).astype(jnp.int32), ~jnp.any(jnp.isfinite(log_w))
+
+    y0 = _take(ys, 0)
+    missing0 = is_missing(y0)
+    q0 = initial_proposal(_safe_y(y0))
+    x0_q = q0.sample(k0, (n,))
+    x0_p = ssm.initial().sample(k0_model, (n,))
+    x0 = pin(jnp.where(missing0, x0_p, x0_q), _take(ref, 0))
     logw0 = (
         jax.vmap(ssm.initial_log_prob)(x0)
-        + jax.vmap(lambda x: ssm.observation_log_prob(x, _take(ys, 0), jnp.int32(0)))(x0)
+        + jax.vmap(lambda x: ssm.observation_log_prob(x, y0, jnp.int32(0)))(x0)
         - q0.log_prob(x0)
     )
+    logw0, bad0, dead0 = checked(jnp.where(missing0, 0.0, logw0))
 
     def body(carry, inp):
         xs, logw = carry
         t, y, r, k = inp
-        k_res, k_mv = jax.random.split(k)
+        k_res, k_mv, k_f = jax.random.split(k, 3)
+        missing = is_missing(y)
+        y_q = _safe_y(y)
         idx = cond_scheme(k_res, logw)
         xp = _take(xs, idx)
-        qs = jax.vmap(lambda a: proposal(a, y, t))(xp)
-        new = pin(qs.sample(k_mv), r)
+        x_f = jax.vmap(ssm.sample_transition, in_axes=(0, 0, None))(jax.random.split(k_f, n), xp, t)
+        # one key per particle: a vmapped distribution keeps batch shape () and would
+        # give every particle the same noise
+        x_q = jax.vmap(lambda a, kk: proposal(a, y_q, t).sample(kk))(xp, jax.random.split(k_mv, n))
+        new = pin(jnp.where(missing, x_f, x_q), r)
         log_w = (
             jax.vmap(lambda a, b: ssm.transition_log_prob(a, b, t))(xp, new)
             + jax.vmap(lambda b: ssm.observation_log_prob(b, y, t))(new)
-            - jax.vmap(lambda a, b: proposal(a, y, t).log_prob(b))(xp, new)
+            - jax.vmap(lambda a, b: proposal(a, y_q, t).log_prob(b))(xp, new)
         )
-        return (new, log_w), (new, log_w)
+        log_w, bad, dead = checked(jnp.where(missing, 0.0, log_w))
+        return (new, log_w), (new, log_w, bad, dead)
 
     ts = jnp.arange(1, num_steps, dtype=jnp.int32)
     keys = jax.random.split(k_run, num_steps - 1)
-    _, (hx, hw) = jax.lax.scan(body, (x0, logw0), (ts, ys[1:], ref[1:], keys))
+    _, (hx, hw, hbad, hdead) = jax.lax.scan(body, (x0, logw0), (ts, ys[1:], ref[1:], keys))
     particles = jnp.concatenate([x0[None], hx])
     log_weights = jnp.concatenate([logw0[None], hw])
+    num_nonfinite = jnp.concatenate([bad0[None], hbad])
+    failed = dead0 | jnp.any(hdead)
 
     k_last, k_b = jax.random.split(k_back)
     last = _categorical(k_last, log_weights[-1], 1)[0]
@@ -337,7 +374,7 @@ def _guided_csmc(key, ssm, ys, ref, *, proposal, initial_proposal, num_particles
          jax.random.split(k_b, num_steps - 1)),
         reverse=True,
     )  # fmt: skip
-    return jnp.concatenate([path, x_last[None]])
+    return jnp.concatenate([path, x_last[None]]), num_nonfinite, failed
 
 
 def score_climbing(
@@ -367,7 +404,10 @@ def score_climbing(
     ssm : StateSpaceModel
         Non-vectorised model.
     ys : Array, shape (T, ...)
-        Observations (no missing values).
+        Observations; a NaN ``y_t`` is missing, as in the filters: that step is not
+        weighted, the particles follow the model's transition (its initial law at
+        ``t = 0``) and the step's proposal term is left out of ``log q_phi`` (the proposal
+        is not used there).
     proposal_fn : callable
         ``proposal_fn(phi) -> (lambda x_prev, y, t: Distribution)``.
     initial_proposal_fn : callable
@@ -385,6 +425,8 @@ def score_climbing(
     Returns
     -------
     ScoreClimbingResult
+        Check ``failed``: impossible data (every weight zero at some step of a sweep) give
+        finite but meaningless ``phi`` and paths.
 
     Examples
     --------
@@ -433,14 +475,20 @@ def _score_climbing(key, ys, phi_init, *, ssm, proposal_fn, initial_proposal_fn,
     ref0, _ = ssm.simulate(k_ref, num_steps)
     ts = jnp.arange(1, num_steps, dtype=jnp.int32)
 
+    observed = ~missing_mask(ys)
+
     def log_q(phi, path):
+        # a missing step moves with the model, not q_phi: its term is left out
         q = proposal_fn(phi)
-        lq = jax.vmap(lambda a, b, y, t: q(a, y, t).log_prob(b))(path[:-1], path[1:], ys[1:], ts)
-        return initial_proposal_fn(phi)(_take(ys, 0)).log_prob(path[0]) + jnp.sum(lq)
+        lq = jax.vmap(lambda a, b, y, t: q(a, _safe_y(y), t).log_prob(b))(
+            path[:-1], path[1:], ys[1:], ts
+        )
+        lq0 = initial_proposal_fn(phi)(_safe_y(_take(ys, 0))).log_prob(path[0])
+        return jnp.where(observed[0], lq0, 0.0) + jnp.sum(jnp.where(observed[1:], lq, 0.0))
 
     def step(carry, k):
         phi, opt_state, ref = carry
-        ref = _guided_csmc(
+        ref, num_nonfinite, failed = _guided_csmc(
             k, ssm, ys, ref, proposal=proposal_fn(phi),
             initial_proposal=initial_proposal_fn(phi), num_particles=num_particles,
             scheme=scheme,
@@ -448,10 +496,11 @@ def _score_climbing(key, ys, phi_init, *, ssm, proposal_fn, initial_proposal_fn,
         grads = jax.tree.map(lambda g: -g / num_steps, jax.grad(log_q)(phi, ref))
         updates, opt_state = optimizer.update(grads, opt_state, phi)
         phi = optax.apply_updates(phi, updates)
-        return (phi, opt_state, ref), (phi, ref)
+        return (phi, opt_state, ref), (phi, ref, num_nonfinite, failed)
 
     init = (phi_init, optimizer.init(phi_init), ref0)
-    (phi, _, _), (trace, paths) = jax.lax.scan(step, init, jax.random.split(k_iter, num_iterations))
+    keys = jax.random.split(k_iter, num_iterations)
+    (phi, _, _), (trace, paths, num_nonfinite, failed) = jax.lax.scan(step, init, keys)
     half = num_iterations // 2
     average = jax.tree.map(lambda a: jnp.mean(a[half:], axis=0), trace)
-    return ScoreClimbingResult(phi, average, trace, paths)
+    return ScoreClimbingResult(phi, average, trace, paths, num_nonfinite, jnp.any(failed))

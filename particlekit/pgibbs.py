@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from particlekit import kernels, resampling
 from particlekit.smoothing import (
@@ -44,6 +45,7 @@ from particlekit.types import PyTree
 
 __all__ = [
     "csmc",
+    "CSMCResult",
     "ppg",
     "PPGResult",
     "particle_gibbs",
@@ -73,7 +75,10 @@ def joint_log_prob(ssm: StateSpaceModel, xs, ys) -> jax.Array:
     num_steps = ys.shape[0]
     ts = jnp.arange(num_steps, dtype=jnp.int32)
     if ssm.vectorized:
-        log_g = ssm.observation_log_prob(xs, ys, ts)
+        # one time step at a time (a batch of one particle), so that missingness is per y_t
+        log_g = jax.vmap(
+            lambda x, y, t: ssm.observation_log_prob(jax.tree.map(lambda a: a[None], x), y, t)[0]
+        )(xs, ys, ts)
         log_f = ssm.transition_log_prob(_take(xs, slice(0, -1)), _take(xs, slice(1, None)), ts[1:])
         log_p0 = ssm.initial_log_prob(_take(xs, 0))
     else:
@@ -85,36 +90,81 @@ def joint_log_prob(ssm: StateSpaceModel, xs, ys) -> jax.Array:
     return jnp.sum(log_p0) + jnp.sum(log_f) + jnp.sum(log_g)
 
 
+class CSMCResult(NamedTuple):
+    """Output of ``csmc(..., return_info=True)``: the new trajectory and the failure
+    diagnostics of the conditional sweep, as in ``particlekit.filters.FilterResult``.
+
+    Attributes
+    ----------
+    trajectory : Array, shape (T, ...)
+        The new trajectory (what ``csmc`` returns by default).
+    log_evidence : Array, shape ()
+        Log-evidence of the conditional sweep (diagnostic only: conditional SMC is not an
+        unbiased estimator of the evidence); ``-inf`` if every weight vanished.
+    ess : Array, shape (T,)
+        ESS of the weights at each step.
+    num_nonfinite : Array, shape (T,), int32
+        Particles whose log-weight was NaN or ``+inf`` (counted as zero weight), e.g. an
+        infinite observation or a non-finite reference state.
+    failed : Array, shape (), bool
+        True if every weight, the reference's included, became zero at some step
+        (impossible data or a reference outside the model's support); the trajectory is
+        then not a draw of the smoothing law.
+    """
+
+    trajectory: jax.Array
+    log_evidence: jax.Array
+    ess: jax.Array
+    num_nonfinite: jax.Array
+    failed: jax.Array
+
+
 def csmc_traced(
     key, ssm, ys, reference, *, num_particles, backward_sampling, ancestor_sampling, scheme,
     method, log_transition_bound, max_trials,
 ):  # fmt: skip
-    """Conditional SMC sweep and new trajectory (traced; ``ssm`` may depend on tracers)."""
+    """Conditional SMC sweep and new trajectory (traced; ``ssm`` may depend on tracers).
+    Returns a ``CSMCResult``."""
     k_init, k_run, k_back = jax.random.split(key, 3)
-    state, _ = _smc_init(
+    state, info0 = _smc_init(
         k_init, ssm, ys[0], _take(reference, 0), num_particles=num_particles, conditional=True
     )
     first = (state.particles, state.log_weights, state.ancestors)
 
     def body(st, inp):
         t, y, r = inp
-        st, _ = _smc_step(
+        st, info = _smc_step(
             jax.random.fold_in(k_run, t), st, y, t, r, ssm=ssm, scheme=scheme,
             ess_threshold=1.0, conditional=True, ancestor_sampling=ancestor_sampling,
         )  # fmt: skip
-        return st, (st.particles, st.log_weights, st.ancestors)
+        return st, ((st.particles, st.log_weights, st.ancestors), (info.ess, info.num_nonfinite))
 
     ts = jnp.arange(1, ys.shape[0], dtype=jnp.int32)
-    _, hist = jax.lax.scan(body, state, (ts, ys[1:], _take(reference, slice(1, None))))
+    final, (hist, (ess, num_nonfinite)) = jax.lax.scan(
+        body, state, (ts, ys[1:], _take(reference, slice(1, None)))
+    )
     particles, log_weights, ancestors = jax.tree.map(
         lambda a, b: jnp.concatenate([a[None], b]), first, hist
     )
+    log_evidence = final.log_evidence
+    # a step whose weights all vanished adds -inf (or NaN) to the evidence
+    failed = ~jnp.isfinite(log_evidence)
+
+    def result(path):
+        return CSMCResult(
+            trajectory=path,
+            log_evidence=kernels.reported_log_evidence(log_evidence),
+            ess=jnp.concatenate([info0.ess[None], ess]),
+            num_nonfinite=jnp.concatenate([info0.num_nonfinite[None], num_nonfinite]),
+            failed=failed,
+        )
+
     if backward_sampling:
         paths = backward_trajectories(
             k_back, ssm, particles, log_weights, 1, method=method,
             log_transition_bound=log_transition_bound, max_trials=max_trials,
         )  # fmt: skip
-        return _take(paths, 0)
+        return result(_take(paths, 0))
     # trace the genealogy of one particle drawn from the final weights
     last = resampling.multinomial(k_back, log_weights[-1], 1)[0]
 
@@ -126,7 +176,7 @@ def csmc_traced(
     # final carry the index at time 0
     first, idx = jax.lax.scan(trace, last, ancestors[1:], reverse=True)
     idx = jnp.concatenate([first[None], idx])
-    return jax.tree.map(lambda a: a[jnp.arange(a.shape[0]), idx], particles)
+    return result(jax.tree.map(lambda a: a[jnp.arange(a.shape[0]), idx], particles))
 
 
 @partial(
@@ -138,6 +188,20 @@ def csmc_traced(
 )  # fmt: skip
 def _csmc(key, ys, reference, **kw):
     return csmc_traced(key, kw.pop("ssm"), ys, reference, **kw)
+
+
+def _check_finite_reference(reference):
+    """An eager reference trajectory must be finite (a traced one is checked in the graph:
+    a non-finite reference state gets zero weight and is counted in ``num_nonfinite``)."""
+    if isinstance(reference, jax.core.Tracer):
+        return
+    bad = ~np.isfinite(np.asarray(reference).reshape(reference.shape[0], -1)).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"reference has non-finite values (NaN or inf) at steps "
+            f"{np.flatnonzero(bad)[:5].tolist()}: it must be a trajectory of the model, e.g. "
+            "one simulated with ssm.simulate or drawn by an earlier sweep"
+        )
 
 
 def _check_reference(reference, ys, ssm):
@@ -152,7 +216,9 @@ def _check_reference(reference, ys, ssm):
         raise ValueError(
             f"reference has state shape {reference.shape[1:]}, the model's states are {x0.shape}"
         )
-    return reference.astype(x0.dtype)
+    reference = reference.astype(x0.dtype)
+    _check_finite_reference(reference)
+    return reference
 
 
 def csmc(
@@ -168,7 +234,8 @@ def csmc(
     method: str = "exact",
     log_transition_bound=None,
     max_trials: int = 32,
-) -> jax.Array:
+    return_info: bool = False,
+) -> jax.Array | CSMCResult:
     """One conditional SMC sweep: a new trajectory given a reference trajectory.
 
     The Markov kernel ``x*_{0:T-1} -> x'_{0:T-1}`` leaves the smoothing law
@@ -194,11 +261,23 @@ def csmc(
         ``stratified``, ``residual``).
     method, log_transition_bound, max_trials
         Backward-sampling options, as in ``particlekit.smoothing.ffbs``.
+    return_info : bool
+        Return a ``CSMCResult`` (trajectory plus ``failed``, ``num_nonfinite``, ``ess``
+        and ``log_evidence`` of the sweep, as in the filters) instead of the trajectory
+        alone. Impossible data (every weight zero at some step, the reference's included)
+        or an infinite observation give a finite trajectory that is not a draw of the
+        smoothing law: check ``failed``.
 
     Returns
     -------
-    Array, shape (T, ...)
-        The new trajectory.
+    Array, shape (T, ...), or CSMCResult
+        The new trajectory (``return_info=False``, the default), or the ``CSMCResult``.
+
+    Raises
+    ------
+    ValueError
+        If the reference (given eagerly) has NaN or infinite values, among the other
+        argument checks.
 
     Examples
     --------
@@ -212,6 +291,10 @@ def csmc(
     >>> new = pk.pgibbs.csmc(jax.random.key(1), ssm, ys, xs, num_particles=20)
     >>> new.shape
     (30,)
+    >>> res = pk.pgibbs.csmc(jax.random.key(1), ssm, ys, xs, num_particles=20,
+    ...                      return_info=True)
+    >>> bool(res.failed), res.num_nonfinite.shape
+    (False, (30,))
     """
     kernels.check_key(key)
     if not isinstance(ssm, StateSpaceModel):
@@ -222,12 +305,13 @@ def csmc(
     _check_method(method)
     reference = _check_reference(reference, ys, ssm)
     scheme = resampling_scheme_for_csmc(resampling)
-    return _csmc(
+    result = _csmc(
         key, ys, reference, ssm=ssm, num_particles=num_particles,
         backward_sampling=bool(backward_sampling), ancestor_sampling=bool(ancestor_sampling),
         scheme=scheme, method=method, log_transition_bound=log_transition_bound,
         max_trials=_check_trials(max_trials),
     )  # fmt: skip
+    return result if return_info else result.trajectory
 
 
 def resampling_scheme_for_csmc(scheme):
@@ -547,7 +631,7 @@ def particle_gibbs(
                 k_x, ssm, ys, ref, num_particles=num_particles, backward_sampling=True,
                 ancestor_sampling=ancestor_sampling, scheme=scheme, method="exact",
                 log_transition_bound=None, max_trials=1,
-            )  # fmt: skip
+            ).trajectory  # fmt: skip
             theta, rate = theta_step(k_th, theta, ref)
             return (theta, ref), (theta, ref, rate)
 

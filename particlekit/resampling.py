@@ -25,6 +25,7 @@ are drawn from the scheme's law conditional on that event (Chopin & Singh 2015, 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 import jax
@@ -80,11 +81,25 @@ def sanitize_log_weights(log_weights: jax.Array) -> jax.Array:
     return jnp.where(invalid_log_weights(log_weights), -jnp.inf, log_weights)
 
 
+def _check_not_scalar_or_empty(log_weights) -> None:
+    """A ``ValueError`` before tracing for a scalar or an empty log-weight array (a shape
+    check, so it also holds for traced arrays)."""
+    shape = jnp.shape(log_weights)
+    if len(shape) == 0:
+        raise ValueError(
+            "log_weights must be an array of shape (N,) with one log-weight per particle, "
+            "got a scalar"
+        )
+    if shape[0] == 0:
+        raise ValueError(f"log_weights is empty (shape {shape}): there must be at least one")
+
+
 def _shift_by_max(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sanitised log-weights minus their maximum, the maximum, and whether any weight is
     positive. Subtracting the max is exact for nearby floats; subtracting a rounded
     logsumexp of size 1e4 instead would shift every log-weight by up to half an ulp of
     1e4 (5e-4 in float32), so the weights would miss summing to one by that much."""
+    _check_not_scalar_or_empty(log_weights)
     log_weights = sanitize_log_weights(log_weights)
     top = jnp.max(log_weights)
     ok = jnp.isfinite(top)
@@ -121,8 +136,8 @@ def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     >>> jnp.exp(log_W).round(2).tolist(), round(float(log_sum), 3)
     ([0.25, 0.75], 1.386)
     """
-    n = log_weights.shape[0]
     shifted, top, ok = _shift_by_max(log_weights)
+    n = jnp.shape(log_weights)[0]
     log_total = jnp.log(jnp.sum(jnp.exp(shifted)))
     log_sum = jnp.where(ok, top + log_total, -jnp.inf)
     log_W = jnp.where(ok, shifted - log_total, -jnp.log(n))
@@ -174,14 +189,21 @@ def ess(log_weights: jax.Array) -> jax.Array:
 # helpers
 # --------------------------------------------------------------------------------------
 def _num_samples(log_weights, num_samples):
-    n = log_weights.shape[0]
-    if log_weights.ndim != 1:
-        raise ValueError(f"log_weights must be one-dimensional (N,), got shape {log_weights.shape}")
-    if n == 0:
-        raise ValueError("log_weights is empty: resampling needs at least one particle")
-    m = n if num_samples is None else int(num_samples)
-    if m <= 0:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
+    """Check the log-weights (one-dimensional, not empty) and ``num_samples`` (a positive
+    integer of any integral type, default ``N``) before tracing; returns ``(N, M)``."""
+    _check_not_scalar_or_empty(log_weights)
+    shape = jnp.shape(log_weights)
+    if len(shape) != 1:
+        raise ValueError(f"log_weights must be one-dimensional (N,), got shape {shape}")
+    n = shape[0]
+    if num_samples is None:
+        return n, n
+    try:
+        m = operator.index(num_samples)  # any integral type; 2.5 or "3" are errors
+    except TypeError:
+        m = None
+    if isinstance(num_samples, bool) or m is None or m <= 0:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     return n, m
 
 

@@ -15,15 +15,46 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution
 
-__all__ = ["StateSpaceModel", "missing_mask"]
+__all__ = ["StateSpaceModel", "missing_mask", "is_missing", "is_partly_missing"]
 
 
 def missing_mask(ys) -> jax.Array:
-    """``(T,)`` boolean mask of the time steps whose observation is missing (any NaN)."""
+    """``(T,)`` boolean mask of the time steps whose observation is missing: every
+    coordinate of ``y_t`` is NaN (a partly missing ``y_t`` is not missing, see
+    ``is_partly_missing``)."""
     ys = jnp.asarray(ys)
     if ys.ndim <= 1:
         return jnp.isnan(ys)
-    return jnp.any(jnp.isnan(ys.reshape(ys.shape[0], -1)), axis=1)
+    return jnp.all(jnp.isnan(ys.reshape(ys.shape[0], -1)), axis=1)
+
+
+def is_missing(y) -> jax.Array:
+    """Whether one observation ``y_t`` is missing: every coordinate is NaN (traceable).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> bool(is_missing(jnp.nan)), bool(is_missing(jnp.array([jnp.nan, 1.0])))
+    (True, False)
+    """
+    return jnp.all(jnp.isnan(jnp.asarray(y)))
+
+
+def is_partly_missing(y) -> jax.Array:
+    """Whether one vector observation ``y_t`` has some NaN coordinates but not all
+    (traceable). Such an observation is rejected with a ``ValueError`` before tracing
+    (``StateSpaceModel.validate``); under ``jit`` / ``vmap`` its observation log-density is
+    NaN, so every particle gets zero weight, ``num_nonfinite`` counts them and the filter
+    reports ``failed=True`` (never a silent skip).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> bool(is_partly_missing(jnp.array([jnp.nan, 1.0]))), bool(is_partly_missing(jnp.nan))
+    (True, False)
+    """
+    nan = jnp.isnan(jnp.asarray(y))
+    return jnp.any(nan) & ~jnp.all(nan)
 
 
 def _expect_distribution(value, what: str) -> Distribution:
@@ -89,11 +120,14 @@ class StateSpaceModel:
         return self.transition(x_prev, t).log_prob(x)
 
     def observation_log_prob(self, x, y, t):
-        """``log g_t(y | x)``; zero when ``y`` is missing (contains NaN)."""
-        missing = jnp.any(jnp.isnan(jnp.asarray(y)))
+        """``log g_t(y | x)``; zero when ``y`` is missing (every coordinate NaN), NaN when a
+        vector ``y`` is partly missing (some coordinates NaN), so that the filters count
+        the particles as non-finite and report ``failed`` instead of skipping the step."""
+        y = jnp.asarray(y)
         y_safe = jnp.where(jnp.isnan(y), 0.0, y)
         log_g = self.observation(x, t).log_prob(y_safe)
-        return jnp.where(missing, jnp.zeros_like(log_g), log_g)
+        log_g = jnp.where(is_partly_missing(y), jnp.full_like(log_g, jnp.nan), log_g)
+        return jnp.where(is_missing(y), jnp.zeros_like(log_g), log_g)
 
     def initial_log_prob(self, x):
         """``log p(x_0)``."""
@@ -169,6 +203,8 @@ class StateSpaceModel:
             if partial.any():
                 raise ValueError(
                     f"ys has partially missing observations at steps "
-                    f"{np.flatnonzero(partial)[:5].tolist()}: mark a whole y_t as NaN to skip it"
+                    f"{np.flatnonzero(partial)[:5].tolist()}: mark a whole y_t as NaN to skip it "
+                    "(under jit / vmap such a step gives every particle zero weight and the "
+                    "result reports failed=True)"
                 )
         return ys

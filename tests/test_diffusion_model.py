@@ -123,6 +123,23 @@ def test_gaussian_mixture_validation(kwargs):
         pk.diffusion.gaussian_mixture(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"weights": [1.0, 1.0], "means": [[0.0, jnp.nan], [1.0, 1.0]], "stds": 1.0}, "means"),
+        ({"weights": [1.0], "means": [[jnp.inf]], "stds": 1.0}, "means"),
+        ({"weights": [1.0], "means": [[0.0]], "covs": [[[jnp.nan]]]}, "covs"),
+    ],
+)
+def test_gaussian_mixture_rejects_non_finite_parameters(kwargs, match):
+    """NaN means used to be accepted (and gave NaN scores and samples)."""
+    with pytest.raises(ValueError, match=f"{match} must be finite"):
+        pk.diffusion.gaussian_mixture(**kwargs)
+    with pytest.raises(ValueError, match=f"{match} must be finite"):
+        pk.diffusion.tilted_gaussian_mixture(**kwargs, direction=[1.0] * len(kwargs["means"][0]),
+                                             lmbda=0.5)  # fmt: skip
+
+
 def test_model_validation():
     with pytest.raises(ValueError):
         pk.diffusion.DiffusionModel(lambda x, t: x, "linear", prediction="velocity")

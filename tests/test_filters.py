@@ -364,6 +364,69 @@ def test_partially_missing_vector_observation():
         pk.filters.bootstrap(jax.random.key(0), SSM3, ys, num_particles=8)
 
 
+def _filter_kwargs_3d(name):
+    if name == "guided":
+        return {
+            "proposal": lambda x_prev, y, t: dist.MultivariateNormal(_A3 @ x_prev, _Q3),
+            "initial_proposal": lambda y: dist.MultivariateNormal(jnp.zeros(3), jnp.eye(3)),
+        }
+    if name == "auxiliary":
+        return {"log_predictive": lambda x_prev, y, t: jnp.zeros(())}
+    return {}
+
+
+@pytest.mark.parametrize("where", [0, 5])
+@pytest.mark.parametrize("name", ["bootstrap", "guided", "auxiliary"])
+def test_partially_missing_vector_observation_traced_is_flagged(name, where):
+    """Under jit (and vmap) a partly missing y_t cannot raise; it used to be skipped as if
+    fully missing (increment 0, failed=False). Now every particle gets zero weight at that
+    step, is counted in num_nonfinite, and the run reports failed with log Z = -inf, while a
+    fully missing y_t is still skipped."""
+    ys = data3().copy()
+    ys[where, 1] = np.nan
+    filter_fn = getattr(pk.filters, name)
+    kwargs = _filter_kwargs_3d(name)
+    n = 16
+
+    def one(key, ys):
+        return filter_fn(key, SSM3, ys, num_particles=n, **kwargs)
+
+    res = jax.jit(one)(jax.random.key(0), jnp.asarray(ys, jnp.float32))
+    assert bool(res.failed)
+    assert float(res.log_evidence) == -np.inf
+    assert int(res.num_nonfinite[where]) == n
+    assert float(res.log_evidence_increments[where]) == -np.inf
+    assert not np.isnan(np.asarray(res.log_weights)).any()
+    batched = jax.vmap(one)(
+        jax.random.split(jax.random.key(1), 3), jnp.stack([jnp.asarray(ys, jnp.float32)] * 3)
+    )
+    assert np.asarray(batched.failed).all()
+    full = data3().copy()
+    full[where] = np.nan
+    ok = jax.jit(one)(jax.random.key(0), jnp.asarray(full, jnp.float32))
+    assert not bool(ok.failed) and float(ok.log_evidence_increments[where]) == 0.0
+    assert int(ok.num_nonfinite.sum()) == 0
+
+
+def test_auxiliary_counts_each_nonfinite_particle_once():
+    """A first-stage weight that is NaN for x_prev > 0 is one non-finite particle: it used to
+    be counted again at the second stage (num_nonfinite doubled). Without resampling
+    (ess_threshold=0) the particles are those of the history, so the count at step t is the
+    number of particles with x_{t-1} > 0."""
+
+    def log_predictive(x_prev, y, t):
+        value = exact_log_predictive(x_prev, y, t)
+        return jnp.where(x_prev > 0, jnp.nan, value)
+
+    res = pk.filters.auxiliary(jax.random.key(0), SSM1, data1()[:10],
+                               log_predictive=log_predictive, num_particles=64,
+                               ess_threshold=0.0)  # fmt: skip
+    expected = np.sum(np.asarray(res.particles[:-1]) > 0, axis=1)
+    assert expected.sum() > 0
+    np.testing.assert_array_equal(np.asarray(res.num_nonfinite[1:]), expected)
+    assert int(res.num_nonfinite[0]) == 0
+
+
 @pytest.mark.filterwarnings("ignore:Out-of-support")
 @pytest.mark.parametrize("where", [0, 20])
 def test_impossible_data_fails_cleanly(where):

@@ -84,3 +84,44 @@ def test_annealed_gaussian_beta_3():
 def test_invalid_arguments(args, kwargs):
     with pytest.raises(ValueError):
         pk.diffusion.fk_corrector(jax.random.key(0), *args, **kwargs)
+
+
+def _partly_nan_model(cut=1.5):
+    """N(0, I) data (score -x at every t), whose score is NaN where x[0] > cut."""
+    return pk.diffusion.DiffusionModel(
+        lambda x, t: jnp.where(x[0] > cut, jnp.nan, -x), "linear", prediction="score", shape=(2,)
+    )
+
+
+@pytest.mark.parametrize("ess_threshold", [0.0, 0.5])
+def test_nan_score_in_part_of_space_is_resampled_away(ess_threshold):
+    """A score that is NaN in part of the space used to let NaN into the samples and the
+    mean (hundreds of non-finite samples, failed=False). A particle whose state turns
+    non-finite now gets zero weight, is counted once in num_nonfinite and is resampled away,
+    as in fk_steering and pdds: without resampling during the run (ess_threshold=0) every
+    particle can die at most once, so the count is at most N."""
+    n = 512
+    res = pk.diffusion.fk_corrector(jax.random.key(0), [_partly_nan_model()], [1.0],
+                                    num_particles=n, num_steps=100,
+                                    ess_threshold=ess_threshold)  # fmt: skip
+    assert not bool(res.failed) and np.isfinite(float(res.log_evidence))
+    assert bool(jnp.all(jnp.isfinite(res.samples)))
+    assert bool(jnp.all(jnp.isfinite(res.mean())))
+    total = int(res.num_nonfinite.sum())
+    assert 0 < total <= n
+    # the survivors are N(0, I) restricted away from the NaN region
+    assert float(jnp.max(res.samples[:, 0])) <= 1.5 + 1.0
+
+
+def test_anneal_large_beta_never_returns_nan():
+    """anneal(beta=1e4) gives NaN samples: at this temperature the Euler-Maruyama drift
+    overflows for every particle. They are never NaN with failed=False: either finite or
+    the run reports failed with log Z = -inf (what happens here), and each particle is
+    counted once in num_nonfinite (it was counted again at every later step)."""
+    res = pk.diffusion.anneal(jax.random.key(0), P1, 1e4, num_particles=64, num_steps=50)
+    if not bool(res.failed):
+        assert bool(jnp.all(jnp.isfinite(res.samples)))
+        assert bool(jnp.all(jnp.isfinite(res.mean())))
+    else:
+        assert float(res.log_evidence) == -np.inf
+        assert 0 < int(res.num_nonfinite.sum()) <= 64

@@ -171,3 +171,72 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="exactly one"):
         pk.pgibbs.particle_gibbs(jax.random.key(0), lambda a: _ssm(a=a), ys,
                                  theta_init=0.5, num_samples=5, num_particles=8)  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Out-of-support")
+@pytest.mark.parametrize("backward_sampling", [True, False], ids=["BS", "AS-trace"])
+def test_csmc_reports_failures_like_the_filters(backward_sampling):
+    """csmc returned a finite trajectory and no diagnostics whatever the input. With
+    return_info=True it reports failed / num_nonfinite / ess as the filters do: impossible
+    data (an observation outside a uniform density's support) and an infinite observation
+    fail at their step; ordinary data do not."""
+    xs, ys = SSM.simulate(jax.random.key(0), 20)
+    kw = dict(num_particles=16, backward_sampling=backward_sampling, return_info=True)
+    ok = pk.pgibbs.csmc(jax.random.key(1), SSM, ys, xs, **kw)
+    assert not bool(ok.failed) and np.isfinite(float(ok.log_evidence))
+    assert ok.trajectory.shape == xs.shape and ok.num_nonfinite.shape == (20,)
+    assert int(ok.num_nonfinite.sum()) == 0 and float(ok.ess.min()) >= 1.0
+    default = pk.pgibbs.csmc(jax.random.key(1), SSM, ys, xs, num_particles=16,
+                             backward_sampling=backward_sampling)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(default), np.asarray(ok.trajectory))
+
+    uniform = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(0.5 * x_prev, 1.0),
+        observation=lambda x, t: dist.Uniform(x - 1.0, x + 1.0),
+    )
+    ref = jnp.zeros(20)
+    bad = pk.pgibbs.csmc(jax.random.key(1), uniform, jnp.zeros(20).at[7].set(100.0), ref, **kw)
+    assert bool(bad.failed) and float(bad.log_evidence) == -np.inf
+    assert float(bad.ess[7]) == 0.0
+    inf = pk.pgibbs.csmc(jax.random.key(1), SSM, ys.at[3].set(jnp.inf), xs, **kw)
+    assert bool(inf.failed) and float(inf.log_evidence) == -np.inf
+
+
+def test_csmc_nan_reference():
+    """A NaN reference is a ValueError eagerly; under jit it is counted in num_nonfinite
+    (the reference slot gets zero weight) instead of passing silently."""
+    xs, ys = SSM.simulate(jax.random.key(0), 10)
+    with pytest.raises(ValueError, match="reference has non-finite values .* steps \\[4\\]"):
+        pk.pgibbs.csmc(jax.random.key(1), SSM, ys, xs.at[4].set(jnp.nan), num_particles=8)
+    with pytest.raises(ValueError, match="non-finite"):
+        pk.pgibbs.particle_gibbs(jax.random.key(0), lambda a: _ssm(a=a), ys, theta_init=0.5,
+                                 num_samples=2, num_particles=8, reference=xs.at[0].set(jnp.inf),
+                                 theta_update=lambda k, th, x, y: th)  # fmt: skip
+
+    @jax.jit
+    def traced(ref):
+        return pk.pgibbs.csmc(jax.random.key(1), SSM, ys, ref, num_particles=8,
+                              return_info=True)  # fmt: skip
+
+    res = traced(xs.at[4].set(jnp.nan))
+    assert int(res.num_nonfinite[4]) >= 1
+    assert np.isfinite(np.asarray(res.trajectory)).all()
+
+
+def test_joint_log_prob_vectorized_missing_step():
+    """joint_log_prob of a vectorised model skips only the missing step (it used to read a
+    NaN anywhere in ys as every observation missing)."""
+    vec = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(A * x_prev, Q),
+        observation=lambda x, t: dist.Normal(x, R),
+        vectorized=True,
+    )
+    xs, ys = SSM.simulate(jax.random.key(0), 10)
+    ys = ys.at[3].set(jnp.nan)
+    np.testing.assert_allclose(
+        float(pk.pgibbs.joint_log_prob(vec, xs, ys)),
+        float(pk.pgibbs.joint_log_prob(SSM, xs, ys)),
+        rtol=1e-5,
+    )

@@ -229,6 +229,39 @@ def test_bad_num_samples():
         rs.multinomial(jax.random.key(0), jnp.zeros(3), 0)
 
 
+@pytest.mark.parametrize("scheme", SCHEMES[:-1])
+@pytest.mark.parametrize("bad", [2.5, 3.0, True, "3"])
+def test_non_integer_num_samples_is_an_error(scheme, bad):
+    """num_samples=2.5 used to be truncated to 2; a non-integer is now a ValueError."""
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        rs.get_scheme(scheme)(jax.random.key(0), jnp.zeros(4), bad)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES[:-1])
+def test_integral_num_samples_of_any_type(scheme):
+    fn = rs.get_scheme(scheme)
+    for m in (3, np.int64(3), np.int32(3), np.array(3)):
+        assert fn(jax.random.key(0), jnp.zeros(4), m).shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [rs.ess, rs.normalize, rs.log_normalize, rs.log_sum_and_ess,
+     lambda w: rs.systematic(jax.random.key(0), w),
+     lambda w: rs.conditional_multinomial(jax.random.key(0), w)],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "bad,match", [(jnp.array(0.0), "got a scalar"), (jnp.zeros(0), "is empty")], ids=["0d", "N0"]
+)
+def test_scalar_or_empty_log_weights_are_clear_errors(fn, bad, match):
+    """A scalar log-weight array gave an IndexError (or a silent ESS of 1) and an empty one
+    failed inside JAX; both are now ValueErrors saying what is wrong, under jit too."""
+    with pytest.raises(ValueError, match=match):
+        fn(bad)
+    with pytest.raises(ValueError, match=match):
+        jax.jit(fn)(bad)
+
+
 # ---------------------------------------------------------------------------- conditional
 @pytest.mark.parametrize("scheme", CONDITIONAL)
 @HYP

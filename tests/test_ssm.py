@@ -99,3 +99,20 @@ def test_validate_errors():
     )
     with pytest.raises(ValueError, match="event shape"):
         mismatch.validate(ys)
+
+
+def test_partly_missing_vector_observation_is_nan_not_skipped():
+    """observation_log_prob read a partly missing vector y_t (one NaN coordinate) as fully
+    missing (0, the observed coordinate silently dropped); it is now NaN, which the filters
+    count as zero weight and report in failed. A fully missing y_t is still 0."""
+    ssm = pk.StateSpaceModel(
+        initial=lambda: dist.MultivariateNormal(jnp.zeros(2), jnp.eye(2)),
+        transition=lambda x_prev, t: dist.MultivariateNormal(x_prev, jnp.eye(2)),
+        observation=lambda x, t: dist.MultivariateNormal(x, jnp.eye(2)),
+    )
+    x = jnp.array([0.3, -0.1])
+    assert np.isnan(float(ssm.observation_log_prob(x, jnp.array([1.0, jnp.nan]), 0)))
+    assert float(ssm.observation_log_prob(x, jnp.array([jnp.nan, jnp.nan]), 0)) == 0.0
+    assert np.isfinite(float(ssm.observation_log_prob(x, jnp.array([1.0, 2.0]), 0)))
+    ys = jnp.array([[1.0, jnp.nan], [jnp.nan, jnp.nan], [0.0, 1.0]])
+    np.testing.assert_array_equal(missing_mask(ys), [False, True, False])

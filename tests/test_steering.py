@@ -334,6 +334,22 @@ def test_particle_gibbs_invalid_arguments(kwargs, match):
         pk.steering.particle_gibbs(jax.random.key(0), GEN, COUNT_A, **config)
 
 
+@pytest.mark.parametrize("bad", [2.5, True, "3"])
+def test_particle_gibbs_non_integer_num_iterations(bad):
+    config = dict(num_particles=4, num_iterations=bad, max_length=2, eos_id=EOS)
+    with pytest.raises(ValueError, match="num_iterations must be a positive integer"):
+        pk.steering.particle_gibbs(jax.random.key(0), GEN, COUNT_A, **config)
+
+
+def test_particle_gibbs_accepts_any_integral_num_iterations():
+    """num_iterations=np.int64(3) used to be rejected although the other entry points
+    (pk.run, the filters, pgibbs) accept any integral type."""
+    for n in (np.int64(3), np.int32(3)):
+        chain = pk.steering.particle_gibbs(jax.random.key(1), GEN, COUNT_A, num_particles=4,
+                                           num_iterations=n, max_length=2, eos_id=EOS)  # fmt: skip
+        assert chain.sequences.shape[0] == 3
+
+
 def test_enumeration_refuses_huge_support():
     with pytest.raises(ValueError, match="max_sequences"):
         pk.steering.enumerate_sequences(GEN, max_length=20, eos_id=EOS)

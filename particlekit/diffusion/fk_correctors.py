@@ -73,7 +73,13 @@ class FKCResult(NamedTuple):
         ESS after each step's reweighting (before resampling).
     resampled : Array (K,) bool
     num_nonfinite : Array (K,) int32
+        Particles whose log-weight was NaN or ``+inf`` at each step, or whose state became
+        non-finite (e.g. a NaN score): such a particle gets zero weight, is counted once
+        and is resampled away (at the latest after the last step), so ``samples`` are
+        finite.
     failed : Array () bool
+        True if every weight vanished (every particle non-finite, for example); then
+        ``log_evidence = -inf`` and ``samples`` are not usable.
     """
 
     samples: jax.Array
@@ -85,9 +91,31 @@ class FKCResult(NamedTuple):
     failed: jax.Array
 
     def mean(self, fn=lambda x: x):
-        """Weighted estimate of ``E[fn(x)]`` under the combined target."""
+        """Weighted estimate of ``E[fn(x)]`` under the combined target (zero-weight
+        particles are left out, so a dead non-finite particle cannot make it NaN)."""
         w = resampling.normalize(self.log_weights)
-        return jnp.tensordot(w, jax.vmap(fn)(self.samples), axes=1)
+        values = jax.vmap(fn)(self.samples)
+        keep = (w > 0).reshape((-1,) + (1,) * (values.ndim - 1))
+        return jnp.tensordot(w, jnp.where(keep, values, 0.0), axes=1)
+
+
+def _is_finite(x) -> jax.Array:
+    """Whether every coordinate of one particle is finite."""
+    return jnp.all(jnp.isfinite(x))
+
+
+def _dead_stays_dead(log_g, state):
+    """A particle that already has zero weight (``-inf``), or whose state was already
+    non-finite before the last move, keeps a zero weight without being counted in
+    ``num_nonfinite`` again (as ``pdds`` does for an already-dead particle): a particle whose
+    state or potential turns non-finite is counted once, at the step it happens. Once the
+    run has failed (every weight zero, ``log_evidence = -inf``) nothing more is counted."""
+    dead = (
+        (state.log_weights == -jnp.inf)
+        | ~jax.vmap(_is_finite)(state.previous_particles)
+        | (state.log_evidence == -jnp.inf)
+    )
+    return jnp.where(dead, -jnp.inf, log_g)
 
 
 def _noise_factor(noise, total_beta):
@@ -209,14 +237,18 @@ def _fk_corrector(
     def scores(x, t):
         return jnp.stack([m.score(x, t) for m in models])  # (M, *shape)
 
-    def log_potential(x_prev, x, t):
-        del x_prev
+    def log_potential(x, t):
         b = schedule.beta(t)
         sc = scores(x, t)
         combined = jnp.tensordot(betas, sc, axes=1)
         sq = jnp.sum(sc.reshape(len(models), -1) ** 2, axis=1)
         h = (total - 1.0) * (-0.5 * b * dim) + 0.5 * b * (jnp.sum(combined**2) - betas @ sq)
-        return h * dt
+        # a non-finite state is a NaN weight (zero weight, counted) whatever the score says
+        return jnp.where(_is_finite(x), h * dt, jnp.nan)
+
+    def log_potentials(xs_prev, xs, inputs):
+        t, state = inputs
+        return _dead_stays_dead(jax.vmap(log_potential, in_axes=(0, None))(xs, t), state)
 
     def propagate(key, x, t):
         b = schedule.beta(t)
@@ -229,7 +261,7 @@ def _fk_corrector(
 
     def step(key, state, t):
         k_w, k_r, k_m = jax.random.split(key, 3)
-        state, info = kernels.reweight(log_potential)(k_w, state, t)
+        state, info = kernels.reweight(log_potentials, vectorized=True)(k_w, state, (t, state))
         ess = info.ess
         state, res_info = resample(k_r, state, t)
         state, mv_info = kernels.move(propagate)(k_m, state, t)
@@ -241,15 +273,33 @@ def _fk_corrector(
     k_init, k_run = jax.random.split(key)
     state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
     final, trace = run(k_run, step, state, ts, keep_history=False, sharding=sharding)
+    # the last move is not followed by a reweight: particles it made non-finite get zero
+    # weight here (counted in the last step), and if any did, the population is resampled
+    # so that the samples are finite (all of them dead: failed, log_evidence = -inf)
+    k_kill, k_final = jax.random.split(jax.random.fold_in(k_run, num_steps))
+
+    def kill(xs_prev, xs, state):
+        finite = jax.vmap(_is_finite)(xs)
+        return _dead_stays_dead(jnp.where(finite, 0.0, jnp.nan), state)
+
+    final, kill_info = kernels.reweight(kill, vectorized=True)(k_kill, final, final)
+    any_dead = ~jnp.all(jax.vmap(_is_finite)(final.particles))
+    final = jax.lax.cond(
+        any_dead,
+        lambda st: kernels.resample(scheme, 1.0)(k_final, st)[0],
+        lambda st: st,
+        final,
+    )
     log_evidence = final.log_evidence + log_z0
-    failed = ~jnp.isfinite(log_evidence)
+    failed = ~jnp.isfinite(log_evidence) | jnp.all(final.log_weights == -jnp.inf)
+    num_nonfinite = trace.info.num_nonfinite.at[-1].add(kill_info.num_nonfinite)
     return FKCResult(
         samples=final.particles,
         log_weights=final.log_weights,
         log_evidence=kernels.reported_log_evidence(log_evidence),
         ess=trace.info.ess,
         resampled=trace.info.resampled,
-        num_nonfinite=trace.info.num_nonfinite,
+        num_nonfinite=num_nonfinite,
         failed=failed,
     )
 

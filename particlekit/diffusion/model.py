@@ -251,6 +251,8 @@ def _as_covs(means, stds, covs):
         covs = jnp.asarray(covs, jnp.result_type(float))
         if covs.shape != (k, d, d):
             raise ValueError(f"covs must have shape {(k, d, d)}, got {covs.shape}")
+        if not bool(jnp.all(jnp.isfinite(covs))):
+            raise ValueError("covs must be finite (no NaN or inf)")
         return covs
     stds = jnp.asarray(stds, jnp.result_type(float))
     if stds.ndim == 0:
@@ -272,6 +274,8 @@ def _mixture_arrays(weights, means, stds=None, covs=None):
         means = means[:, None]
     if means.ndim != 2:
         raise ValueError(f"means must have shape (K, d), got {means.shape}")
+    if not bool(jnp.all(jnp.isfinite(means))):
+        raise ValueError("means must be finite (no NaN or inf)")
     weights = jnp.asarray(weights, jnp.result_type(float))
     if weights.shape != means.shape[:1]:
         raise ValueError(f"weights must have shape {means.shape[:1]}, got {weights.shape}")

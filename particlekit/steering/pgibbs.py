@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from particlekit.kernels import check_key
+from particlekit.kernels import check_key, check_num_particles
 from particlekit.resampling import get_conditional_scheme, get_scheme, sanitize_log_weights
 from particlekit.steering.sequences import Config, SequenceState, check_config
 from particlekit.steering.smc import sweep
@@ -223,10 +223,7 @@ def particle_gibbs(
     )
     if int(num_particles) < 2:
         raise ValueError(f"particle_gibbs needs num_particles >= 2, got {num_particles}")
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int):
-        raise ValueError(f"num_iterations must be a positive integer, got {num_iterations!r}")
-    if num_iterations <= 0:
-        raise ValueError(f"num_iterations must be a positive integer, got {num_iterations}")
+    num_iterations = check_num_particles(num_iterations, "num_iterations")
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     base = get_scheme(resampling)

@@ -1,8 +1,27 @@
 """particlekit: Sequential Monte Carlo and particle methods in JAX.
 
-Users write functions for one particle; the library vectorises them with ``jax.vmap``.
-Every algorithm is a recipe over the same primitives: ``init``, ``move``,
-``reweight``, ``resample``, ``mcmc``, ``chain`` and ``run``.
+Write a model with NumPyro (or as plain JAX log-densities), call one function, and read
+the posterior, the evidence and the diagnostics as arrays or in ArviZ:
+
+- ``pk.infer.SMC(model).run(key, *data)``: tempered SMC for static models, with HMC tuned
+  from the particles, independent chains checked against each other, and ``log Z``;
+  ``pk.infer.LogDensityModel`` for models without NumPyro;
+- ``pk.filters.bootstrap | guided | auxiliary(key, ssm, ys, num_particles=N)``: particle
+  filters for a ``pk.StateSpaceModel`` written with NumPyro distributions;
+- ``pk.smoothing`` (FFBS, PaRIS), ``pk.pgibbs`` (conditional SMC, particle Gibbs, PPG),
+  ``pk.learning`` (maximum likelihood, score climbing);
+- ``pk.diffusion`` (PDDS, FK steering of diffusion models, FK correctors) and
+  ``pk.steering`` (particle steering of token sequences);
+- ``pk.arviz``: the converters to ArviZ.
+
+Every algorithm is a recipe over the same primitives, written for one particle and
+vectorised with ``jax.vmap``: ``pk.init``, ``pk.move``, ``pk.reweight``, ``pk.resample``,
+``pk.mcmc``, ``pk.chain`` and ``pk.run``. Documentation: the ``docs/`` folder of the
+repository (``mkdocs serve``); design: ``docs/architecture.md``.
+
+>>> import particlekit as pk
+>>> pk.__version__
+'0.2.0'
 """
 
 import importlib
@@ -13,7 +32,7 @@ from particlekit.run import run, run_until
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState, RunTrace, StepInfo
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Subpackages with heavy dependencies (equinox, optax, BlackJAX, ArviZ/xarray) are imported
 # on first use (PEP 562), so that ``import particlekit`` costs little beyond jax + numpyro.

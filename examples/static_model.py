@@ -77,17 +77,21 @@ def main():
     d = smc.diagnostics
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
     panels = [
-        (d.stages.temperature, "inverse temperature lambda"),
-        (d.stages.ess, "ESS / N after reweighting"),
-        (d.stages.acceptance_rate, "MCMC acceptance rate"),
-        (d.stages.num_mcmc_steps, "MCMC steps"),
+        (d.stages.temperature, "inverse temperature lambda", "lambda (log scale)"),
+        (d.stages.ess, "ESS / N after reweighting", "ESS / N"),
+        (d.stages.acceptance_rate, "MCMC acceptance rate", "mean acceptance"),
+        (d.stages.num_mcmc_steps, "MCMC steps per stage", "steps (cap: max_mcmc_steps)"),
     ]
-    for ax, (values, title) in zip(axes, panels, strict=True):
+    for ax, (values, title, ylabel) in zip(axes, panels, strict=True):
         for c in range(values.shape[0]):
-            ax.plot(np.arange(1, values.shape[1] + 1), values[c], marker="o", ms=3)
+            ax.plot(
+                np.arange(1, values.shape[1] + 1), values[c], marker="o", ms=3, label=f"chain {c}"
+            )
         ax.set_title(title)
-        ax.set_xlabel("stage")
+        ax.set_xlabel("tempering stage")
+        ax.set_ylabel(ylabel)
     axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(SCHEDULE_PNG, dpi=120)
     print(f"saved {SCHEDULE_PNG}  ({time.perf_counter() - start:.1f} s)")

@@ -180,3 +180,22 @@ def test_improper_prior_is_a_clear_error():
 
     with pytest.raises(ValueError, match="ImproperUniform.*LogDensityModel"):
         pk.infer.SMC(model, num_particles=10).run(jax.random.key(0), jnp.array([0.5]))
+
+
+@pytest.mark.parametrize("start", [0.34, 0.9, 0.123])
+def test_next_temperature_does_not_stop_an_ulp_short_of_one(start):
+    """When the ESS rule only just fails at ``lambda = 1`` the bisection ends a few ulps
+    below it in float32 (0.99999988 from 0.34 before the fix); that step must go to 1, not
+    leave a last stage of a few ulps that costs a whole move."""
+    from particlekit.infer.tempering import conditional_ess, next_temperature
+
+    z = jnp.asarray(np.random.default_rng(0).normal(size=1000), jnp.float32)
+    lo, hi = 0.1, 10.0  # scale s with CESS(delta = 1 - start) just below 0.5
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float(conditional_ess(jnp.zeros(1000), mid * z, 1.0 - start)) >= 0.5:
+            lo = mid
+        else:
+            hi = mid
+    lam, _ = next_temperature(jnp.zeros(1000), hi * z, start)
+    assert float(lam) == 1.0

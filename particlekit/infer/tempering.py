@@ -124,5 +124,9 @@ def next_temperature(
     delta = jnp.where(ok(max_delta), max_delta, jnp.exp(lo))
     forced = ~ok(min_delta)
     delta = jnp.clip(delta, min_delta, max_delta)
-    new_temperature = jnp.where(delta >= max_delta, 1.0, temperature + delta)
+    # A step that lands within min_increment of 1 (the bisection's float32 rounding can
+    # stop it one ulp short) goes to 1: a last stage of a few ulps would cost a whole move.
+    new_temperature = jnp.where(
+        (delta >= max_delta) | (temperature + delta >= 1.0 - min_delta), 1.0, temperature + delta
+    )
     return new_temperature.astype(log_lik.dtype), forced

@@ -231,7 +231,7 @@ def bootstrap(
     resampling="systematic",
     ess_threshold: float = 0.5,
     keep_history: bool = True,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
     sharding=None,
 ) -> FilterResult:
     """Bootstrap particle filter: move with the transition ``f``, weight with ``g``.
@@ -256,8 +256,9 @@ def bootstrap(
     keep_history : bool
         Keep particles, weights and ancestors of every step (``O(N T)`` memory); with
         False only the final population and per-step scalars are returned.
-    progress_bar : bool
-        Show a tqdm progress bar.
+    progress_bar : bool, optional
+        Show a tqdm progress bar (about 100 updates per run); ``None`` (default): shown
+        when standard error is a terminal.
     sharding : jax.sharding.Sharding, optional
         Sharding of the particle axis (e.g. ``NamedSharding(mesh, P("p"))``) to spread the
         particles over devices.
@@ -378,7 +379,7 @@ def guided(
     resampling="systematic",
     ess_threshold: float = 0.5,
     keep_history: bool = True,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
     sharding=None,
 ) -> FilterResult:
     """Guided particle filter: move with a user proposal ``q``, weight by ``f g / q``.
@@ -506,7 +507,7 @@ def auxiliary(
     resampling="systematic",
     ess_threshold: float = 0.5,
     keep_history: bool = True,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
     sharding=None,
 ) -> FilterResult:
     """Auxiliary particle filter (Pitt & Shephard 1999) with first-stage weights.

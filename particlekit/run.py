@@ -4,6 +4,7 @@ horizon under ``lax.while_loop``), with an optional progress bar."""
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Callable
 
 import jax
@@ -17,31 +18,53 @@ __all__ = [
     "run",
     "run_until",
     "progress_bar_callback",
+    "resolve_progress_bar",
     "constrain_particles",
     "check_sharding",
 ]
 
 
+def resolve_progress_bar(progress_bar: bool | None) -> bool:
+    """The progress-bar setting of every entry point: ``None`` (their default) shows a bar
+    when standard error is a terminal (interactive use) and hides it in scripts, tests and
+    CI logs; ``True`` / ``False`` force it.
+
+    Examples
+    --------
+    >>> resolve_progress_bar(True), resolve_progress_bar(False)
+    (True, False)
+    """
+    if progress_bar is None:
+        isatty = getattr(sys.stderr, "isatty", None)
+        return bool(isatty and isatty())
+    return bool(progress_bar)
+
+
 def progress_bar_callback(num_steps: int, desc: str = "particlekit"):
     """A ``(step_index) -> None`` function updating a tqdm bar from inside a jitted loop
-    through ``jax.debug.callback``. Host side only; nothing is returned to the device."""
+    through ``jax.debug.callback``, about 100 times per run whatever ``num_steps`` (a host
+    call every step would slow long horizons). Host side only; nothing is returned to the
+    device."""
     from tqdm.auto import tqdm
 
+    stride = max(1, num_steps // 100)
     bars: dict[str, tqdm] = {}
 
     def _update(i):
         i = int(i)
-        if i == 0 or "bar" not in bars:
+        if i < stride or "bar" not in bars:
             if "bar" in bars:
                 bars["bar"].close()
             bars["bar"] = tqdm(total=num_steps, desc=desc)
-        bars["bar"].update(1)
+        bars["bar"].n = i + 1
+        bars["bar"].refresh()
         if i + 1 >= num_steps:
             bars["bar"].close()
             bars.pop("bar")
 
     def callback(i):
-        jax.debug.callback(_update, i, ordered=True)
+        due = ((i + 1) % stride == 0) | (i + 1 >= num_steps)
+        jax.lax.cond(due, lambda: jax.debug.callback(_update, i, ordered=True), lambda: None)
 
     return callback
 
@@ -108,7 +131,7 @@ def run(
     *,
     num_steps: int | None = None,
     keep_history: bool = True,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
     sharding=None,
 ) -> tuple[ParticleState, RunTrace]:
     """Apply ``step`` once per element of the leading axis of ``inputs`` (``lax.scan``).
@@ -128,8 +151,10 @@ def run(
     keep_history : bool
         Record the full state after each step (memory ``O(N T)``). With ``False`` only
         the per-step scalars are kept, so very long horizons run in ``O(N)`` memory.
-    progress_bar : bool
-        Show a tqdm bar (through ``jax.debug.callback``).
+    progress_bar : bool, optional
+        Show a tqdm bar (through ``jax.debug.callback``, about 100 updates per run).
+        ``None`` (default): shown when standard error is a terminal
+        (``resolve_progress_bar``).
     sharding : jax.sharding.Sharding, optional
         Sharding of the particle axis, re-imposed after every step.
 
@@ -159,7 +184,7 @@ def run(
     total_steps = _num_steps_of(inputs, num_steps)
     if inputs is None:
         inputs = jnp.arange(total_steps)
-    tick = progress_bar_callback(total_steps) if progress_bar else None
+    tick = progress_bar_callback(total_steps) if resolve_progress_bar(progress_bar) else None
     state = constrain_particles(state, sharding)
 
     def body(carry, xs):

@@ -136,3 +136,25 @@ def test_run_until_stops():
     final, steps = pk.run_until(jax.random.key(0), step, jnp.zeros(()), lambda s: s > 1e9,
                                 max_steps=7)  # fmt: skip
     assert int(steps) == 7
+
+
+def test_progress_bar_calls_the_host_about_100_times(capsys, monkeypatch):
+    """A 1000-step run updates its bar by strides of 10: about 100 host callbacks, not one
+    per step, and the bar still ends at 1000/1000."""
+    calls = []
+    original = jax.debug.callback
+
+    def counting(fn, *args, **kwargs):
+        return original(lambda *a: (calls.append(1), fn(*a)), *args, **kwargs)
+
+    monkeypatch.setattr(jax.debug, "callback", counting)
+    state = pk.init(jax.random.key(0), lambda k: jax.random.normal(k), 8)
+    pk.run(jax.random.key(1), _toy_step(), state, jnp.zeros(1000), progress_bar=True)
+    jax.effects_barrier()
+    assert 95 <= len(calls) <= 101
+    assert "1000/1000" in capsys.readouterr().err
+    # the default (None) shows no bar when standard error is not a terminal (pytest)
+    calls.clear()
+    pk.run(jax.random.key(2), _toy_step(), state, jnp.zeros(1000))
+    jax.effects_barrier()
+    assert not calls

@@ -33,7 +33,7 @@ import numpyro.distributions as dist
 from particlekit import kernels, resampling
 from particlekit.diffusion.potentials import NaivePotential, log_g0
 from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, time_grid
-from particlekit.run import check_sharding, constrain_particles, run
+from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 from particlekit.types import ParticleState, RunTrace
 
 __all__ = ["PDDSParticle", "PDDSResult", "pdds"]
@@ -289,7 +289,7 @@ def pdds(
     mcmc_step_size: float | None = None,
     resampling: str | Callable = "systematic",
     keep_history: bool = False,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
     sharding=None,
 ) -> PDDSResult:
     """Particle Denoising Diffusion Sampler: samples from ``pi ∝ gamma`` and an unbiased
@@ -339,8 +339,9 @@ def pdds(
         A scheme of ``particlekit.resampling``.
     keep_history : bool
         Keep every intermediate population in ``trace.history``.
-    progress_bar : bool
-        tqdm bar over the reverse steps.
+    progress_bar : bool, optional
+        tqdm bar over the reverse steps; ``None`` (default): shown when standard error is a
+        terminal.
     sharding : jax.sharding.Sharding, optional
         Sharding of the particle axis, e.g. ``NamedSharding(mesh, P("p"))`` over a 1-D
         mesh: the particles are spread over the devices and pinned there after every
@@ -389,7 +390,7 @@ def pdds(
         float(mcmc_step_size),
         scheme,
         bool(keep_history),
-        bool(progress_bar),
+        resolve_progress_bar(progress_bar),
         sharding,
     )
     return _pdds_run(key, log_density, potential, config)

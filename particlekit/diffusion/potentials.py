@@ -238,7 +238,7 @@ def fit_pdds_potential(
     width: int = 64,
     depth: int = 2,
     potential: LearnedPotential | None = None,
-    progress_bar: bool = True,
+    progress_bar: bool | None = None,
     return_losses: bool = False,
 ):
     """Learn a PDDS guidance potential by iterated score matching (Phillips et al. 2024):
@@ -264,8 +264,9 @@ def fit_pdds_potential(
         Hidden width and number of hidden layers of the MLP.
     potential : LearnedPotential, optional
         Warm start (e.g. from a previous call).
-    progress_bar : bool
-        tqdm bar over the training steps (off in tests).
+    progress_bar : bool, optional
+        tqdm bar over the training steps; ``None`` (default): shown when standard error is
+        a terminal.
     return_losses : bool
         Also return the loss curve, shape ``(num_rounds * num_train_steps,)``.
 
@@ -285,6 +286,7 @@ def fit_pdds_potential(
     """
     from particlekit.diffusion.pdds import _check_inputs, pdds
     from particlekit.kernels import check_key, check_num_particles
+    from particlekit.run import resolve_progress_bar
 
     check_key(key)
 
@@ -305,7 +307,7 @@ def fit_pdds_potential(
     )
     chunk = min(num_train_steps, 100)
     bar = None
-    if progress_bar:
+    if resolve_progress_bar(progress_bar):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="fit_pdds_potential")

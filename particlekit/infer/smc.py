@@ -15,7 +15,6 @@ default HMC move, ``moves`` for the others). The whole run is one ``lax.while_lo
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -28,7 +27,7 @@ from particlekit import resampling
 from particlekit.infer import adaptive_hmc, convergence, log_density, moves, tempering
 from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
 from particlekit.kernels import check_key, check_num_particles, reweight
-from particlekit.run import check_sharding, constrain_particles
+from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar
 from particlekit.types import ParticleState
 
 __all__ = ["SMC", "SMCResult", "StageDiagnostics"]
@@ -435,14 +434,6 @@ class _ProgressBar:
             self.bar = None
 
 
-def _show_progress(progress_bar: bool | None) -> bool:
-    """``None``: on when standard error is a terminal (interactive use), else off."""
-    if progress_bar is None:
-        isatty = getattr(sys.stderr, "isatty", None)
-        return bool(isatty and isatty())
-    return bool(progress_bar)
-
-
 class SMC:
     """Adaptive tempered SMC for a NumPyro model, with the feel of ``numpyro.infer.MCMC``.
 
@@ -649,7 +640,7 @@ class SMC:
             )
         self.model = model
         self.num_particles = n
-        self.progress_bar = _show_progress(progress_bar)
+        self.progress_bar = resolve_progress_bar(progress_bar)
         self._bar = _ProgressBar(self.num_chains)
         self._cfg = _Config(
             num_particles=n,

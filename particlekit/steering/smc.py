@@ -102,7 +102,7 @@ def sweep(
     scheme,
     ess_threshold: float,
     reference: SequenceState | None = None,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
     sharding=None,
 ) -> tuple[ParticleState, StepInfo, StepInfo]:
     """One SMC pass over ``T = L - len(prompt)`` steps (conditional on ``reference`` in
@@ -211,7 +211,7 @@ def smc(
     resampling: str = "systematic",
     ess_threshold: float | None = None,
     init_cache=None,
-    progress_bar: bool = False,
+    progress_bar: bool | None = None,
     sharding=None,
 ) -> SteeringResult:
     """Steer an autoregressive generator with a reward model by sequential Monte Carlo.
@@ -263,8 +263,9 @@ def smc(
     init_cache : PyTree, optional
         The generator's carried state for one sequence (e.g. an empty key/value cache);
         resampled along with the tokens.
-    progress_bar : bool
-        Show a tqdm bar over the generation steps.
+    progress_bar : bool, optional
+        Show a tqdm bar over the generation steps; ``None`` (default): shown when standard
+        error is a terminal.
     sharding : jax.sharding.Sharding, optional
         Sharding of the particle axis, e.g. ``NamedSharding(mesh, P("p"))`` over a 1-D
         mesh: the sequences (and ``init_cache``) are spread over the devices and pinned

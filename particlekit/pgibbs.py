@@ -482,11 +482,18 @@ class ParticleGibbsResult(NamedTuple):
         State-trajectory draws.
     acceptance_rate : Array, shape (num_chains, num_samples)
         Acceptance rate of the ``theta`` MCMC step (NaN for a user update).
+    failed : Array, shape (num_chains, num_samples), bool
+        The conditional SMC sweep of the draw failed (every weight zero at some step, the
+        reference's included: impossible data under that ``theta``), as ``CSMCResult``.
+    num_nonfinite : Array, shape (num_chains, num_samples), int32
+        NaN or ``+inf`` log-weights in the sweep of the draw (counted as zero weight).
     """
 
     theta: PyTree
     states: jax.Array
     acceptance_rate: jax.Array
+    failed: jax.Array
+    num_nonfinite: jax.Array
 
     def to_dict(self) -> dict:
         """A flat ``{name: array (chain, draw, ...)}`` dict of the parameter draws plus
@@ -627,18 +634,21 @@ def particle_gibbs(
             theta, ref = carry
             k_x, k_th = jax.random.split(kk)
             ssm = model_fn(theta)
-            ref = csmc_traced(
+            sweep = csmc_traced(
                 k_x, ssm, ys, ref, num_particles=num_particles, backward_sampling=True,
                 ancestor_sampling=ancestor_sampling, scheme=scheme, method="exact",
                 log_transition_bound=None, max_trials=1,
-            ).trajectory  # fmt: skip
+            )  # fmt: skip
+            ref = sweep.trajectory
             theta, rate = theta_step(k_th, theta, ref)
-            return (theta, ref), (theta, ref, rate)
+            flags = (sweep.failed, jnp.sum(sweep.num_nonfinite).astype(jnp.int32))
+            return (theta, ref), (theta, ref, rate, flags)
 
-        _, (thetas, refs, rates) = jax.lax.scan(
+        _, (thetas, refs, rates, flags) = jax.lax.scan(
             body, (theta_init, ref0), jax.random.split(k_iter, num_samples)
         )
-        return thetas, refs, rates
+        return thetas, refs, rates, flags
 
-    thetas, states, rates = jax.jit(jax.vmap(one_chain))(jax.random.split(key, num_chains))
-    return ParticleGibbsResult(thetas, states, rates)
+    keys = jax.random.split(key, num_chains)
+    thetas, states, rates, (failed, nonfinite) = jax.jit(jax.vmap(one_chain))(keys)
+    return ParticleGibbsResult(thetas, states, rates, failed, nonfinite)

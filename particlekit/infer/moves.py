@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from particlekit import resampling
+from particlekit.infer import adaptive_hmc
 
 __all__ = [
     "KERNELS",
@@ -56,7 +57,13 @@ __all__ = [
 ]
 
 KERNELS = ("rwm", "mala", "hmc", "nuts", "imh")
-TARGET_ACCEPTANCE = {"rwm": 0.3, "mala": 0.574, "hmc": 0.8, "nuts": 0.8, "imh": 0.5}
+TARGET_ACCEPTANCE = {
+    "rwm": 0.3,
+    "mala": 0.574,
+    "hmc": adaptive_hmc.TARGET_ACCEPTANCE,
+    "nuts": 0.8,
+    "imh": 0.5,
+}
 PROPOSAL_EM_ITERATIONS = 5  # EM iterations of each "imh" mixture fit
 
 

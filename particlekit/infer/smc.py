@@ -236,11 +236,8 @@ def _stage(key, carry: _Carry, target, cfg: _Config) -> _Carry:
         if not cfg.waste_free:
             unmoved = jnp.exp(steps * jnp.log1p(-jnp.clip(acc, 0.0, 1.0 - 1e-6)))
             decorrelated = unmoved <= cfg.decorrelation_threshold
-    capped = (
-        (cfg.num_mcmc_steps is None) & (steps >= cfg.max_mcmc_steps) & ~decorrelated
-        if not cfg.waste_free
-        else jnp.zeros((), bool)
-    )
+    # waste-free chains have a fixed length: ``decorrelated`` stays True, nothing is capped
+    capped = (cfg.num_mcmc_steps is None) & (steps >= cfg.max_mcmc_steps) & ~decorrelated
     new_state = state._replace(
         particles=particles,
         log_weights=jnp.zeros_like(state.log_weights),

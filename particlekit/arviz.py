@@ -19,16 +19,100 @@ Groups of ``from_smc``:
   (NumPyro models only: a ``LogDensityModel`` has one total, in
   ``sample_stats``' ``lp``);
 - ``observed_data``.
+
+State-space results (``to_inference_data()`` of each result calls these). Every group has a
+leading ``chain`` dim: one run is one chain, and a batch of runs made with ``jax.vmap``
+(one leading axis over every array of the result) is several chains. The batch is detected
+from the result's log-evidence (or ``failed``) array: a scalar per run, one more axis for a
+batch (``ValueError`` for more). Pytree states and functionals give one variable per leaf,
+named by its dict keys / attribute names joined by ``_`` (a bare array is ``x`` for a state,
+``S`` for an additive functional, ``theta`` / ``phi`` for parameters); a leaf's own dims are
+``<name>_dim_<i>``. ``observed_data`` holds ``y`` (dims ``time, ...``) when ``ys`` is given.
+
+``from_filter`` (``FilterResult``):
+
+- ``filtering``: ``<x>_mean`` and ``<x>_variance`` (the filtering moments
+  ``E[x_t | y_{0:t}]``, ``Var[x_t | y_{0:t}]``, with ``keep_history=True`` only), ``ess``,
+  ``log_evidence_increment``, ``resampled``, ``num_nonfinite``, dims ``(chain, time, ...)``;
+- ``sample_stats``: ``log_marginal_likelihood`` and ``failed``, dims ``(chain,)``;
+- ``weighted_particles``: the final population ``<x>`` and its normalised ``log_weight``,
+  dims ``(chain, particle, ...)``.
+
+``from_trajectories`` (the paths of ``smoothing.ffbs``): ``posterior`` with ``<x>``, dims
+``(chain, draw, time, ...)``.
+
+``from_paris`` (``PaRISResult``):
+
+- ``estimate``: the estimate of each functional, ``(chain, ...)``;
+- ``online_estimates``: the estimates after each observation, ``(chain, time, ...)``;
+- ``filtering``: ``ess``, ``resampled``, ``num_nonfinite``, ``mean_trials``, ``num_exact``,
+  ``(chain, time)``;
+- ``sample_stats``: ``log_marginal_likelihood``, ``failed``, ``(chain,)``;
+- ``weighted_particles``: ``<x>``, ``log_weight`` and the statistics ``tau_<S>``,
+  ``(chain, particle, ...)``.
+
+``from_csmc`` (``CSMCResult``; a scalar log-evidence is one draw of one chain, one batch
+axis is chains, two are ``(chain, draw)``):
+
+- ``posterior``: the new trajectory ``<x>``, ``(chain, draw, time, ...)``;
+- ``sample_stats``: ``log_evidence`` (of the conditional sweep, a diagnostic), ``failed``
+  and the total ``num_nonfinite``, ``(chain, draw)``;
+- ``filtering``: ``ess`` and ``num_nonfinite`` per step, ``(chain, draw, time)``.
+
+``from_ppg`` (``PPGResult``):
+
+- ``posterior``: the per-iteration estimates ``hat S_k`` as a trace ``(chain, draw, ...)``
+  (iterations ``k >= burn_in``; the first ``burn_in`` in ``warmup_posterior``);
+- ``sample_stats`` (``warmup_sample_stats``): ``log_evidence`` of each sweep,
+  ``(chain, draw)``;
+- ``estimate``: the roll-out estimate, ``(chain, ...)``;
+- ``reference``: the final reference trajectory ``<x>``, ``(chain, time, ...)``.
+
+``from_particle_gibbs`` (``ParticleGibbsResult``): ``posterior`` as ``from_draws`` (the
+parameters and ``x``), and ``sample_stats`` with ``acceptance_rate``, ``failed``,
+``num_nonfinite``, dims ``(chain, draw)``.
+
+``from_mle`` (``learning.MLEResult``):
+
+- ``theta_trace``: the iterates, ``(chain, iteration, ...)``;
+- ``score_trace``: the score estimates, ``(chain, iteration, ...)``;
+- ``theta`` and ``theta_average``: the final iterate and the Polyak–Ruppert average,
+  ``(chain, ...)``;
+- ``iteration_stats``: ``log_evidence`` at each iterate, ``(chain, iteration)``.
+
+``from_score_climbing`` (``learning.ScoreClimbingResult``):
+
+- ``phi_trace``, ``phi``, ``phi_average``: as ``theta_trace``, ``theta``,
+  ``theta_average`` of ``from_mle``;
+- ``posterior``: the conditional-SMC paths ``<x>`` (a Markov chain on ``p(x | y)``),
+  ``(chain, draw, time, ...)``, draw ``k`` being iteration ``k``;
+- ``iteration_stats``: ``num_nonfinite`` ``(chain, iteration, time)`` and ``failed``
+  ``(chain,)``.
 """
 
 from __future__ import annotations
 
 import datetime
 
+import jax
 import numpy as np
 import xarray as xr
 
-__all__ = ["from_smc", "from_draws", "wrap_groups", "arviz_major_version"]
+__all__ = [
+    "from_smc",
+    "from_draws",
+    "wrap_groups",
+    "arviz_major_version",
+    "from_filter",
+    "from_trajectories",
+    "from_paris",
+    "from_csmc",
+    "from_ppg",
+    "from_particle_gibbs",
+    "from_mle",
+    "from_score_climbing",
+    "from_mcmc_draws",
+]
 
 
 def arviz_major_version() -> int:
@@ -172,3 +256,554 @@ def from_smc(smc):
             {k: np.asarray(v) for k, v in info.observed.items()}, [], attrs
         )
     return wrap_groups(groups, attrs)
+
+
+# --------------------------------------------------------------------------------------
+# state-space results
+# --------------------------------------------------------------------------------------
+def _attrs(result_name: str, **extra) -> dict:
+    attrs = {
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "inference_library": "particlekit",
+        "particlekit_result": result_name,
+    }
+    attrs.update(extra)
+    return attrs
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _named(tree, default: str) -> dict:
+    """``{name: np.ndarray}`` of the leaves of ``tree``: keys / attribute names / indices
+    joined by ``_``; a bare array is ``default``; a name starting with a digit (a tuple
+    entry) gets ``default_`` in front."""
+    if tree is None:
+        return {}
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = {}
+    for path, leaf in flat:
+        name = "_".join(_key_name(k) for k in path) or default
+        if name[0].isdigit():
+            name = f"{default}_{name}"
+        out[name] = np.asarray(jax.device_get(leaf))
+    return out
+
+
+def _group(
+    variables: dict,
+    sample_dims: list[str],
+    attrs: dict | None = None,
+    prefix: dict | None = None,
+    dims: dict | None = None,
+) -> xr.Dataset:
+    """As ``_dataset``, with the extra dims of variable ``v`` named ``<prefix[v]>_dim_<i>``
+    (default ``prefix[v] = v``, so that ``x_mean`` and ``x_variance`` share ``x_dim_0``)
+    and ``dims[v]`` replacing ``sample_dims`` for the leading dims of ``v``."""
+    prefix, dims = prefix or {}, dims or {}
+    data_vars: dict = {}
+    coords: dict = {}
+    for name, value in variables.items():
+        value = np.asarray(value)
+        lead = list(dims.get(name, sample_dims))
+        if value.ndim < len(lead):
+            raise ValueError(f"{name} has shape {value.shape}, expected dims {lead} at least")
+        stem = prefix.get(name, name)
+        var_dims = lead + [f"{stem}_dim_{i}" for i in range(value.ndim - len(lead))]
+        for dim, size in zip(var_dims, value.shape, strict=True):
+            coords[dim] = np.arange(size)
+        data_vars[name] = (var_dims, value)
+    return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
+
+
+def _is_batched(value, base_ndim: int, what: str) -> bool:
+    """Whether ``value`` (a scalar per run with ``base_ndim`` dims) has one leading batch
+    axis (a ``jax.vmap`` over runs)."""
+    extra = np.ndim(value) - base_ndim
+    if extra not in (0, 1):
+        raise ValueError(
+            f"{what}: expected one run or one leading batch axis of runs (jax.vmap), got "
+            f"{np.ndim(value)} dims where one run has {base_ndim}; reshape nested batches "
+            "into one axis first"
+        )
+    return extra == 1
+
+
+def _with_chain(variables: dict, batched: bool) -> dict:
+    return variables if batched else {k: v[None] for k, v in variables.items()}
+
+
+def _observed(groups: dict, ys, attrs: dict) -> None:
+    if ys is not None:
+        groups["observed_data"] = _group(_named(ys, "y"), ["time"], attrs)
+
+
+def _normalised(log_weights) -> np.ndarray:
+    log_weights = jax.numpy.asarray(log_weights)
+    total = jax.nn.logsumexp(log_weights, axis=-1, keepdims=True)
+    return np.asarray(log_weights - total)
+
+
+def from_filter(result, ys=None):
+    """Convert a particle filter's ``FilterResult`` (of one run, or a ``jax.vmap`` batch of
+    runs: then one chain per run) to ArviZ.
+
+    Parameters
+    ----------
+    result : particlekit.filters.FilterResult
+    ys : Array, shape (T, ...), optional
+        The observations, stored in ``observed_data``.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        Groups ``filtering``, ``sample_stats``, ``weighted_particles`` (and
+        ``observed_data``), as listed in this module's docstring.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+    >>> res = pk.filters.bootstrap(jax.random.key(1), ssm, ys, num_particles=100)
+    >>> data = pk.arviz.from_filter(res, ys)
+    >>> data["filtering"]["x_mean"].dims
+    ('chain', 'time')
+    """
+    batched = _is_batched(result.log_evidence, 0, "FilterResult")
+    attrs = _attrs("FilterResult", num_particles=int(np.shape(result.final_state.log_weights)[-1]))
+    per_time: dict = {}
+    prefix: dict = {}
+    if result.particles is not None:
+
+        def moments(particles, log_weights):
+            one = result._replace(particles=particles, log_weights=log_weights)
+            return one.filtering_mean(), one.filtering_variance()
+
+        if batched:
+            moments = jax.vmap(moments)
+        mean, var = moments(result.particles, result.log_weights)
+        for name, value in _named(mean, "x").items():
+            per_time[f"{name}_mean"], prefix[f"{name}_mean"] = value, name
+        for name, value in _named(var, "x").items():
+            per_time[f"{name}_variance"], prefix[f"{name}_variance"] = value, name
+    per_time.update(
+        ess=np.asarray(result.ess),
+        log_evidence_increment=np.asarray(result.log_evidence_increments),
+        resampled=np.asarray(result.resampled),
+        num_nonfinite=np.asarray(result.num_nonfinite),
+    )
+    groups = {"filtering": _group(_with_chain(per_time, batched), ["chain", "time"], attrs, prefix)}
+    stats = {
+        "log_marginal_likelihood": np.asarray(result.log_evidence),
+        "failed": np.asarray(result.failed),
+    }
+    groups["sample_stats"] = _group(_with_chain(stats, batched), ["chain"], attrs)
+    final = result.final_state
+    weighted = _named(final.particles, "x")
+    weighted["log_weight"] = _normalised(final.log_weights)
+    groups["weighted_particles"] = _group(
+        _with_chain(weighted, batched), ["chain", "particle"], attrs
+    )
+    _observed(groups, ys, attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_trajectories(paths, ys=None, *, batched: bool = False):
+    """Convert smoothing trajectories (``particlekit.smoothing.ffbs``) to ArviZ: a
+    ``posterior`` group with ``x`` (or one variable per leaf of a pytree state), dims
+    ``(chain, draw, time, ...)``.
+
+    Parameters
+    ----------
+    paths : PyTree
+        Leaves ``(num_samples, T, ...)`` (one chain), or ``(num_chains, num_samples, T, ...)``
+        with ``batched=True`` (e.g. FFBS on a ``jax.vmap`` batch of filters).
+    ys : Array, shape (T, ...), optional
+        The observations, stored in ``observed_data``.
+    batched : bool
+        Whether the leaves have a leading axis of chains (a state's own dims make the
+        number of dims ambiguous, so it is not guessed).
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+    >>> res = pk.filters.bootstrap(jax.random.key(1), ssm, ys, num_particles=100)
+    >>> paths = pk.smoothing.ffbs(jax.random.key(2), ssm, res, 50)
+    >>> pk.arviz.from_trajectories(paths, ys)["posterior"]["x"].shape
+    (1, 50, 20)
+    """
+    attrs = _attrs("ffbs")
+    groups = {
+        "posterior": _group(
+            _with_chain(_named(paths, "x"), bool(batched)), ["chain", "draw", "time"], attrs
+        )
+    }
+    _observed(groups, ys, attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_paris(result, ys=None):
+    """Convert a ``PaRISResult`` (``particlekit.smoothing.paris``; one run or a
+    ``jax.vmap`` batch of runs, one chain each) to ArviZ.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        Groups ``estimate``, ``online_estimates``, ``filtering``, ``sample_stats``,
+        ``weighted_particles`` (and ``observed_data``), as listed in this module's
+        docstring.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+    >>> res = pk.smoothing.paris(jax.random.key(1), ssm, ys, additive_fn=lambda xp, x, t: x,
+    ...                          initial_fn=lambda x: x, num_particles=50)
+    >>> pk.arviz.from_paris(res)["online_estimates"]["S"].dims
+    ('chain', 'time')
+    """
+    batched = _is_batched(result.log_evidence, 0, "PaRISResult")
+    attrs = _attrs("PaRISResult", num_particles=int(np.shape(result.log_weights)[-1]))
+    groups = {
+        "estimate": _group(_with_chain(_named(result.estimate, "S"), batched), ["chain"], attrs),
+        "online_estimates": _group(
+            _with_chain(_named(result.estimates, "S"), batched), ["chain", "time"], attrs
+        ),
+    }
+    per_time = {
+        name: np.asarray(getattr(result, name))
+        for name in ("ess", "resampled", "num_nonfinite", "mean_trials", "num_exact")
+    }
+    groups["filtering"] = _group(_with_chain(per_time, batched), ["chain", "time"], attrs)
+    stats = {
+        "log_marginal_likelihood": np.asarray(result.log_evidence),
+        "failed": np.asarray(result.failed),
+    }
+    groups["sample_stats"] = _group(_with_chain(stats, batched), ["chain"], attrs)
+    weighted = _named(result.particles, "x")
+    weighted["log_weight"] = _normalised(result.log_weights)
+    prefix = {}
+    for name, value in _named(result.tau, "S").items():
+        weighted[f"tau_{name}"], prefix[f"tau_{name}"] = value, name
+    groups["weighted_particles"] = _group(
+        _with_chain(weighted, batched), ["chain", "particle"], attrs, prefix
+    )
+    _observed(groups, ys, attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_csmc(result, ys=None):
+    """Convert a ``CSMCResult`` (``particlekit.pgibbs.csmc(..., return_info=True)``) to
+    ArviZ.
+
+    One sweep is one draw of one chain; a ``jax.vmap`` batch of sweeps (one leading axis)
+    is one draw of each of several chains, and two leading axes (e.g. a ``jax.vmap`` over
+    chains of a ``lax.scan`` over sweeps) are ``(chain, draw)``.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        Groups ``posterior``, ``sample_stats``, ``filtering`` (and ``observed_data``), as
+        listed in this module's docstring.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> xs, ys = ssm.simulate(jax.random.key(0), 20)
+    >>> res = pk.pgibbs.csmc(jax.random.key(1), ssm, ys, xs, num_particles=16,
+    ...                      return_info=True)
+    >>> pk.arviz.from_csmc(res)["posterior"]["x"].dims
+    ('chain', 'draw', 'time')
+    """
+    extra = np.ndim(result.log_evidence)
+    if extra > 2:
+        raise ValueError(
+            f"CSMCResult: expected at most two leading batch axes (chain, draw), got {extra}"
+        )
+    attrs = _attrs("CSMCResult")
+
+    def lead(variables):
+        # one sweep -> (1, 1, ...); a batch -> (chain, 1, ...); two axes -> (chain, draw, ...)
+        if extra == 0:
+            return {k: v[None, None] for k, v in variables.items()}
+        if extra == 1:
+            return {k: v[:, None] for k, v in variables.items()}
+        return variables
+
+    groups = {
+        "posterior": _group(lead(_named(result.trajectory, "x")), ["chain", "draw", "time"], attrs)
+    }
+    num_nonfinite = np.asarray(result.num_nonfinite)
+    stats = {
+        "log_evidence": np.asarray(result.log_evidence),
+        "failed": np.asarray(result.failed),
+        "num_nonfinite": num_nonfinite.sum(axis=-1),
+    }
+    groups["sample_stats"] = _group(lead(stats), ["chain", "draw"], attrs)
+    per_time = {"ess": np.asarray(result.ess), "num_nonfinite": num_nonfinite}
+    groups["filtering"] = _group(lead(per_time), ["chain", "draw", "time"], attrs)
+    _observed(groups, ys, attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_ppg(result, ys=None, *, burn_in: int = 0):
+    """Convert a ``PPGResult`` (``particlekit.pgibbs.ppg``; one run or a ``jax.vmap``
+    batch of runs, one chain each) to ArviZ.
+
+    Parameters
+    ----------
+    result : particlekit.pgibbs.PPGResult
+    ys : Array, shape (T, ...), optional
+        The observations, stored in ``observed_data``.
+    burn_in : int
+        Iterations put in ``warmup_posterior`` / ``warmup_sample_stats`` rather than
+        ``posterior`` / ``sample_stats`` (default 0: all in ``posterior``). With the
+        ``burn_in`` of the run, the posterior mean of each chain is its roll-out
+        ``estimate``.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        Groups ``posterior``, ``sample_stats``, ``estimate``, ``reference`` (and the
+        warm-up groups, ``observed_data``), as listed in this module's docstring.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+    >>> res = pk.pgibbs.ppg(jax.random.key(1), ssm, ys, additive_fn=lambda xp, x, t: x,
+    ...                     initial_fn=lambda x: x, num_particles=16, num_iterations=10,
+    ...                     burn_in=2)
+    >>> pk.arviz.from_ppg(res, burn_in=2)["posterior"]["S"].shape
+    (1, 8)
+    """
+    batched = _is_batched(result.log_evidence, 1, "PPGResult")
+    num_iterations = int(np.shape(result.log_evidence)[-1])
+    if isinstance(burn_in, bool) or not 0 <= int(burn_in) < num_iterations:
+        raise ValueError(f"burn_in must be in [0, {num_iterations}), got {burn_in}")
+    burn_in = int(burn_in)
+    attrs = _attrs("PPGResult", burn_in=burn_in)
+    draws = _with_chain(_named(result.estimates, "S"), batched)
+    stats = _with_chain({"log_evidence": np.asarray(result.log_evidence)}, batched)
+    groups = {
+        "posterior": _group(
+            {k: v[:, burn_in:] for k, v in draws.items()}, ["chain", "draw"], attrs
+        ),
+        "sample_stats": _group(
+            {k: v[:, burn_in:] for k, v in stats.items()}, ["chain", "draw"], attrs
+        ),
+    }
+    if burn_in:
+        groups["warmup_posterior"] = _group(
+            {k: v[:, :burn_in] for k, v in draws.items()}, ["chain", "draw"], attrs
+        )
+        groups["warmup_sample_stats"] = _group(
+            {k: v[:, :burn_in] for k, v in stats.items()}, ["chain", "draw"], attrs
+        )
+    groups["estimate"] = _group(
+        _with_chain(_named(result.estimate, "S"), batched), ["chain"], attrs
+    )
+    groups["reference"] = _group(
+        _with_chain(_named(result.reference, "x"), batched), ["chain", "time"], attrs
+    )
+    _observed(groups, ys, attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_particle_gibbs(result, ys=None):
+    """Convert a ``ParticleGibbsResult`` (``particlekit.pgibbs.particle_gibbs``) to ArviZ:
+    ``posterior`` (the parameters and the states ``x``, as ``from_draws``) and
+    ``sample_stats`` (``acceptance_rate``, ``failed``, ``num_nonfinite``), dims
+    ``(chain, draw, ...)``, and ``observed_data`` when ``ys`` is given.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, particlekit as pk
+    >>> def model_fn(theta):
+    ...     return pk.StateSpaceModel(
+    ...         initial=lambda: dist.Normal(0.0, 1.0),
+    ...         transition=lambda x_prev, t: dist.Normal(theta * x_prev, 1.0),
+    ...         observation=lambda x, t: dist.Normal(x, 0.5))
+    >>> _, ys = model_fn(0.9).simulate(jax.random.key(0), 10)
+    >>> res = pk.pgibbs.particle_gibbs(
+    ...     jax.random.key(1), model_fn, ys, theta_init=jnp.array(0.9), num_samples=5,
+    ...     num_particles=8, theta_update=lambda k, th, xs, ys: th)
+    >>> pk.arviz.from_particle_gibbs(res)["sample_stats"]["failed"].dims
+    ('chain', 'draw')
+    """
+    attrs = _attrs("ParticleGibbsResult")
+    stats = {
+        "acceptance_rate": np.asarray(result.acceptance_rate),
+        "failed": np.asarray(result.failed),
+        "num_nonfinite": np.asarray(result.num_nonfinite),
+    }
+    groups = {
+        "posterior": _dataset(result.to_dict(), ["chain", "draw"], attrs),
+        "sample_stats": _dataset(stats, ["chain", "draw"], attrs),
+    }
+    _observed(groups, ys, attrs)
+    return wrap_groups(groups, attrs)
+
+
+def _parameter_groups(groups, name, final, average, trace, batched, attrs):
+    """Groups ``<name>_trace`` ``(chain, iteration, ...)``, ``<name>`` and
+    ``<name>_average`` ``(chain, ...)``; a bare-array parameter is named ``name``."""
+    groups[f"{name}_trace"] = _group(
+        _with_chain(_named(trace, name), batched), ["chain", "iteration"], attrs
+    )
+    groups[name] = _group(_with_chain(_named(final, name), batched), ["chain"], attrs)
+    groups[f"{name}_average"] = _group(
+        _with_chain(_named(average, name), batched), ["chain"], attrs
+    )
+
+
+def from_mle(result, ys=None):
+    """Convert an ``MLEResult`` (``particlekit.learning.mle``; one run or a ``jax.vmap``
+    batch of runs, one chain each) to ArviZ.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        Groups ``theta_trace``, ``score_trace``, ``theta``, ``theta_average``,
+        ``iteration_stats`` (and ``observed_data``), as listed in this module's docstring.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, particlekit as pk
+    >>> def model_fn(theta):
+    ...     return pk.StateSpaceModel(
+    ...         initial=lambda: dist.Normal(0.0, 1.0),
+    ...         transition=lambda x_prev, t: dist.Normal(theta["a"] * x_prev, 1.0),
+    ...         observation=lambda x, t: dist.Normal(x, 0.5))
+    >>> _, ys = model_fn({"a": 0.8}).simulate(jax.random.key(0), 20)
+    >>> res = pk.learning.mle(jax.random.key(1), model_fn, {"a": jnp.array(0.2)}, ys,
+    ...                       num_particles=16, num_iterations=10)
+    >>> pk.arviz.from_mle(res)["theta_trace"]["a"].dims
+    ('chain', 'iteration')
+    """
+    batched = _is_batched(result.log_evidence, 1, "MLEResult")
+    attrs = _attrs("MLEResult")
+    groups: dict = {}
+    _parameter_groups(
+        groups, "theta", result.theta, result.theta_average, result.trace, batched, attrs
+    )
+    groups["score_trace"] = _group(
+        _with_chain(_named(result.scores, "theta"), batched), ["chain", "iteration"], attrs
+    )
+    groups["iteration_stats"] = _group(
+        _with_chain({"log_evidence": np.asarray(result.log_evidence)}, batched),
+        ["chain", "iteration"],
+        attrs,
+    )
+    _observed(groups, ys, attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_score_climbing(result, ys=None):
+    """Convert a ``ScoreClimbingResult`` (``particlekit.learning.score_climbing``; one run
+    or a ``jax.vmap`` batch of runs, one chain each) to ArviZ.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+        Groups ``phi_trace``, ``phi``, ``phi_average``, ``posterior`` (the paths),
+        ``iteration_stats`` (and ``observed_data``), as listed in this module's docstring.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5))
+    >>> _, ys = ssm.simulate(jax.random.key(0), 10)
+    >>> prop = lambda phi: lambda xp, y, t: dist.Normal(phi[0] * xp + phi[1] * y, 1.0)
+    >>> prop0 = lambda phi: lambda y: dist.Normal(phi[1] * y, 1.0)
+    >>> res = pk.learning.score_climbing(jax.random.key(1), ssm, ys, proposal_fn=prop,
+    ...     initial_proposal_fn=prop0, phi_init=jnp.zeros(2), num_particles=8,
+    ...     num_iterations=10)
+    >>> pk.arviz.from_score_climbing(res)["phi_trace"]["phi"].dims
+    ('chain', 'iteration', 'phi_dim_0')
+    """
+    batched = _is_batched(result.failed, 0, "ScoreClimbingResult")
+    attrs = _attrs("ScoreClimbingResult")
+    groups: dict = {}
+    _parameter_groups(groups, "phi", result.phi, result.phi_average, result.trace, batched, attrs)
+    groups["posterior"] = _group(
+        _with_chain(_named(result.paths, "x"), batched), ["chain", "draw", "time"], attrs
+    )
+    stats = {"num_nonfinite": np.asarray(result.num_nonfinite), "failed": np.asarray(result.failed)}
+    groups["iteration_stats"] = _group(
+        _with_chain(stats, batched),
+        ["chain", "iteration", "time"],
+        attrs,
+        dims={"failed": ["chain"]},
+    )
+    _observed(groups, ys, attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_mcmc_draws(
+    posterior: dict,
+    sample_stats: dict | None = None,
+    *,
+    observed: dict | None = None,
+    attrs: dict | None = None,
+):
+    """Wrap the draws of an MCMC-like sampler of the state-space family (PMMH, particle
+    Gibbs, SMC² as a one-draw-per-particle posterior): ``posterior`` and ``sample_stats``
+    ``{name: array (chain, draw, ...)}``, and ``observed_data`` ``{name: array}`` when
+    given (None values are skipped).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = from_mcmc_draws({"rho": np.zeros((2, 5))}, {"lp": np.zeros((2, 5))},
+    ...                        observed={"y": np.zeros(3)})
+    >>> sorted(data.children if hasattr(data, "children") else data.groups())
+    ['observed_data', 'posterior', 'sample_stats']
+    """
+    attrs = {"created_at": datetime.datetime.now(datetime.UTC).isoformat(), **(attrs or {})}
+    groups = {"posterior": _dataset(_to_numpy(posterior), ["chain", "draw"], attrs)}
+    if sample_stats:
+        groups["sample_stats"] = _dataset(_to_numpy(sample_stats), ["chain", "draw"], attrs)
+    observed = {k: v for k, v in (observed or {}).items() if v is not None}
+    if observed:
+        groups["observed_data"] = _dataset(_to_numpy(observed), [], attrs)
+    return wrap_groups(groups, attrs)
+
+
+def _to_numpy(variables: dict) -> dict:
+    import jax
+
+    return {name: np.asarray(jax.device_get(value)) for name, value in variables.items()}

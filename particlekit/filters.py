@@ -88,6 +88,37 @@ class FilterResult(NamedTuple):
         second = self.filtering_mean(lambda x: jax.tree.map(jnp.square, fn(x)))
         return jax.tree.map(lambda m2, m: m2 - m**2, second, mean)
 
+    def to_inference_data(self, ys=None):
+        """The run for ArviZ (``particlekit.arviz.from_filter``): groups ``filtering``
+        (filtering mean and variance of the state, ``ess``, ``log_evidence_increment``,
+        ``resampled``, ``num_nonfinite``; dims ``(chain, time, ...)``), ``sample_stats``
+        (``log_marginal_likelihood``, ``failed``; ``(chain,)``), ``weighted_particles``
+        (the final population and normalised ``log_weight``; ``(chain, particle, ...)``)
+        and ``observed_data`` (``y``, when ``ys`` is given). An ``InferenceData`` with
+        arviz < 1, an ``xarray.DataTree`` with arviz >= 1.
+
+        One run is one chain. A batch of runs made with ``jax.vmap`` (a leading axis on
+        every array, so ``log_evidence`` is not a scalar) is one chain per run.
+
+        Examples
+        --------
+        >>> import jax, numpyro.distributions as dist, particlekit as pk
+        >>> ssm = pk.StateSpaceModel(
+        ...     initial=lambda: dist.Normal(0.0, 1.0),
+        ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+        ...     observation=lambda x, t: dist.Normal(x, 0.5),
+        ... )
+        >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+        >>> runs = jax.vmap(
+        ...     lambda k: pk.filters.bootstrap(k, ssm, ys, num_particles=100)
+        ... )(jax.random.split(jax.random.key(1), 3))
+        >>> runs.to_inference_data(ys)["filtering"]["x_mean"].shape
+        (3, 20)
+        """
+        from particlekit.arviz import from_filter
+
+        return from_filter(self, ys)
+
 
 # ------------------------------------------------------------------------------ helpers
 def _observation_term(ssm: StateSpaceModel):
@@ -558,3 +589,8 @@ def auxiliary(
         progress_bar=progress_bar,
         sharding=sharding,
     )
+
+
+from particlekit.sqmc import sqmc  # noqa: E402
+
+__all__ += ["sqmc"]

@@ -13,7 +13,9 @@ resampled.
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
 from collections.abc import Callable
 
 import jax
@@ -30,19 +32,76 @@ __all__ = [
     "mcmc",
     "chain",
     "check_num_particles",
+    "check_size",
+    "check_memory",
     "check_key",
     "compensated_add",
     "reported_log_evidence",
 ]
 
 
+MAX_SIZE = 2**31 - 1
+"""The largest particle count (or other array length) a recipe accepts: particle indices
+(ancestors, resampling output) are int32."""
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:,.1f} GiB"
+
+
+def check_size(n: int, name: str = "num_particles") -> int:
+    """A ``ValueError`` naming the memory needed if ``n`` exceeds ``MAX_SIZE`` (int32
+    indices), instead of an ``OverflowError`` or ``RESOURCE_EXHAUSTED`` from deep inside JAX.
+    Returns ``n``."""
+    if n > MAX_SIZE:
+        raise ValueError(
+            f"{name}={n} is too large: at most 2**31 - 1 = {MAX_SIZE} (indices are int32), "
+            f"and one float32 for each would already need {_gib(4 * n)}"
+        )
+    return n
+
+
 def check_num_particles(num_particles, name: str = "num_particles") -> int:
-    """Validate a particle count before tracing: a positive Python integer."""
+    """Validate a particle count before tracing: a positive integer (any integral type, e.g.
+    ``np.int64``) of at most ``MAX_SIZE``.
+
+    Examples
+    --------
+    >>> check_num_particles(10**10)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: num_particles=10000000000 is too large: ... would already need 37.3 GiB
+    """
     if isinstance(num_particles, bool) or not isinstance(num_particles, numbers.Integral):
         raise ValueError(f"{name} must be a positive integer, got {num_particles!r}")
     if num_particles <= 0:
         raise ValueError(f"{name} must be a positive integer, got {num_particles}")
-    return int(num_particles)
+    return check_size(int(num_particles), name)
+
+
+def _memory_limit() -> int | None:
+    """Bytes of memory of the default backend's local devices together (the host's physical
+    memory for CPU devices, which share it), or None if unknown."""
+    try:
+        devices = jax.local_devices()
+        if all(d.platform == "cpu" for d in devices):
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+    return sum(limits) if limits and all(limits) else None
+
+
+def check_memory(num_bytes: int, what: str) -> None:
+    """A ``ValueError`` naming the memory needed when ``what`` (e.g. "the population of
+    10**9 particles") needs more than the memory of all local devices together: the run
+    could only end in ``RESOURCE_EXHAUSTED``, raised late and from deep inside XLA."""
+    limit = _memory_limit()
+    if limit is not None and num_bytes > limit:
+        raise ValueError(
+            f"{what} needs {_gib(num_bytes)}, more than the {_gib(limit)} of memory of the "
+            "devices; use fewer particles"
+        )
 
 
 def check_key(key, name: str = "key"):
@@ -153,10 +212,18 @@ def init(
     """
     check_key(key)
     n = check_num_particles(num_particles)
-    if vectorized:
-        particles = sample_fn(key, n)
-    else:
-        particles = jax.vmap(sample_fn)(jax.random.split(key, n))
+
+    def sample(key):
+        if vectorized:
+            return sample_fn(key, n)
+        return jax.vmap(sample_fn)(jax.random.split(key, n))
+
+    shapes = jax.eval_shape(sample, key)  # before anything is allocated
+    num_bytes = sum(
+        math.prod(a.shape) * getattr(a.dtype, "itemsize", 4) for a in jax.tree.leaves(shapes)
+    )
+    check_memory(num_bytes, f"the population of {n} particles")
+    particles = sample(key)
     for leaf in jax.tree.leaves(particles):
         if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != n:
             raise ValueError(

@@ -32,6 +32,7 @@ import optax
 from particlekit import kernels
 from particlekit import resampling as _rs
 from particlekit.pgibbs import ppg_sweep, resampling_scheme_for_csmc
+from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.smoothing import _check_method, _check_trials, _take, paris_forward
 from particlekit.ssm import StateSpaceModel, is_missing, missing_mask
 from particlekit.types import PyTree
@@ -123,22 +124,51 @@ class MLEResult(NamedTuple):
     scores: PyTree
     log_evidence: jax.Array
 
+    def to_inference_data(self, ys=None):
+        """The run for ArviZ (``particlekit.arviz.from_mle``): ``theta_trace`` and
+        ``score_trace`` (the iterates and score estimates, dims ``(chain, iteration,
+        ...)``), ``theta`` and ``theta_average`` (``(chain, ...)``), ``iteration_stats``
+        (``log_evidence``; ``(chain, iteration)``) and ``observed_data`` (``y``, when ``ys``
+        is given). Parameters are named by their dict keys (a bare array is ``theta``). A
+        ``jax.vmap`` batch of runs (``log_evidence`` of shape ``(C, num_iterations)``) is
+        one chain per run.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, particlekit as pk
+        >>> def model_fn(theta):
+        ...     return pk.StateSpaceModel(
+        ...         initial=lambda: dist.Normal(0.0, 1.0),
+        ...         transition=lambda x_prev, t: dist.Normal(theta["a"] * x_prev, 1.0),
+        ...         observation=lambda x, t: dist.Normal(x, 0.5))
+        >>> _, ys = model_fn({"a": 0.8}).simulate(jax.random.key(0), 20)
+        >>> res = pk.learning.mle(jax.random.key(1), model_fn, {"a": jnp.array(0.2)}, ys,
+        ...                       num_particles=16, num_iterations=10)
+        >>> res.to_inference_data(ys)["theta_trace"]["a"].shape
+        (1, 10)
+        """
+        from particlekit.arviz import from_mle
+
+        return from_mle(self, ys)
+
 
 @partial(
     jax.jit,
     static_argnames=(
         "model_fn", "num_particles", "num_iterations", "optimizer", "estimator",
-        "num_backward", "scheme", "ess_threshold", "method", "max_trials",
+        "num_backward", "scheme", "ess_threshold", "method", "max_trials", "progress_bar",
     ),
 )  # fmt: skip
 def _mle(key, theta_init, ys, *, model_fn, num_particles, num_iterations, optimizer, estimator,
-         num_backward, scheme, ess_threshold, method, max_trials):  # fmt: skip
+         num_backward, scheme, ess_threshold, method, max_trials, progress_bar):  # fmt: skip
     num_steps = ys.shape[0]
     k_ref, k_iter = jax.random.split(key)
     ref0, _ = model_fn(theta_init).simulate(k_ref, num_steps)
+    tick = progress_bar_callback(num_iterations, desc="mle") if progress_bar else None
 
-    def step(carry, k):
+    def step(carry, inp):
         theta, opt_state, ref = carry
+        i, k = inp
         h, h0 = score_functional(model_fn, theta, ys)
         cfg = dict(
             ssm=model_fn(theta), additive_fn=h, initial_fn=h0, num_particles=num_particles,
@@ -153,11 +183,14 @@ def _mle(key, theta_init, ys, *, model_fn, num_particles, num_iterations, optimi
         grads = jax.tree.map(lambda g: -g / num_steps, score)
         updates, opt_state = optimizer.update(grads, opt_state, theta)
         theta = optax.apply_updates(theta, updates)
+        if tick is not None:
+            tick(i)
         return (theta, opt_state, ref), (theta, score, log_z)
 
     init = (theta_init, optimizer.init(theta_init), ref0)
     keys = jax.random.split(k_iter, num_iterations)
-    (theta, _, _), (trace, scores, log_z) = jax.lax.scan(step, init, keys)
+    steps = jnp.arange(num_iterations)
+    (theta, _, _), (trace, scores, log_z) = jax.lax.scan(step, init, (steps, keys))
     half = num_iterations // 2
     average = jax.tree.map(lambda a: jnp.mean(a[half:], axis=0), trace)
     return MLEResult(theta, average, trace, scores, log_z)
@@ -178,6 +211,7 @@ def mle(
     ess_threshold: float = 1.0,
     method: str = "auto",
     max_trials: int = 32,
+    progress_bar: bool | None = None,
 ) -> MLEResult:
     """Maximum likelihood by stochastic gradient ascent with particle score estimates.
 
@@ -208,10 +242,15 @@ def mle(
         PaRIS options (see ``particlekit.smoothing.paris``).
     resampling, ess_threshold
         Resampling of the filter (PPG always resamples, with the conditional scheme).
+    progress_bar : bool, optional
+        Show a tqdm bar over the iterations (about 100 updates per run); ``None``
+        (default): shown when standard error is a terminal
+        (``particlekit.run.resolve_progress_bar``).
 
     Returns
     -------
     MLEResult
+        ``.to_inference_data()`` gives an ArviZ object.
 
     Examples
     --------
@@ -253,6 +292,7 @@ def mle(
         num_backward=num_backward, scheme=_rs.get_scheme(resampling),
         ess_threshold=float(ess_threshold),
         method=method, max_trials=_check_trials(max_trials),
+        progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
 
 
@@ -287,6 +327,36 @@ class ScoreClimbingResult(NamedTuple):
     paths: jax.Array
     num_nonfinite: jax.Array
     failed: jax.Array
+
+    def to_inference_data(self, ys=None):
+        """The run for ArviZ (``particlekit.arviz.from_score_climbing``): ``phi_trace``
+        (the iterates, dims ``(chain, iteration, ...)``), ``phi`` and ``phi_average``
+        (``(chain, ...)``), ``posterior`` (the conditional-SMC paths ``x``, draw ``k`` being
+        iteration ``k``; ``(chain, draw, time, ...)``), ``iteration_stats``
+        (``num_nonfinite`` ``(chain, iteration, time)``, ``failed`` ``(chain,)``) and
+        ``observed_data`` (``y``, when ``ys`` is given). Parameters are named by their dict
+        keys (a bare array is ``phi``). A ``jax.vmap`` batch of runs (non-scalar
+        ``failed``) is one chain per run.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, particlekit as pk
+        >>> ssm = pk.StateSpaceModel(
+        ...     initial=lambda: dist.Normal(0.0, 1.0),
+        ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+        ...     observation=lambda x, t: dist.Normal(x, 0.5))
+        >>> _, ys = ssm.simulate(jax.random.key(0), 10)
+        >>> prop = lambda phi: lambda xp, y, t: dist.Normal(phi[0] * xp + phi[1] * y, 1.0)
+        >>> prop0 = lambda phi: lambda y: dist.Normal(phi[1] * y, 1.0)
+        >>> res = pk.learning.score_climbing(jax.random.key(1), ssm, ys, proposal_fn=prop,
+        ...     initial_proposal_fn=prop0, phi_init=jnp.zeros(2), num_particles=8,
+        ...     num_iterations=10)
+        >>> res.to_inference_data(ys)["posterior"]["x"].shape
+        (1, 10, 10)
+        """
+        from particlekit.arviz import from_score_climbing
+
+        return from_score_climbing(self, ys)
 
 
 def _safe_y(y):
@@ -389,6 +459,7 @@ def score_climbing(
     num_iterations: int,
     optimizer: optax.GradientTransformation | None = None,
     resampling="multinomial",
+    progress_bar: bool | None = None,
 ) -> ScoreClimbingResult:
     """Markov score climbing (Naesseth, Lindsten & Blei 2020) of a proposal for an SSM.
 
@@ -421,12 +492,17 @@ def score_climbing(
         ``optax.sgd(0.5 (1 + k / 10)^-0.6)``.
     resampling : str or callable
         Scheme with a conditional version.
+    progress_bar : bool, optional
+        Show a tqdm bar over the iterations (about 100 updates per run); ``None``
+        (default): shown when standard error is a terminal
+        (``particlekit.run.resolve_progress_bar``).
 
     Returns
     -------
     ScoreClimbingResult
-        Check ``failed``: impossible data (every weight zero at some step of a sweep) give
-        finite but meaningless ``phi`` and paths.
+        ``.to_inference_data()`` gives an ArviZ object. Check ``failed``: impossible
+        data (every weight zero at some step of a sweep) give finite but meaningless
+        ``phi`` and paths.
 
     Examples
     --------
@@ -460,16 +536,18 @@ def score_climbing(
         key, ys, phi_init, ssm=ssm, proposal_fn=proposal_fn,
         initial_proposal_fn=initial_proposal_fn, num_particles=num_particles,
         num_iterations=num_iterations, optimizer=optimizer, scheme=scheme,
+        progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
 
 
 @partial(
     jax.jit,
     static_argnames=("ssm", "proposal_fn", "initial_proposal_fn", "num_particles",
-                     "num_iterations", "optimizer", "scheme"),
+                     "num_iterations", "optimizer", "scheme", "progress_bar"),
 )  # fmt: skip
 def _score_climbing(key, ys, phi_init, *, ssm, proposal_fn, initial_proposal_fn, num_particles,
-                    num_iterations, optimizer, scheme):  # fmt: skip
+                    num_iterations, optimizer, scheme, progress_bar):  # fmt: skip
+    tick = progress_bar_callback(num_iterations, desc="score_climbing") if progress_bar else None
     num_steps = ys.shape[0]
     k_ref, k_iter = jax.random.split(key)
     ref0, _ = ssm.simulate(k_ref, num_steps)
@@ -486,8 +564,9 @@ def _score_climbing(key, ys, phi_init, *, ssm, proposal_fn, initial_proposal_fn,
         lq0 = initial_proposal_fn(phi)(_safe_y(_take(ys, 0))).log_prob(path[0])
         return jnp.where(observed[0], lq0, 0.0) + jnp.sum(jnp.where(observed[1:], lq, 0.0))
 
-    def step(carry, k):
+    def step(carry, inp):
         phi, opt_state, ref = carry
+        i, k = inp
         ref, num_nonfinite, failed = _guided_csmc(
             k, ssm, ys, ref, proposal=proposal_fn(phi),
             initial_proposal=initial_proposal_fn(phi), num_particles=num_particles,
@@ -496,11 +575,14 @@ def _score_climbing(key, ys, phi_init, *, ssm, proposal_fn, initial_proposal_fn,
         grads = jax.tree.map(lambda g: -g / num_steps, jax.grad(log_q)(phi, ref))
         updates, opt_state = optimizer.update(grads, opt_state, phi)
         phi = optax.apply_updates(phi, updates)
+        if tick is not None:
+            tick(i)
         return (phi, opt_state, ref), (phi, ref, num_nonfinite, failed)
 
     init = (phi_init, optimizer.init(phi_init), ref0)
     keys = jax.random.split(k_iter, num_iterations)
-    (phi, _, _), (trace, paths, num_nonfinite, failed) = jax.lax.scan(step, init, keys)
+    steps = jnp.arange(num_iterations)
+    (phi, _, _), (trace, paths, num_nonfinite, failed) = jax.lax.scan(step, init, (steps, keys))
     half = num_iterations // 2
     average = jax.tree.map(lambda a: jnp.mean(a[half:], axis=0), trace)
     return ScoreClimbingResult(phi, average, trace, paths, num_nonfinite, jnp.any(failed))

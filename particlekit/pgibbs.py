@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels, resampling
+from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.smoothing import (
     _check_method,
     _check_trials,
@@ -118,13 +119,44 @@ class CSMCResult(NamedTuple):
     num_nonfinite: jax.Array
     failed: jax.Array
 
+    def to_inference_data(self, ys=None):
+        """The sweep for ArviZ (``particlekit.arviz.from_csmc``): ``posterior`` (the new
+        trajectory ``x``, dims ``(chain, draw, time, ...)``), ``sample_stats``
+        (``log_evidence``, ``failed``, total ``num_nonfinite``; ``(chain, draw)``),
+        ``filtering`` (``ess``, ``num_nonfinite`` per step; ``(chain, draw, time)``) and
+        ``observed_data`` (``y``, when ``ys`` is given).
+
+        One sweep is one draw of one chain; a ``jax.vmap`` batch of sweeps (one leading
+        axis, ``log_evidence`` of shape ``(C,)``) is one draw of each of ``C`` chains; two
+        leading axes (``log_evidence`` of shape ``(C, D)``, e.g. a ``jax.vmap`` over chains
+        of a ``lax.scan`` of sweeps) are ``(chain, draw)``.
+
+        Examples
+        --------
+        >>> import jax, numpyro.distributions as dist, particlekit as pk
+        >>> ssm = pk.StateSpaceModel(
+        ...     initial=lambda: dist.Normal(0.0, 1.0),
+        ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+        ...     observation=lambda x, t: dist.Normal(x, 0.5),
+        ... )
+        >>> xs, ys = ssm.simulate(jax.random.key(0), 20)
+        >>> res = pk.pgibbs.csmc(jax.random.key(1), ssm, ys, xs, num_particles=16,
+        ...                      return_info=True)
+        >>> res.to_inference_data(ys)["filtering"]["ess"].shape
+        (1, 1, 20)
+        """
+        from particlekit.arviz import from_csmc
+
+        return from_csmc(self, ys)
+
 
 def csmc_traced(
     key, ssm, ys, reference, *, num_particles, backward_sampling, ancestor_sampling, scheme,
-    method, log_transition_bound, max_trials,
+    method, log_transition_bound, max_trials, tick=None,
 ):  # fmt: skip
     """Conditional SMC sweep and new trajectory (traced; ``ssm`` may depend on tracers).
-    Returns a ``CSMCResult``."""
+    Returns a ``CSMCResult``. ``tick``: a ``progress_bar_callback`` over the ``T - 1``
+    forward steps, or None."""
     k_init, k_run, k_back = jax.random.split(key, 3)
     state, info0 = _smc_init(
         k_init, ssm, ys[0], _take(reference, 0), num_particles=num_particles, conditional=True
@@ -137,6 +169,8 @@ def csmc_traced(
             jax.random.fold_in(k_run, t), st, y, t, r, ssm=ssm, scheme=scheme,
             ess_threshold=1.0, conditional=True, ancestor_sampling=ancestor_sampling,
         )  # fmt: skip
+        if tick is not None:
+            tick(t - 1)
         return st, ((st.particles, st.log_weights, st.ancestors), (info.ess, info.num_nonfinite))
 
     ts = jnp.arange(1, ys.shape[0], dtype=jnp.int32)
@@ -183,11 +217,12 @@ def csmc_traced(
     jax.jit,
     static_argnames=(
         "ssm", "num_particles", "backward_sampling", "ancestor_sampling", "scheme", "method",
-        "log_transition_bound", "max_trials",
+        "log_transition_bound", "max_trials", "progress_bar",
     ),
 )  # fmt: skip
 def _csmc(key, ys, reference, **kw):
-    return csmc_traced(key, kw.pop("ssm"), ys, reference, **kw)
+    tick = progress_bar_callback(ys.shape[0] - 1, desc="csmc") if kw.pop("progress_bar") else None
+    return csmc_traced(key, kw.pop("ssm"), ys, reference, tick=tick, **kw)
 
 
 def _check_finite_reference(reference):
@@ -235,6 +270,7 @@ def csmc(
     log_transition_bound=None,
     max_trials: int = 32,
     return_info: bool = False,
+    progress_bar: bool | None = None,
 ) -> jax.Array | CSMCResult:
     """One conditional SMC sweep: a new trajectory given a reference trajectory.
 
@@ -267,11 +303,16 @@ def csmc(
         alone. Impossible data (every weight zero at some step, the reference's included)
         or an infinite observation give a finite trajectory that is not a draw of the
         smoothing law: check ``failed``.
+    progress_bar : bool, optional
+        Show a tqdm bar over the forward sweep's time steps (about 100 updates); ``None``
+        (default): shown when standard error is a terminal
+        (``particlekit.run.resolve_progress_bar``).
 
     Returns
     -------
     Array, shape (T, ...), or CSMCResult
-        The new trajectory (``return_info=False``, the default), or the ``CSMCResult``.
+        The new trajectory (``return_info=False``, the default), or the ``CSMCResult``
+        (``.to_inference_data()`` gives an ArviZ object).
 
     Raises
     ------
@@ -309,7 +350,7 @@ def csmc(
         key, ys, reference, ssm=ssm, num_particles=num_particles,
         backward_sampling=bool(backward_sampling), ancestor_sampling=bool(ancestor_sampling),
         scheme=scheme, method=method, log_transition_bound=log_transition_bound,
-        max_trials=_check_trials(max_trials),
+        max_trials=_check_trials(max_trials), progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
     return result if return_info else result.trajectory
 
@@ -345,6 +386,38 @@ class PPGResult(NamedTuple):
     reference: jax.Array
     log_evidence: jax.Array
 
+    def to_inference_data(self, ys=None, *, burn_in: int = 0):
+        """The run for ArviZ (``particlekit.arviz.from_ppg``): ``posterior`` (the
+        per-iteration estimates ``hat S_k`` as a trace, dims ``(chain, draw, ...)``),
+        ``sample_stats`` (``log_evidence`` of each sweep; ``(chain, draw)``), ``estimate``
+        (the roll-out estimate; ``(chain, ...)``), ``reference`` (the final reference ``x``;
+        ``(chain, time, ...)``) and ``observed_data`` (``y``, when ``ys`` is given).
+        Functionals are named by their dict keys (a bare array is ``S``).
+
+        The first ``burn_in`` iterations go to ``warmup_posterior`` and
+        ``warmup_sample_stats`` (default 0: none); with the run's ``burn_in`` the posterior
+        mean of each chain is its ``estimate``. A ``jax.vmap`` batch of runs
+        (``log_evidence`` of shape ``(C, K)``) is one chain per run.
+
+        Examples
+        --------
+        >>> import jax, numpyro.distributions as dist, particlekit as pk
+        >>> ssm = pk.StateSpaceModel(
+        ...     initial=lambda: dist.Normal(0.0, 1.0),
+        ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+        ...     observation=lambda x, t: dist.Normal(x, 0.5),
+        ... )
+        >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+        >>> runs = jax.vmap(lambda k: pk.pgibbs.ppg(
+        ...     k, ssm, ys, additive_fn=lambda xp, x, t: x, num_particles=8,
+        ...     num_iterations=10, burn_in=2))(jax.random.split(jax.random.key(1), 2))
+        >>> runs.to_inference_data(burn_in=2)["posterior"]["S"].shape
+        (2, 8)
+        """
+        from particlekit.arviz import from_ppg
+
+        return from_ppg(self, ys, burn_in=burn_in)
+
 
 def ppg_sweep(key, ys, reference, *, cfg, conditional=True):
     """One PPG iteration (traced): conditional PaRIS with ``reference`` pinned, then a new
@@ -361,28 +434,34 @@ def ppg_sweep(key, ys, reference, *, cfg, conditional=True):
     return final.estimate, _take(new_ref, 0), final.particle_state.log_evidence
 
 
-def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in):
+def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in, tick=None):
     """The PPG chain (traced). ``reference=None`` starts from a path simulated from the
-    model."""
+    model. ``tick``: a ``progress_bar_callback`` over the iterations, or None."""
     k_start, k_iter = jax.random.split(key)
     if reference is None:
         reference, _ = cfg["ssm"].simulate(k_start, ys.shape[0])
 
-    def body(ref, k):
+    def body(ref, inp):
+        i, k = inp
         est, new_ref, log_z = ppg_sweep(k, ys, ref, cfg=cfg)
+        if tick is not None:
+            tick(i)
         return new_ref, (est, log_z)
 
     keys = jax.random.split(k_iter, num_iterations)
-    final_ref, (estimates, log_z) = jax.lax.scan(body, reference, keys)
+    steps = jnp.arange(num_iterations)
+    final_ref, (estimates, log_z) = jax.lax.scan(body, reference, (steps, keys))
     estimate = jax.tree.map(lambda a: jnp.mean(a[burn_in:], axis=0), estimates)
     return PPGResult(estimate, estimates, final_ref, log_z)
 
 
-@partial(jax.jit, static_argnames=("cfg_items", "num_iterations", "burn_in"))
-def _ppg(key, ys, reference, *, cfg_items, num_iterations, burn_in):
+@partial(jax.jit, static_argnames=("cfg_items", "num_iterations", "burn_in", "progress_bar"))
+def _ppg(key, ys, reference, *, cfg_items, num_iterations, burn_in, progress_bar):
+    tick = progress_bar_callback(num_iterations, desc="ppg") if progress_bar else None
     return ppg_traced(
-        key, ys, reference, cfg=dict(cfg_items), num_iterations=num_iterations, burn_in=burn_in
-    )
+        key, ys, reference, cfg=dict(cfg_items), num_iterations=num_iterations, burn_in=burn_in,
+        tick=tick,
+    )  # fmt: skip
 
 
 def ppg(
@@ -401,6 +480,7 @@ def ppg(
     method: str = "auto",
     log_transition_bound=None,
     max_trials: int = 32,
+    progress_bar: bool | None = None,
 ) -> PPGResult:
     """PaRIS particle Gibbs (Cardoso et al. 2023): a nearly unbiased estimate of
     ``E[h_0(x_0) + sum_t h_t(x_{t-1}, x_t) | y_{0:T-1}]`` at a small particle count.
@@ -430,10 +510,15 @@ def ppg(
         removes its influence).
     resampling : str or callable
         Scheme with a conditional version (default multinomial).
+    progress_bar : bool, optional
+        Show a tqdm bar over the iterations (about 100 updates per run); ``None``
+        (default): shown when standard error is a terminal
+        (``particlekit.run.resolve_progress_bar``).
 
     Returns
     -------
     PPGResult
+        ``.to_inference_data(burn_in=...)`` gives an ArviZ object.
 
     Examples
     --------
@@ -464,7 +549,7 @@ def ppg(
         reference = _check_reference(reference, ys, ssm)
     return _ppg(
         key, ys, reference, cfg_items=_freeze(cfg), num_iterations=num_iterations,
-        burn_in=int(burn_in),
+        burn_in=int(burn_in), progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
 
 
@@ -506,12 +591,15 @@ class ParticleGibbsResult(NamedTuple):
         out["x"] = jax.device_get(self.states)
         return out
 
-    def to_inference_data(self):
-        """The draws for ArviZ (posterior group; ``InferenceData`` with arviz < 1, a
-        ``DataTree`` with arviz >= 1)."""
-        from particlekit.arviz import from_draws
+    def to_inference_data(self, ys=None):
+        """The draws for ArviZ (``particlekit.arviz.from_particle_gibbs``; an
+        ``InferenceData`` with arviz < 1, a ``DataTree`` with arviz >= 1): ``posterior``
+        (the ``to_dict`` draws, dims ``(chain, draw, ...)``), ``sample_stats``
+        (``acceptance_rate``, ``failed``, ``num_nonfinite``; ``(chain, draw)``) and
+        ``observed_data`` (``y``, when ``ys`` is given)."""
+        from particlekit.arviz import from_particle_gibbs
 
-        return from_draws(self.to_dict())
+        return from_particle_gibbs(self, ys)
 
 
 def particle_gibbs(
@@ -530,6 +618,7 @@ def particle_gibbs(
     reference=None,
     ancestor_sampling: bool = False,
     resampling="multinomial",
+    progress_bar: bool | None = None,
 ) -> ParticleGibbsResult:
     """Particle Gibbs for parameters and states: alternate ``x | theta, y`` by conditional
     SMC with backward sampling and ``theta | x, y`` by a user update or a BlackJAX kernel.
@@ -564,6 +653,10 @@ def particle_gibbs(
         Initial trajectory; default: simulated from the model at ``theta_init``.
     ancestor_sampling, resampling
         As in ``csmc``.
+    progress_bar : bool, optional
+        Show a tqdm bar over the draws (about 100 updates per run; the chains advance
+        together); ``None`` (default): shown when standard error is a terminal
+        (``particlekit.run.resolve_progress_bar``).
 
     Returns
     -------
@@ -605,6 +698,11 @@ def particle_gibbs(
     if reference is not None:
         reference = _check_reference(reference, ys, ssm0)
     theta_init = jax.tree.map(jnp.asarray, theta_init)
+    tick = (
+        progress_bar_callback(num_samples, desc="particle_gibbs")
+        if resolve_progress_bar(progress_bar)
+        else None
+    )
 
     def theta_step(k, theta, xs):
         if theta_update is not None:
@@ -630,8 +728,9 @@ def particle_gibbs(
         if ref0 is None:
             ref0, _ = ssm0.simulate(k_ref, ys.shape[0])
 
-        def body(carry, kk):
+        def body(carry, inp):
             theta, ref = carry
+            i, kk = inp
             k_x, k_th = jax.random.split(kk)
             ssm = model_fn(theta)
             sweep = csmc_traced(
@@ -642,10 +741,13 @@ def particle_gibbs(
             ref = sweep.trajectory
             theta, rate = theta_step(k_th, theta, ref)
             flags = (sweep.failed, jnp.sum(sweep.num_nonfinite).astype(jnp.int32))
+            if tick is not None:
+                tick(i)  # the draw index is not batched: one host call for all chains
             return (theta, ref), (theta, ref, rate, flags)
 
+        steps = jnp.arange(num_samples)
         _, (thetas, refs, rates, flags) = jax.lax.scan(
-            body, (theta_init, ref0), jax.random.split(k_iter, num_samples)
+            body, (theta_init, ref0), (steps, jax.random.split(k_iter, num_samples))
         )
         return thetas, refs, rates, flags
 

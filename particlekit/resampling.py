@@ -82,8 +82,10 @@ def sanitize_log_weights(log_weights: jax.Array) -> jax.Array:
 
 
 def _check_not_scalar_or_empty(log_weights) -> None:
-    """A ``ValueError`` before tracing for a scalar or an empty log-weight array (a shape
-    check, so it also holds for traced arrays)."""
+    """A ``ValueError`` before tracing for a scalar, an empty or a multi-dimensional
+    log-weight array (a shape check, so it also holds for traced arrays): a batch of
+    populations was silently treated as one population (``ess`` of a ``(2, N)`` array
+    summed over both); ``jax.vmap`` the function over the batch instead."""
     shape = jnp.shape(log_weights)
     if len(shape) == 0:
         raise ValueError(
@@ -92,6 +94,11 @@ def _check_not_scalar_or_empty(log_weights) -> None:
         )
     if shape[0] == 0:
         raise ValueError(f"log_weights is empty (shape {shape}): there must be at least one")
+    if len(shape) != 1:
+        raise ValueError(
+            f"log_weights must be one-dimensional (N,), got shape {shape}; for a batch of "
+            "populations use jax.vmap"
+        )
 
 
 def _shift_by_max(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -188,9 +195,13 @@ def ess(log_weights: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
-def _num_samples(log_weights, num_samples):
-    """Check the log-weights (one-dimensional, not empty) and ``num_samples`` (a positive
-    integer of any integral type, default ``N``) before tracing; returns ``(N, M)``."""
+def _num_samples(key, log_weights, num_samples):
+    """Check the key (the shared ``kernels.check_key``), the log-weights (one-dimensional,
+    not empty) and ``num_samples`` (a positive integer of any integral type, at most
+    ``kernels.MAX_SIZE``, default ``N``) before tracing; returns ``(N, M)``."""
+    from particlekit import kernels  # kernels imports this module
+
+    kernels.check_key(key)
     _check_not_scalar_or_empty(log_weights)
     shape = jnp.shape(log_weights)
     if len(shape) != 1:
@@ -204,7 +215,7 @@ def _num_samples(log_weights, num_samples):
         m = None
     if isinstance(num_samples, bool) or m is None or m <= 0:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    return n, m
+    return n, kernels.check_size(m, "num_samples")
 
 
 _SCAN_MIN_SIZE = 1 << 15
@@ -271,8 +282,38 @@ def _stratified_first_points(cdf: jax.Array, uniforms: jax.Array, m: int) -> jax
 
 
 def offspring_counts(indices: jax.Array, num_particles: int) -> jax.Array:
-    """Number of offspring of each of ``num_particles`` parents given ancestor indices."""
-    return jnp.zeros(num_particles, dtype=jnp.int32).at[indices].add(1)
+    """Number of offspring of each of ``num_particles`` parents given ancestor indices.
+
+    An index outside ``[0, num_particles)`` is a ``ValueError`` (it used to be dropped,
+    and a negative one counted for the parent it wraps to). Under ``jit`` / ``vmap``
+    such an index is not counted (never wrapped), so ``counts.sum() < len(indices)``
+    shows it.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> offspring_counts(jnp.array([0, 0, 2]), 3).tolist()
+    [2, 0, 1]
+    >>> offspring_counts(jnp.array([0, 3]), 3)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: indices must lie in [0, 3) ...
+    """
+    from particlekit import kernels  # kernels imports this module
+
+    n = kernels.check_num_particles(num_particles)
+    indices = jnp.asarray(indices)
+    if not jnp.issubdtype(indices.dtype, jnp.integer):
+        raise ValueError(f"indices must be integers, got dtype {indices.dtype}")
+    inside = (indices >= 0) & (indices < n)
+    if not isinstance(indices, jax.core.Tracer) and not bool(jnp.all(inside)):
+        bad = indices[~inside]
+        raise ValueError(
+            f"indices must lie in [0, {n}) (one ancestor index per offspring), got "
+            f"{bad[:5].tolist()}"
+        )
+    safe = jnp.where(inside, indices, n)  # out of range: dropped, never wrapped
+    return jnp.zeros(n, dtype=jnp.int32).at[safe].add(1, mode="drop")
 
 
 # --------------------------------------------------------------------------------------
@@ -331,7 +372,7 @@ def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int | None 
     >>> idx.tolist()
     [1, 1, 1]
     """
-    n, m = _num_samples(log_weights, num_samples)
+    n, m = _num_samples(key, log_weights, num_samples)
     cdf = _cdf(log_weights)
     uniforms = _sorted_uniforms(key, m, cdf.dtype)
     # particle i takes the slots j with cdf_{i-1} <= u_j < cdf_i
@@ -362,7 +403,7 @@ def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int | None =
     >>> idx.tolist()
     [0, 0, 1, 2]
     """
-    n, m = _num_samples(log_weights, num_samples)
+    n, m = _num_samples(key, log_weights, num_samples)
     cdf = _cdf(log_weights)
     u = jax.random.uniform(key, (), dtype=cdf.dtype)
     first = _stratified_first_points(cdf, u, m)
@@ -374,7 +415,7 @@ def stratified(key: jax.Array, log_weights: jax.Array, num_samples: int | None =
 
     Each offspring count is within 2 of ``M W_i``. ``O(N + M)``.
     """
-    n, m = _num_samples(log_weights, num_samples)
+    n, m = _num_samples(key, log_weights, num_samples)
     cdf = _cdf(log_weights)
     uniforms = jax.random.uniform(key, (m,), dtype=cdf.dtype)
     first = _stratified_first_points(cdf, uniforms, m)
@@ -403,7 +444,7 @@ def residual(key: jax.Array, log_weights: jax.Array, num_samples: int | None = N
     """Residual resampling: ``floor(M W_i)`` deterministic copies of particle ``i``, the
     remaining ``R = M - sum_i floor(M W_i)`` slots filled by multinomial draws from the
     residual weights ``M W_i - floor(M W_i)``."""
-    n, m = _num_samples(log_weights, num_samples)
+    n, m = _num_samples(key, log_weights, num_samples)
     floors, residual_weights, num_deterministic = _residual_parts(log_weights, m)
     draws = _iid_categorical(key, jnp.log(residual_weights), m)
     return _residual_from_draws(floors, draws, num_deterministic, n, m)
@@ -462,7 +503,7 @@ def ssp(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     Offspring counts are ``floor(M W_i)`` or ``ceil(M W_i)`` with expectation ``M W_i``,
     and negatively associated; the output is ordered by parent. ``O(N + M)``.
     """
-    n, m = _num_samples(log_weights, num_samples)
+    n, m = _num_samples(key, log_weights, num_samples)
     weights = normalize(log_weights)
     counts = _ssp_counts(key, m * weights, m)
     first = _blocked_cumsum(counts)
@@ -476,7 +517,7 @@ def killing(key: jax.Array, log_weights: jax.Array, num_samples: int | None = No
     Requires ``num_samples == N``. Offspring counts have expectation ``N W_i``; particles
     with the largest weight are never killed.
     """
-    n, m = _num_samples(log_weights, num_samples)
+    n, m = _num_samples(key, log_weights, num_samples)
     if m != n:
         raise ValueError(f"killing resampling needs num_samples == N ({n}), got {m}")
     key_survive, key_replace = jax.random.split(key)
@@ -497,8 +538,8 @@ def _pin_reference(key: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros((1,), jnp.int32), rest]).astype(jnp.int32)
 
 
-def _check_conditional(log_weights, num_samples):
-    n, m = _num_samples(log_weights, num_samples)
+def _check_conditional(key, log_weights, num_samples):
+    n, m = _num_samples(key, log_weights, num_samples)
     if m != n:
         raise ValueError(f"conditional resampling needs num_samples == N ({n}), got {m}")
     return n
@@ -507,7 +548,7 @@ def _check_conditional(log_weights, num_samples):
 def conditional_multinomial(key, log_weights, num_samples=None):
     """Conditional multinomial resampling: slot 0 gets ancestor 0 (the reference), the
     other ``N - 1`` slots are i.i.d. draws from ``W``."""
-    n = _check_conditional(log_weights, num_samples)
+    n = _check_conditional(key, log_weights, num_samples)
     if n == 1:
         return jnp.zeros((1,), jnp.int32)
     rest = multinomial(key, log_weights, n - 1)
@@ -529,7 +570,7 @@ def _size_biased_uniform(key, scaled0, dtype):
 def conditional_systematic(key, log_weights, num_samples=None):
     """Conditional systematic resampling (Chopin & Singh 2015): the shared uniform is drawn
     given that slot 0 descends from particle 0, then the other slots are permuted."""
-    n = _check_conditional(log_weights, num_samples)
+    n = _check_conditional(key, log_weights, num_samples)
     key_u, key_perm = jax.random.split(key)
     cdf = _cdf(log_weights)
     u, _, _ = _size_biased_uniform(key_u, n * cdf[0], cdf.dtype)
@@ -540,7 +581,7 @@ def conditional_systematic(key, log_weights, num_samples=None):
 def conditional_stratified(key, log_weights, num_samples=None):
     """Conditional stratified resampling: the uniform of the stratum straddling particle
     0's boundary is drawn size-biased, the others i.i.d., then the slots are permuted."""
-    n = _check_conditional(log_weights, num_samples)
+    n = _check_conditional(key, log_weights, num_samples)
     key_u, key_rest, key_perm = jax.random.split(key, 3)
     cdf = _cdf(log_weights)
     u, whole, _ = _size_biased_uniform(key_u, n * cdf[0], cdf.dtype)
@@ -554,7 +595,7 @@ def conditional_stratified(key, log_weights, num_samples=None):
 def conditional_residual(key, log_weights, num_samples=None):
     """Conditional residual resampling: the number of residual draws landing on particle
     0 is size-biased by its total offspring count, then the slots are permuted."""
-    n = _check_conditional(log_weights, num_samples)
+    n = _check_conditional(key, log_weights, num_samples)
     key_branch, key_draws, key_perm = jax.random.split(key, 3)
     floors, residual_weights, num_deterministic = _residual_parts(log_weights, n)
     num_residual = n - num_deterministic

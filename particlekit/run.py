@@ -116,6 +116,7 @@ def _num_steps_of(inputs, num_steps):
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
     if num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps}")
+    kernels.check_size(int(num_steps), "num_steps")  # a step index per step, int32
     if leaves and leaves[0].shape[0] != num_steps:
         raise ValueError(
             f"num_steps={num_steps} does not match the leading axis {leaves[0].shape[0]} of inputs"

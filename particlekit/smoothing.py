@@ -42,6 +42,7 @@ import numpyro.distributions as dist
 
 from particlekit import kernels, resampling
 from particlekit.filters import FilterResult
+from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState, PyTree
 
@@ -319,9 +320,11 @@ def _check_trials(max_trials):
 # FFBS
 # --------------------------------------------------------------------------------------
 def backward_trajectories(
-    key, ssm, particles, log_weights, num_samples, *, method, log_transition_bound, max_trials
-):
-    """FFBS on a stored particle history: ``(num_samples, T, ...)`` trajectories (traced)."""
+    key, ssm, particles, log_weights, num_samples, *, method, log_transition_bound, max_trials,
+    tick=None,
+):  # fmt: skip
+    """FFBS on a stored particle history: ``(num_samples, T, ...)`` trajectories (traced).
+    ``tick``: a ``progress_bar_callback`` over the ``T - 1`` backward steps, or None."""
     num_steps, n = log_weights.shape
     k_last, k_back = jax.random.split(key)
     idx_last = _categorical(k_last, log_weights[-1], num_samples)
@@ -337,6 +340,8 @@ def backward_trajectories(
             num_draws=1, log_bound=bound, max_trials=max_trials,
         )  # fmt: skip
         x_t = _take(xs_t, idx[:, 0])
+        if tick is not None:
+            tick(num_steps - 2 - t)  # the backward steps done so far, minus one
         return x_t, x_t
 
     ts = jnp.arange(num_steps - 1, dtype=jnp.int32)
@@ -348,13 +353,18 @@ def backward_trajectories(
 
 @partial(
     jax.jit,
-    static_argnames=("ssm", "num_samples", "method", "log_transition_bound", "max_trials"),
-)
+    static_argnames=(
+        "ssm", "num_samples", "method", "log_transition_bound", "max_trials", "progress_bar",
+    ),
+)  # fmt: skip
 def _ffbs(key, particles, log_weights, *, ssm, num_samples, method, log_transition_bound,
-          max_trials):  # fmt: skip
+          max_trials, progress_bar):  # fmt: skip
+    num_steps = log_weights.shape[0]
+    tick = progress_bar_callback(num_steps - 1, desc="ffbs") if progress_bar else None
     return backward_trajectories(
         key, ssm, particles, log_weights, num_samples,
         method=method, log_transition_bound=log_transition_bound, max_trials=max_trials,
+        tick=tick,
     )  # fmt: skip
 
 
@@ -367,6 +377,7 @@ def ffbs(
     method: str = "exact",
     log_transition_bound: float | Callable | None = None,
     max_trials: int = 32,
+    progress_bar: bool | None = None,
 ) -> PyTree:
     """Forward filtering backward sampling: draw trajectories from the particle
     approximation of the joint smoothing law ``p(x_{0:T-1} | y_{0:T-1})``.
@@ -393,11 +404,15 @@ def ffbs(
         Normal / MultivariateNormal transitions.
     max_trials : int
         Rejection rounds before finishing the pending draws exactly.
+    progress_bar : bool, optional
+        Show a tqdm bar over the backward pass (about 100 updates); ``None`` (default):
+        shown when standard error is a terminal (``particlekit.run.resolve_progress_bar``).
 
     Returns
     -------
     Array, shape (num_samples, T, ...)
-        Smoothing trajectories (unweighted).
+        Smoothing trajectories (unweighted); ``particlekit.arviz.from_trajectories`` puts
+        them in an ArviZ ``posterior`` group with dims ``(chain, draw, time, ...)``.
 
     Examples
     --------
@@ -427,6 +442,7 @@ def ffbs(
         method=method,
         log_transition_bound=log_transition_bound,
         max_trials=_check_trials(max_trials),
+        progress_bar=resolve_progress_bar(progress_bar),
     )
 
 
@@ -516,6 +532,35 @@ class PaRISResult(NamedTuple):
     mean_trials: jax.Array
     num_exact: jax.Array
     failed: jax.Array
+
+    def to_inference_data(self, ys=None):
+        """The run for ArviZ (``particlekit.arviz.from_paris``): groups ``estimate``
+        (``(chain, ...)``), ``online_estimates`` (``(chain, time, ...)``), ``filtering``
+        (``ess``, ``resampled``, ``num_nonfinite``, ``mean_trials``, ``num_exact``;
+        ``(chain, time)``), ``sample_stats`` (``log_marginal_likelihood``, ``failed``;
+        ``(chain,)``), ``weighted_particles`` (final particles, ``log_weight``, the
+        statistics ``tau_<name>``; ``(chain, particle, ...)``) and ``observed_data`` (``y``,
+        when ``ys`` is given). Functionals are named by their dict keys (a bare array is
+        ``S``). A ``jax.vmap`` batch of runs (non-scalar ``log_evidence``) is one chain per
+        run.
+
+        Examples
+        --------
+        >>> import jax, numpyro.distributions as dist, particlekit as pk
+        >>> ssm = pk.StateSpaceModel(
+        ...     initial=lambda: dist.Normal(0.0, 1.0),
+        ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+        ...     observation=lambda x, t: dist.Normal(x, 0.5),
+        ... )
+        >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+        >>> res = pk.smoothing.paris(jax.random.key(1), ssm, ys, num_particles=50,
+        ...                          additive_fn=lambda xp, x, t: {"sum": x})
+        >>> res.to_inference_data(ys)["estimate"]["sum"].dims
+        ('chain',)
+        """
+        from particlekit.arviz import from_paris
+
+        return from_paris(self, ys)
 
 
 class OnlinePaRIS(NamedTuple):
@@ -791,10 +836,11 @@ def paris_online(
 
 
 def paris_forward(key, ys, refs=None, *, cfg, conditional=False, ancestor_sampling=False,
-                  keep_history=False):  # fmt: skip
+                  keep_history=False, tick=None):  # fmt: skip
     """Run PaRIS over the whole sequence (traced). Returns the final PaRISState, the
     stacked PaRISInfo (T,), the online estimates (T, ...) and, with ``keep_history``, the
-    particle history ``(particles (T, N, ...), log_weights (T, N))``."""
+    particle history ``(particles (T, N, ...), log_weights (T, N))``. ``tick``: a
+    ``progress_bar_callback`` over the ``T - 1`` steps, or None."""
     num_steps = ys.shape[0]
     k0, k_run = jax.random.split(key)
     ref0 = None if refs is None else _take(refs, 0)
@@ -808,6 +854,8 @@ def paris_forward(key, ys, refs=None, *, cfg, conditional=False, ancestor_sampli
             jax.random.fold_in(k_run, t), ps, y, r, cfg=cfg, conditional=conditional,
             ancestor_sampling=ancestor_sampling,
         )  # fmt: skip
+        if tick is not None:
+            tick(t - 1)
         hist = (ps.particle_state.particles, ps.particle_state.log_weights)
         return ps, (inf, ps.estimate, hist if keep_history else None)
 
@@ -826,10 +874,11 @@ def paris_forward(key, ys, refs=None, *, cfg, conditional=False, ancestor_sampli
     return final, infos, ests, history
 
 
-@partial(jax.jit, static_argnames=("cfg_items",))
-def _paris(key, ys, *, cfg_items):
+@partial(jax.jit, static_argnames=("cfg_items", "progress_bar"))
+def _paris(key, ys, *, cfg_items, progress_bar):
     cfg = dict(cfg_items)
-    final, infos, ests, _ = paris_forward(key, ys, cfg=cfg)
+    tick = progress_bar_callback(ys.shape[0] - 1, desc="paris") if progress_bar else None
+    final, infos, ests, _ = paris_forward(key, ys, cfg=cfg, tick=tick)
     ps = final.particle_state
     log_evidence = ps.log_evidence
     failed = ~jnp.isfinite(log_evidence)
@@ -867,6 +916,7 @@ def paris(
     method: str = "auto",
     log_transition_bound: float | Callable | None = None,
     max_trials: int = 32,
+    progress_bar: bool | None = None,
 ) -> PaRISResult:
     """PaRIS: online smoothing of an additive functional (Olsson & Westerborn 2017).
 
@@ -904,10 +954,15 @@ def paris(
         MultivariateNormal transitions.
     max_trials : int
         Rejection rounds before the pending draws are made exactly.
+    progress_bar : bool, optional
+        Show a tqdm bar over the time steps (about 100 updates per run); ``None``
+        (default): shown when standard error is a terminal
+        (``particlekit.run.resolve_progress_bar``).
 
     Returns
     -------
     PaRISResult
+        ``.to_inference_data()`` gives an ArviZ object.
 
     Examples
     --------
@@ -931,4 +986,4 @@ def paris(
     cfg = _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, resampling,
                         ess_threshold, method, log_transition_bound, max_trials)  # fmt: skip
     ys = ssm.validate(ys, num_particles)
-    return _paris(key, ys, cfg_items=_freeze(cfg))
+    return _paris(key, ys, cfg_items=_freeze(cfg), progress_bar=resolve_progress_bar(progress_bar))

@@ -113,15 +113,38 @@ def test_nan_score_in_part_of_space_is_resampled_away(ess_threshold):
     assert float(jnp.max(res.samples[:, 0])) <= 1.5 + 1.0
 
 
-def test_anneal_large_beta_never_returns_nan():
-    """anneal(beta=1e4) gives NaN samples: at this temperature the Euler-Maruyama drift
-    overflows for every particle. They are never NaN with failed=False: either finite or
-    the run reports failed with log Z = -inf (what happens here), and each particle is
-    counted once in num_nonfinite (it was counted again at every later step)."""
+def test_anneal_large_beta_keeps_samples_finite():
+    """anneal(beta=1e4) gave NaN samples: at this temperature the Euler-Maruyama drift
+    overflows for every particle. A move that would leave the finite states is not taken
+    (the particle keeps its last finite state and dies), so the run reports failed with
+    log Z = -inf, each particle is counted once in num_nonfinite, and the samples and
+    mean() stay finite, as in fk_steering and pdds."""
     res = pk.diffusion.anneal(jax.random.key(0), P1, 1e4, num_particles=64, num_steps=50)
-    if not bool(res.failed):
-        assert bool(jnp.all(jnp.isfinite(res.samples)))
-        assert bool(jnp.all(jnp.isfinite(res.mean())))
-    else:
-        assert float(res.log_evidence) == -np.inf
-        assert 0 < int(res.num_nonfinite.sum()) <= 64
+    assert bool(res.failed)
+    assert float(res.log_evidence) == -np.inf
+    assert 0 < int(res.num_nonfinite.sum()) <= 64
+    assert bool(jnp.all(jnp.isfinite(res.samples)))
+    assert bool(jnp.all(jnp.isfinite(res.mean())))
+    assert not bool(jnp.any(jnp.isnan(res.log_weights)))
+
+
+def test_nan_score_everywhere_keeps_samples_finite():
+    """A score that is NaN everywhere kills every particle at its first move: failed, each
+    particle counted once, and the samples are the finite initial states, never NaN."""
+    model = pk.diffusion.DiffusionModel(
+        lambda x, t: jnp.full_like(x, jnp.nan), "linear", prediction="score", shape=(2,)
+    )
+    res = pk.diffusion.fk_corrector(jax.random.key(0), [model], [1.0], num_particles=16,
+                                    num_steps=10)  # fmt: skip
+    assert bool(res.failed) and float(res.log_evidence) == -np.inf
+    assert int(res.num_nonfinite.sum()) == 16
+    assert bool(jnp.all(jnp.isfinite(res.samples)))
+
+
+@pytest.mark.parametrize("betas", [[1e-40], [1e39], [3e38, 3e38, -1.0]])
+def test_betas_outside_the_dtype_are_rejected(betas):
+    """B below the smallest normal float32 made the N(0, I / B) start infinite, and a beta
+    above the largest float32 overflowed in the cast; both are ValueErrors naming the range."""
+    models = [P1] * len(betas)
+    with pytest.raises(ValueError, match="representable"):
+        pk.diffusion.fk_corrector(jax.random.key(0), models, betas, num_particles=8)

@@ -140,6 +140,42 @@ def test_all_nan_rewards_flag_failure():
     assert int(jnp.sum(res.num_nonfinite)) > 0
 
 
+def _partly_nan_model(cut=0.5):
+    """N(0, I) data (score -x at every t), whose score is NaN where x[0] > cut."""
+    return pk.diffusion.DiffusionModel(
+        lambda x, t: jnp.where(x[0] > cut, jnp.nan, -x), "linear", prediction="score", shape=(2,)
+    )
+
+
+def test_nan_model_output_keeps_samples_finite():
+    """A model whose output is NaN in part of the space let NaN into the samples and into
+    mean() when no resampling removed the dead particles (ess_threshold=0: 476 NaN
+    samples of 256 x 2, failed=False), and counted each dead particle again at every later
+    step (4196 for 256 particles). A move to a non-finite state is now not taken: the
+    particle keeps its finite state with zero weight, counted once."""
+    n = 256
+    res = pk.diffusion.fk_steering(jax.random.key(1), _partly_nan_model(), lambda x: -x[0] ** 2,
+                                   num_particles=n, num_steps=20, ess_threshold=0.0)  # fmt: skip
+    assert not bool(res.failed) and np.isfinite(float(res.log_evidence))
+    assert bool(jnp.all(jnp.isfinite(res.samples)))
+    assert bool(jnp.all(jnp.isfinite(res.mean())))
+    assert 0 < int(res.num_nonfinite.sum()) <= n
+    # the dead particles have zero weight: the weighted mass avoids the NaN region
+    w = pk.resampling.normalize(res.log_weights)
+    assert float(jnp.sum(w * (res.samples[:, 0] > 0.5))) == 0.0
+
+
+def test_nan_model_everywhere_fails_with_finite_samples():
+    model = pk.diffusion.DiffusionModel(
+        lambda x, t: jnp.full_like(x, jnp.nan), "linear", prediction="score", shape=(2,)
+    )
+    res = pk.diffusion.fk_steering(jax.random.key(0), model, lambda x: x[0], num_particles=16,
+                                   num_steps=10)  # fmt: skip
+    assert bool(res.failed) and float(res.log_evidence) == -np.inf
+    assert int(res.num_nonfinite.sum()) == 16
+    assert bool(jnp.all(jnp.isfinite(res.samples)))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

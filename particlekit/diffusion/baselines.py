@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from particlekit import kernels, resampling
-from particlekit.diffusion.model import DiffusionModel, check_sampler
+from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
 from particlekit.diffusion.schedules import time_grid
 from particlekit.run import check_sharding, constrain_particles, run
 
@@ -67,6 +67,7 @@ def _check(model, reward_fn, sampler, eta):
     if not callable(reward_fn):
         raise ValueError("reward_fn must be a callable r(x_0) -> scalar")
     check_sampler(sampler, eta)
+    check_reward(model, reward_fn)
 
 
 def best_of_n(

@@ -73,13 +73,15 @@ class FKCResult(NamedTuple):
         ESS after each step's reweighting (before resampling).
     resampled : Array (K,) bool
     num_nonfinite : Array (K,) int32
-        Particles whose log-weight was NaN or ``+inf`` at each step, or whose state became
-        non-finite (e.g. a NaN score): such a particle gets zero weight, is counted once
-        and is resampled away (at the latest after the last step), so ``samples`` are
-        finite.
+        Particles whose log-weight was NaN or ``+inf`` at each step, or whose move gave a
+        non-finite state (e.g. a NaN score, or an Euler–Maruyama step that overflows at a
+        large ``B``): such a particle keeps its last finite state, gets zero weight, is
+        counted once and is resampled away (at the latest after the last step).
+        ``samples`` are therefore always finite.
     failed : Array () bool
         True if every weight vanished (every particle non-finite, for example); then
-        ``log_evidence = -inf`` and ``samples`` are not usable.
+        ``log_evidence = -inf`` and ``samples`` (finite: the particles' last finite
+        states) are not usable.
     """
 
     samples: jax.Array
@@ -104,15 +106,27 @@ def _is_finite(x) -> jax.Array:
     return jnp.all(jnp.isfinite(x))
 
 
+class _Particle(NamedTuple):
+    """One particle inside the run: its state ``x`` (always finite) and whether every move
+    so far gave a finite state. A move that would make ``x`` non-finite (a NaN score, an
+    Euler–Maruyama step that overflows) keeps the last finite ``x`` and sets
+    ``alive = False``; the next potential is then NaN (zero weight, counted once). So the
+    returned samples are finite even when every particle dies, as in ``fk_steering`` and
+    ``pdds``, whose moves never leave the finite states either."""
+
+    x: jax.Array
+    alive: jax.Array
+
+
 def _dead_stays_dead(log_g, state):
-    """A particle that already has zero weight (``-inf``), or whose state was already
-    non-finite before the last move, keeps a zero weight without being counted in
-    ``num_nonfinite`` again (as ``pdds`` does for an already-dead particle): a particle whose
-    state or potential turns non-finite is counted once, at the step it happens. Once the
-    run has failed (every weight zero, ``log_evidence = -inf``) nothing more is counted."""
+    """A particle that already has zero weight (``-inf``), or that was already dead before
+    the last move, keeps a zero weight without being counted in ``num_nonfinite`` again (as
+    ``pdds`` does for an already-dead particle): a particle whose state or potential turns
+    non-finite is counted once, at the step it happens. Once the run has failed (every
+    weight zero, ``log_evidence = -inf``) nothing more is counted."""
     dead = (
         (state.log_weights == -jnp.inf)
-        | ~jax.vmap(_is_finite)(state.previous_particles)
+        | ~state.previous_particles.alive
         | (state.log_evidence == -jnp.inf)
     )
     return jnp.where(dead, -jnp.inf, log_g)
@@ -200,6 +214,14 @@ def fk_corrector(
     total = sum(betas_list)
     if not total > 0 or not all(math.isfinite(b) for b in betas_list):
         raise ValueError(f"betas must be finite with a positive sum, got {betas_list}")
+    dtype = jnp.result_type(float)
+    tiny, big = float(jnp.finfo(dtype).tiny), float(jnp.finfo(dtype).max)
+    if not (tiny <= total <= big and all(abs(b) <= big for b in betas_list)):
+        # the particles start from N(0, I / B): B must be a normal number of the dtype
+        raise ValueError(
+            f"betas must be representable in {dtype.name} with a sum between {tiny:.3g} and "
+            f"{big:.3g}, got {betas_list}"
+        )
     num_particles = kernels.check_num_particles(num_particles)
     num_steps = kernels.check_num_particles(num_steps, "num_steps")
     if not 0.0 <= float(ess_threshold) <= 1.0:
@@ -207,7 +229,6 @@ def fk_corrector(
     noise_factor = _noise_factor(noise, total)
     sharding = check_sharding(sharding)
     dim = math.prod(models[0].shape)
-    dtype = jnp.result_type(float)
     return _fk_corrector(
         key, models, jnp.asarray(betas_list, dtype), jnp.asarray(noise_factor, dtype),
         jnp.asarray(_log_gaussian_power_integral(total, dim), dtype),
@@ -237,25 +258,30 @@ def _fk_corrector(
     def scores(x, t):
         return jnp.stack([m.score(x, t) for m in models])  # (M, *shape)
 
-    def log_potential(x, t):
+    def log_potential(p, t):
+        x = p.x
         b = schedule.beta(t)
         sc = scores(x, t)
         combined = jnp.tensordot(betas, sc, axes=1)
         sq = jnp.sum(sc.reshape(len(models), -1) ** 2, axis=1)
         h = (total - 1.0) * (-0.5 * b * dim) + 0.5 * b * (jnp.sum(combined**2) - betas @ sq)
-        # a non-finite state is a NaN weight (zero weight, counted) whatever the score says
-        return jnp.where(_is_finite(x), h * dt, jnp.nan)
+        # a particle whose last move failed is a NaN weight (zero weight, counted)
+        return jnp.where(p.alive, h * dt, jnp.nan)
 
-    def log_potentials(xs_prev, xs, inputs):
+    def log_potentials(ps_prev, ps, inputs):
         t, state = inputs
-        return _dead_stays_dead(jax.vmap(log_potential, in_axes=(0, None))(xs, t), state)
+        return _dead_stays_dead(jax.vmap(log_potential, in_axes=(0, None))(ps, t), state)
 
-    def propagate(key, x, t):
+    def propagate(key, p, t):
+        x = p.x
         b = schedule.beta(t)
         sigma2 = noise_factor * b
         a = 0.5 * (b + sigma2)
         drift = 0.5 * b * x + a * jnp.tensordot(betas, scores(x, t), axes=1)
-        return x + dt * drift + jnp.sqrt(sigma2 * dt) * jax.random.normal(key, x.shape, x.dtype)
+        new = x + dt * drift + jnp.sqrt(sigma2 * dt) * jax.random.normal(key, x.shape, x.dtype)
+        # a non-finite move is not taken: the particle keeps its finite state and dies
+        ok = p.alive & _is_finite(new)
+        return _Particle(jnp.where(ok, new, x), ok)
 
     resample = kernels.resample(scheme, ess_threshold)
 
@@ -268,22 +294,24 @@ def _fk_corrector(
         return state, info.merge(res_info).merge(mv_info)._replace(ess=ess)
 
     def sample_init(k):
-        return jax.random.normal(k, shape) / jnp.sqrt(total)
+        x = jax.random.normal(k, shape) / jnp.sqrt(total)
+        finite = _is_finite(x)
+        return _Particle(jnp.where(finite, x, 0.0), finite)
 
     k_init, k_run = jax.random.split(key)
     state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
     final, trace = run(k_run, step, state, ts, keep_history=False, sharding=sharding)
-    # the last move is not followed by a reweight: particles it made non-finite get zero
+    # the last move is not followed by a reweight: particles that died in it get zero
     # weight here (counted in the last step), and if any did, the population is resampled
-    # so that the samples are finite (all of them dead: failed, log_evidence = -inf)
+    # so that the samples are live particles (all of them dead: failed, log_evidence = -inf,
+    # the samples still finite)
     k_kill, k_final = jax.random.split(jax.random.fold_in(k_run, num_steps))
 
-    def kill(xs_prev, xs, state):
-        finite = jax.vmap(_is_finite)(xs)
-        return _dead_stays_dead(jnp.where(finite, 0.0, jnp.nan), state)
+    def kill(ps_prev, ps, state):
+        return _dead_stays_dead(jnp.where(ps.alive, 0.0, jnp.nan), state)
 
     final, kill_info = kernels.reweight(kill, vectorized=True)(k_kill, final, final)
-    any_dead = ~jnp.all(jax.vmap(_is_finite)(final.particles))
+    any_dead = ~jnp.all(final.particles.alive)
     final = jax.lax.cond(
         any_dead,
         lambda st: kernels.resample(scheme, 1.0)(k_final, st)[0],
@@ -294,7 +322,7 @@ def _fk_corrector(
     failed = ~jnp.isfinite(log_evidence) | jnp.all(final.log_weights == -jnp.inf)
     num_nonfinite = trace.info.num_nonfinite.at[-1].add(kill_info.num_nonfinite)
     return FKCResult(
-        samples=final.particles,
+        samples=final.particles.x,
         log_weights=final.log_weights,
         log_evidence=kernels.reported_log_evidence(log_evidence),
         ess=trace.info.ess,

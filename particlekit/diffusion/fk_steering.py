@@ -40,7 +40,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
 from particlekit import kernels, resampling
-from particlekit.diffusion.model import DiffusionModel, check_sampler
+from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
 from particlekit.diffusion.schedules import time_grid
 from particlekit.run import check_sharding, constrain_particles, run
 from particlekit.types import StepInfo
@@ -63,7 +63,9 @@ class FKSteeringResult(NamedTuple):
     Attributes
     ----------
     samples : Array (N, *shape)
-        Final particles ``x_0`` (weighted by ``log_weights``; not resampled).
+        Final particles ``x_0`` (weighted by ``log_weights``; not resampled). Always
+        finite: a move that would give a non-finite state (a NaN model output) is not
+        taken, the particle keeps its last finite state with zero weight.
     log_weights : Array (N,)
         Unnormalised log-weights targeting ``p(x_0) exp(lmbda r(x_0)) / Z``.
     log_evidence : Array ()
@@ -78,9 +80,12 @@ class FKSteeringResult(NamedTuple):
     intermediate_rewards : Array (K,)
         Weighted mean intermediate reward at each potential step (NaN elsewhere).
     num_nonfinite : Array (K,) int32
-        Particles whose log-potential was NaN / ``+inf`` at each step (zero weight).
+        Particles whose log-potential was NaN / ``+inf``, or whose move gave a non-finite
+        state, at each step (zero weight). A particle is counted once, at the step it dies,
+        not again at later steps while it stays dead.
     failed : Array () bool
-        True if every weight became zero (then ``log_evidence = -inf``).
+        True if every weight became zero (then ``log_evidence = -inf``; ``samples`` are
+        finite but not usable).
     """
 
     samples: jax.Array
@@ -94,10 +99,13 @@ class FKSteeringResult(NamedTuple):
     failed: jax.Array
 
     def mean(self, fn: Callable = lambda x: x):
-        """Weighted estimate of ``E[fn(x_0)]`` under the steered target."""
+        """Weighted estimate of ``E[fn(x_0)]`` under the steered target (zero-weight
+        particles are left out, so ``fn`` being NaN at a dead particle cannot make it
+        NaN)."""
         w = resampling.normalize(self.log_weights)
         values = jax.vmap(fn)(self.samples)
-        return jnp.tensordot(w, values, axes=1)
+        keep = (w > 0).reshape((-1,) + (1,) * (values.ndim - 1))
+        return jnp.tensordot(w, jnp.where(keep, values, 0.0), axes=1)
 
 
 class _Particle(NamedTuple):
@@ -107,6 +115,7 @@ class _Particle(NamedTuple):
     total: jax.Array  # sum of phi applied along the path (for the final correction)
     log_increment: jax.Array  # log G of the current step: log p/q + lmbda phi
     reward: jax.Array  # reward computed this step (NaN if none)
+    alive: jax.Array  # every move so far gave a finite x (else x is the last finite one)
 
 
 class _Info(NamedTuple):
@@ -202,7 +211,8 @@ def _fk_steering(
 
     def sample_init(k):
         z = jnp.zeros((), dtype)
-        return _Particle(model.sample_prior(k), z, z + agg0, z, z, z + jnp.nan)
+        x = model.sample_prior(k)
+        return _Particle(x, z, z + agg0, z, z, z + jnp.nan, jnp.all(jnp.isfinite(x)))
 
     def propagate(k, x, t, s):
         if proposal is None:
@@ -214,13 +224,20 @@ def _fk_steering(
         stochastic = var > 0  # a deterministic last DDPM / DDIM step keeps the base kernel
         return jnp.where(stochastic, x_q, mean), jnp.where(stochastic, log_pq, 0.0)
 
+    def keep_finite(ok, new, old):
+        return jnp.where(ok, new, old)
+
     def move_fn(key, p: _Particle, inputs):
-        t, s, is_pot, is_final = inputs
+        (t, s, is_pot, is_final), dead = inputs
         k_move, k_rew = jax.random.split(key)
         n = p.x.shape[0]
         x, log_pq = jax.vmap(propagate, in_axes=(0, 0, None, None))(
             jax.random.split(k_move, n), p.x, t, s
         )
+        # a move to a non-finite state (a NaN model output) is not taken: the particle
+        # keeps its finite state and dies (a NaN potential now, counted once)
+        ok = p.alive & jax.vmap(lambda z: jnp.all(jnp.isfinite(z)))(x)
+        x = jax.vmap(keep_finite)(ok, x, p.x)
 
         def with_potential(_):
             def final_reward(_):
@@ -239,19 +256,26 @@ def _fk_steering(
             return jnp.full((n,), jnp.nan, dtype), p.agg, p.total, jnp.zeros((n,), dtype)
 
         r, agg, total, log_g = jax.lax.cond(is_pot, with_potential, without_potential, None)
+        r = jnp.where(ok, r, jnp.nan)
         r_last = jnp.where(is_pot, r, p.r_last)
-        return _Particle(x, r_last, agg, total, log_pq + log_g, r)
+        # NaN for a particle that dies now (zero weight, counted); -inf (zero weight, not
+        # counted again) for one that was already dead, by its move or by its weight
+        log_increment = jnp.where(ok, log_pq + log_g, jnp.where(p.alive, jnp.nan, -jnp.inf))
+        log_increment = jnp.where(dead, -jnp.inf, log_increment)
+        return _Particle(x, r_last, agg, total, log_increment, r, ok)
 
     resample_kernel = kernels.resample(scheme, ess_threshold)
     move_and_weight = kernels.chain(
         kernels.move(move_fn, vectorized=True),
-        kernels.reweight(lambda xp, p, inputs: p.log_increment),
+        kernels.reweight(lambda xp, p, inputs: p.log_increment, vectorized=True),
     )
 
     def step(key, state, inputs):
         _, _, is_pot, is_final = inputs
         k_mw, k_res = jax.random.split(key)
-        state, info = move_and_weight(k_mw, state, inputs)
+        # zero-weight particles (and all, once the run failed) stay dead uncounted
+        dead = (state.log_weights == -jnp.inf) | (state.log_evidence == -jnp.inf)
+        state, info = move_and_weight(k_mw, state, (inputs, dead))
         w = resampling.normalize(state.log_weights)
         mean_reward = jnp.where(is_pot, jnp.nansum(w * state.particles.reward), jnp.nan)
         n = state.log_weights.shape[0]
@@ -389,6 +413,9 @@ def fk_steering(
     if proposal is not None and not callable(proposal):
         raise ValueError("proposal must be None or a callable (x_t, t, s) -> Distribution")
     check_sampler(sampler, eta)
+    check_reward(model, reward_fn)
+    if callable(intermediate_reward):
+        check_reward(model, intermediate_reward, "intermediate_reward(x_t, t)", with_time=True)
     sharding = check_sharding(sharding)
     lmbda = jnp.asarray(lmbda, jnp.result_type(float))
     if lmbda.ndim != 0:

@@ -49,6 +49,26 @@ PREDICTIONS = ("eps", "x0", "score")
 SAMPLERS = ("ddpm", "ddim", "em")
 
 
+def check_reward(model, fn, what: str = "reward_fn(x_0)", with_time: bool = False) -> None:
+    """Before tracing: ``fn`` (a reward ``r(x_0)``, or with ``with_time`` an intermediate
+    reward ``r(x_t, t)``) must return a scalar for ONE sample of the model's shape, as
+    ``steering.smc`` checks its reward; a reward of another shape failed while tracing
+    with a broadcasting error (or, in ``best_of_n``, gave per-coordinate rewards)."""
+    shape = tuple(model.shape)
+    args = [jax.ShapeDtypeStruct(shape, jnp.result_type(float))]
+    if with_time:
+        args.append(jax.ShapeDtypeStruct((), jnp.result_type(float)))
+    try:
+        out = jax.eval_shape(fn, *args)
+    except Exception as err:  # noqa: BLE001 - report what the user function did
+        raise ValueError(f"{what} failed on one sample of shape {shape}: {err}") from err
+    if getattr(out, "shape", None) != ():
+        raise ValueError(
+            f"{what} must return a scalar for ONE sample of shape {shape}, got "
+            f"{getattr(out, 'shape', type(out).__name__)}"
+        )
+
+
 def check_sampler(sampler: str, eta: float) -> None:
     """Validate a reverse-kernel name and DDIM ``eta`` before tracing."""
     if sampler not in SAMPLERS:
@@ -243,6 +263,14 @@ class GaussianMixtureScore(eqx.Module):
         return -jnp.einsum("k,kij,kj->i", resp, self.eigvecs, z / var)
 
 
+def _require(ok, message: str) -> None:
+    """A ``ValueError`` when the concrete check ``ok`` fails; a traced one (a mixture built
+    under ``jit`` / ``vmap``) cannot be checked before tracing and is left to the recipes,
+    which flag non-finite scores (zero weight, ``failed``)."""
+    if not isinstance(ok, jax.core.Tracer) and not bool(ok):
+        raise ValueError(message)
+
+
 def _as_covs(means, stds, covs):
     k, d = means.shape
     if (stds is None) == (covs is None):
@@ -251,8 +279,7 @@ def _as_covs(means, stds, covs):
         covs = jnp.asarray(covs, jnp.result_type(float))
         if covs.shape != (k, d, d):
             raise ValueError(f"covs must have shape {(k, d, d)}, got {covs.shape}")
-        if not bool(jnp.all(jnp.isfinite(covs))):
-            raise ValueError("covs must be finite (no NaN or inf)")
+        _require(jnp.all(jnp.isfinite(covs)), "covs must be finite (no NaN or inf)")
         return covs
     stds = jnp.asarray(stds, jnp.result_type(float))
     if stds.ndim == 0:
@@ -263,8 +290,7 @@ def _as_covs(means, stds, covs):
         raise ValueError(
             f"stds must be a scalar or have shape {(k,)} or {(k, d)}, got {stds.shape}"
         )
-    if not bool(jnp.all(stds > 0)):
-        raise ValueError("stds must be positive")
+    _require(jnp.all(stds > 0) & jnp.all(jnp.isfinite(stds)), "stds must be positive and finite")
     return jax.vmap(jnp.diag)(stds**2)
 
 
@@ -274,13 +300,14 @@ def _mixture_arrays(weights, means, stds=None, covs=None):
         means = means[:, None]
     if means.ndim != 2:
         raise ValueError(f"means must have shape (K, d), got {means.shape}")
-    if not bool(jnp.all(jnp.isfinite(means))):
-        raise ValueError("means must be finite (no NaN or inf)")
+    _require(jnp.all(jnp.isfinite(means)), "means must be finite (no NaN or inf)")
     weights = jnp.asarray(weights, jnp.result_type(float))
     if weights.shape != means.shape[:1]:
         raise ValueError(f"weights must have shape {means.shape[:1]}, got {weights.shape}")
-    if not bool(jnp.all(weights >= 0)) or not float(jnp.sum(weights)) > 0:
-        raise ValueError("weights must be non-negative and not all zero")
+    _require(
+        jnp.all(weights >= 0) & jnp.all(jnp.isfinite(weights)) & (jnp.sum(weights) > 0),
+        "weights must be finite, non-negative and not all zero",
+    )
     return weights / jnp.sum(weights), means, _as_covs(means, stds, covs)
 
 

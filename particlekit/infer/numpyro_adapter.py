@@ -53,8 +53,11 @@ def _is_factor(site) -> bool:
     return site["infer"].get("is_auxiliary", False) and site["is_observed"]
 
 
-def inspect_model(model, model_args=(), model_kwargs=None, *, key=None) -> ModelInfo:
-    """Trace ``model`` once on the host and validate it for SMC.
+def inspect_model(
+    model, model_args=(), model_kwargs=None, *, key=None, purpose: str = "pk.infer.SMC"
+) -> ModelInfo:
+    """Trace ``model`` once on the host and validate it for SMC (``purpose`` names the
+    caller in the error messages).
 
     Raises
     ------
@@ -82,7 +85,7 @@ def inspect_model(model, model_args=(), model_kwargs=None, *, key=None) -> Model
             fn = site["fn"]
             if getattr(fn.support, "is_discrete", False) or getattr(fn, "is_discrete", False):
                 raise ValueError(
-                    f"latent site {name!r} is discrete (support {fn.support}); pk.infer.SMC "
+                    f"latent site {name!r} is discrete (support {fn.support}); {purpose} "
                     "needs continuous latent sites. Marginalise it out (e.g. with a mixture "
                     "distribution or funsor enumeration) or observe it."
                 )
@@ -94,12 +97,17 @@ def inspect_model(model, model_args=(), model_kwargs=None, *, key=None) -> Model
         observed, unconstrained = draw(key)
     except NotImplementedError as err:
         raise ValueError(
-            "tempered SMC starts from draws of the prior, and this model's prior cannot be "
+            f"{purpose} starts from draws of the prior, and this model's prior cannot be "
             f"sampled (NumPyro raised NotImplementedError{': ' + str(err) if str(err) else ''}"
             "; dist.ImproperUniform and other improper priors have no sampler). Give every "
-            "latent site a proper prior, or write the model as a pk.infer.LogDensityModel "
-            "with an initial_population drawn from a proper reference distribution whose "
-            "density is in log_prior."
+            "latent site a proper prior"
+            + (
+                ", or write the model as a pk.infer.LogDensityModel with an "
+                "initial_population drawn from a proper reference distribution whose "
+                "density is in log_prior."
+                if purpose == "pk.infer.SMC"
+                else "."
+            )
         ) from err
     if not latent:
         raise ValueError("the model has no latent sample sites: nothing to infer")

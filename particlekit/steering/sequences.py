@@ -151,11 +151,18 @@ def check_config(
 
 
 def initial_state(prompt, reward_fn, config: Config, init_cache) -> SequenceState:
-    """The single particle before generation: the prompt padded with the end token."""
+    """The single particle before generation: the prompt padded with the end token.
+
+    A prompt with a token id outside the vocabulary is a ``ValueError`` in ``check_config``
+    when it is concrete; a traced one (under ``jit`` / ``vmap``) cannot be checked there,
+    so its potential is NaN instead: every particle gets zero weight (counted at step 0)
+    and the result reports ``failed``."""
     total, p = config.total_length, config.prompt_length
     tokens = jnp.full((total,), config.eos_id, jnp.int32).at[:p].set(prompt)
     length = jnp.asarray(p, jnp.int32)
     log_potential = jnp.asarray(reward_fn(tokens, length), jnp.result_type(float))
+    in_vocabulary = jnp.all((prompt >= 0) & (prompt < config.vocab_size))
+    log_potential = jnp.where(in_vocabulary, log_potential, jnp.nan)
     return SequenceState(
         tokens=tokens,
         length=length,

@@ -380,11 +380,36 @@ def _guided(
         log_g = ssm.observation_log_prob(x, y, t)
         return jnp.where(missing, 0.0, log_g + log_f - log_q)
 
-    step = kernels.chain(
-        kernels.resample(resampling_scheme, ess_threshold),
-        kernels.move(propagate, vectorized=v),
-        kernels.reweight(log_w, vectorized=v),
-    )
+    resample_kernel = kernels.resample(resampling_scheme, ess_threshold)
+    move_kernel = kernels.move(propagate, vectorized=v)
+
+    def step(key, state, inputs=None):
+        # as kernels.chain(resample, move, reweight), but a move to a non-finite state
+        # keeps the previous particle and gives it a NaN log-weight (zero weight, counted
+        # in num_nonfinite), so no NaN or inf ever enters the particles
+        k_r, k_m, k_w = jax.random.split(key, 3)
+        info = StepInfo.neutral(state)
+        state, i_r = resample_kernel(k_r, state, inputs)
+        state, i_m = move_kernel(k_m, state, inputs)
+        ok = _finite_per_particle(state.particles)
+        kept = jax.tree.map(
+            lambda new, old: jnp.where(ok.reshape(ok.shape + (1,) * (new.ndim - 1)), new, old),
+            state.particles,
+            state.previous_particles,
+        )
+        state = state._replace(particles=kept)
+
+        def guarded_log_w(x_prev, x, inp):
+            lw = (
+                log_w(x_prev, x, inp)
+                if v
+                else jax.vmap(log_w, in_axes=(0, 0, None))(x_prev, x, inp)
+            )
+            return jnp.where(ok, lw, jnp.nan)
+
+        state, i_w = kernels.reweight(guarded_log_w, vectorized=True)(k_w, state, inputs)
+        return state, info.merge(i_r).merge(i_m).merge(i_w)
+
     return _filter(
         key,
         ys,
@@ -397,6 +422,18 @@ def _guided(
         sharding=sharding,
         vectorized=v,
     )
+
+
+def _finite_per_particle(particles) -> jax.Array:
+    """``(N,)`` mask: every entry of the particle (all leaves) is finite."""
+    leaves = jax.tree.leaves(particles)
+    n = leaves[0].shape[0]
+    ok = jnp.ones((n,), bool)
+    for leaf in leaves:
+        leaf = jnp.asarray(leaf)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            ok = ok & jnp.all(jnp.isfinite(leaf.reshape(n, -1)), axis=1)
+    return ok
 
 
 def guided(

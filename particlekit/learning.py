@@ -525,6 +525,7 @@ def score_climbing(
     if ssm.vectorized:
         raise ValueError("score_climbing needs a non-vectorised StateSpaceModel")
     ys = ssm.validate(ys, num_particles)
+    num_particles = kernels.check_num_particles(num_particles)
     if num_particles < 2:
         raise ValueError("score_climbing needs num_particles >= 2 (one is the reference)")
     num_iterations = kernels.check_num_particles(num_iterations, "num_iterations")
@@ -567,13 +568,19 @@ def _score_climbing(key, ys, phi_init, *, ssm, proposal_fn, initial_proposal_fn,
     def step(carry, inp):
         phi, opt_state, ref = carry
         i, k = inp
-        ref, num_nonfinite, failed = _guided_csmc(
+        new_ref, num_nonfinite, failed = _guided_csmc(
             k, ssm, ys, ref, proposal=proposal_fn(phi),
             initial_proposal=initial_proposal_fn(phi), num_particles=num_particles,
             scheme=scheme,
         )  # fmt: skip
+        # a failed sweep (impossible data) keeps the previous reference and leaves phi
+        # and the optimiser state as they were: no NaN gradient ever reaches them
+        ref = jax.tree.map(lambda a, b: jnp.where(failed, b, a), new_ref, ref)
         grads = jax.tree.map(lambda g: -g / num_steps, jax.grad(log_q)(phi, ref))
-        updates, opt_state = optimizer.update(grads, opt_state, phi)
+        grads = jax.tree.map(lambda g: jnp.where(failed, jnp.zeros_like(g), g), grads)
+        updates, new_opt_state = optimizer.update(grads, opt_state, phi)
+        updates = jax.tree.map(lambda u: jnp.where(failed, jnp.zeros_like(u), u), updates)
+        opt_state = jax.tree.map(lambda a, b: jnp.where(failed, b, a), new_opt_state, opt_state)
         phi = optax.apply_updates(phi, updates)
         if tick is not None:
             tick(i)

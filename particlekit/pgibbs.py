@@ -341,6 +341,7 @@ def csmc(
     if not isinstance(ssm, StateSpaceModel):
         raise ValueError(f"ssm must be a particlekit.StateSpaceModel, got {type(ssm).__name__}")
     ys = ssm.validate(ys, num_particles)
+    num_particles = kernels.check_num_particles(num_particles)
     if num_particles < 2:
         raise ValueError("conditional SMC needs num_particles >= 2 (one is the reference)")
     _check_method(method)
@@ -540,6 +541,7 @@ def ppg(
                         1.0, method, log_transition_bound, max_trials)  # fmt: skip
     resampling_scheme_for_csmc(resampling)
     ys = ssm.validate(ys, num_particles)
+    num_particles = kernels.check_num_particles(num_particles)
     if num_particles < 2:
         raise ValueError("PPG needs num_particles >= 2 (one is the reference)")
     num_iterations = kernels.check_num_particles(num_iterations, "num_iterations")
@@ -692,6 +694,7 @@ def particle_gibbs(
     if not isinstance(ssm0, StateSpaceModel):
         raise ValueError("model_fn(theta) must return a particlekit.StateSpaceModel")
     ys = ssm0.validate(ys, num_particles)
+    num_particles = kernels.check_num_particles(num_particles)
     if num_particles < 2:
         raise ValueError("particle Gibbs needs num_particles >= 2 (one is the reference)")
     scheme = resampling_scheme_for_csmc(resampling)

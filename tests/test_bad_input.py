@@ -482,9 +482,9 @@ BAD_COUNTS = st.one_of(
 )
 
 
-# num_particles=None reaches `num_particles < 2` unchecked there: a TypeError (pgibbs.py,
-# learning.py; see test_none_particle_count_is_a_value_error)
-NONE_COUNT_OPEN = {"particle_gibbs", "score_climbing"}
+# num_particles=None reached `num_particles < 2` unchecked there: a TypeError (pgibbs.py,
+# learning.py; issue 18, fixed)
+NONE_COUNT_FIXED = {"particle_gibbs", "score_climbing"}
 
 
 @pytest.mark.parametrize("name", sorted(COUNT_CALLS))
@@ -493,18 +493,12 @@ NONE_COUNT_OPEN = {"particle_gibbs", "score_climbing"}
 def test_a_bad_particle_count_is_a_value_error(name, n):
     """0, negatives, floats, booleans and counts beyond int32 indices (1e10 crashed with
     RESOURCE_EXHAUSTED or an OverflowError) are ValueErrors before anything is traced."""
-    if n is None and (name.startswith("resampling.") or name in NONE_COUNT_OPEN):
-        return  # num_samples=None means N; the open cases have their own test
+    if n is None and (name.startswith("resampling.") or name in NONE_COUNT_FIXED):
+        return  # num_samples=None means N; the fixed cases have their own test
     expect_value_error(lambda: COUNT_CALLS[name](n))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="open (issue 18): pgibbs.particle_gibbs and learning.score_climbing compare "
-    "num_particles < 2 before checking it (ssm.validate skips None)",
-)
-@pytest.mark.parametrize("name", sorted(NONE_COUNT_OPEN))
+@pytest.mark.parametrize("name", sorted(NONE_COUNT_FIXED))
 def test_none_particle_count_is_a_value_error(name):
     expect_value_error(lambda: COUNT_CALLS[name](None))
 
@@ -604,10 +598,6 @@ def test_observations_missing_infinite_or_impossible(name, ys):
     """NaN observations are missing (a valid result, not flagged); an infinite or
     impossibly far one is flagged (failed, or -inf evidence for ppg and mle); no NaN is
     returned in either case."""
-    if name == "guided":
-        # an infinite y drives this proposal to infinite states, and the next step to NaN
-        # ones: open, see test_open_defects; +-1e30 are impossible data all the same
-        ys = np.where(np.isinf(ys), np.sign(ys) * np.float32(1e30), ys)
     _check_observations(name, ys)
 
 
@@ -626,7 +616,7 @@ MISSING, IMPOSSIBLE = [0.1, NAN, 0.2, 0.3], [0.1, INF, 0.2, 0.3]
     [
         pytest.param("particle_gibbs", MISSING, marks=pytest.mark.slow),
         pytest.param("particle_gibbs", IMPOSSIBLE, marks=pytest.mark.slow),
-        ("score_climbing", MISSING),  # IMPOSSIBLE: open, see test_open_defects
+        ("score_climbing", MISSING),  # IMPOSSIBLE: see test_open_defects
     ],
     ids=["particle_gibbs-missing", "particle_gibbs-impossible", "score_climbing-missing"],
 )
@@ -635,27 +625,17 @@ def test_observations_examples(name, ys):
     _check_observations(name, np.asarray(ys, np.float32))
 
 
-def _open(reason):
-    return pytest.mark.xfail(strict=True, reason=f"open (issue 18): {reason}")
-
-
 @pytest.mark.parametrize(
     "name, ys",
     [
-        pytest.param(
-            "score_climbing", IMPOSSIBLE,
-            marks=_open("on impossible data score_climbing keeps updating phi from the "
-                        "failed sweeps: NaN phi and NaN paths (learning.py)"),
-        ),
-        pytest.param(
-            "guided", [0.0, 0.0, INF, -INF],
-            marks=_open("a proposal drawn at an infinite observation puts infinite, then NaN "
-                        "states into the guided filter's particles (filters.py)"),
-        ),
+        ("score_climbing", IMPOSSIBLE),
+        ("guided", [0.0, 0.0, INF, -INF]),
     ],
 )  # fmt: skip
 def test_open_defects(name, ys):
-    """Each would pass once its defect is fixed (strict: then remove the mark)."""
+    """Defects once open (issue 18), now fixed: score_climbing kept updating phi from failed
+    sweeps (NaN phi and paths); the guided filter let a proposal drawn at an infinite
+    observation put infinite, then NaN, states into its particles."""
     _check_observations(name, np.asarray(ys, np.float32))
 
 

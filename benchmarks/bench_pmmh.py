@@ -81,7 +81,7 @@ def main():
     t_filter = (time.perf_counter() - t0) / 200
 
     if not hasattr(np, "float"):  # particles 0.3 still uses the alias NumPy 1.24 removed
-        np.float = float
+        np.float = float  # noqa: NPY001
     from particles import distributions as pdists
     from particles import mcmc
     from particles import state_space_models as pssm

@@ -121,3 +121,19 @@ def test_impossible_data_is_flagged():
         )  # fmt: skip
     assert bool(jnp.all(res.failed))
     assert np.all(np.isfinite(np.asarray(res.theta["rho"])))
+
+
+def test_particle_gibbs_matches_exact_posterior():
+    res = pk.statespace.particle_gibbs(
+        jax.random.key(0), MODEL, YS, num_samples=700, num_particles=32, num_chains=4,
+        step_size=0.5,
+    )  # fmt: skip
+    draws = np.asarray(res.theta["rho"], dtype=np.float64)[:, 100:]
+    mean, sd = exact_posterior()
+    ess = float(effective_sample_size(draws))
+    assert ess > 50
+    assert abs(draws.mean() - mean) < 4.0 * sd / np.sqrt(ess)
+    assert abs(draws.std() - sd) < 4.0 * sd / np.sqrt(2 * ess) + 0.02 * sd
+    assert not bool(jnp.any(res.failed))
+    data = res.to_inference_data(YS)
+    assert data["posterior"]["x"].shape == (4, 700, 60)

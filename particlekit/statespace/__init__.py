@@ -4,14 +4,13 @@ path.
 
 - ``ParametricSSM(prior, model_fn)``: the model;
 - ``pmmh``: particle marginal Metropolis–Hastings (several chains, adaptive random walk);
-- ``smc2``: SMC² (parameter particles carrying particle filters, data tempering, PMMH
-  rejuvenation, automatic doubling of the inner particle count), with the log evidence;
 - ``particle_gibbs``: particle Gibbs for ``(theta, x)`` with the same prior interface;
 - ``log_likelihood_sd`` / ``choose_num_particles``: the filter size for pseudo-marginal MCMC.
 
 Every result has ``print_summary()``, ``get_samples()`` and ``to_inference_data(ys)``.
 """
 
+from particlekit.statespace.gibbs import ParticleGibbsDraws, particle_gibbs
 from particlekit.statespace.likelihood import choose_num_particles, log_likelihood_sd
 from particlekit.statespace.model import ParametricSSM
 from particlekit.statespace.pmmh import PMMHResult, pmmh
@@ -20,6 +19,8 @@ __all__ = [
     "ParametricSSM",
     "pmmh",
     "PMMHResult",
+    "particle_gibbs",
+    "ParticleGibbsDraws",
     "log_likelihood_sd",
     "choose_num_particles",
 ]

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels, resampling
+from particlekit.filters import _observation_term
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState
 
@@ -52,14 +53,6 @@ class FilterCarry(NamedTuple):
     compensation: jax.Array
 
 
-def _log_g(ssm: StateSpaceModel):
-    def log_g(x_prev, x, inputs):
-        y, t = inputs
-        return ssm.observation_log_prob(x, y, t)
-
-    return log_g
-
-
 def _step_kernel(ssm: StateSpaceModel, scheme, ess_threshold):
     v = ssm.vectorized
 
@@ -69,7 +62,7 @@ def _step_kernel(ssm: StateSpaceModel, scheme, ess_threshold):
     return kernels.chain(
         kernels.resample(scheme, ess_threshold),
         kernels.move(propagate, vectorized=v),
-        kernels.reweight(_log_g(ssm), vectorized=v),
+        kernels.reweight(_observation_term(ssm), vectorized=v),
     )
 
 
@@ -85,7 +78,8 @@ def filter_init(
 
     state = kernels.init(key_init, sample_init, num_particles, vectorized=v)
     y0 = jax.tree.map(lambda a: a[0], ys)
-    state, _ = kernels.reweight(_log_g(ssm), vectorized=v)(key_w, state, (y0, jnp.int32(0)))
+    weigh = kernels.reweight(_observation_term(ssm), vectorized=v)
+    state, _ = weigh(key_w, state, (y0, jnp.int32(0)))
     return FilterCarry(state, jnp.zeros_like(state.log_evidence))
 
 

@@ -20,7 +20,7 @@ from particlekit.ssm import StateSpaceModel
 __all__ = ["ParametricSSM"]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class ParametricSSM:
     """A state-space model ``model_fn(theta)`` with a NumPyro prior on ``theta``.
 
@@ -61,16 +61,6 @@ class ParametricSSM:
             raise ValueError("prior must be a NumPyro model function (no arguments)")
         if not callable(self.model_fn):
             raise ValueError("model_fn must be a function theta -> pk.StateSpaceModel")
-
-    def __hash__(self):
-        return hash((self.prior, self.model_fn))
-
-    def __eq__(self, other):
-        return (
-            isinstance(other, ParametricSSM)
-            and self.prior is other.prior
-            and self.model_fn is other.model_fn
-        )
 
     # ------------------------------------------------------------------ the prior
     @cached_property

@@ -39,11 +39,11 @@ __all__ = ["sqmc"]
 
 _MAX_LOG2_POINTS = 30  # int32 particle indices, 32-bit Sobol digits
 _SUPPORTED = (
-    "sqmc moves particles by inverse transform and supports dist.Normal, "
+    "{who} moves particles by inverse transform and supports dist.Normal, "
     "dist.MultivariateNormal (loc + scale_tril @ Phi^-1(u)), univariate laws with a working "
     "icdf (e.g. Laplace, Cauchy, Logistic, Uniform, Exponential, LogNormal, TruncatedNormal) "
     "and batches of them as independent coordinates (batch shape (d,), .expand, .to_event / "
-    "Independent); for other laws use pk.filters.bootstrap"
+    "Independent); for other laws use {instead}"
 )
 
 
@@ -290,48 +290,53 @@ def _inverse_transform(law, u: jax.Array) -> jax.Array:
     return jnp.broadcast_to(x, u.shape)
 
 
-def _check_law(law, sample_shape: tuple, what: str) -> None:
+def _supported(who: str) -> str:
+    instead = "pk.filters.bootstrap" if who == "sqmc" else "the bootstrap filter"
+    return _SUPPORTED.format(who=who, instead=instead)
+
+
+def _check_law(law, sample_shape: tuple, what: str, who: str = "sqmc") -> None:
     """A ``ValueError`` before tracing if ``law`` cannot be inverted for ``u`` of
     ``sample_shape``."""
     name = type(law).__name__
     base = _unwrap(law)
     if not isinstance(base, dist.MultivariateNormal) and tuple(base.event_shape) != ():
-        raise ValueError(f"sqmc cannot invert {what} = {name}: {_SUPPORTED}")
+        raise ValueError(f"{who} cannot invert {what} = {name}: {_supported(who)}")
     u = jax.ShapeDtypeStruct(sample_shape, jnp.result_type(float))
     try:
         out = jax.eval_shape(lambda v: _inverse_transform(law, v), u)
     except Exception as err:  # NotImplementedError, ImportError (TFP-backed icdf), ...
         raise ValueError(
-            f"sqmc cannot invert {what} = {name} (its icdf failed: {type(err).__name__}: "
-            f"{str(err)[:120]}); {_SUPPORTED}"
+            f"{who} cannot invert {what} = {name} (its icdf failed: {type(err).__name__}: "
+            f"{str(err)[:120]}); {_supported(who)}"
         ) from err
     if tuple(out.shape) != tuple(sample_shape):
         raise ValueError(
-            f"sqmc: the inverse transform of {what} = {name} has shape {out.shape}, "
-            f"expected {sample_shape}; {_SUPPORTED}"
+            f"{who}: the inverse transform of {what} = {name} has shape {out.shape}, "
+            f"expected {sample_shape}; {_supported(who)}"
         )
 
 
-def _state_shape(ssm: StateSpaceModel) -> tuple:
+def _state_shape(ssm: StateSpaceModel, who: str = "sqmc") -> tuple:
     """The shape of one state, ``()`` or ``(d,)``, with the laws checked for inversion."""
     init = ssm.initial()
     shape = tuple(init.batch_shape) + tuple(init.event_shape)
     if len(shape) > 1:
         raise ValueError(
-            f"sqmc needs a scalar or vector state, got initial() = {type(init).__name__} "
+            f"{who} needs a scalar or vector state, got initial() = {type(init).__name__} "
             f"with samples of shape {shape}"
         )
-    _check_law(init, (2, *shape), "initial()")
+    _check_law(init, (2, *shape), "initial()", who)
     x0 = jnp.zeros(shape, jax.eval_shape(lambda k: init.sample(k), jax.random.key(0)).dtype)
     batch = (1,) if ssm.vectorized else ()
     trans = ssm.transition(jnp.zeros(batch + shape, x0.dtype), jnp.int32(1))
     got = tuple(trans.batch_shape) + tuple(trans.event_shape)
     if got != batch + shape:
         raise ValueError(
-            f"sqmc: transition(x_prev, t) = {type(trans).__name__} draws shape {got}, "
+            f"{who}: transition(x_prev, t) = {type(trans).__name__} draws shape {got}, "
             f"expected {batch + shape}"
         )
-    _check_law(trans, batch + shape, "transition(x_prev, t)")
+    _check_law(trans, batch + shape, "transition(x_prev, t)", who)
     return shape
 
 

@@ -4,6 +4,7 @@ path.
 
 - ``ParametricSSM(prior, model_fn)``: the model;
 - ``pmmh``: particle marginal Metropolis–Hastings (several chains, adaptive random walk);
+- ``smc2``: SMC² (parameter particles each carrying a filter; the evidence, ``N_x`` doubling);
 - ``particle_gibbs``: particle Gibbs for ``(theta, x)`` with the same prior interface;
 - ``log_likelihood_sd`` / ``choose_num_particles``: the filter size for pseudo-marginal MCMC.
 
@@ -14,11 +15,14 @@ from particlekit.statespace.gibbs import ParticleGibbsDraws, particle_gibbs
 from particlekit.statespace.likelihood import choose_num_particles, log_likelihood_sd
 from particlekit.statespace.model import ParametricSSM
 from particlekit.statespace.pmmh import PMMHResult, pmmh
+from particlekit.statespace.smc2 import SMC2Result, smc2
 
 __all__ = [
     "ParametricSSM",
     "pmmh",
     "PMMHResult",
+    "smc2",
+    "SMC2Result",
     "particle_gibbs",
     "ParticleGibbsDraws",
     "log_likelihood_sd",

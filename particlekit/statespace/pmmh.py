@@ -18,13 +18,19 @@ the about 0.07 that Sherlock et al. (2015) find optimal for a noisy likelihood w
 log-estimate has sd 1.8; with sd 1 to 1.5 (``choose_num_particles``) acceptance runs higher.
 
 Each draw can carry a latent path: a trajectory from the genealogy of the particle system
-that produced the draw's likelihood estimate (ibid., Section 2.4.2), recomputed after
-sampling from the stored ``(u, seed)`` (one more filter run with history per kept draw).
+that produced the draw's likelihood estimate (ibid., Section 2.4.2), recomputed from the
+draw's ``(u, seed)`` at each kept iteration (one more filter run with history per draw).
+
+With ``correlation=rho`` the chain carries the filter's Gaussian noise instead of a seed and
+proposes it by a Crank–Nicolson step (correlated pseudo-marginal MCMC, Deligiannidis, Doucet
+& Pitt 2018; the filter is ``pk.statespace.correlated``), which keeps the current and
+proposed estimates correlated and the chain mixing with far fewer particles.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
@@ -34,6 +40,7 @@ import numpy as np
 
 from particlekit import kernels, resampling
 from particlekit.run import progress_bar_callback, resolve_progress_bar
+from particlekit.statespace import correlated
 from particlekit.statespace.likelihood import filter_history, filter_prefix, sample_path
 from particlekit.statespace.model import ParametricSSM
 from particlekit.types import PyTree
@@ -127,41 +134,80 @@ class PMMHResult(NamedTuple):
 
 
 class _Chains(NamedTuple):
-    position: tuple  # (u (C, D), seed (C, key_data))
+    position: tuple  # (u (C, D), randomness of the filter (C, ...))
     logdensity: jax.Array  # (C,)
 
 
-def _seed_data(key):
-    return jax.random.key_data(key)
+class _FilterRandomness(NamedTuple):
+    """How the chain carries the filter's random input ``z``: ``draw(key) -> z``,
+    ``propose(key, z) -> z'``, ``log_likelihood(ssm, z)`` and ``path(key, ssm, z)`` (a
+    trajectory from the genealogy of the run with input ``z``)."""
+
+    draw: Callable
+    propose: Callable
+    log_likelihood: Callable
+    path: Callable
 
 
-def _log_target(model: ParametricSSM, ys, num_particles, scheme, ess_threshold):
-    """``(u, seed) -> log p(u) + log p_hat(y | u, seed)`` with NaN read as ``-inf``."""
+def _independent(ys, num_particles, scheme, ess_threshold) -> _FilterRandomness:
+    """Plain PMMH: ``z`` is the filter's PRNG seed, drawn afresh with every proposal."""
+    run = partial(filter_history, ys=ys, num_particles=num_particles, scheme=scheme,
+                  ess_threshold=ess_threshold)  # fmt: skip
 
-    def logdensity(position):
-        u, seed = position
-        ssm = model.ssm(u)
+    def log_likelihood(ssm, seed):
         carry = filter_prefix(
             jax.random.wrap_key_data(seed), ssm, ys, ys.shape[0], num_particles=num_particles,
             scheme=scheme, ess_threshold=ess_threshold,
         )  # fmt: skip
-        value = model.log_prior(u) + carry.state.log_evidence
+        return carry.state.log_evidence
+
+    def path(key, ssm, seed):
+        _, parts, log_w, anc = run(jax.random.wrap_key_data(seed), ssm)
+        return sample_path(key, parts, log_w, anc)
+
+    return _FilterRandomness(
+        jax.random.key_data, lambda key, seed: jax.random.key_data(key), log_likelihood, path
+    )
+
+
+def _correlated(ys, num_particles, state_shape, correlation) -> _FilterRandomness:
+    """Correlated PMMH: ``z`` is the Gaussian noise of ``correlated.correlated_filter``,
+    moved by a Crank–Nicolson step of correlation ``rho``."""
+
+    def path(key, ssm, noise):
+        _, (parts, log_w, anc) = correlated.correlated_filter(ssm, ys, noise, keep_history=True)
+        return sample_path(key, parts, log_w, anc)
+
+    return _FilterRandomness(
+        lambda key: correlated.sample_noise(key, ys.shape[0], num_particles, state_shape),
+        lambda key, noise: correlated.refresh_noise(key, noise, correlation),
+        lambda ssm, noise: correlated.correlated_filter(ssm, ys, noise),
+        path,
+    )
+
+
+def _log_target(model: ParametricSSM, randomness: _FilterRandomness):
+    """``(u, z) -> log p(u) + log p_hat(y | u, z)`` with NaN read as ``-inf``."""
+
+    def logdensity(position):
+        u, z = position
+        value = model.log_prior(u) + randomness.log_likelihood(model.ssm(u), z)
         return jnp.where(jnp.isnan(value), -jnp.inf, value)
 
     return logdensity
 
 
-def _rw_step(logdensity, key, position, logdensity_value, chol, log_scale):
+def _rw_step(logdensity, propose_z, key, position, logdensity_value, chol, log_scale):
     """One BlackJAX RMH step of one chain with proposal ``u + exp(log_scale) chol eps``
-    and a fresh filter seed."""
+    and the filter's random input proposed by ``propose_z``."""
     import blackjax
     from blackjax.mcmc.random_walk import RWState
 
     def generate(k, pos):
-        u, _ = pos
-        k_eps, k_seed = jax.random.split(k)
+        u, z = pos
+        k_eps, k_z = jax.random.split(k)
         eps = jax.random.normal(k_eps, u.shape, u.dtype)
-        return (u + jnp.exp(log_scale) * (chol @ eps), _seed_data(k_seed))
+        return (u + jnp.exp(log_scale) * (chol @ eps), propose_z(k_z, z))
 
     kernel = blackjax.mcmc.random_walk.build_rmh()
     state, info = kernel(key, RWState(position, logdensity_value), logdensity, generate)
@@ -190,14 +236,19 @@ def _safe_cholesky(cov):
     jax.jit,
     static_argnames=(
         "model", "num_particles", "num_samples", "num_warmup", "num_chains", "scheme",
-        "ess_threshold", "target_acceptance", "latent_paths", "progress_bar",
+        "ess_threshold", "target_acceptance", "latent_paths", "progress_bar", "correlation",
+        "state_shape",
     ),
 )  # fmt: skip
 def _pmmh(
     key, ys, u_init, *, model, num_particles, num_samples, num_warmup, num_chains, scheme,
-    ess_threshold, target_acceptance, latent_paths, progress_bar,
+    ess_threshold, target_acceptance, latent_paths, progress_bar, correlation, state_shape,
 ):  # fmt: skip
-    logdensity = _log_target(model, ys, num_particles, scheme, ess_threshold)
+    if correlation is None:
+        randomness = _independent(ys, num_particles, scheme, ess_threshold)
+    else:
+        randomness = _correlated(ys, num_particles, state_shape, correlation)
+    logdensity = _log_target(model, randomness)
     dim = model.dim
     key_init, key_run, key_paths = jax.random.split(key, 3)
     total = num_warmup + num_samples
@@ -212,18 +263,28 @@ def _pmmh(
     else:
         candidates = jnp.broadcast_to(u_init, (num_chains, 1, dim))
     num_cand = candidates.shape[1]
-    seeds = jax.vmap(_seed_data)(jax.random.split(keys_cand[1], num_chains * num_cand))
-    seeds = seeds.reshape((num_chains, num_cand) + seeds.shape[1:])
-    scores = jax.vmap(jax.vmap(lambda u, s: logdensity((u, s))))(candidates, seeds)
+    zs = jax.vmap(randomness.draw)(jax.random.split(keys_cand[1], num_chains * num_cand))
+    zs = jax.tree.map(lambda a: a.reshape((num_chains, num_cand) + a.shape[1:]), zs)
+    scores = jax.vmap(jax.vmap(lambda u, z: logdensity((u, z))))(candidates, zs)
     best = jnp.argmax(scores, axis=1)
     pick = jax.vmap(lambda a, i: a[i])
-    chains = _Chains((pick(candidates, best), pick(seeds, best)), pick(scores, best))
+    z_best = jax.tree.map(lambda a: pick(a, best), zs)
+    chains = _Chains((pick(candidates, best), z_best), pick(scores, best))
     failed = ~jnp.isfinite(chains.logdensity)
 
     # initial proposal: the prior's spread (the scale adapts down quickly)
     prior_draws = model.sample_prior(keys_cand[2], max(4 * dim, 64))
     chol = _safe_cholesky(jnp.atleast_2d(jnp.cov(prior_draws, rowvar=False)) * 2.38**2 / dim)
-    step = jax.vmap(partial(_rw_step, logdensity), in_axes=(0, 0, 0, None, 0))
+    step = jax.vmap(partial(_rw_step, logdensity, randomness.propose), in_axes=(0, 0, 0, None, 0))
+
+    def paths_of(k, position):
+        u, z = position
+        keys = jax.random.split(k, num_chains)
+        return jax.vmap(lambda kk, uu, zz: randomness.path(kk, model.ssm(uu), zz))(keys, u, z)
+
+    no_paths = jax.tree.map(
+        lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(paths_of, key_paths, chains.position)
+    )
     window = max(num_warmup // _NUM_WINDOWS, 2 * dim + 2)
 
     # ---- one scan: warm-up iterations adapt (scale every step, covariance at the end of
@@ -259,7 +320,13 @@ def _pmmh(
         moments = jax.tree.map(lambda r, m: jnp.where(window_end, r, m), reset, moments)
         if tick is not None:
             tick(i)
-        return (_Chains(pos, ld), log_scale, chol, moments), (pos, ld, accepted)
+        # a latent path per kept draw, from the particle system of the draw's estimate
+        paths = None
+        if latent_paths:
+            paths = jax.lax.cond(
+                warming, lambda: no_paths, lambda: paths_of(jax.random.fold_in(key_paths, i), pos)
+            )
+        return (_Chains(pos, ld), log_scale, chol, moments), (pos[0], ld, accepted, paths)
 
     zero_moments = (
         jnp.zeros((), jnp.int32),
@@ -272,30 +339,14 @@ def _pmmh(
     steps = jnp.arange(total)
     keys = jax.vmap(lambda s: jax.random.fold_in(key_run, s))(steps)
     carry = (chains, jnp.zeros(num_chains), chol, zero_moments)
-    (_, log_scale, chol, _), (positions, lds, accepted) = jax.lax.scan(body, carry, (steps, keys))
+    (_, log_scale, chol, _), (us, lds, accepted, paths) = jax.lax.scan(body, carry, (steps, keys))
     keep = slice(num_warmup, total)
-    us, seeds = positions  # (iterations, C, D), (iterations, C, key_data)
-    us, seeds = jnp.swapaxes(us[keep], 0, 1), jnp.swapaxes(seeds[keep], 0, 1)
+    us = jnp.swapaxes(us[keep], 0, 1)  # (C, num_samples, D)
     lds, accepted = lds[keep].T, accepted[keep].T
+    paths = jax.tree.map(lambda a: jnp.swapaxes(a[keep], 0, 1), paths)
     log_prior = jax.vmap(jax.vmap(model.log_prior))(us)
     log_lik = jnp.where(jnp.isfinite(lds), lds - log_prior, -jnp.inf)
     theta = jax.vmap(jax.vmap(model.constrain))(us)
-
-    paths = None
-    if latent_paths:
-
-        def one_path(inp):
-            u, seed, k = inp
-            _, parts, log_w, anc = filter_history(
-                jax.random.wrap_key_data(seed), model.ssm(u), ys,
-                num_particles=num_particles, scheme=scheme, ess_threshold=ess_threshold,
-            )  # fmt: skip
-            return sample_path(k, parts, log_w, anc)
-
-        path_keys = jax.random.split(key_paths, num_chains * num_samples)
-        flat = (us.reshape(-1, dim), seeds.reshape((-1,) + seeds.shape[2:]), path_keys)
-        paths = jax.lax.map(one_path, flat, batch_size=num_chains)
-        paths = jax.tree.map(lambda a: a.reshape((num_chains, num_samples) + a.shape[1:]), paths)
 
     scale2 = jnp.exp(2.0 * log_scale)[:, None, None]
     cov = scale2 * (chol @ chol.T)[None]
@@ -316,6 +367,7 @@ def pmmh(
     latent_paths: bool = True,
     resampling="systematic",
     ess_threshold: float = 0.5,
+    correlation: float | None = None,
     progress_bar: bool | None = None,
 ) -> PMMHResult:
     """Particle marginal Metropolis–Hastings for the parameters and the latent path of a
@@ -345,7 +397,17 @@ def pmmh(
         Also return a latent path per draw (``paths``); costs one more filter run with
         history per kept draw.
     resampling, ess_threshold
-        The filter's resampling scheme and ESS trigger, as in ``pk.filters.bootstrap``.
+        The filter's resampling scheme and ESS trigger, as in ``pk.filters.bootstrap``
+        (without ``correlation``).
+    correlation : float, optional
+        Correlated pseudo-marginal moves (Deligiannidis, Doucet & Pitt 2018): the chain
+        carries the filter's Gaussian noise ``z`` and proposes ``rho z + sqrt(1 - rho^2)
+        xi`` with ``rho = correlation`` (e.g. 0.99), so that the estimates at the current
+        and proposed ``theta`` are strongly correlated and far fewer particles give the
+        same acceptance. The filter then moves by inverse transform and resamples at every
+        step by the sorted (Hilbert-ordered) inverse CDF
+        (``pk.statespace.correlated``); the initial and transition laws must be those
+        ``pk.filters.sqmc`` supports. ``None`` (default): a fresh filter seed per proposal.
     progress_bar : bool, optional
         A bar over the iterations; ``None``: shown when standard error is a terminal.
 
@@ -392,13 +454,26 @@ def pmmh(
         raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance}")
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    state_shape = None
+    if correlation is not None:
+        if not 0.0 <= float(correlation) < 1.0:
+            raise ValueError(f"correlation must be in [0, 1), got {correlation}")
+        if resampling != "systematic":
+            raise ValueError(
+                "correlated PMMH resamples by the sorted inverse CDF at every step: leave "
+                f"resampling at its default (got {resampling!r})"
+            )
+        u0 = model.sample_prior(jax.random.key(0), 1)[0]
+        state_shape = correlated.check_model(model.ssm(u0))
+        correlation = float(correlation)
     u_init = None if init_params is None else _unconstrain(model, init_params)
     theta, us, log_lik, log_prior, accepted, paths, cov, failed = _pmmh(
         key, ys, u_init, model=model, num_particles=num_particles, num_samples=num_samples,
         num_warmup=int(num_warmup), num_chains=num_chains,
         scheme=_get_scheme(resampling), ess_threshold=float(ess_threshold),
         target_acceptance=float(target_acceptance), latent_paths=bool(latent_paths),
-        progress_bar=resolve_progress_bar(progress_bar),
+        progress_bar=resolve_progress_bar(progress_bar), correlation=correlation,
+        state_shape=state_shape,
     )  # fmt: skip
     rate = jnp.mean(accepted.astype(jnp.float32), axis=1)
     result = PMMHResult(

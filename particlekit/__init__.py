@@ -10,9 +10,12 @@ the posterior, the evidence and the diagnostics as arrays or in ArviZ:
   filters for a ``pk.StateSpaceModel`` written with NumPyro distributions;
 - ``pk.smoothing`` (FFBS, PaRIS), ``pk.pgibbs`` (conditional SMC, particle Gibbs, PPG),
   ``pk.learning`` (maximum likelihood, score climbing);
+- ``pk.statespace``: parameters of state-space models with a NumPyro prior (PMMH, SMC²,
+  particle Gibbs);
 - ``pk.diffusion`` (PDDS, FK steering of diffusion models, FK correctors) and
   ``pk.steering`` (particle steering of token sequences);
-- ``pk.arviz``: the converters to ArviZ.
+- ``pk.arviz``: the converters to ArviZ;
+- ``pk.distributed``: runs over several processes (``jax.distributed``).
 
 Every algorithm is a recipe over the same primitives, written for one particle and
 vectorised with ``jax.vmap``: ``pk.init``, ``pk.move``, ``pk.reweight``, ``pk.resample``,
@@ -26,7 +29,7 @@ repository (``mkdocs serve``); design: ``docs/architecture.md``.
 
 import importlib
 
-from particlekit import filters, pgibbs, resampling, smoothing
+from particlekit import distributed, filters, pgibbs, resampling, smoothing
 from particlekit.kernels import chain, init, mcmc, move, resample, reweight
 from particlekit.run import run, run_until
 from particlekit.ssm import StateSpaceModel
@@ -59,6 +62,7 @@ __all__ = [
     "arviz",
     "chain",
     "diffusion",
+    "distributed",
     "filters",
     "infer",
     "learning",

@@ -312,7 +312,7 @@ def bootstrap(
     ((100,), (100, 1000))
     """
     kernels.check_key(key)
-    check_sharding(sharding)
+    check_sharding(sharding, num_particles, key=key, ys=ys)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     return _bootstrap(
         key,
@@ -484,7 +484,7 @@ def guided(
     >>> res = pk.filters.guided(jax.random.key(1), ssm, ys, proposal=prop, num_particles=500)
     """
     kernels.check_key(key)
-    check_sharding(sharding)
+    check_sharding(sharding, num_particles, key=key, ys=ys)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     if not callable(proposal):
         raise ValueError("proposal must be a function (x_prev, y, t) -> Distribution")
@@ -610,7 +610,7 @@ def auxiliary(
     ...                            num_particles=500)
     """
     kernels.check_key(key)
-    check_sharding(sharding)
+    check_sharding(sharding, num_particles, key=key, ys=ys)
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     if not callable(log_predictive):
         raise ValueError("log_predictive must be a function (x_prev, y, t) -> log weight")

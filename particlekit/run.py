@@ -69,9 +69,15 @@ def progress_bar_callback(num_steps: int, desc: str = "particlekit"):
     return callback
 
 
-def check_sharding(sharding):
+def check_sharding(sharding, num_particles: int | None = None, **same_on_every_process):
     """Return ``sharding`` if it is ``None`` or a ``jax.sharding.Sharding`` (of the particle
     axis); raise ValueError otherwise. Recipes call it before tracing.
+
+    With ``num_particles``, also a ``ValueError`` when the sharding cuts the particle axis
+    into a number of pieces that does not divide it. When the sharding spans several
+    processes (``jax.distributed``), every process checks that all of them were given the
+    same ``num_particles`` and ``same_on_every_process`` values (key, data), and raises the
+    same error otherwise (``particlekit.distributed``).
 
     Examples
     --------
@@ -82,10 +88,27 @@ def check_sharding(sharding):
     >>> check_sharding(SingleDeviceSharding(jax.devices()[0])) is not None
     True
     """
-    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+    if sharding is None:
+        return None
+    if not isinstance(sharding, jax.sharding.Sharding):
         raise ValueError(
             f"sharding must be a jax.sharding.Sharding of the particle axis, got {sharding!r}"
         )
+    from particlekit import distributed
+
+    if isinstance(num_particles, int) and num_particles > 0:  # else the recipe's own check
+        pieces = distributed.num_shards(sharding)
+        if int(num_particles) % pieces:
+            up = -(-int(num_particles) // pieces) * pieces
+            raise ValueError(
+                f"num_particles={num_particles} is not a multiple of the {pieces} shards of "
+                f"the particle axis (mesh {dict(sharding.mesh.shape)}, spec "
+                f"{sharding.spec}); use a multiple of {pieces}, e.g. {up}"
+            )
+    if num_particles is not None:
+        same_on_every_process["num_particles"] = num_particles
+    if same_on_every_process and distributed.spans_processes(sharding):
+        distributed.check_same_on_every_process(**same_on_every_process)
     return sharding
 
 

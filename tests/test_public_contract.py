@@ -39,6 +39,15 @@ CONTRACT = [
         ["additive_fn", "num_particles", "num_iterations", "burn_in"],
         ["key", "ssm", "ys"],
     ),
+    (pk.filters.sqmc, ["num_particles"], ["key", "ssm", "ys"]),
+    (pk.statespace.ParametricSSM, [], ["prior", "model_fn"]),
+    (pk.statespace.pmmh, ["num_particles", "num_samples", "num_warmup"], ["key", "model", "ys"]),
+    (
+        pk.statespace.smc2,
+        ["num_theta_particles", "num_x_particles"],
+        ["key", "model", "ys"],
+    ),
+    (pk.statespace.particle_gibbs, ["num_samples", "num_particles"], ["key", "model", "ys"]),
     (pk.infer.SMC, ["num_particles"], ["model"]),
     (pk.diffusion.gaussian_mixture, ["weights", "means", "stds"], []),
     (
@@ -75,6 +84,9 @@ def test_signature(fn, keywords, positional):
         (pk.pgibbs.PPGResult, ["estimate", "estimates"]),
         (pk.diffusion.FKSteeringResult, ["samples", "log_weights", "log_evidence"]),
         (pk.diffusion.PDDSResult, ["samples", "log_evidence"]),
+        (pk.statespace.PMMHResult, ["theta", "paths"]),
+        (pk.statespace.SMC2Result, ["theta", "paths", "log_evidence"]),
+        (pk.statespace.ParticleGibbsDraws, ["theta", "paths"]),
     ],
     ids=lambda v: getattr(v, "__name__", ""),
 )

@@ -127,3 +127,38 @@ def test_tempered_smc_with_sharded_particles():
         assert abs(zs.mean() - log_z) < 5.0 * se + 0.5 * zs.var(ddof=1) + 1e-3, (zs, log_z)
         # posterior mean from 512 draws: sd sqrt(post_var / 512) ~ 0.01, loose 0.1 bound
         assert abs(res["mean"] - post_mean) < 0.1
+
+
+BAD_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp
+    import numpyro.distributions as dist
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    import particlekit as pk
+
+    mesh = jax.make_mesh((8,), ("p",), axis_types=(AxisType.Auto,))
+    ssm = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+        observation=lambda x, t: dist.Normal(x, 0.5),
+    )
+    out = {}
+    try:
+        pk.filters.bootstrap(jax.random.key(0), ssm, jnp.zeros(5), num_particles=100,
+                             sharding=NamedSharding(mesh, P("p")))
+    except ValueError as err:
+        out["divide"] = str(err)
+    try:
+        NamedSharding(mesh, P("q"))
+    except ValueError as err:
+        out["axis"] = str(err)
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+def test_bad_sharding_is_a_value_error():
+    out = run_on_forced_devices(BAD_SCRIPT)
+    assert "multiple of the 8 shards" in out["divide"] and "e.g. 104" in out["divide"]
+    assert "q" in out["axis"]  # JAX itself rejects a mesh axis that does not exist

@@ -143,7 +143,7 @@ def svdd(
     num_steps = kernels.check_num_particles(num_steps, "num_steps")
     if not float(alpha) >= 0.0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
-    sharding = check_sharding(sharding)
+    sharding = check_sharding(sharding, num_particles, key=key)
     return _svdd(
         key, model, reward_fn, jnp.asarray(alpha, jnp.result_type(float)),
         num_particles=num_particles, num_children=num_children, num_steps=num_steps,

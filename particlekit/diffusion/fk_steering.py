@@ -416,7 +416,7 @@ def fk_steering(
     check_reward(model, reward_fn)
     if callable(intermediate_reward):
         check_reward(model, intermediate_reward, "intermediate_reward(x_t, t)", with_time=True)
-    sharding = check_sharding(sharding)
+    sharding = check_sharding(sharding, num_particles, key=key)
     lmbda = jnp.asarray(lmbda, jnp.result_type(float))
     if lmbda.ndim != 0:
         raise ValueError(f"lmbda must be a scalar, got shape {lmbda.shape}")

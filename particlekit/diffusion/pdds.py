@@ -365,7 +365,7 @@ def pdds(
     """
     kernels.check_key(key)
     dim = _check_inputs(log_density, dim, num_particles, num_steps, sigma)
-    sharding = check_sharding(sharding)
+    sharding = check_sharding(sharding, num_particles, key=key)
     if isinstance(num_mcmc_steps, bool) or not isinstance(num_mcmc_steps, numbers.Integral):
         raise ValueError(f"num_mcmc_steps must be a non-negative integer, got {num_mcmc_steps!r}")
     if num_mcmc_steps < 0:

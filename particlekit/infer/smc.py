@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from particlekit import resampling
+from particlekit import distributed, resampling
 from particlekit.infer import adaptive_hmc, convergence, log_density, moves, tempering
 from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
 from particlekit.kernels import check_key, check_num_particles, reweight
@@ -662,7 +662,7 @@ class SMC:
             max_integration_steps=check_num_particles(
                 max_integration_steps, "max_integration_steps"
             ),
-            sharding=check_sharding(sharding),
+            sharding=check_sharding(sharding, n),
         )
         self._compiled: dict = {}
         self._result: SMCResult | None = None
@@ -723,6 +723,9 @@ class SMC:
         """
         check_key(key)
         dyn, spec = _split_args(args, kwargs)
+        across_processes = distributed.spans_processes(self._cfg.sharding)
+        if across_processes:
+            distributed.check_same_on_every_process(key=key, data=(args, kwargs))
         if self.progress_bar:
             try:
                 compiling = spec not in self._compiled
@@ -735,6 +738,8 @@ class SMC:
             jax.block_until_ready(result)
         finally:
             self._bar.close()
+        if across_processes:  # every process keeps the whole population (host copies)
+            result, problems = jax.tree.map(jnp.asarray, distributed.to_host((result, problems)))
         _check_initial(np.asarray(problems), self.num_particles, info)
         self._result = result
         self._args = (args, kwargs)

@@ -306,7 +306,7 @@ def smc(
         variant=variant,
     )
     threshold = _ess_threshold(ess_threshold, variant)
-    sharding = check_sharding(sharding)
+    sharding = check_sharding(sharding, num_particles, key=key)
     scheme = get_scheme(resampling)
     return _smc(
         key,

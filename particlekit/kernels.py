@@ -352,6 +352,8 @@ def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
     scheme_fn = resampling.get_scheme(scheme)
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    if isinstance(scheme_fn, resampling.Islands):
+        return _resample_islands(scheme_fn, float(ess_threshold))
 
     def kernel(key, state: ParticleState, inputs=None):
         del inputs
@@ -376,6 +378,52 @@ def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
         ess_after = jnp.where(do_resample, jnp.asarray(n, current_ess.dtype), current_ess)
         info = StepInfo.neutral(new_state, ess=ess_after)._replace(resampled=do_resample)
         return new_state, info
+
+    return kernel
+
+
+def _resample_islands(islands, ess_threshold: float) -> Kernel:
+    """``resample`` with ``resampling.Islands``: each block of ``N / num_islands``
+    particles resamples within itself when its own ESS is below ``ess_threshold`` times its
+    size, and its offspring share the block's total weight. Every array is reshaped to
+    ``(num_islands, N / num_islands, ...)`` and the island operations are vmapped, so a
+    particle axis sharded into the same blocks stays local."""
+    num_islands, scheme = islands.num_islands, islands.scheme
+
+    def kernel(key, state: ParticleState, inputs=None):
+        del inputs
+        n = num_particles_of(state)
+        if n % num_islands:
+            raise ValueError(
+                f"island resampling needs num_particles ({n}) to be a multiple of "
+                f"num_islands ({num_islands})"
+            )
+        m = n // num_islands
+        log_w = state.log_weights.reshape(num_islands, m)
+        log_mass, island_ess = jax.vmap(resampling.log_sum_and_ess)(log_w)
+        if ess_threshold >= 1.0:
+            do = jnp.ones(num_islands, bool)
+        else:
+            do = island_ess < ess_threshold * m
+        keys = jax.random.split(key, num_islands)
+        local = jax.vmap(lambda k, w: scheme(k, w, m))(keys, log_w)
+        local = jnp.where(do[:, None], local, jnp.arange(m, dtype=local.dtype)[None])
+        even = jnp.broadcast_to((log_mass - jnp.log(m))[:, None], log_w.shape)
+        new_log_w = jnp.where(do[:, None], even.astype(log_w.dtype), log_w)
+
+        def take(leaf):
+            blocks = leaf.reshape((num_islands, m) + leaf.shape[1:])
+            return jax.vmap(lambda x, i: x[i])(blocks, local).reshape(leaf.shape)
+
+        offsets = (jnp.arange(num_islands, dtype=jnp.int32) * m)[:, None]
+        new_state = state._replace(
+            particles=jax.tree.map(take, state.particles),
+            previous_particles=jax.tree.map(take, state.previous_particles),
+            log_weights=new_log_w.reshape(n),
+            ancestors=(offsets + local.astype(jnp.int32)).reshape(n),
+        )
+        info = StepInfo.neutral(new_state, ess=resampling.ess(new_state.log_weights))
+        return new_state, info._replace(resampled=jnp.any(do))
 
     return kernel
 

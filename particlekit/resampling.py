@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,8 @@ __all__ = [
     "get_scheme",
     "get_conditional_scheme",
     "offspring_counts",
+    "Islands",
+    "islands",
 ]
 
 Resampler = Callable[..., jax.Array]
@@ -630,6 +633,59 @@ CONDITIONAL_SCHEMES: dict[Resampler, Resampler] = {
     stratified: conditional_stratified,
     residual: conditional_residual,
 }
+
+
+class Islands(NamedTuple):
+    """Island resampling (Vergé, Dubarry, Del Moral & Moulines 2015): the population is cut
+    into ``num_islands`` contiguous blocks of ``N / num_islands`` particles, and each island
+    resamples on its own with ``scheme`` when its own ESS falls below the threshold, keeping
+    its total weight (every offspring weighs the island's mass over its size). With the
+    particle axis sharded into the same blocks (``num_islands`` = the number of devices, as
+    ``particlekit.distributed.num_shards`` gives) resampling needs no communication; the
+    evidence estimator stays the one of ``pk.reweight`` (unbiased: each particle's expected
+    offspring weight is its weight). Between-island imbalance is never corrected, so the
+    estimator's variance grows with the number of islands; ``benchmarks/bench_distributed.py``
+    measures it against global resampling.
+
+    Made by ``islands(...)``; accepted wherever ``pk.resample`` resamples (the filters, FK
+    steering and correctors, PDDS, sequence steering). Calling it as a plain scheme is an
+    error: a recipe that sets the weights equal after resampling would be wrong with it.
+    """
+
+    scheme: Resampler
+    num_islands: int
+
+    def __call__(self, key, log_weights, num_samples=None):
+        raise ValueError(
+            "island resampling keeps each island's weight, so it only runs inside "
+            "pk.resample (the filters, FK steering and correctors, PDDS, sequence steering); "
+            "this recipe sets the weights equal after resampling: use a global scheme"
+        )
+
+
+def islands(scheme: str | Resampler = "systematic", num_islands: int = 1) -> Islands:
+    """Island resampling with ``scheme`` inside each of ``num_islands`` blocks; see
+    ``Islands``.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5))
+    >>> _, ys = ssm.simulate(jax.random.key(0), 20)
+    >>> res = pk.filters.bootstrap(jax.random.key(1), ssm, ys, num_particles=512,
+    ...                            resampling=pk.resampling.islands("systematic", 8))
+    >>> res.ancestors.shape
+    (20, 512)
+    """
+    if isinstance(num_islands, bool) or not isinstance(num_islands, int) or num_islands < 1:
+        raise ValueError(f"num_islands must be a positive integer, got {num_islands!r}")
+    base = get_scheme(scheme)
+    if isinstance(base, Islands):
+        raise ValueError("islands(...) of islands: pass a global scheme")
+    return Islands(base, num_islands)
 
 
 def get_scheme(scheme: str | Resampler) -> Resampler:

@@ -14,12 +14,14 @@ zero weight at that step, counted in ``num_nonfinite``, and the result reports
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from particlekit import kernels, resampling
 from particlekit.run import check_sharding, constrain_particles, run
@@ -170,6 +172,7 @@ def _filter(
     progress_bar,
     sharding,
     vectorized,
+    batch_size=None,
 ):
     """The shared skeleton: weight ``t = 0``, then ``run`` over ``t = 1..T-1``."""
     key_init, key_w0, key_run = jax.random.split(key, 3)
@@ -177,7 +180,7 @@ def _filter(
     state = kernels.init(key_init, init_sample, num_particles, vectorized=vectorized)
     state = constrain_particles(state, sharding)
     y0 = jax.tree.map(lambda a: a[0], ys)
-    state, info0 = kernels.reweight(init_log_weight, vectorized=vectorized)(
+    state, info0 = kernels.reweight(init_log_weight, vectorized=vectorized, batch_size=batch_size)(
         key_w0, state, (y0, ts[0])
     )
     inputs = (ys[1:], ts[1:])
@@ -197,6 +200,34 @@ def _filter(
         sharding=sharding,
     )
     return _assemble(state, info0, final, trace, keep_history)
+
+
+HISTORY_LIMIT_BYTES = 2**30
+"""With ``keep_history=None`` (the default) the filters keep the history only if it needs at
+most this many bytes (1 GiB): particles, log-weights and ancestors of every step."""
+
+
+def resolve_keep_history(keep_history, ssm: StateSpaceModel, ys, num_particles: int) -> bool:
+    """``keep_history`` as given, or for ``None`` whether the history of ``T`` steps of
+    ``num_particles`` particles fits in ``HISTORY_LIMIT_BYTES``; a ``UserWarning`` says so
+    when it is turned off."""
+    if keep_history is not None:
+        return bool(keep_history)
+    one = jax.eval_shape(lambda k: ssm.sample_initial(k), jax.random.key(0))
+    per_particle = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(one))
+    num_steps = jax.tree.leaves(ys)[0].shape[0]
+    needed = num_steps * num_particles * (per_particle + 8)  # + log-weight and ancestor
+    if needed <= HISTORY_LIMIT_BYTES:
+        return True
+    warnings.warn(
+        f"the history of {num_steps} steps x {num_particles} particles would need "
+        f"{needed / 2**30:.1f} GiB (more than {HISTORY_LIMIT_BYTES / 2**30:.0f} GiB), so it is "
+        "not kept: particles, log_weights and ancestors are None. Pass keep_history=True to "
+        "keep it anyway, or keep_history=False to silence this",
+        UserWarning,
+        stacklevel=3,
+    )
+    return False
 
 
 def _check_common(ssm, ys, num_particles, ess_threshold):
@@ -219,11 +250,12 @@ def _check_common(ssm, ys, num_particles, ess_threshold):
         "keep_history",
         "progress_bar",
         "sharding",
+        "batch_size",
     ),
 )
 def _bootstrap(
     key, ys, *, ssm, num_particles, resampling_scheme, ess_threshold, keep_history,
-    progress_bar, sharding,
+    progress_bar, sharding, batch_size=None,
 ):  # fmt: skip
     v = ssm.vectorized
 
@@ -236,8 +268,8 @@ def _bootstrap(
     log_g = _observation_term(ssm)
     step = kernels.chain(
         kernels.resample(resampling_scheme, ess_threshold),
-        kernels.move(propagate, vectorized=v),
-        kernels.reweight(log_g, vectorized=v),
+        kernels.move(propagate, vectorized=v, batch_size=batch_size),
+        kernels.reweight(log_g, vectorized=v, batch_size=batch_size),
     )
     return _filter(
         key,
@@ -250,6 +282,7 @@ def _bootstrap(
         progress_bar=progress_bar,
         sharding=sharding,
         vectorized=v,
+        batch_size=batch_size,
     )
 
 
@@ -261,9 +294,10 @@ def bootstrap(
     num_particles: int,
     resampling="systematic",
     ess_threshold: float = 0.5,
-    keep_history: bool = True,
+    keep_history: bool | None = None,
     progress_bar: bool | None = None,
     sharding=None,
+    batch_size: int | None = None,
 ) -> FilterResult:
     """Bootstrap particle filter: move with the transition ``f``, weight with ``g``.
 
@@ -284,15 +318,22 @@ def bootstrap(
         Scheme of ``particlekit.resampling`` (default ``"systematic"``).
     ess_threshold : float
         Resample when ``ESS < ess_threshold * N``; 1.0 resamples every step.
-    keep_history : bool
+    keep_history : bool, optional
         Keep particles, weights and ancestors of every step (``O(N T)`` memory); with
-        False only the final population and per-step scalars are returned.
+        False only the final population and per-step scalars are returned. ``None``
+        (default): kept when it needs at most ``HISTORY_LIMIT_BYTES`` (1 GiB), otherwise
+        not, with a warning.
     progress_bar : bool, optional
         Show a tqdm progress bar (about 100 updates per run); ``None`` (default): shown
         when standard error is a terminal.
     sharding : jax.sharding.Sharding, optional
         Sharding of the particle axis (e.g. ``NamedSharding(mesh, P("p"))``) to spread the
         particles over devices.
+    batch_size : int, optional
+        Evaluate the per-particle transition and observation functions on this many
+        particles at a time (a ``lax.map`` over chunks) instead of all ``N`` at once: for
+        very large populations whose per-particle intermediates would not fit in memory.
+        Ignored for ``vectorized`` models (they receive the whole batch).
 
     Returns
     -------
@@ -321,9 +362,12 @@ def bootstrap(
         num_particles=num_particles,
         resampling_scheme=_get_scheme(resampling),
         ess_threshold=float(ess_threshold),
-        keep_history=keep_history,
+        keep_history=resolve_keep_history(keep_history, ssm, ys, num_particles),
         progress_bar=progress_bar,
         sharding=sharding,
+        batch_size=None
+        if batch_size is None
+        else kernels.check_num_particles(batch_size, "batch_size"),
     )
 
 
@@ -446,7 +490,7 @@ def guided(
     initial_proposal: Callable | None = None,
     resampling="systematic",
     ess_threshold: float = 0.5,
-    keep_history: bool = True,
+    keep_history: bool | None = None,
     progress_bar: bool | None = None,
     sharding=None,
 ) -> FilterResult:
@@ -497,7 +541,7 @@ def guided(
         num_particles=num_particles,
         resampling_scheme=_get_scheme(resampling),
         ess_threshold=float(ess_threshold),
-        keep_history=keep_history,
+        keep_history=resolve_keep_history(keep_history, ssm, ys, num_particles),
         progress_bar=progress_bar,
         sharding=sharding,
     )
@@ -574,7 +618,7 @@ def auxiliary(
     num_particles: int,
     resampling="systematic",
     ess_threshold: float = 0.5,
-    keep_history: bool = True,
+    keep_history: bool | None = None,
     progress_bar: bool | None = None,
     sharding=None,
 ) -> FilterResult:
@@ -622,7 +666,7 @@ def auxiliary(
         num_particles=num_particles,
         resampling_scheme=_get_scheme(resampling),
         ess_threshold=float(ess_threshold),
-        keep_history=keep_history,
+        keep_history=resolve_keep_history(keep_history, ssm, ys, num_particles),
         progress_bar=progress_bar,
         sharding=sharding,
     )

@@ -240,11 +240,27 @@ def init(
     )
 
 
-def move(fn: Callable, *, vectorized: bool = False) -> Kernel:
+def per_particle(fn: Callable, batch_size: int | None = None) -> Callable:
+    """``fn`` mapped over the leading axis of its first two arguments (the third is shared):
+    ``jax.vmap``, or with ``batch_size`` a ``lax.map`` over chunks of that many particles
+    (each chunk vmapped), so that the intermediates of an expensive per-particle function
+    need memory for ``batch_size`` particles instead of all of them."""
+    if batch_size is None:
+        return jax.vmap(fn, in_axes=(0, 0, None))
+    batch_size = check_num_particles(batch_size, "batch_size")
+
+    def mapped(a, b, shared):
+        return jax.lax.map(lambda ab: fn(ab[0], ab[1], shared), (a, b), batch_size=batch_size)
+
+    return mapped
+
+
+def move(fn: Callable, *, vectorized: bool = False, batch_size: int | None = None) -> Kernel:
     """A kernel moving every particle with ``x' = fn(key, x, inputs)``.
 
     Weights and evidence are unchanged; ``previous_particles`` becomes the particles
     before the move. With ``vectorized=True``, ``fn(key, xs, inputs)`` receives the batch.
+    ``batch_size`` evaluates ``fn`` on that many particles at a time (``per_particle``).
 
     Examples
     --------
@@ -258,14 +274,14 @@ def move(fn: Callable, *, vectorized: bool = False) -> Kernel:
             new = fn(key, state.particles, inputs)
         else:
             keys = jax.random.split(key, n)
-            new = jax.vmap(fn, in_axes=(0, 0, None))(keys, state.particles, inputs)
+            new = per_particle(fn, batch_size)(keys, state.particles, inputs)
         state = state._replace(particles=new, previous_particles=state.particles)
         return state, StepInfo.neutral(state)
 
     return kernel
 
 
-def reweight(fn: Callable, *, vectorized: bool = False) -> Kernel:
+def reweight(fn: Callable, *, vectorized: bool = False, batch_size: int | None = None) -> Kernel:
     """A kernel multiplying the weights by the potential ``G = exp(fn(x_prev, x, inputs))``.
 
     This is the one place where ``log_evidence`` grows, by
@@ -279,6 +295,8 @@ def reweight(fn: Callable, *, vectorized: bool = False) -> Kernel:
         ``fn(x_prev, x, inputs) -> log G`` for one particle, with ``x_prev`` the particle
         before the most recent move. With ``vectorized=True`` it receives batches and
         returns shape ``(N,)``.
+    batch_size : int, optional
+        Evaluate ``fn`` on that many particles at a time (``per_particle``).
 
     Examples
     --------
@@ -291,9 +309,7 @@ def reweight(fn: Callable, *, vectorized: bool = False) -> Kernel:
         if vectorized:
             log_g = fn(state.previous_particles, state.particles, inputs)
         else:
-            log_g = jax.vmap(fn, in_axes=(0, 0, None))(
-                state.previous_particles, state.particles, inputs
-            )
+            log_g = per_particle(fn, batch_size)(state.previous_particles, state.particles, inputs)
         log_g = jnp.asarray(log_g, state.log_weights.dtype)
         if log_g.shape != state.log_weights.shape:
             raise ValueError(

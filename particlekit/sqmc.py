@@ -416,7 +416,7 @@ def sqmc(
     ys,
     *,
     num_particles: int,
-    keep_history: bool = True,
+    keep_history: bool | None = None,
     progress_bar: bool | None = None,
 ) -> FilterResult:
     """Sequential quasi-Monte Carlo (Gerber & Chopin 2015) with the bootstrap proposal.
@@ -450,8 +450,9 @@ def sqmc(
     num_particles : int
         ``N``, a power of two (the size of a Sobol net); other values are a ``ValueError``
         naming the nearest powers of two.
-    keep_history : bool
-        Keep particles, weights and ancestors of every step (``O(N T)`` memory).
+    keep_history : bool, optional
+        Keep particles, weights and ancestors of every step (``O(N T)`` memory); ``None``
+        (default): kept up to ``pk.filters.HISTORY_LIMIT_BYTES``, as in ``bootstrap``.
     progress_bar : bool, optional
         Show a tqdm progress bar; ``None`` (default): shown when standard error is a
         terminal.
@@ -489,7 +490,7 @@ def sqmc(
     >>> res.particles.shape, bool(res.resampled[1:].all())
     ((100, 1024), True)
     """
-    from particlekit.filters import _check_common
+    from particlekit.filters import _check_common, resolve_keep_history
 
     kernels.check_key(key)
     ys = _check_common(ssm, ys, num_particles, 1.0)
@@ -500,6 +501,6 @@ def sqmc(
         ys,
         ssm=ssm,
         num_particles=num_particles,
-        keep_history=keep_history,
+        keep_history=resolve_keep_history(keep_history, ssm, ys, num_particles),
         progress_bar=progress_bar,
     )

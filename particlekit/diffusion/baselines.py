@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
 from particlekit.diffusion.schedules import time_grid
-from particlekit.run import check_sharding, constrain_particles, run
+from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 
 __all__ = ["BestOfNResult", "SVDDResult", "best_of_n", "svdd"]
 
@@ -117,6 +117,7 @@ def svdd(
     sampler: str = "ddpm",
     eta: float = 1.0,
     sharding=None,
+    progress_bar: bool | None = None,
 ) -> SVDDResult:
     """SVDD-style decoding: at every reverse step each particle draws ``num_children``
     children ``x_s^(j) ~ p(. | x_t)`` and keeps one, picked with probability
@@ -125,7 +126,8 @@ def svdd(
     kernel (the pick uses ``particlekit.resampling.multinomial``) run by
     ``particlekit.run``. Cost: ``num_particles * num_children`` network calls per step.
     ``sharding`` (a ``jax.sharding.Sharding`` of the particle axis, optional) spreads the
-    particles over devices as in ``fk_steering``; see the Scaling page.
+    particles over devices as in ``fk_steering``; see the Scaling page. ``progress_bar``
+    shows a bar over the steps (``None``: when standard error is a terminal).
 
     Examples
     --------
@@ -148,13 +150,14 @@ def svdd(
         key, model, reward_fn, jnp.asarray(alpha, jnp.result_type(float)),
         num_particles=num_particles, num_children=num_children, num_steps=num_steps,
         sampler=sampler, eta=float(eta), sharding=sharding,
+        progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
 
 
 @eqx.filter_jit
 def _svdd(
     key, model, reward_fn, alpha, *, num_particles, num_children, num_steps, sampler, eta,
-    sharding=None,
+    sharding=None, progress_bar=False,
 ):  # fmt: skip
     grid = time_grid(num_steps)
     ts, ss = grid[1:][::-1], grid[:-1][::-1]
@@ -181,6 +184,12 @@ def _svdd(
     state = constrain_particles(kernels.init(k_init, model.sample_prior, num_particles), sharding)
     inputs = (ts, ss, last)
     final, _ = run(
-        k_run, kernels.move(pick_child), state, inputs, keep_history=False, sharding=sharding
+        k_run,
+        kernels.move(pick_child),
+        state,
+        inputs,
+        keep_history=False,
+        sharding=sharding,
+        progress_bar=progress_bar,
     )
     return SVDDResult(final.particles, jax.vmap(reward_fn)(final.particles))

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel
 from particlekit.diffusion.schedules import time_grid
-from particlekit.run import check_sharding, constrain_particles, run
+from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 
 __all__ = [
     "FKCResult",
@@ -159,6 +159,7 @@ def fk_corrector(
     ess_threshold: float = 0.5,
     resampling: str = "systematic",
     sharding=None,
+    progress_bar: bool | None = None,
 ) -> FKCResult:
     """Sample ``prod_i p_i(x)^{beta_i} / Z`` with a Feynman–Kac corrector.
 
@@ -185,6 +186,9 @@ def fk_corrector(
         mesh: the particles are spread over the devices and pinned there after every
         step (``num_particles`` a multiple of the number of devices); see the Scaling
         page.
+    progress_bar : bool, optional
+        A tqdm bar over the steps (about 100 updates); ``None`` (default): shown when
+        standard error is a terminal.
 
     Returns
     -------
@@ -234,6 +238,7 @@ def fk_corrector(
         jnp.asarray(_log_gaussian_power_integral(total, dim), dtype),
         num_particles=num_particles, num_steps=num_steps, ess_threshold=float(ess_threshold),
         scheme=resampling_scheme(resampling), sharding=sharding,
+        progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
 
 
@@ -245,7 +250,7 @@ def resampling_scheme(scheme):
 @eqx.filter_jit
 def _fk_corrector(
     key, models, betas, noise_factor, log_z0, *, num_particles, num_steps, ess_threshold, scheme,
-    sharding=None,
+    sharding=None, progress_bar=False,
 ):  # fmt: skip
     schedule = models[0].schedule
     shape = models[0].shape
@@ -300,7 +305,9 @@ def _fk_corrector(
 
     k_init, k_run = jax.random.split(key)
     state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
-    final, trace = run(k_run, step, state, ts, keep_history=False, sharding=sharding)
+    final, trace = run(
+        k_run, step, state, ts, keep_history=False, sharding=sharding, progress_bar=progress_bar
+    )
     # the last move is not followed by a reweight: particles that died in it get zero
     # weight here (counted in the last step), and if any did, the population is resampled
     # so that the samples are live particles (all of them dead: failed, log_evidence = -inf,

@@ -42,7 +42,7 @@ from jax.scipy.special import logsumexp
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
 from particlekit.diffusion.schedules import time_grid
-from particlekit.run import check_sharding, constrain_particles, run
+from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 from particlekit.types import StepInfo
 
 __all__ = [
@@ -200,6 +200,7 @@ def _update(potential, p: _Particle, r):
 def _fk_steering(
     key, model, reward_fn, lmbda, mask, potential, *, num_particles, intermediate,
     num_reward_samples, ess_threshold, scheme, proposal, sampler, eta, sharding=None,
+    progress_bar=False,
 ):  # fmt: skip
     num_steps = mask.shape[0]
     grid = time_grid(num_steps)
@@ -293,7 +294,10 @@ def _fk_steering(
     k_init, k_run = jax.random.split(key)
     state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
     inputs = (ts, ss, mask, final_flags)
-    final, trace = run(k_run, step, state, inputs, keep_history=False, sharding=sharding)
+    final, trace = run(
+        k_run, step, state, inputs, keep_history=False, sharding=sharding,
+        progress_bar=progress_bar,
+    )  # fmt: skip
     info = trace.info.info
     log_evidence = final.log_evidence
     failed = ~jnp.isfinite(log_evidence)
@@ -329,6 +333,7 @@ def fk_steering(
     sampler: str = "ddpm",
     eta: float = 1.0,
     sharding=None,
+    progress_bar: bool | None = None,
 ) -> FKSteeringResult:
     """Sample ``p(x_0) exp(lmbda r(x_0)) / Z`` from a diffusion model with Feynman–Kac
     steering (Singhal et al. 2025), built from the engine (``init``, ``move``,
@@ -375,6 +380,9 @@ def fk_steering(
         mesh: the particles are spread over the devices and pinned there after every
         step (``num_particles`` a multiple of the number of devices); see the Scaling
         page.
+    progress_bar : bool, optional
+        A tqdm bar over the steps (about 100 updates); ``None`` (default): shown when
+        standard error is a terminal.
 
     Returns
     -------
@@ -427,7 +435,7 @@ def fk_steering(
         num_particles=num_particles, intermediate=intermediate_reward,
         num_reward_samples=num_reward_samples, ess_threshold=float(ess_threshold),
         scheme=resampling_scheme(resampling), proposal=proposal, sampler=sampler,
-        eta=float(eta), sharding=sharding,
+        eta=float(eta), sharding=sharding, progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
 
 

@@ -3,20 +3,22 @@
 Trains a small noise-prediction network (equinox + optax, about a minute on a CPU) on a
 ring of eight Gaussians, then samples ``p(x) exp(lmbda r(x)) / Z`` for the reward
 ``r(x) = x_0 + x_1`` (favouring the upper-right modes) with ``pk.diffusion.fk_steering``,
-and plots unsteered vs steered samples to ``steer_diffusion.png``.
+and plots unsteered vs steered samples to ``examples/steer_diffusion.png``.
 
 Potentials are applied only for ``t <= 0.7`` (``resample_window``): at higher noise the
 Tweedie prediction ``x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab)`` of a trained (not
 exact) network amplifies its errors by ``1 / sqrt(ab)``, and rewards of such predictions
 only add weight variance.
 
-Run: ``python examples/steer_diffusion.py [--quick]``.
+Run: ``python examples/steer_diffusion.py [--quick]`` (about 30 s on a 2-core CPU, half of it
+training; ``--quick``: about 20 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -30,6 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SCHEDULE = pk.diffusion.linear_schedule()
+OUTPUT = Path(__file__).resolve().with_name("steer_diffusion.png")
 
 
 def ring_data(key, n, num_modes=8, radius=3.0, std=0.25):
@@ -109,20 +112,31 @@ def main(quick: bool = False):
           f"plain Monte Carlo over the unsteered samples {float(plain):.2f}; "
           f"final ESS = {float(pk.resampling.ess(res.log_weights)):.0f} / {n}")  # fmt: skip
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(10, 5.4), sharex=True, sharey=True, layout="constrained"
+    )
     for ax, xs, title in [
-        (axes[0], base, "unsteered"),
-        (axes[1], steered, f"FK steering, r(x) = x0 + x1, lambda = {lmbda}"),
+        (axes[0], base, f"unsteered: samples from p(x), {n} draws"),
+        (axes[1], steered, f"FK steering: target p(x) exp(lambda r(x)) / Z, lambda = {lmbda}"),
     ]:
         ax.scatter(xs[:, 0], xs[:, 1], s=4, alpha=0.5)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("$x_0$")
         ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig("steer_diffusion.png", dpi=120)
-    print("saved steer_diffusion.png")
+    axes[0].set_ylabel("$x_1$")
+    fig.suptitle(
+        "A tiny diffusion model trained on a ring of 8 Gaussians, steered to the reward "
+        f"$r(x) = x_0 + x_1$ ({steps} denoising steps)"
+    )
+    fig.savefig(OUTPUT, dpi=120, bbox_inches="tight")
+    print(f"saved {OUTPUT}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="a few-second smoke run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a shorter smoke run (500 training steps, 256 particles)",
+    )
     main(parser.parse_args().quick)

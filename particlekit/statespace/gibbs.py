@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels
-from particlekit.statespace.model import ParametricSSM
+from particlekit.statespace.model import ParametricSSM, draws_with_paths
 from particlekit.types import PyTree
 
 __all__ = ["particle_gibbs", "ParticleGibbsDraws"]
@@ -45,10 +45,7 @@ class ParticleGibbsDraws(NamedTuple):
 
     def get_samples(self, group_by_chain: bool = False) -> dict:
         """``{site: draws}`` and ``"x"``; chains concatenated unless ``group_by_chain``."""
-        out = {**self.theta, "x": self.paths}
-        if group_by_chain:
-            return out
-        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+        return draws_with_paths(self.theta, self.paths, group_by_chain)
 
     def print_summary(self, prob: float = 0.9) -> None:
         """NumPyro's summary table of ``theta`` and the mean acceptance rate."""

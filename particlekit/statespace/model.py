@@ -17,7 +17,7 @@ import jax
 
 from particlekit.ssm import StateSpaceModel
 
-__all__ = ["ParametricSSM"]
+__all__ = ["ParametricSSM", "draws_with_paths"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +119,15 @@ class ParametricSSM:
                 f"model_fn(theta) must return a pk.StateSpaceModel, got {type(ssm).__name__}"
             )
         return ssm.validate(ys, num_particles)
+
+
+def draws_with_paths(theta: dict, paths, group_by_chain: bool = False) -> dict:
+    """``{site: draws}`` plus ``"x"`` for latent paths (if any), leading axes ``(chain,
+    draw)``; chains concatenated unless ``group_by_chain``: the ``get_samples`` of every
+    result of this family."""
+    out = dict(theta)
+    if paths is not None:
+        out["x"] = paths
+    if group_by_chain:
+        return out
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)

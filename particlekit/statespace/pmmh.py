@@ -42,7 +42,7 @@ from particlekit import kernels, resampling
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.statespace import correlated
 from particlekit.statespace.likelihood import filter_history, filter_prefix, sample_path
-from particlekit.statespace.model import ParametricSSM
+from particlekit.statespace.model import ParametricSSM, draws_with_paths
 from particlekit.types import PyTree
 
 __all__ = ["pmmh", "PMMHResult", "NUM_INIT_CANDIDATES"]
@@ -97,12 +97,7 @@ class PMMHResult(NamedTuple):
     def get_samples(self, group_by_chain: bool = False) -> dict:
         """``{site: draws}``, plus ``"x"`` for the latent paths; chains concatenated unless
         ``group_by_chain``."""
-        out = dict(self.theta)
-        if self.paths is not None:
-            out["x"] = self.paths
-        if group_by_chain:
-            return out
-        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+        return draws_with_paths(self.theta, self.paths, group_by_chain)
 
     def print_summary(self, prob: float = 0.9) -> None:
         """NumPyro's summary table of ``theta`` (mean, sd, quantiles, ESS, R-hat) and each

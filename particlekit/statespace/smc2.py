@@ -43,7 +43,7 @@ from particlekit.statespace.likelihood import (
     filter_step,
     sample_path,
 )
-from particlekit.statespace.model import ParametricSSM
+from particlekit.statespace.model import ParametricSSM, draws_with_paths
 from particlekit.types import PyTree
 
 __all__ = ["smc2", "SMC2Result"]
@@ -98,12 +98,7 @@ class SMC2Result(NamedTuple):
     def get_samples(self, group_by_chain: bool = False) -> dict:
         """``{site: draws}``, plus ``"x"`` for the latent paths; chains concatenated unless
         ``group_by_chain``."""
-        out = dict(self.theta)
-        if self.paths is not None:
-            out["x"] = self.paths
-        if group_by_chain:
-            return out
-        return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+        return draws_with_paths(self.theta, self.paths, group_by_chain)
 
     def print_summary(self, prob: float = 0.9) -> None:
         """NumPyro's summary table of ``theta``, the log evidence and the inner particle
@@ -253,14 +248,11 @@ def _fresh_filter(key, u, ys, length, cfg: _Config, num_x: int) -> FilterCarry:
 
 def _proposal_cholesky(u, log_weights):
     """Cholesky factor of ``2.38^2 / D`` times the weighted covariance of the population
-    (Roberts & Rosenthal 2001), with a jitter that keeps it positive definite."""
-    w = resampling.normalize(log_weights)
-    mean = w @ u
-    du = u - mean
-    cov = (du * w[:, None]).T @ du
-    d = u.shape[1]
-    jitter = 1e-6 * (jnp.trace(cov) / d + 1e-8)
-    return jnp.linalg.cholesky(cov * 2.38**2 / d + jitter * jnp.eye(d, dtype=u.dtype))
+    (Roberts & Rosenthal 2001)."""
+    from particlekit.infer.moves import weighted_moments
+
+    _, cov = weighted_moments(u, log_weights)
+    return jnp.linalg.cholesky(cov * 2.38**2 / u.shape[1])
 
 
 def _move(state: _RunState, ys, cfg: _Config):

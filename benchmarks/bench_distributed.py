@@ -4,6 +4,8 @@
    resampling against island resampling (``pk.resampling.islands``, ``P`` islands of
    ``N / P`` particles), ``N = 4096``, ``T = 100``, linear Gaussian model, over ``--seeds``
    seeds on one device: the sd of ``log Z`` and its bias against the Kalman value.
+   Island rows with ``exchange = k`` pass ``k`` particles per island on to the next island
+   at every step (local exchange).
 2. **Communication**: collectives in the compiled resampling step with the particle axis
    sharded over 8 devices (counted in the HLO), global against islands.
 3. **Strong and weak scaling** of the sharded bootstrap filter (``T = 100``) on 1, 2, 4 and
@@ -108,10 +110,11 @@ def variance_table(seeds: int) -> None:
     print("\n**Estimator variance** (N = 4096, T = 100, systematic inside each island):\n")
     print("| resampling | islands x size | sd of log Z | mean log Z - exact |")
     print("|---|---|---:|---:|")
-    for num_islands in (1, 8, 32, 128, 512):
-        scheme = (
-            "systematic" if num_islands == 1 else pk.resampling.islands("systematic", num_islands)
-        )
+    configs = [(1, 0), (8, 0), (8, 64), (32, 0), (32, 16), (128, 0), (128, 4), (512, 0)]
+    for num_islands, exchange in configs:
+        scheme = "systematic"
+        if num_islands > 1:
+            scheme = pk.resampling.islands("systematic", num_islands, exchange=exchange)
         log_z = np.array([
             float(pk.filters.bootstrap(
                 jax.random.key(s), SSM, ys, num_particles=4096, resampling=scheme,
@@ -119,6 +122,7 @@ def variance_table(seeds: int) -> None:
             for s in range(seeds)
         ])  # fmt: skip
         name = "global" if num_islands == 1 else "islands"
+        name += f", exchange {exchange}" if exchange else ""
         print(
             f"| {name} | {num_islands} x {4096 // num_islands} | {log_z.std(ddof=1):.3f} | "
             f"{log_z.mean() - exact:+.3f} |"

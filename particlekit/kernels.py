@@ -404,7 +404,7 @@ def _resample_islands(islands, ess_threshold: float) -> Kernel:
     size, and its offspring share the block's total weight. Every array is reshaped to
     ``(num_islands, N / num_islands, ...)`` and the island operations are vmapped, so a
     particle axis sharded into the same blocks stays local."""
-    num_islands, scheme = islands.num_islands, islands.scheme
+    num_islands, scheme, exchange = islands.num_islands, islands.scheme, islands.exchange
 
     def kernel(key, state: ParticleState, inputs=None):
         del inputs
@@ -415,6 +415,10 @@ def _resample_islands(islands, ess_threshold: float) -> Kernel:
                 f"num_islands ({num_islands})"
             )
         m = n // num_islands
+        if exchange > m:
+            raise ValueError(
+                f"island exchange of {exchange} particles is more than an island holds ({m})"
+            )
         log_w = state.log_weights.reshape(num_islands, m)
         log_mass, island_ess = jax.vmap(resampling.log_sum_and_ess)(log_w)
         if ess_threshold >= 1.0:
@@ -426,17 +430,25 @@ def _resample_islands(islands, ess_threshold: float) -> Kernel:
         local = jnp.where(do[:, None], local, jnp.arange(m, dtype=local.dtype)[None])
         even = jnp.broadcast_to((log_mass - jnp.log(m))[:, None], log_w.shape)
         new_log_w = jnp.where(do[:, None], even.astype(log_w.dtype), log_w)
+        offsets = (jnp.arange(num_islands, dtype=jnp.int32) * m)[:, None]
+        ancestors = offsets + local.astype(jnp.int32)
+
+        def pass_on(blocks):
+            # the first ``exchange`` slots of island p come from island p - 1 (a ring)
+            if not exchange:
+                return blocks
+            moved = jnp.roll(blocks[:, :exchange], 1, axis=0)
+            return jnp.concatenate([moved, blocks[:, exchange:]], axis=1)
 
         def take(leaf):
             blocks = leaf.reshape((num_islands, m) + leaf.shape[1:])
-            return jax.vmap(lambda x, i: x[i])(blocks, local).reshape(leaf.shape)
+            return pass_on(jax.vmap(lambda x, i: x[i])(blocks, local)).reshape(leaf.shape)
 
-        offsets = (jnp.arange(num_islands, dtype=jnp.int32) * m)[:, None]
         new_state = state._replace(
             particles=jax.tree.map(take, state.particles),
             previous_particles=jax.tree.map(take, state.previous_particles),
-            log_weights=new_log_w.reshape(n),
-            ancestors=(offsets + local.astype(jnp.int32)).reshape(n),
+            log_weights=pass_on(new_log_w).reshape(n),
+            ancestors=pass_on(ancestors).reshape(n),
         )
         info = StepInfo.neutral(new_state, ess=resampling.ess(new_state.log_weights))
         return new_state, info._replace(resampled=jnp.any(do))

@@ -643,9 +643,16 @@ class Islands(NamedTuple):
     particle axis sharded into the same blocks (``num_islands`` = the number of devices, as
     ``particlekit.distributed.num_shards`` gives) resampling needs no communication; the
     evidence estimator stays the one of ``pk.reweight`` (unbiased: each particle's expected
-    offspring weight is its weight). Between-island imbalance is never corrected, so the
-    estimator's variance grows with the number of islands; ``benchmarks/bench_distributed.py``
-    measures it against global resampling.
+    offspring weight is its weight). Local resampling never corrects the imbalance between
+    islands, so the estimator's variance grows with the number of islands;
+    ``benchmarks/bench_distributed.py`` measures it against global resampling.
+
+    ``exchange = k > 0`` adds a local exchange at every resampling step (in the spirit
+    of Murray, Lee & Jacob 2016): the first ``k`` particles of each island move, with their
+    weights, to the next island (a ring), so that heavy and light islands mix and later
+    local resampling spreads the mass; a permutation leaves the weighted population, and so
+    every estimate, unchanged. Sharded, it is one neighbour-to-neighbour transfer of ``k``
+    particles per device.
 
     Made by ``islands(...)``; accepted wherever ``pk.resample`` resamples (the filters, FK
     steering and correctors, PDDS, sequence steering). Calling it as a plain scheme is an
@@ -654,6 +661,7 @@ class Islands(NamedTuple):
 
     scheme: Resampler
     num_islands: int
+    exchange: int = 0
 
     def __call__(self, key, log_weights, num_samples=None):
         raise ValueError(
@@ -663,8 +671,11 @@ class Islands(NamedTuple):
         )
 
 
-def islands(scheme: str | Resampler = "systematic", num_islands: int = 1) -> Islands:
-    """Island resampling with ``scheme`` inside each of ``num_islands`` blocks; see
+def islands(
+    scheme: str | Resampler = "systematic", num_islands: int = 1, exchange: int = 0
+) -> Islands:
+    """Island resampling with ``scheme`` inside each of ``num_islands`` blocks, and
+    ``exchange`` particles passed on to the next island at each step; see
     ``Islands``.
 
     Examples
@@ -682,10 +693,12 @@ def islands(scheme: str | Resampler = "systematic", num_islands: int = 1) -> Isl
     """
     if isinstance(num_islands, bool) or not isinstance(num_islands, int) or num_islands < 1:
         raise ValueError(f"num_islands must be a positive integer, got {num_islands!r}")
+    if isinstance(exchange, bool) or not isinstance(exchange, int) or exchange < 0:
+        raise ValueError(f"exchange must be a non-negative integer, got {exchange!r}")
     base = get_scheme(scheme)
     if isinstance(base, Islands):
         raise ValueError("islands(...) of islands: pass a global scheme")
-    return Islands(base, num_islands)
+    return Islands(base, num_islands, exchange)
 
 
 def get_scheme(scheme: str | Resampler) -> Resampler:

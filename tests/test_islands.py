@@ -36,7 +36,35 @@ def test_offspring_stay_in_their_island_and_islands_keep_their_weight():
     assert bool(info.resampled)
 
 
-def test_island_filter_evidence_is_unbiased():
+def test_exchange_passes_particles_with_their_weights_to_the_next_island():
+    n, num_islands = 64, 4
+    log_w = jax.random.normal(jax.random.key(0), (n,)) * 3.0
+    state = pk.ParticleState(
+        particles=jnp.arange(n, dtype=jnp.float32), log_weights=log_w,
+        log_evidence=jnp.zeros(()), ancestors=jnp.arange(n), previous_particles=jnp.zeros(n),
+    )  # fmt: skip
+    plain, _ = pk.resample(pk.resampling.islands("systematic", num_islands), 1.0)(
+        jax.random.key(1), state
+    )
+    mixed, _ = pk.resample(pk.resampling.islands("systematic", num_islands, exchange=3), 1.0)(
+        jax.random.key(1), state
+    )
+
+    # the same weighted population, permuted: 3 particles per island moved one island on
+    def pairs(s):
+        return sorted(zip(np.asarray(s.particles), np.asarray(s.log_weights), strict=True))
+
+    assert pairs(mixed) == pairs(plain)
+    np.testing.assert_array_equal(np.asarray(mixed.particles), np.asarray(mixed.ancestors))
+    moved = np.asarray(mixed.ancestors).reshape(num_islands, -1)[:, :3] // 16
+    assert np.array_equal(moved, np.repeat((np.arange(num_islands) - 1) % num_islands, 3)
+                          .reshape(num_islands, 3))  # fmt: skip
+    with pytest.raises(ValueError, match="exchange"):
+        pk.resampling.islands("systematic", 2, exchange=-1)
+
+
+@pytest.mark.parametrize("exchange", [0, 8])
+def test_island_filter_evidence_is_unbiased(exchange):
     ssm = pk.StateSpaceModel(
         initial=lambda: dist.Normal(0.0, 1.0),
         transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
@@ -44,7 +72,7 @@ def test_island_filter_evidence_is_unbiased():
     )
     _, ys = ssm.simulate(jax.random.key(0), 30)
     exact = kalman(scalar_model(0.9, 1.0, 0.5), np.asarray(ys))[0]
-    scheme = pk.resampling.islands("systematic", 8)
+    scheme = pk.resampling.islands("systematic", 8, exchange=exchange)
     log_z = np.array([
         float(pk.filters.bootstrap(jax.random.key(s), ssm, ys, num_particles=256,
                                    resampling=scheme, keep_history=False).log_evidence)
@@ -85,7 +113,8 @@ HLO_SCRIPT = textwrap.dedent(
         lambda a: sharding if a.ndim else NamedSharding(mesh, P()), state))
     out = {}
     for name, scheme in (("global", "systematic"),
-                         ("islands", pk.resampling.islands("systematic", 8))):
+                         ("islands", pk.resampling.islands("systematic", 8)),
+                         ("exchange", pk.resampling.islands("systematic", 8, exchange=16))):
         kernel = pk.resample(scheme, ess_threshold=1.0)
         step = jax.jit(lambda k, s: constrain_particles(kernel(k, s)[0], sharding))
         text = step.lower(jax.random.key(2), state).compile().as_text()
@@ -106,3 +135,7 @@ def test_island_resampling_needs_no_gather_when_sharded():
     assert islands["all-gather"] == islands["all-to-all"] == 0
     assert islands["collective-permute"] == islands["reduce-scatter"] == 0
     assert islands["all-reduce"] <= 2
+    # the local exchange: neighbour-to-neighbour transfers only
+    exchange = out["exchange"]
+    assert exchange["all-gather"] == exchange["all-to-all"] == 0
+    assert exchange["collective-permute"] >= 1

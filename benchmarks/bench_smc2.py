@@ -146,10 +146,15 @@ def main():
     t0 = time.perf_counter()
     first = run_ours(model, ys, 1000)
     print(f"particlekit first run (compiles): {time.perf_counter() - t0:.1f} s, ours {first}")
-    rows = {"particlekit SMC²": [run_ours(model, ys, s) for s in range(args.runs)]}
-    if args.particles_runs:
-        run = particles_sampler(ys)
-        rows["particles SMC² (waste-free)"] = [run(s) for s in range(args.particles_runs)]
+    rows = {"particlekit SMC²": [], "particles SMC² (waste-free)": []}
+    for s in range(args.runs):
+        rows["particlekit SMC²"].append(run_ours(model, ys, s))
+        print("particlekit run", s, rows["particlekit SMC²"][-1], flush=True)
+    run = particles_sampler(ys)
+    for s in range(args.particles_runs):
+        rows["particles SMC² (waste-free)"].append(run(s))
+        print("particles run", s, rows["particles SMC² (waste-free)"][-1], flush=True)
+    rows = {name: values for name, values in rows.items() if values}
 
     print("\n| method | runs | s per run | E[rho] | sd | E[sigma] | sd | log p(y) | sd | N_x |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -124,6 +124,12 @@ def rank_normalize(draws: np.ndarray) -> np.ndarray:
     return z.reshape(draws.shape)
 
 
+MAX_ASSESSED_PARTICLES = 2**16
+"""R-hat and bulk ESS use at most this many particles per chain (evenly thinned): the rank
+normalisation and FFT of all 10^7 particles of a big run would take longer than the run. The
+thinned sample's ESS is then a lower bound on the population's."""
+
+
 def assess(
     positions: np.ndarray,
     log_evidence: np.ndarray,
@@ -164,6 +170,10 @@ def assess(
     """
     from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
+    positions = np.asarray(positions)
+    if positions.shape[1] > MAX_ASSESSED_PARTICLES:  # an even thinning: O(N log N) host work
+        stride = -(-positions.shape[1] // MAX_ASSESSED_PARTICLES)
+        positions = positions[:, ::stride]
     positions = np.asarray(positions, np.float64)
     log_evidence = np.asarray(log_evidence, np.float64)
     c, n = positions.shape[:2]

@@ -355,7 +355,7 @@ def from_filter(result, ys=None):
     Parameters
     ----------
     result : particlekit.filters.FilterResult
-    ys : Array, shape (T, ...), optional
+    ys : Array of shape (T, ...), optional
         The observations, stored in ``observed_data``.
 
     Returns
@@ -427,7 +427,7 @@ def from_trajectories(paths, ys=None, *, batched: bool = False):
     paths : PyTree
         Leaves ``(num_samples, T, ...)`` (one chain), or ``(num_chains, num_samples, T, ...)``
         with ``batched=True`` (e.g. FFBS on a ``jax.vmap`` batch of filters).
-    ys : Array, shape (T, ...), optional
+    ys : Array of shape (T, ...), optional
         The observations, stored in ``observed_data``.
     batched : bool
         Whether the leaves have a leading axis of chains (a state's own dims make the
@@ -578,7 +578,7 @@ def from_ppg(result, ys=None, *, burn_in: int = 0):
     Parameters
     ----------
     result : particlekit.pgibbs.PPGResult
-    ys : Array, shape (T, ...), optional
+    ys : Array of shape (T, ...), optional
         The observations, stored in ``observed_data``.
     burn_in : int
         Iterations put in ``warmup_posterior`` / ``warmup_sample_stats`` rather than

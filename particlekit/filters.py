@@ -38,13 +38,13 @@ class FilterResult(NamedTuple):
 
     Attributes
     ----------
-    log_evidence : Array, shape ()
+    log_evidence : Array of shape ()
         Estimate of ``log p(y_{0:T-1})``; ``-inf`` if the data are impossible.
-    log_evidence_increments : Array, shape (T,)
+    log_evidence_increments : Array of shape (T,)
         Estimates of ``log p(y_t | y_{0:t-1})``.
-    ess : Array, shape (T,)
+    ess : Array of shape (T,)
         ESS of the filtering weights at each step.
-    resampled : Array, shape (T,), bool
+    resampled : Array of shape (T,), bool
         Whether step ``t`` resampled (before moving); False at ``t = 0``.
     particles : PyTree or None
         Filtering particles, leaves ``(T, N, ...)``; None with ``keep_history=False``.
@@ -52,9 +52,9 @@ class FilterResult(NamedTuple):
         Filtering log-weights ``(T, N)``.
     ancestors : Array or None
         ``(T, N)`` int32; ``ancestors[t, i]`` indexes the population at ``t - 1``.
-    num_nonfinite : Array, shape (T,)
+    num_nonfinite : Array of shape (T,)
         Particles whose log-weight was NaN or ``+inf`` (counted as zero weight).
-    failed : Array, shape (), bool
+    failed : Array of shape (), bool
         True if every weight became zero at some step (then ``log_evidence = -inf``).
     final_state : ParticleState
         The population at ``T - 1``.
@@ -308,7 +308,7 @@ def bootstrap(
     ----------
     key : PRNG key
     ssm : StateSpaceModel
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
         Observations; a NaN at step ``t`` (every coordinate of a vector ``y_t``) marks it
         missing (not weighted). A partly missing vector ``y_t`` is a ``ValueError``; under
         ``jit`` / ``vmap`` it zeroes every weight at that step and sets ``failed``.

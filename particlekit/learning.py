@@ -113,7 +113,7 @@ class MLEResult(NamedTuple):
         Iterates, leaves ``(num_iterations, ...)`` (after each update).
     scores : PyTree
         Score estimates ``hat grad log p_theta(y)`` at each iterate, ``(num_iterations, ...)``.
-    log_evidence : Array, shape (num_iterations,)
+    log_evidence : Array of shape (num_iterations,)
         Particle estimate of ``log p_theta(y)`` at each iterate (PaRIS) or the conditional
         sweep's value (PPG, diagnostic only).
     """
@@ -228,7 +228,7 @@ def mle(
         unconstrained arrays; map to constrained values inside ``model_fn``).
     theta_init : PyTree
         Starting point.
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
     num_particles : int
         Particles per score estimate (``>= 2`` for PPG).
     num_iterations : int
@@ -310,12 +310,12 @@ class ScoreClimbingResult(NamedTuple):
         Average of the iterates over the last half of the iterations.
     trace : PyTree
         Iterates, leaves ``(num_iterations, ...)``.
-    paths : Array, shape (num_iterations, T, ...)
+    paths : Array of shape (num_iterations, T, ...)
         The conditional-SMC paths (a Markov chain targeting ``p(x | y)``).
-    num_nonfinite : Array, shape (num_iterations, T), int32
+    num_nonfinite : Array of shape (num_iterations, T), int32
         Particles of each sweep whose log-weight was NaN or ``+inf`` (counted as zero
         weight).
-    failed : Array, shape (), bool
+    failed : Array of shape (), bool
         True if in some sweep every weight, the reference's included, became zero at some
         step (impossible data, e.g. an observation with zero likelihood everywhere): the
         paths and ``phi`` are then meaningless.
@@ -474,7 +474,7 @@ def score_climbing(
     key : PRNG key
     ssm : StateSpaceModel
         Non-vectorised model.
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
         Observations; a NaN ``y_t`` is missing, as in the filters: that step is not
         weighted, the particles follow the model's transition (its initial law at
         ``t = 0``) and the step's proposal term is left out of ``log q_phi`` (the proposal

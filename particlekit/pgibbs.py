@@ -97,17 +97,17 @@ class CSMCResult(NamedTuple):
 
     Attributes
     ----------
-    trajectory : Array, shape (T, ...)
+    trajectory : Array of shape (T, ...)
         The new trajectory (what ``csmc`` returns by default).
-    log_evidence : Array, shape ()
+    log_evidence : Array of shape ()
         Log-evidence of the conditional sweep (diagnostic only: conditional SMC is not an
         unbiased estimator of the evidence); ``-inf`` if every weight vanished.
-    ess : Array, shape (T,)
+    ess : Array of shape (T,)
         ESS of the weights at each step.
-    num_nonfinite : Array, shape (T,), int32
+    num_nonfinite : Array of shape (T,), int32
         Particles whose log-weight was NaN or ``+inf`` (counted as zero weight), e.g. an
         infinite observation or a non-finite reference state.
-    failed : Array, shape (), bool
+    failed : Array of shape (), bool
         True if every weight, the reference's included, became zero at some step
         (impossible data or a reference outside the model's support); the trajectory is
         then not a draw of the smoothing law.
@@ -281,8 +281,8 @@ def csmc(
     ----------
     key : PRNG key
     ssm : StateSpaceModel
-    ys : Array, shape (T, ...)
-    reference : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
+    reference : Array of shape (T, ...)
         Conditioning trajectory, pinned in slot 0.
     num_particles : int
         ``N >= 2`` (including the reference).
@@ -375,9 +375,9 @@ class PPGResult(NamedTuple):
         Roll-out estimator: mean of ``estimates`` over iterations ``burn_in .. K - 1``.
     estimates : PyTree
         Per-iteration PaRIS estimates ``hat S_k``, leaves ``(num_iterations, ...)``.
-    reference : Array, shape (T, ...)
+    reference : Array of shape (T, ...)
         The final conditioning trajectory (a draw of the Markov chain on paths).
-    log_evidence : Array, shape (num_iterations,)
+    log_evidence : Array of shape (num_iterations,)
         Log-evidence of each conditional sweep (diagnostic only: conditional SMC is not
         an unbiased estimator of the evidence).
     """
@@ -497,7 +497,7 @@ def ppg(
     ----------
     key : PRNG key
     ssm : StateSpaceModel
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
     additive_fn, initial_fn, num_backward, method, log_transition_bound, max_trials
         As in ``particlekit.smoothing.paris``.
     num_particles : int
@@ -506,7 +506,7 @@ def ppg(
         Number ``K`` of conditional sweeps.
     burn_in : int
         Number ``k_0 < K`` of initial sweeps left out of the roll-out estimate.
-    reference : Array, shape (T, ...), optional
+    reference : Array of shape (T, ...), optional
         Initial reference; default: a trajectory simulated from the model (the burn-in
         removes its influence).
     resampling : str or callable
@@ -565,14 +565,14 @@ class ParticleGibbsResult(NamedTuple):
     ----------
     theta : PyTree
         Parameter draws, leaves ``(num_chains, num_samples, ...)``.
-    states : Array, shape (num_chains, num_samples, T, ...)
+    states : Array of shape (num_chains, num_samples, T, ...)
         State-trajectory draws.
-    acceptance_rate : Array, shape (num_chains, num_samples)
+    acceptance_rate : Array of shape (num_chains, num_samples)
         Acceptance rate of the ``theta`` MCMC step (NaN for a user update).
-    failed : Array, shape (num_chains, num_samples), bool
+    failed : Array of shape (num_chains, num_samples), bool
         The conditional SMC sweep of the draw failed (every weight zero at some step, the
         reference's included: impossible data under that ``theta``), as ``CSMCResult``.
-    num_nonfinite : Array, shape (num_chains, num_samples), int32
+    num_nonfinite : Array of shape (num_chains, num_samples), int32
         NaN or ``+inf`` log-weights in the sweep of the draw (counted as zero weight).
     """
 
@@ -630,7 +630,7 @@ def particle_gibbs(
     key : PRNG key
     model_fn : callable
         ``model_fn(theta) -> StateSpaceModel`` (traceable in ``theta``).
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
     theta_init : PyTree
         Initial parameters (shared by all chains).
     num_samples : int
@@ -651,7 +651,7 @@ def particle_gibbs(
         MCMC steps on ``theta`` per sweep.
     num_chains : int
         Independent chains (vmapped).
-    reference : Array, shape (T, ...), optional
+    reference : Array of shape (T, ...), optional
         Initial trajectory; default: simulated from the model at ``theta_init``.
     ancestor_sampling, resampling
         As in ``csmc``.

@@ -128,15 +128,15 @@ def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     Parameters
     ----------
-    log_weights : Array, shape (N,)
+    log_weights : Array of shape (N,)
         Unnormalised log-weights; ``NaN`` / ``+inf`` count as ``-inf``.
 
     Returns
     -------
-    log_W : Array, shape (N,)
+    log_W : Array of shape (N,)
         Normalised log-weights, ``logsumexp(log_W) == 0``. If all weights are zero,
         uniform ``-log N`` is returned (so downstream resampling stays well defined).
-    log_sum : Array, shape ()
+    log_sum : Array of shape ()
         ``logsumexp(log_weights)``; ``-inf`` when all weights are zero.
 
     Examples

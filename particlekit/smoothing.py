@@ -169,11 +169,11 @@ def backward_indices(
     ----------
     key : PRNG key
     ssm : StateSpaceModel
-    log_weights_prev : Array, shape (N,)
+    log_weights_prev : Array of shape (N,)
         (Unnormalised) filtering log-weights at ``t - 1``.
-    xs_prev : Array, shape (N, ...)
+    xs_prev : Array of shape (N, ...)
         Filtering particles at ``t - 1``.
-    targets : Array, shape (M, ...)
+    targets : Array of shape (M, ...)
         States at ``t`` whose ancestors are drawn.
     t : int
         Time index of ``targets`` (the transition ``f_t`` maps ``t - 1`` to ``t``).
@@ -191,7 +191,7 @@ def backward_indices(
 
     Returns
     -------
-    indices : Array, shape (M, K), int32
+    indices : Array of shape (M, K), int32
     stats : BackwardStats
     """
     n = log_weights_prev.shape[0]
@@ -458,9 +458,9 @@ class PaRISState(NamedTuple):
         Filtering population at ``t`` (particles ``(N, ...)``, log-weights ``(N,)``).
     tau : PyTree
         Per-particle statistics ``tau_t^i``, leaves ``(N, ...)``.
-    t : Array, shape (), int32
+    t : Array of shape (), int32
         Current time index.
-    log_evidence_compensation : Array, shape ()
+    log_evidence_compensation : Array of shape ()
         Rounding error of the compensated sum of ``particle_state.log_evidence``
         (``particlekit.kernels.compensated_add``).
     tau_compensation : PyTree
@@ -504,19 +504,19 @@ class PaRISResult(NamedTuple):
         Online estimates after each observation, leaves ``(T, ...)``.
     tau : PyTree
         Final per-particle statistics, leaves ``(N, ...)``.
-    particles : Array, shape (N, ...)
+    particles : Array of shape (N, ...)
         Final filtering particles.
-    log_weights : Array, shape (N,)
+    log_weights : Array of shape (N,)
         Final filtering log-weights.
-    log_evidence : Array, shape ()
+    log_evidence : Array of shape ()
         Filter estimate of ``log p(y_{0:T-1})`` (``-inf`` on failure).
-    ess, resampled, num_nonfinite : Array, shape (T,)
+    ess, resampled, num_nonfinite : Array of shape (T,)
         Filter diagnostics per step.
-    mean_trials : Array, shape (T,)
+    mean_trials : Array of shape (T,)
         Mean rejection proposals per backward draw (0 in exact mode and at ``t = 0``).
-    num_exact : Array, shape (T,)
+    num_exact : Array of shape (T,)
         Backward draws made exactly (fallbacks in rejection mode).
-    failed : Array, shape (), bool
+    failed : Array of shape (), bool
         True if every weight became zero at some step.
     """
 
@@ -930,7 +930,7 @@ def paris(
     ----------
     key : PRNG key
     ssm : StateSpaceModel
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
         Observations (NaN rows are missing).
     additive_fn : callable
         ``h(x_prev, x, t) -> PyTree`` for one pair of states, ``t >= 1``. Several

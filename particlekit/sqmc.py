@@ -444,7 +444,7 @@ def sqmc(
         TruncatedNormal, ...), or independent coordinates of such laws (batch shape
         ``(d,)``, ``.expand``, ``.to_event`` / ``Independent``). Anything else is a
         ``ValueError`` before tracing. ``ssm.vectorized=True`` models are supported.
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
         Observations; a NaN ``y_t`` (every coordinate) is missing and not weighted, as in
         ``bootstrap``.
     num_particles : int

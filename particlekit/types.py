@@ -26,11 +26,11 @@ class ParticleState(NamedTuple):
     ----------
     particles : PyTree
         Leaves with leading axis ``N``.
-    log_weights : Array, shape (N,)
+    log_weights : Array of shape (N,)
         Unnormalised log-weights.
-    log_evidence : Array, shape ()
+    log_evidence : Array of shape ()
         Running estimate of ``log Z``; grows only in ``particlekit.reweight``.
-    ancestors : Array, shape (N,), int32
+    ancestors : Array of shape (N,), int32
         Indices into the population before the last resampling (``arange(N)`` if none).
     previous_particles : PyTree
         The particles before the most recent ``particlekit.move`` (equal to
@@ -50,15 +50,15 @@ class StepInfo(NamedTuple):
 
     Attributes
     ----------
-    ess : Array, shape ()
+    ess : Array of shape ()
         Effective sample size of the weights at the end of the step (0 if all are zero).
-    resampled : Array, shape (), bool
+    resampled : Array of shape (), bool
         Whether the step resampled.
-    log_evidence_increment : Array, shape ()
+    log_evidence_increment : Array of shape ()
         ``log_evidence`` after the step minus before it.
-    acceptance_rate : Array, shape ()
+    acceptance_rate : Array of shape ()
         Mean MCMC acceptance rate of the step's ``mcmc`` kernels (NaN if none).
-    num_nonfinite : Array, shape (), int32
+    num_nonfinite : Array of shape (), int32
         Number of particles whose log-potential was NaN or ``+inf`` (counted as
         zero weight).
     """
@@ -105,7 +105,7 @@ class RunTrace(NamedTuple):
     ----------
     info : StepInfo
         Each field stacked over the ``T`` steps, shape ``(T,)``.
-    log_evidence : Array, shape (T,)
+    log_evidence : Array of shape (T,)
         Running log-evidence after each step.
     history : ParticleState or None
         The state after each step, leaves ``(T, N, ...)``, when ``keep_history=True``.

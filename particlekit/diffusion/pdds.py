@@ -54,24 +54,24 @@ class PDDSResult(NamedTuple):
 
     Attributes
     ----------
-    samples : Array, shape (N, dim)
+    samples : Array of shape (N, dim)
         Final particles (approximately distributed as the target once weighted).
-    log_weights : Array, shape (N,)
+    log_weights : Array of shape (N,)
         Their unnormalised log-weights.
-    log_evidence : Array, shape ()
+    log_evidence : Array of shape ()
         Estimate of ``log Z = log int gamma(x) dx`` (``exp`` of it is unbiased).
-    ess : Array, shape (num_steps + 1,)
+    ess : Array of shape (num_steps + 1,)
         ESS of the weights after the initial weighting at ``t = 1`` and after each
         reverse step (before any resampling).
-    resampled : Array, shape (num_steps + 1,), bool
+    resampled : Array of shape (num_steps + 1,), bool
         Whether the population was resampled after the initial weighting / each step
         (when ESS < ess_threshold N).
-    acceptance_rate : Array, shape (num_steps,)
+    acceptance_rate : Array of shape (num_steps,)
         Mean MALA acceptance rate of each step (the last one targets ``pi`` itself);
         NaN without MCMC.
-    num_nonfinite : Array, shape (num_steps + 1,), int32
+    num_nonfinite : Array of shape (num_steps + 1,), int32
         Particles whose weight was NaN / +inf (a NaN log-density), set to zero weight.
-    failed : Array, shape (), bool
+    failed : Array of shape (), bool
         True if every weight became zero (then ``log_evidence = -inf``).
     trace : RunTrace
         The engine's trace of the reverse steps (history of ``PDDSParticle`` states

@@ -37,9 +37,9 @@ def conditional_ess(log_weights: jax.Array, log_lik: jax.Array, delta) -> jax.Ar
 
     Parameters
     ----------
-    log_weights : Array, shape (N,)
+    log_weights : Array of shape (N,)
         Current (unnormalised) log-weights.
-    log_lik : Array, shape (N,)
+    log_lik : Array of shape (N,)
         Log-likelihood of each particle (``-inf`` allowed).
     delta : scalar
         Temperature increment.
@@ -80,7 +80,7 @@ def next_temperature(
 
     Parameters
     ----------
-    log_weights, log_lik : Array, shape (N,)
+    log_weights, log_lik : Array of shape (N,)
     temperature : scalar
         Current ``lambda`` in ``[0, 1)``.
     target_ess : float in (0, 1)
@@ -92,8 +92,8 @@ def next_temperature(
 
     Returns
     -------
-    new_temperature : Array, shape ()
-    forced : Array, shape (), bool
+    new_temperature : Array of shape ()
+    forced : Array of shape (), bool
         True when the ESS rule asked for less than ``min_increment`` (the guard was used).
 
     Examples

@@ -40,11 +40,11 @@ class FilterNoise(NamedTuple):
 
     Attributes
     ----------
-    initial : Array, shape (N, *state_shape)
+    initial : Array of shape (N, *state_shape)
         Draws ``x_0``.
-    move : Array, shape (T - 1, N, *state_shape)
+    move : Array of shape (T - 1, N, *state_shape)
         Move the resampled particles at ``t = 1 .. T - 1``.
-    resample : Array, shape (T - 1, N)
+    resample : Array of shape (T - 1, N)
         Sorted, they are the uniforms ``Phi(z)`` that pick the ancestors.
     """
 

@@ -28,12 +28,12 @@ class ParticleGibbsDraws(NamedTuple):
     ----------
     theta : dict
         Constrained parameter draws ``{site: (num_chains, num_samples, ...)}``.
-    unconstrained : Array, shape (num_chains, num_samples, D)
-    paths : Array, shape (num_chains, num_samples, T, ...)
+    unconstrained : Array of shape (num_chains, num_samples, D)
+    paths : Array of shape (num_chains, num_samples, T, ...)
         Latent paths.
-    acceptance_rate : Array, shape (num_chains, num_samples)
+    acceptance_rate : Array of shape (num_chains, num_samples)
         Acceptance rate of the random-walk steps on ``u`` in each sweep.
-    failed : Array, shape (num_chains, num_samples), bool
+    failed : Array of shape (num_chains, num_samples), bool
         The conditional SMC sweep failed (impossible data under that ``theta``).
     """
 
@@ -86,7 +86,7 @@ def particle_gibbs(
     ----------
     key : PRNG key
     model : ParametricSSM
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
     num_samples : int
         Sweeps per chain (all kept: discard a burn-in yourself).
     num_particles : int

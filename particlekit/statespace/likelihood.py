@@ -45,7 +45,7 @@ class FilterCarry(NamedTuple):
     ----------
     state : ParticleState
         The population (``N`` particles) and its running ``log_evidence``.
-    compensation : Array, shape ()
+    compensation : Array of shape ()
         Kahan compensation of the running log-evidence sum.
     """
 

@@ -62,21 +62,21 @@ class PMMHResult(NamedTuple):
     theta : dict
         Constrained parameter draws ``{site: (num_chains, num_samples, ...)}`` (with the
         prior's deterministic sites).
-    unconstrained : Array, shape (num_chains, num_samples, D)
+    unconstrained : Array of shape (num_chains, num_samples, D)
         The chain's state ``u``.
-    log_likelihood : Array, shape (num_chains, num_samples)
+    log_likelihood : Array of shape (num_chains, num_samples)
         The filter's estimate ``log p_hat(y | theta)`` attached to each draw.
-    log_prior : Array, shape (num_chains, num_samples)
+    log_prior : Array of shape (num_chains, num_samples)
         ``log p(u)`` (log-Jacobian included).
-    is_accepted : Array, shape (num_chains, num_samples), bool
+    is_accepted : Array of shape (num_chains, num_samples), bool
         Whether the proposal of the iteration was accepted.
-    acceptance_rate : Array, shape (num_chains,)
+    acceptance_rate : Array of shape (num_chains,)
         Fraction of accepted proposals in the sampling phase.
     paths : PyTree or None
         Latent paths ``(num_chains, num_samples, T, ...)`` (``latent_paths=True``).
-    proposal_covariance : Array, shape (num_chains, D, D)
+    proposal_covariance : Array of shape (num_chains, D, D)
         The random-walk covariance of each chain after warm-up.
-    failed : Array, shape (num_chains,), bool
+    failed : Array of shape (num_chains,), bool
         The chain never found a finite likelihood estimate (impossible data under every
         starting draw): its draws are the prior draws it started from.
     num_particles : int
@@ -373,7 +373,7 @@ def pmmh(
     key : PRNG key
     model : ParametricSSM
         The prior and ``model_fn(theta) -> StateSpaceModel``.
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
         Observations (NaN marks a missing ``y_t``, as in the filters).
     num_particles : int
         Particles of the bootstrap filter. Choose it so that the sd of the log-likelihood

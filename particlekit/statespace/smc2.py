@@ -61,22 +61,22 @@ class SMC2Result(NamedTuple):
     theta : dict
         Constrained parameter draws ``{site: (num_chains, M, ...)}`` (with the prior's
         deterministic sites).
-    unconstrained : Array, shape (num_chains, M, D)
-    log_likelihood : Array, shape (num_chains, M)
+    unconstrained : Array of shape (num_chains, M, D)
+    log_likelihood : Array of shape (num_chains, M)
         The inner filter's ``log p_hat(y | theta)`` attached to each draw.
-    log_prior : Array, shape (num_chains, M)
+    log_prior : Array of shape (num_chains, M)
     paths : PyTree or None
         A latent path per draw, ``(num_chains, M, T, ...)`` (``latent_paths=True``).
-    log_evidence : Array, shape (num_chains,)
+    log_evidence : Array of shape (num_chains,)
         Estimate of ``log p(y_{0:T-1})``, the prior integrated out.
-    ess : Array, shape (num_chains, T)
+    ess : Array of shape (num_chains, T)
         ESS of the parameter weights after assimilating ``y_t`` (before any move).
-    acceptance_rate : Array, shape (num_chains, T)
+    acceptance_rate : Array of shape (num_chains, T)
         Acceptance rate of the PMMH moves at ``t`` (the last ones if ``N_x`` grew at ``t``);
         NaN where the population was not moved.
-    num_x_particles : Array, shape (num_chains, T), int
+    num_x_particles : Array of shape (num_chains, T), int
         Inner particles ``N_x`` in use after step ``t``.
-    failed : Array, shape (num_chains,), bool
+    failed : Array of shape (num_chains,), bool
         Every parameter weight vanished at some ``t`` (the data are impossible under the
         whole population); the run stopped there and ``log_evidence`` is ``-inf``.
     num_theta_particles : int
@@ -418,7 +418,7 @@ def smc2(
     key : PRNG key
     model : ParametricSSM
         The prior and ``model_fn(theta) -> StateSpaceModel``.
-    ys : Array, shape (T, ...)
+    ys : Array of shape (T, ...)
         Observations (NaN marks a missing ``y_t``, as in the filters).
     num_theta_particles : int
         ``M``, the parameter particles.

@@ -26,18 +26,18 @@ class Enumeration(NamedTuple):
 
     Attributes
     ----------
-    sequences : Array, shape (M, L), int32
+    sequences : Array of shape (M, L), int32
         Prompt, generated tokens, padding with the end token (the layout of
         ``particlekit.steering.SteeringResult.sequences``).
-    lengths : Array, shape (M,), int32
-    log_probs : Array, shape (M,)
+    lengths : Array of shape (M,), int32
+    log_probs : Array of shape (M,)
         ``log p(x)`` under the generator (sums to one over the ``M`` sequences).
-    log_potentials : Array, shape (M,)
+    log_potentials : Array of shape (M,)
         ``log phi(x)`` of the complete sequence (``-inf`` for NaN rewards).
-    log_target : Array, shape (M,)
+    log_target : Array of shape (M,)
         Normalised log-probabilities of the steered law of the variant: ``"exact"``:
         ``p(x) phi(x) / Z``; ``"softmax"``: ``p(x) prod_t phi(x_{1:min(t,|x|)}) / Z'``.
-    log_evidence : Array, shape ()
+    log_evidence : Array of shape ()
         ``log Z`` of the variant (what ``particlekit.steering.smc`` estimates):
         ``log E_p[phi(x)]`` for ``"exact"``.
     """
@@ -169,9 +169,9 @@ def sequence_frequencies(enumeration: Enumeration, sequences, log_weights=None) 
     Parameters
     ----------
     enumeration : Enumeration
-    sequences : Array, shape (N, L)
+    sequences : Array of shape (N, L)
         E.g. ``SteeringResult.sequences`` or the chain of ``particle_gibbs``.
-    log_weights : Array, shape (N,), optional
+    log_weights : Array of shape (N,), optional
         Unnormalised log-weights (equal weights if omitted).
 
     Returns

@@ -33,9 +33,9 @@ class MarkovGenerator(eqx.Module):
 
     Parameters
     ----------
-    initial_logits : Array, shape (V,)
+    initial_logits : Array of shape (V,)
         Unnormalised log-probabilities of the first token.
-    transition_logits : Array, shape (V, V)
+    transition_logits : Array of shape (V, V)
         Row ``a`` holds the unnormalised log-probabilities of the token following ``a``.
     eos_id : int
         The end-of-sequence token.
@@ -81,8 +81,8 @@ def markov_generator(initial_probs, transition_probs, *, eos_id: int) -> MarkovG
 
     Parameters
     ----------
-    initial_probs : array, shape (V,)
-    transition_probs : array, shape (V, V)
+    initial_probs : array of shape (V,)
+    transition_probs : array of shape (V, V)
     eos_id : int
 
     Examples
@@ -130,7 +130,7 @@ def sequence_log_prob(step_fn, tokens: jax.Array, length: jax.Array, start: int 
     ----------
     step_fn : callable
         ``(tokens, length) -> logits (V,)``.
-    tokens : Array, shape (L,)
+    tokens : Array of shape (L,)
     length : int or Array
         Number of filled positions (prompt and end token included).
     start : int

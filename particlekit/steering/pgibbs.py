@@ -30,19 +30,19 @@ class GibbsResult(NamedTuple):
 
     Attributes
     ----------
-    sequences : Array, shape (K, L), int32
+    sequences : Array of shape (K, L), int32
         Reference after each of the ``K`` iterations (padded with the end token).
-    lengths : Array, shape (K,), int32
-    log_potentials : Array, shape (K,)
+    lengths : Array of shape (K,), int32
+    log_potentials : Array of shape (K,)
         ``log phi`` of each reference.
-    changed : Array, shape (K,), bool
+    changed : Array of shape (K,), bool
         The iteration selected a sequence different from the previous reference.
-    ess : Array, shape (K, T)
+    ess : Array of shape (K, T)
         Per-step ESS of each conditional SMC sweep.
-    failed : Array, shape (), bool
+    failed : Array of shape (), bool
         Some sweep ended with every weight zero (the reference itself had zero potential:
         an invalid reference).
-    initial_sequence : Array, shape (L,), int32
+    initial_sequence : Array of shape (L,), int32
         The starting reference (given, or drawn from one unconditional SMC run).
     """
 

@@ -34,14 +34,14 @@ class SequenceState(NamedTuple):
 
     Attributes
     ----------
-    tokens : Array, shape (L,), int32
+    tokens : Array of shape (L,), int32
         The prompt followed by the generated tokens; positions ``>= length`` hold the end
         token (padding).
-    length : Array, shape (), int32
+    length : Array of shape (), int32
         Number of filled positions (prompt and end token included).
-    finished : Array, shape (), bool
+    finished : Array of shape (), bool
         The sequence ended with the end token or reached ``L``; it no longer moves.
-    log_potential : Array, shape ()
+    log_potential : Array of shape ()
         ``log phi(tokens[:length])``, the reward model's value of the current prefix (cached
         so that each prefix is scored once).
     cache : PyTree

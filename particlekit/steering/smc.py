@@ -43,29 +43,29 @@ class SteeringResult(NamedTuple):
 
     Attributes
     ----------
-    sequences : Array, shape (N, L), int32
+    sequences : Array of shape (N, L), int32
         Prompt and generated tokens, padded with the end token after ``lengths``
         (``L = len(prompt) + max_length``).
-    lengths : Array, shape (N,), int32
+    lengths : Array of shape (N,), int32
         Filled positions of each sequence (prompt and end token included).
-    ended : Array, shape (N,), bool
+    ended : Array of shape (N,), bool
         The sequence ended with the end token (False: truncated at ``L``).
-    log_weights : Array, shape (N,)
+    log_weights : Array of shape (N,)
         Final unnormalised log-weights (``-inf`` for zero weight, never NaN).
-    log_potentials : Array, shape (N,)
+    log_potentials : Array of shape (N,)
         ``log phi`` of each final sequence.
-    log_evidence : Array, shape ()
+    log_evidence : Array of shape ()
         ``"exact"``: estimate of ``log E_p[phi(x)]`` (unbiased for ``E_p[phi]`` on the
         natural scale). ``"softmax"``: the normaliser of that variant's own target, not
         ``log E_p[phi]``. ``-inf`` when every weight became zero.
-    ess : Array, shape (T,)
+    ess : Array of shape (T,)
         Effective sample size after each generation step.
-    resampled : Array, shape (T,), bool
+    resampled : Array of shape (T,), bool
         Whether step ``t`` resampled (before extending).
-    num_nonfinite : Array, shape (T,), int32
+    num_nonfinite : Array of shape (T,), int32
         Particles whose potential was NaN or ``+inf`` at each step (given zero weight;
         the prompt's reward is counted at step 0).
-    failed : Array, shape (), bool
+    failed : Array of shape (), bool
         Every weight became zero (the reward rules out every sampled sequence).
     final_state : ParticleState
         The final population; ``particles`` is a ``SequenceState``.

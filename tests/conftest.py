@@ -1,5 +1,10 @@
-"""Test configuration: float32 (the library default), the persistent XLA compilation
-cache (most test time is compilation), and a few shared fixtures."""
+"""Test configuration: float32 (the library default), an optional persistent XLA
+compilation cache, and a few shared fixtures.
+
+The cache is opt-in (``PARTICLEKIT_TEST_JAX_CACHE=.jax_cache``): it saves compile time when
+the suite is re-run locally, but CI starts from an empty cache, where it only writes, and
+jaxlib once crashed (SIGSEGV in ``compilation_cache.put_executable_and_time``) while
+serialising an executable in a CI run."""
 
 import os
 import sys
@@ -9,12 +14,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-_CACHE = os.environ.get(
-    "PARTICLEKIT_TEST_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
-)
-jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+_CACHE = os.environ.get("PARTICLEKIT_TEST_JAX_CACHE")
+if _CACHE:
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture

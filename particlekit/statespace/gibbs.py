@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels
-from particlekit.statespace.model import ParametricSSM, draws_with_paths
+from particlekit.statespace.model import ParametricSSM, check_model_and_data, draws_with_paths
 from particlekit.types import PyTree
 
 __all__ = ["particle_gibbs", "ParticleGibbsDraws"]
@@ -129,9 +129,7 @@ def particle_gibbs(
     from particlekit import pgibbs
 
     kernels.check_key(key)
-    if not isinstance(model, ParametricSSM):
-        raise ValueError(f"model must be a pk.statespace.ParametricSSM, got {type(model).__name__}")
-    ys = model.validate(ys, num_particles)
+    ys = check_model_and_data(model, ys, num_particles)
     step = jnp.asarray(step_size, jnp.float32)
     if step.ndim > 2 or not bool(jnp.all(jnp.isfinite(step))) or not bool(jnp.all(step >= 0)):
         raise ValueError("step_size must be a finite non-negative scalar, vector or matrix")

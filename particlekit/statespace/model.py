@@ -17,7 +17,7 @@ import jax
 
 from particlekit.ssm import StateSpaceModel
 
-__all__ = ["ParametricSSM", "draws_with_paths"]
+__all__ = ["ParametricSSM", "check_model_and_data", "draws_with_paths"]
 
 
 @dataclass(frozen=True)
@@ -131,3 +131,14 @@ def draws_with_paths(theta: dict, paths, group_by_chain: bool = False) -> dict:
     if group_by_chain:
         return out
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+
+def check_model_and_data(model, ys, num_particles: int | None = None):
+    """The entry points' first check: ``model`` must be a ``ParametricSSM`` whose prior and
+    ``model_fn`` fit ``ys`` (``ParametricSSM.validate``). Returns ``ys`` as an array."""
+    if not isinstance(model, ParametricSSM):
+        raise ValueError(
+            f"model must be a pk.statespace.ParametricSSM(prior, model_fn), got "
+            f"{type(model).__name__}"
+        )
+    return model.validate(ys, num_particles)

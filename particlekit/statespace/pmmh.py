@@ -42,7 +42,7 @@ from particlekit import kernels, resampling
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.statespace import correlated
 from particlekit.statespace.likelihood import filter_history, filter_prefix, sample_path
-from particlekit.statespace.model import ParametricSSM, draws_with_paths
+from particlekit.statespace.model import ParametricSSM, check_model_and_data, draws_with_paths
 from particlekit.types import PyTree
 
 __all__ = ["pmmh", "PMMHResult", "NUM_INIT_CANDIDATES"]
@@ -435,12 +435,7 @@ def pmmh(
     ((2, 100), (2, 100, 50))
     """
     kernels.check_key(key)
-    if not isinstance(model, ParametricSSM):
-        raise ValueError(
-            f"model must be a pk.statespace.ParametricSSM(prior, model_fn), got "
-            f"{type(model).__name__}"
-        )
-    ys = model.validate(ys, num_particles)
+    ys = check_model_and_data(model, ys, num_particles)
     num_samples = kernels.check_num_particles(num_samples, "num_samples")
     num_chains = kernels.check_num_particles(num_chains, "num_chains")
     if isinstance(num_warmup, bool) or int(num_warmup) != num_warmup or num_warmup < 0:

@@ -43,7 +43,7 @@ from particlekit.statespace.likelihood import (
     filter_step,
     sample_path,
 )
-from particlekit.statespace.model import ParametricSSM, draws_with_paths
+from particlekit.statespace.model import ParametricSSM, check_model_and_data, draws_with_paths
 from particlekit.types import PyTree
 
 __all__ = ["smc2", "SMC2Result"]
@@ -475,13 +475,8 @@ def smc2(
     ((1, 200), (1, 200, 50), (1,))
     """
     kernels.check_key(key)
-    if not isinstance(model, ParametricSSM):
-        raise ValueError(
-            f"model must be a pk.statespace.ParametricSSM(prior, model_fn), got "
-            f"{type(model).__name__}"
-        )
     num_x = kernels.check_num_particles(num_x_particles, "num_x_particles")
-    ys = model.validate(ys, num_x)
+    ys = check_model_and_data(model, ys, num_x)
     num_theta = kernels.check_num_particles(num_theta_particles, "num_theta_particles")
     if num_theta < 2:
         raise ValueError(f"num_theta_particles must be >= 2, got {num_theta}")

@@ -31,16 +31,24 @@ over long horizons at a cost linear in ``N``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpyro.distributions as dist
 
 from particlekit import kernels, resampling
+from particlekit.backward import (
+    backward_indices,
+    max_log_density,
+)
+from particlekit.backward import categorical as _categorical
+from particlekit.backward import check_method as _check_method
+from particlekit.backward import check_trials as _check_trials
+from particlekit.backward import log_f_rows as _log_f_rows
+from particlekit.backward import resolve_bound as _resolve_bound
+from particlekit.backward import take as _take
 from particlekit.filters import FilterResult
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.ssm import StateSpaceModel
@@ -57,263 +65,6 @@ __all__ = [
     "backward_indices",
     "max_log_density",
 ]
-
-_METHODS = ("auto", "exact", "rejection")
-
-
-# --------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------
-def _take(tree, idx):
-    return jax.tree.map(lambda a: a[idx], tree)
-
-
-def _log_f_rows(ssm: StateSpaceModel, xs_prev, x, t):
-    """``log f_t(x | xs_prev[j])`` for every ``j``: shape (N,)."""
-    if ssm.vectorized:
-        xb = jax.tree.map(lambda a, p: jnp.broadcast_to(a, p.shape), x, xs_prev)
-        return ssm.transition_log_prob(xs_prev, xb, t)
-    return jax.vmap(lambda xp: ssm.transition_log_prob(xp, x, t))(xs_prev)
-
-
-def _log_f_pairs(ssm: StateSpaceModel, xs_prev, xs, t):
-    """Elementwise ``log f_t(xs[m] | xs_prev[m])``: shape (M,)."""
-    if ssm.vectorized:
-        return ssm.transition_log_prob(xs_prev, xs, t)
-    return jax.vmap(lambda a, b: ssm.transition_log_prob(a, b, t))(xs_prev, xs)
-
-
-def _inverse_cdf(cdf, uniforms, n):
-    """Indices ``j`` with ``cdf[j-1] <= u < cdf[j]`` (i.i.d. categorical draws)."""
-    return jnp.clip(jnp.searchsorted(cdf, uniforms, side="right"), 0, n - 1).astype(jnp.int32)
-
-
-def _categorical(key, logits, num):
-    """``num`` i.i.d. draws from ``softmax(logits)`` by inverse CDF, ``O(N + num log N)``.
-    Non-finite logits count as zero probability; all-zero rows fall back to uniform."""
-    n = logits.shape[0]
-    log_w, _ = resampling.log_normalize(logits)
-    cdf = jnp.cumsum(jnp.exp(log_w))
-    cdf = cdf / cdf[-1]
-    u = jax.random.uniform(key, (num,), dtype=cdf.dtype)
-    return _inverse_cdf(cdf, u, n)
-
-
-def max_log_density(d) -> jax.Array | None:
-    """``log max_x p(x)`` of a NumPyro distribution when it is known in closed form.
-
-    Supported: ``Normal`` (elementwise, per batch entry), ``MultivariateNormal`` and
-    ``Independent`` wrappers of those (summed over the reinterpreted dimensions). Returns
-    ``None`` for other distributions.
-
-    Examples
-    --------
-    >>> import numpyro.distributions as dist
-    >>> round(float(max_log_density(dist.Normal(0.0, 1.0))), 4)
-    -0.9189
-    """
-    if isinstance(d, dist.Independent):
-        inner = max_log_density(d.base_dist)
-        if inner is None:
-            return None
-        n = d.reinterpreted_batch_ndims
-        return jnp.sum(inner, axis=tuple(range(-n, 0)))
-    if isinstance(d, dist.Normal):
-        return jnp.broadcast_to(-jnp.log(d.scale) - 0.5 * math.log(2 * math.pi), d.batch_shape)
-    if isinstance(d, dist.MultivariateNormal):
-        dim = d.event_shape[-1]
-        log_det = jnp.sum(jnp.log(jnp.diagonal(d.scale_tril, axis1=-2, axis2=-1)), axis=-1)
-        return -log_det - 0.5 * dim * math.log(2 * math.pi)
-    return None
-
-
-def _population_log_bound(ssm: StateSpaceModel, xs_prev, t, log_transition_bound):
-    """``log`` of a bound on ``f_t(x | x_prev^j)`` valid for every ``x`` and every particle
-    ``j`` of ``xs_prev``; ``None`` if none is given and none can be derived."""
-    if log_transition_bound is not None:
-        value = log_transition_bound(t) if callable(log_transition_bound) else log_transition_bound
-        return jnp.asarray(value, jnp.result_type(float))
-    if ssm.vectorized:
-        bound = max_log_density(ssm.transition(xs_prev, t))
-        return None if bound is None else jnp.max(bound)
-    probe = ssm.transition(_take(xs_prev, 0), t)
-    if max_log_density(probe) is None:
-        return None
-    bounds = jax.vmap(lambda xp: max_log_density(ssm.transition(xp, t)))(xs_prev)
-    return jnp.max(bounds)
-
-
-class BackwardStats(NamedTuple):
-    """Cost diagnostics of one batch of backward draws (scalars)."""
-
-    mean_trials: jax.Array  # mean number of rejection proposals per draw (0 if exact)
-    num_exact: jax.Array  # number of draws made exactly (all of them in exact mode)
-
-
-def backward_indices(
-    key,
-    ssm: StateSpaceModel,
-    log_weights_prev,
-    xs_prev,
-    targets,
-    t,
-    *,
-    num_draws: int = 1,
-    log_bound=None,
-    max_trials: int = 32,
-    exact_chunk: int | None = None,
-):
-    """Draw ancestors from the backward kernel ``Lambda(m, j) ∝ W^j f_t(targets_m | xs_prev^j)``.
-
-    Parameters
-    ----------
-    key : PRNG key
-    ssm : StateSpaceModel
-    log_weights_prev : Array of shape (N,)
-        (Unnormalised) filtering log-weights at ``t - 1``.
-    xs_prev : Array of shape (N, ...)
-        Filtering particles at ``t - 1``.
-    targets : Array of shape (M, ...)
-        States at ``t`` whose ancestors are drawn.
-    t : int
-        Time index of ``targets`` (the transition ``f_t`` maps ``t - 1`` to ``t``).
-    num_draws : int
-        ``K`` independent draws per target.
-    log_bound : Array or None
-        ``log`` of a bound of ``f_t`` over ``xs_prev``: accept–reject with at most
-        ``max_trials`` rounds, then exact draws for the rest. ``None``: exact draws.
-    max_trials : int
-        Rejection rounds on all draws; the pending ones then get ``4^l max_trials``
-        more rounds (at most ``N``) at level ``l`` in buffers 8x smaller per level, and
-        the draws still pending after that are made exactly.
-    exact_chunk : int, optional
-        Number of pending draws finished exactly per pass (memory ``exact_chunk * N``).
-
-    Returns
-    -------
-    indices : Array of shape (M, K), int32
-    stats : BackwardStats
-    """
-    n = log_weights_prev.shape[0]
-    m = jax.tree.leaves(targets)[0].shape[0]
-    num_items = m * num_draws
-    log_w, _ = resampling.log_normalize(log_weights_prev)
-    item_target = jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_draws)
-    # exact passes: all draws at once (memory-bounded) in exact mode; small chunks for the
-    # few rejection fallbacks
-    chunk = exact_chunk or max(1, min(num_items, (1 << 22) // max(n, 1)))
-    fallback_chunk = exact_chunk or max(1, min(chunk, 64))
-
-    def one_exact(kk, tid):
-        logits = log_w + _log_f_rows(ssm, xs_prev, _take(targets, tid), t)
-        return _categorical(kk, logits, 1)[0]
-
-    def exact_rows(k, target_ids):
-        return jax.vmap(one_exact)(jax.random.split(k, target_ids.shape[0]), target_ids)
-
-    if log_bound is None:
-        keys = jax.random.split(key, num_items)
-        if chunk >= num_items:
-            idx = jax.vmap(one_exact)(keys, item_target)
-        else:  # bound the memory of the (items x N) log-density rows
-            idx = jax.lax.map(lambda a: one_exact(*a), (keys, item_target), batch_size=chunk)
-        stats = BackwardStats(jnp.zeros(()), jnp.asarray(num_items, jnp.int32))
-        return idx.reshape(m, num_draws), stats
-
-    # ---- accept-reject (Douc et al. 2011, Alg. 1), in levels: ``max_trials`` rounds on all
-    # draws, then the pending ones gathered into buffers 8x smaller per level, with 4x more
-    # rounds (at most N, the cost of an exact draw): hard draws get many proposals while the
-    # total cost stays linear in the number of draws.
-    cdf = jnp.cumsum(jnp.exp(log_w))
-    cdf = cdf / cdf[-1]
-    k_rounds, k_fallback = jax.random.split(key)
-
-    def rounds(k, items, done0, num_rounds):
-        size = items.shape[0]
-        item_x = _take(targets, item_target[items])
-
-        def cond(carry):
-            r, _, done, _ = carry
-            return (r < num_rounds) & ~jnp.all(done)
-
-        def body(carry):
-            r, idx, done, trials = carry
-            k_u, k_acc = jax.random.split(jax.random.fold_in(k, r))
-            cand = _inverse_cdf(cdf, jax.random.uniform(k_u, (size,), dtype=cdf.dtype), n)
-            log_f = _log_f_pairs(ssm, _take(xs_prev, cand), item_x, t)
-            log_u = jnp.log(jax.random.uniform(k_acc, (size,), dtype=cdf.dtype))
-            accept = ~done & (log_u < log_f - log_bound)
-            trials = trials + (~done).astype(jnp.int32)
-            return r + 1, jnp.where(accept, cand, idx), done | accept, trials
-
-        init = (jnp.zeros((), jnp.int32), jnp.zeros(size, jnp.int32), done0,
-                jnp.zeros(size, jnp.int32))  # fmt: skip
-        _, idx, done, trials = jax.lax.while_loop(cond, body, init)
-        return idx, done & ~done0, trials
-
-    all_items = jnp.arange(num_items, dtype=jnp.int32)
-    idx, done, trials = rounds(jax.random.fold_in(k_rounds, 0), all_items,
-                               jnp.zeros(num_items, bool), max_trials)  # fmt: skip
-    size, level = num_items // 8, 1
-    while size >= 16:
-        (buf,) = jnp.nonzero(~done, size=size, fill_value=num_items)
-        valid = buf < num_items
-        idx_b, acc_b, trials_b = rounds(
-            jax.random.fold_in(k_rounds, level), jnp.where(valid, buf, 0), ~valid,
-            min(max_trials * 4**level, max(n, max_trials)),
-        )  # fmt: skip
-        idx = idx.at[buf].set(jnp.where(acc_b, idx_b, idx[jnp.where(valid, buf, 0)]),
-                              mode="drop")  # fmt: skip
-        done = done.at[buf].set(acc_b, mode="drop")
-        trials = trials.at[buf].add(trials_b, mode="drop")
-        size, level = size // 8, level + 1
-    num_pending = jnp.sum(~done).astype(jnp.int32)
-
-    # ---- exact fallback for the draws still pending, ``chunk`` at a time
-    def fb_cond(carry):
-        _, done, _ = carry
-        return ~jnp.all(done)
-
-    def fb_body(carry):
-        idx, done, p = carry
-        (pending,) = jnp.nonzero(~done, size=fallback_chunk, fill_value=num_items)
-        valid = pending < num_items
-        safe = jnp.where(valid, pending, 0)
-        new = exact_rows(jax.random.fold_in(k_fallback, p), item_target[safe])
-        idx = idx.at[pending].set(new, mode="drop")
-        done = done.at[pending].set(True, mode="drop")
-        return idx, done, p + 1
-
-    idx, _, _ = jax.lax.while_loop(fb_cond, fb_body, (idx, done, jnp.zeros((), jnp.int32)))
-    stats = BackwardStats(jnp.mean(trials.astype(jnp.float32)), num_pending)
-    return idx.reshape(m, num_draws), stats
-
-
-# below this many particles exact backward draws are cheaper than accept-reject rounds
-AUTO_EXACT_BELOW = 256
-
-
-def _resolve_bound(ssm, xs_prev, t, method, log_transition_bound):
-    """The log-bound to use (``None`` = exact draws), per ``method``."""
-    n = jax.tree.leaves(xs_prev)[0].shape[0]
-    if method == "exact" or (method == "auto" and n < AUTO_EXACT_BELOW):
-        return None
-    bound = _population_log_bound(ssm, xs_prev, t, log_transition_bound)
-    if bound is None and method == "rejection":
-        raise ValueError(
-            "method='rejection' needs a bound on the transition density: pass "
-            "log_transition_bound=..., or use a Normal / MultivariateNormal transition"
-        )
-    return bound
-
-
-def _check_method(method):
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
-
-
-def _check_trials(max_trials):
-    return kernels.check_num_particles(max_trials, "max_trials")
 
 
 # --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from particlekit.diffusion.fk_steering import (
     fk_steering,
     gradient_guided_proposal,
 )
+from particlekit.diffusion.flow import FlowModel
 from particlekit.diffusion.model import (
     DiffusionModel,
     gaussian_mixture,
@@ -24,6 +25,16 @@ from particlekit.diffusion.potentials import (
     LearnedPotential,
     NaivePotential,
     fit_pdds_potential,
+)
+from particlekit.diffusion.pretrained import (
+    DigitsClassifier,
+    class_log_prob_reward,
+    digits_classifier,
+    digits_diffusion,
+    digits_flow,
+    digits_to_images,
+    ink_reward,
+    region_ink_reward,
 )
 from particlekit.diffusion.schedules import (
     NoiseSchedule,
@@ -60,4 +71,13 @@ __all__ = [
     "get_schedule",
     "linear_schedule",
     "time_grid",
+    "FlowModel",
+    "DigitsClassifier",
+    "class_log_prob_reward",
+    "digits_classifier",
+    "digits_diffusion",
+    "digits_flow",
+    "digits_to_images",
+    "ink_reward",
+    "region_ink_reward",
 ]

@@ -10,6 +10,10 @@ Model: x_t = 0.9 x_{t-1} + N(0, 1), y_t = x_t + N(0, 0.5^2), x_0 ~ N(0, 1).
    attribute 'N'``, so it is not compared.)
 3. PPG (n particles x k sweeps) vs PaRIS (k n particles): mean squared error of
    E[sum_t x_t^2 | y] against the RTS smoother over seeds, at equal particle budget.
+4. Cost per particle-step against the bootstrap filter, side by side in one run (T = 200):
+   PaRIS (K = 2, rejection), one PPG sweep (K = 2, rejection), FFBS of M = N trajectories
+   by rejection (the backward pass only, on a stored filter); time per particle-step, the
+   ratio to the filter's, and compile time.
 
 Usage: ``python benchmarks/bench_smoothing.py [--quick]``.
 """
@@ -192,22 +196,101 @@ def bench_ppg(ys, n, sweeps, num_seeds):
         print(f"{name:>26} {bias:>8.3f} {std:>8.3f} {bias**2 + std**2:>9.4f} {elapsed:>8.2f}")
 
 
+def bench_ratio(sizes, num_steps, repeats):
+    print(f"\n## 4. Cost per particle-step against the bootstrap filter, T = {num_steps}")
+    print("| N | method | ns / particle-step | x filter | compile s | proposals / draw |")
+    print("|---:|---|---:|---:|---:|---:|")
+    _, ys = SSM.simulate(jax.random.key(7), num_steps)
+    h = lambda xp, x, t: x  # noqa: E731
+    for n in sizes:
+        filt = jax.jit(
+            lambda k, n=n: (
+                pk.filters.bootstrap(
+                    k, SSM, ys, num_particles=n, keep_history=False, progress_bar=False
+                ).log_evidence
+            )
+        )
+        paris = jax.jit(
+            lambda k, n=n: pk.smoothing.paris(
+                k, SSM, ys, additive_fn=h, num_particles=n, method="rejection", progress_bar=False
+            )
+        )
+        ppg = jax.jit(
+            lambda k, n=n: (
+                pk.pgibbs.ppg(
+                    k,
+                    SSM,
+                    ys,
+                    additive_fn=h,
+                    num_particles=n,
+                    num_iterations=1,
+                    burn_in=0,
+                    method="rejection",
+                    progress_bar=False,
+                ).estimate
+            )
+        )
+        stored = pk.filters.bootstrap(
+            jax.random.key(3), SSM, ys, num_particles=n, keep_history=True, progress_bar=False
+        )
+        ffbs = jax.jit(
+            lambda k, n=n: pk.smoothing.ffbs(
+                k, SSM, stored, n, method="rejection", progress_bar=False
+            )
+        )
+        keyed = {
+            name: (lambda i, f=f: f(jax.random.key(i)))
+            for name, f in [
+                ("filter", filt),
+                ("PaRIS K=2", paris),
+                ("PPG K=2 (one sweep)", ppg),
+                ("FFBS M=N (backward)", ffbs),
+            ]
+        }
+        times, compiles, trials = {}, {}, "-"
+        for name, fn in keyed.items():  # warm-up (compile) first, then interleaved timing
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(fn(0))
+            compiles[name] = time.perf_counter() - t0
+            if name == "PaRIS K=2":
+                trials = f"{float(np.mean(out.mean_trials[1:])):.1f}"
+            times[name] = []
+        for r in range(repeats):
+            for name, fn in keyed.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(r + 1))
+                times[name].append(time.perf_counter() - t0)
+        per = {name: min(v) * 1e9 / (n * num_steps) for name, v in times.items()}
+        for name in keyed:
+            compile_s = max(compiles[name] - min(times[name]), 0.0)
+            extra = trials if name == "PaRIS K=2" else "-"
+            print(f"| {n} | {name} | {per[name]:.1f} | {per[name] / per['filter']:.1f} | "
+                  f"{compile_s:.2f} | {extra} |", flush=True)  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument("--ratio-only", action="store_true", help="section 4 only")
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"jax {jax.__version__} ({jax.default_backend()})")  # fmt: skip
+    if args.ratio_only:
+        bench_ratio([1024] if args.quick else [1024, 4096, 16384], 50 if args.quick else 200,
+                    2 if args.quick else 5)  # fmt: skip
+        return
     num_steps = 20 if args.quick else 50
     _, ys = SSM.simulate(jax.random.key(0), num_steps)
     if args.quick:
         bench_paris(ys, [100, 1000], exact_max=1000, repeats=2)
         bench_ffbs(ys, [100, 300], particles_max=300, repeats=2)
         bench_ppg(ys, 16, 5, 16)
+        bench_ratio([1024], 50, 2)
     else:
         bench_paris(ys, [100, 1000, 10_000, 100_000], exact_max=3000, repeats=3)
         bench_ffbs(ys, [100, 1000, 10_000], particles_max=1000, repeats=3)
         bench_ppg(ys, 32, 32, 64)
+        bench_ratio([1024, 4096, 16384], 200, 5)
 
 
 if __name__ == "__main__":

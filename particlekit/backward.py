@@ -331,7 +331,7 @@ def backward_indices(
         stats = BackwardStats(jnp.zeros(()), jnp.asarray(num_items, jnp.int32))
         return idx.reshape(m, num_draws), stats
 
-    cdf = jnp.cumsum(jnp.exp(log_w))
+    cdf = resampling.cumulative_sum(jnp.exp(log_w))
     table = guide_table(cdf / cdf[-1])
     k_rounds, k_fallback = jax.random.split(key)
     levels = buffer_levels(num_items, n, max_trials)

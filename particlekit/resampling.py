@@ -241,23 +241,29 @@ def _blocked(op: Callable, cumulative: Callable, x: jax.Array) -> jax.Array:
 
 
 def _cumsum(x: jax.Array) -> jax.Array:
-    """Inclusive cumulative sum of non-negative ``x``, non-decreasing and exactly flat over
-    zero entries.
+    """Inclusive cumulative sum of non-negative ``x``, exactly flat over zero entries.
 
     From ``2**12`` elements on, in blocks of ``2**10`` (a cumulative sum along rows, then
     over the row totals): on CPU ``jnp.cumsum`` of one long vector costs 12 ns per element
     at 1e4 and 4 at 1e5 (against 4 and 2 in blocks), and ``associative_scan`` compiles
     slowly inside a filter's time loop; the rounding error grows like the block length
     plus the number of blocks. Prefixes may be summed in different orders, so in floating
-    point a prefix can differ from the previous one by an ulp where ``x`` is 0; a running
-    maximum over the prefixes at ``x > 0`` makes the result non-decreasing and *exactly*
-    flat over zero entries, so zero-weight particles never receive offspring. Integer
-    sums are exact and skip it."""
+    point a prefix can differ from the previous one by an ulp; where ``x`` has zeros, a
+    running maximum over the prefixes at ``x > 0`` makes the result non-decreasing and
+    *exactly* flat over them, so zero-weight particles never receive offspring (skipped,
+    under ``lax.cond``, when every entry is positive: there an ulp changes nothing but
+    which of two neighbours takes a point on their boundary). Integer sums are exact and
+    skip it."""
     large = x.shape[0] >= _BLOCKED_MIN_SIZE
     out = _blocked(jnp.add, jax.lax.cumsum, x) if large else jnp.cumsum(x)
     if jnp.issubdtype(out.dtype, jnp.floating):
-        positive = jnp.where(x > 0, out, 0.0)
-        out = _blocked(jnp.maximum, jax.lax.cummax, positive) if large else jax.lax.cummax(positive)
+        positive = x > 0
+
+        def flatten_zeros(out):
+            kept = jnp.where(positive, out, 0.0)
+            return _blocked(jnp.maximum, jax.lax.cummax, kept) if large else jax.lax.cummax(kept)
+
+        out = jax.lax.cond(jnp.all(positive), lambda out: out, flatten_zeros, out)
     return out
 
 

@@ -227,22 +227,23 @@ class BufferLevel(NamedTuple):
 def buffer_levels(num_items: int, num_particles: int, max_trials: int) -> list[BufferLevel]:
     """The accept–reject stages: buffers ``M, M / 4, M / 16, ...`` down to
     ``SMALLEST_BUFFER``, with 2, 8, 32 proposals per draw per round (the draws left for
-    the later stages are the hard ones, with low acceptance rates), each stage until its
-    pending draws fit the next buffer or ``max(N, max_trials)`` proposals per draw were
-    spent; the last stage makes ``LAST_PROPOSALS`` proposals per round for at most
-    ``max_trials // 4`` rounds. Few rounds keep the sequential loop short (each iteration
-    has a fixed cost, and the heavy tail of the acceptance rates would otherwise keep it
-    going for the slowest draw), large rounds keep the vector units busy; the draws left
-    at the end cost ``O(N)`` each."""
+    the later stages are the hard ones, with low acceptance rates) and ``LAST_PROPOSALS``
+    in the last one; each stage runs until its pending draws fit the next buffer, or for
+    at most ``max_trials // 4`` rounds. Few rounds keep the sequential loop short (each
+    iteration has a fixed cost, and the heavy tail of the acceptance rates would
+    otherwise keep it going for the slowest draw), large rounds keep the vector units
+    busy; the draws left over cost ``O(N)`` each (``num_particles`` is kept for the
+    signature)."""
+    del num_particles
     sizes = [num_items]
     while sizes[-1] // 4 >= SMALLEST_BUFFER:
         sizes.append(sizes[-1] // 4)
-    levels = []
-    for level, size in enumerate(sizes[:-1]):
-        proposals = min(2 << (2 * level), 32)
-        budget = max(num_particles, max_trials)
-        levels.append(BufferLevel(size, proposals, max(1, -(-budget // proposals))))
-    levels.append(BufferLevel(sizes[-1], LAST_PROPOSALS, max(1, max_trials // 4)))
+    rounds = max(1, max_trials // 4)
+    levels = [
+        BufferLevel(size, min(2 << (2 * level), 32), rounds)
+        for level, size in enumerate(sizes[:-1])
+    ]
+    levels.append(BufferLevel(sizes[-1], LAST_PROPOSALS, rounds))
     return levels
 
 
@@ -279,9 +280,8 @@ def backward_indices(
         ``log`` of a bound of ``f_t`` over ``xs_prev``: accept–reject in shrinking buffers,
         then exact draws for the rest. ``None``: exact draws.
     max_trials : int
-        Sets the last accept–reject stage's length (``max_trials // 4`` rounds of
-        ``LAST_PROPOSALS`` proposals per draw); the draws still pending are then made
-        exactly (see ``buffer_levels``).
+        Sets the accept–reject stages' length (at most ``max_trials // 4`` rounds each);
+        the draws still pending after them are made exactly (see ``buffer_levels``).
     exact_chunk : int, optional
         Number of pending draws finished exactly per pass (memory ``exact_chunk * N``).
 

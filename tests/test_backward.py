@@ -108,6 +108,6 @@ def test_buffer_levels_shrink_and_end_with_a_full_budget():
     assert sizes[0] == 2 * 16384
     assert all(a // 4 == b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     assert sizes[-1] >= backward.SMALLEST_BUFFER
-    last = levels[-1]
-    assert last.proposals * last.max_rounds >= 32 * 32
+    assert all(level.max_rounds == 8 for level in levels)
+    assert levels[-1].proposals == backward.LAST_PROPOSALS
     assert backward.buffer_levels(5, 100, 32) == [backward.BufferLevel(5, 128, 8)]

@@ -112,6 +112,10 @@ __all__ = [
     "from_mle",
     "from_score_climbing",
     "from_mcmc_draws",
+    "from_fk_steering",
+    "from_fk_corrector",
+    "from_svdd",
+    "from_best_of_n",
 ]
 
 
@@ -807,3 +811,222 @@ def _to_numpy(variables: dict) -> dict:
     import jax
 
     return {name: np.asarray(jax.device_get(value)) for name, value in variables.items()}
+
+
+# --------------------------------------------------------------------------------------
+# diffusion steering results
+# --------------------------------------------------------------------------------------
+def _resampled_draws(variables, log_weights, failed, batched, key, num_draws) -> dict:
+    """Equally weighted draws ``(chain, draw, ...)`` of each chain's weighted particles
+    ``variables`` by systematic resampling with ``key`` (NaN for a failed chain)."""
+    from particlekit import resampling
+    from particlekit.kernels import check_key
+
+    check_key(key)
+    log_w = np.asarray(log_weights) if batched else np.asarray(log_weights)[None]
+    failed = np.asarray(failed).reshape(-1)
+    num_draws = log_w.shape[-1] if num_draws is None else num_draws
+    if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)):
+        raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
+    if num_draws < 1:
+        raise ValueError(f"num_draws must be a positive integer, got {num_draws}")
+    keys = jax.random.split(key, log_w.shape[0])
+    idx = np.asarray(
+        jax.vmap(lambda k, lw: resampling.systematic(k, lw, int(num_draws)))(
+            keys, jax.numpy.asarray(log_w)
+        )
+    )
+    draws = {}
+    for name, value in _with_chain(variables, batched).items():
+        picked = np.take_along_axis(value, idx.reshape(idx.shape + (1,) * (value.ndim - 2)), 1)
+        if np.issubdtype(picked.dtype, np.floating):
+            picked = np.where(failed.reshape((-1,) + (1,) * (picked.ndim - 1)), np.nan, picked)
+        draws[name] = picked
+    return draws
+
+
+def _weighted_steering(result, name, per_step, rewards, key, num_draws):
+    """The groups of ``from_fk_steering`` and ``from_fk_corrector``."""
+    batched = _is_batched(result.log_evidence, 0, name)
+    attrs = _attrs(name, num_particles=int(np.shape(result.log_weights)[-1]))
+    samples = _named(result.samples, "x")
+    rewards = None if rewards is None else {"reward": np.asarray(rewards)}
+    groups = {}
+    stats = _with_chain(
+        {
+            "log_marginal_likelihood": np.asarray(result.log_evidence),
+            "failed": np.asarray(result.failed),
+        },
+        batched,
+    )
+    per_chain = {k: ["chain"] for k in stats}
+    if key is not None:
+        draws = _resampled_draws(
+            {**samples, **(rewards or {})}, result.log_weights, result.failed, batched, key,
+            num_draws,
+        )  # fmt: skip
+        if rewards is not None:
+            stats["reward"] = draws.pop("reward")
+        groups["posterior"] = _group(draws, ["chain", "draw"], attrs)
+    groups["sample_stats"] = _group(stats, ["chain", "draw"], attrs, dims=per_chain)
+    weighted = {**samples, "log_weight": _normalised(result.log_weights), **(rewards or {})}
+    groups["weighted_particles"] = _group(
+        _with_chain(weighted, batched), ["chain", "particle"], attrs
+    )
+    steps = {
+        out: np.asarray(getattr(result, field))
+        for out, field in per_step
+        if getattr(result, field, None) is not None
+    }
+    groups["steps"] = _group(_with_chain(steps, batched), ["chain", "step"], attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_fk_steering(result, *, key=None, num_draws: int | None = None):
+    """Convert an ``FKSteeringResult`` (``particlekit.diffusion.fk_steering``; one run or a
+    ``jax.vmap`` batch of runs, one chain each) to ArviZ.
+
+    Groups (as ``from_filter`` for the weighted population, as ``from_smc`` for the
+    equally weighted draws):
+
+    - ``weighted_particles``: the final samples ``x`` (not resampled), their normalised
+      ``log_weight`` and final ``reward`` ``r(x_0)``, dims ``(chain, particle, ...)``;
+    - ``sample_stats``: ``log_marginal_likelihood`` (the estimate of
+      ``log E_p[exp(lmbda r(x_0))]``) and ``failed``, dims ``(chain,)``; with ``key`` also
+      the ``reward`` of each posterior draw, ``(chain, draw)``;
+    - ``steps``: ``ess`` (after each step's reweighting), ``resampled``,
+      ``intermediate_reward`` (weighted mean at potential steps, NaN elsewhere) and
+      ``num_nonfinite``, dims ``(chain, step)``;
+    - ``posterior`` (only with ``key``): ``num_draws`` equally weighted draws ``x``,
+      ``(chain, draw, ...)``, by systematic resampling of the weighted particles (NaN for
+      a failed chain). Without ``key`` there is no ``posterior``: the particles are
+      weighted, and ArviZ's summaries of unweighted draws would ignore the weights.
+
+    Parameters
+    ----------
+    result : particlekit.diffusion.FKSteeringResult
+    key : PRNG key, optional
+        Draw the equally weighted ``posterior`` with this key.
+    num_draws : int, optional
+        Draws per chain in ``posterior`` (default: the number of particles).
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+
+    Examples
+    --------
+    >>> import jax, particlekit as pk
+    >>> model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.5)
+    >>> res = pk.diffusion.fk_steering(jax.random.key(0), model, lambda x: x[0],
+    ...                                num_particles=32, num_steps=10, lmbda=2.0)
+    >>> data = pk.arviz.from_fk_steering(res, key=jax.random.key(1))
+    >>> data["steps"]["ess"].dims, data["posterior"]["x"].shape
+    (('chain', 'step'), (1, 32, 2))
+    """
+    per_step = [
+        ("ess", "ess"),
+        ("resampled", "resampled"),
+        ("intermediate_reward", "intermediate_rewards"),
+        ("num_nonfinite", "num_nonfinite"),
+    ]
+    return _weighted_steering(result, "FKSteeringResult", per_step, result.rewards, key, num_draws)
+
+
+def from_fk_corrector(result, *, key=None, num_draws: int | None = None):
+    """Convert an ``FKCResult`` (``particlekit.diffusion.fk_corrector``, ``anneal``,
+    ``product_of_experts``, ``geometric_average``; one run or a ``jax.vmap`` batch of
+    runs, one chain each) to ArviZ.
+
+    Groups as ``from_fk_steering`` without rewards: ``weighted_particles`` (``x``,
+    normalised ``log_weight``; ``(chain, particle, ...)``), ``sample_stats``
+    (``log_marginal_likelihood`` of ``log int prod_i p_i^{beta_i}``, ``failed``;
+    ``(chain,)``), ``steps`` (``ess``, ``resampled``, ``num_nonfinite``;
+    ``(chain, step)``) and, with ``key``, ``posterior`` (``num_draws`` equally weighted
+    draws ``x`` by systematic resampling; ``(chain, draw, ...)``).
+
+    Examples
+    --------
+    >>> import jax, particlekit as pk
+    >>> m1 = pk.diffusion.gaussian_mixture([1.0], [[-1.0]], stds=1.0)
+    >>> m2 = pk.diffusion.gaussian_mixture([1.0], [[1.0]], stds=1.0)
+    >>> res = pk.diffusion.product_of_experts(jax.random.key(0), m1, m2, num_particles=64,
+    ...                                       num_steps=20)
+    >>> pk.arviz.from_fk_corrector(res)["weighted_particles"]["x"].dims
+    ('chain', 'particle', 'x_dim_0')
+    """
+    per_step = [("ess", "ess"), ("resampled", "resampled"), ("num_nonfinite", "num_nonfinite")]
+    return _weighted_steering(result, "FKCResult", per_step, None, key, num_draws)
+
+
+def from_svdd(result):
+    """Convert an ``SVDDResult`` (``particlekit.diffusion.svdd``; one run or a ``jax.vmap``
+    batch of runs, one chain each) to ArviZ: its particles are equally weighted, so they
+    are the draws.
+
+    - ``posterior``: the final particles ``x``, dims ``(chain, draw, ...)``;
+    - ``sample_stats``: their ``reward`` ``r(x_0)``, dims ``(chain, draw)``.
+
+    Examples
+    --------
+    >>> import jax, particlekit as pk
+    >>> model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.5)
+    >>> res = pk.diffusion.svdd(jax.random.key(0), model, lambda x: x[0], num_particles=8,
+    ...                         num_children=4, num_steps=10)
+    >>> pk.arviz.from_svdd(res)["sample_stats"]["reward"].shape
+    (1, 8)
+    """
+    batched = _is_batched(result.rewards, 1, "SVDDResult")
+    attrs = _attrs("SVDDResult", num_particles=int(np.shape(result.rewards)[-1]))
+    groups = {
+        "posterior": _group(
+            _with_chain(_named(result.samples, "x"), batched), ["chain", "draw"], attrs
+        ),
+        "sample_stats": _group(
+            _with_chain({"reward": np.asarray(result.rewards)}, batched), ["chain", "draw"], attrs
+        ),
+    }
+    return wrap_groups(groups, attrs)
+
+
+def from_best_of_n(result):
+    """Convert a ``BestOfNResult`` (``particlekit.diffusion.best_of_n``; one run or a
+    ``jax.vmap`` batch of runs, one chain each) to ArviZ.
+
+    Best-of-N steers nothing: it draws ``N`` unsteered candidates and keeps the one with
+    the highest reward. The candidates are equally weighted draws of the model, so they are
+    the ``posterior``; the pick is flagged in ``sample_stats`` and kept in ``best``.
+
+    - ``posterior``: the ``N`` candidates ``x``, dims ``(chain, draw, ...)``;
+    - ``sample_stats``: ``reward`` and ``is_best`` (the returned candidate; the first of
+      equal maxima) ``(chain, draw)``, and ``best_reward`` ``(chain,)``;
+    - ``best``: the returned sample ``x``, dims ``(chain, ...)``.
+
+    Examples
+    --------
+    >>> import jax, particlekit as pk
+    >>> model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]], stds=0.5)
+    >>> res = pk.diffusion.best_of_n(jax.random.key(0), model, lambda x: x[0],
+    ...                              num_samples=16, num_steps=10)
+    >>> data = pk.arviz.from_best_of_n(res)
+    >>> int(data["sample_stats"]["is_best"].sum()), data["best"]["x"].dims
+    (1, ('chain', 'x_dim_0'))
+    """
+    batched = _is_batched(result.best_reward, 0, "BestOfNResult")
+    rewards = np.asarray(result.rewards)
+    attrs = _attrs("BestOfNResult", num_samples=int(rewards.shape[-1]))
+    # the pick of best_of_n: the arg-max with NaN rewards as -inf
+    best_index = np.argmax(np.where(np.isnan(rewards), -np.inf, rewards), axis=-1)
+    is_best = np.arange(rewards.shape[-1]) == best_index[..., None]
+    stats = _with_chain({"reward": rewards, "is_best": is_best}, batched)
+    stats_ds = _group(stats, ["chain", "draw"], attrs)
+    best_reward = np.asarray(result.best_reward)
+    stats_ds["best_reward"] = ("chain", best_reward if batched else best_reward[None])
+    groups = {
+        "posterior": _group(
+            _with_chain(_named(result.samples, "x"), batched), ["chain", "draw"], attrs
+        ),
+        "sample_stats": stats_ds,
+        "best": _group(_with_chain(_named(result.best, "x"), batched), ["chain"], attrs),
+    }
+    return wrap_groups(groups, attrs)

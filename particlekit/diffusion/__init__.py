@@ -1,5 +1,5 @@
-"""Diffusion recipes: noise schedules, diffusion models, PDDS, FK steering and FK
-correctors."""
+"""Diffusion recipes: noise schedules and time grids, diffusion and flow models, PDDS, FK
+steering, FK correctors and the best-of-N / SVDD / rollover-budget-forcing baselines."""
 
 from particlekit.diffusion.baselines import BestOfNResult, SVDDResult, best_of_n, svdd
 from particlekit.diffusion.fk_correctors import (
@@ -14,7 +14,7 @@ from particlekit.diffusion.fk_steering import (
     fk_steering,
     gradient_guided_proposal,
 )
-from particlekit.diffusion.flow import FlowModel
+from particlekit.diffusion.flow import FlowModel, gaussian_mixture_flow
 from particlekit.diffusion.model import (
     DiffusionModel,
     gaussian_mixture,
@@ -36,11 +36,13 @@ from particlekit.diffusion.pretrained import (
     ink_reward,
     region_ink_reward,
 )
+from particlekit.diffusion.rollover import RBFResult, rollover_budget_forcing
 from particlekit.diffusion.schedules import (
     NoiseSchedule,
     cosine_schedule,
     get_schedule,
     linear_schedule,
+    sampling_grid,
     time_grid,
 )
 
@@ -55,6 +57,8 @@ __all__ = [
     "SVDDResult",
     "best_of_n",
     "svdd",
+    "RBFResult",
+    "rollover_budget_forcing",
     "FKSteeringResult",
     "fk_steering",
     "gaussian_mixture",
@@ -71,7 +75,9 @@ __all__ = [
     "get_schedule",
     "linear_schedule",
     "time_grid",
+    "sampling_grid",
     "FlowModel",
+    "gaussian_mixture_flow",
     "DigitsClassifier",
     "class_log_prob_reward",
     "digits_classifier",

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
-from particlekit.diffusion.schedules import time_grid
+from particlekit.diffusion.schedules import sampling_grid
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 
 __all__ = ["BestOfNResult", "SVDDResult", "best_of_n", "svdd"]
@@ -45,6 +45,13 @@ class BestOfNResult(NamedTuple):
     samples: jax.Array
     rewards: jax.Array
 
+    def to_inference_data(self):
+        """The run for ArviZ (``particlekit.arviz.from_best_of_n``): the candidates as
+        ``posterior`` draws with ``reward`` and ``is_best``, and the chosen sample."""
+        from particlekit.arviz import from_best_of_n
+
+        return from_best_of_n(self)
+
 
 class SVDDResult(NamedTuple):
     """Output of ``svdd``.
@@ -59,6 +66,13 @@ class SVDDResult(NamedTuple):
 
     samples: jax.Array
     rewards: jax.Array
+
+    def to_inference_data(self):
+        """The run for ArviZ (``particlekit.arviz.from_svdd``): the particles as
+        ``posterior`` draws with their ``reward``."""
+        from particlekit.arviz import from_svdd
+
+        return from_svdd(self)
 
 
 def _check(model, reward_fn, sampler, eta):
@@ -76,12 +90,14 @@ def best_of_n(
     reward_fn: Callable,
     *,
     num_samples: int,
-    num_steps: int = 100,
+    num_steps: int | None = None,
     sampler: str = "ddpm",
     eta: float = 1.0,
+    grid="uniform",
 ) -> BestOfNResult:
-    """Draw ``num_samples`` unsteered samples (``DiffusionModel.sample``) and keep the
-    one with the highest reward.
+    """Draw ``num_samples`` unsteered samples (``DiffusionModel.sample``, with
+    ``num_steps``, ``sampler``, ``eta`` and the time ``grid`` as there) and keep the one
+    with the highest reward.
 
     Examples
     --------
@@ -94,7 +110,9 @@ def best_of_n(
     """
     kernels.check_key(key)
     _check(model, reward_fn, sampler, eta)
-    samples = model.sample(key, num_samples, num_steps=num_steps, sampler=sampler, eta=eta)
+    samples = model.sample(
+        key, num_samples, num_steps=num_steps, sampler=sampler, eta=eta, grid=grid
+    )
     return _pick_best(reward_fn, samples)
 
 
@@ -112,12 +130,13 @@ def svdd(
     *,
     num_particles: int,
     num_children: int = 4,
-    num_steps: int = 100,
+    num_steps: int | None = None,
     alpha: float = 0.0,
     sampler: str = "ddpm",
     eta: float = 1.0,
     sharding=None,
     progress_bar: bool | None = None,
+    grid="uniform",
 ) -> SVDDResult:
     """SVDD-style decoding: at every reverse step each particle draws ``num_children``
     children ``x_s^(j) ~ p(. | x_t)`` and keeps one, picked with probability
@@ -127,7 +146,9 @@ def svdd(
     ``particlekit.run``. Cost: ``num_particles * num_children`` network calls per step.
     ``sharding`` (a ``jax.sharding.Sharding`` of the particle axis, optional) spreads the
     particles over devices as in ``fk_steering``; see the Scaling page. ``progress_bar``
-    shows a bar over the steps (``None``: when standard error is a terminal).
+    shows a bar over the steps (``None``: when standard error is a terminal). ``grid``:
+    the reverse-time grid, a spacing name or decreasing times (as in ``fk_steering``;
+    ``num_steps`` counts the steps of a named grid, default 100).
 
     Examples
     --------
@@ -142,25 +163,24 @@ def svdd(
     _check(model, reward_fn, sampler, eta)
     num_particles = kernels.check_num_particles(num_particles)
     num_children = kernels.check_num_particles(num_children, "num_children")
-    num_steps = kernels.check_num_particles(num_steps, "num_steps")
+    grid = sampling_grid(grid, num_steps, schedule=model.schedule)
     if not float(alpha) >= 0.0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     sharding = check_sharding(sharding, num_particles, key=key)
     return _svdd(
-        key, model, reward_fn, jnp.asarray(alpha, jnp.result_type(float)),
-        num_particles=num_particles, num_children=num_children, num_steps=num_steps,
-        sampler=sampler, eta=float(eta), sharding=sharding,
-        progress_bar=resolve_progress_bar(progress_bar),
+        key, model, reward_fn, jnp.asarray(alpha, jnp.result_type(float)), grid,
+        num_particles=num_particles, num_children=num_children, sampler=sampler,
+        eta=float(eta), sharding=sharding, progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
 
 
 @eqx.filter_jit
 def _svdd(
-    key, model, reward_fn, alpha, *, num_particles, num_children, num_steps, sampler, eta,
+    key, model, reward_fn, alpha, grid, *, num_particles, num_children, sampler, eta,
     sharding=None, progress_bar=False,
 ):  # fmt: skip
-    grid = time_grid(num_steps)
-    ts, ss = grid[1:][::-1], grid[:-1][::-1]
+    num_steps = grid.shape[0] - 1
+    ts, ss = grid[:-1], grid[1:]
     last = jnp.arange(num_steps) == num_steps - 1
 
     def pick_child(key, x, inputs):

@@ -92,6 +92,15 @@ class FKCResult(NamedTuple):
     num_nonfinite: jax.Array
     failed: jax.Array
 
+    def to_inference_data(self, *, key=None, num_draws: int | None = None):
+        """The run for ArviZ (``particlekit.arviz.from_fk_corrector``): weighted final
+        particles, ``log_marginal_likelihood``, ``failed`` and per-step ``ess`` /
+        ``resampled`` / ``num_nonfinite``; with a ``key``, also a ``posterior`` of
+        ``num_draws`` equally weighted draws."""
+        from particlekit.arviz import from_fk_corrector
+
+        return from_fk_corrector(self, key=key, num_draws=num_draws)
+
     def mean(self, fn=lambda x: x):
         """Weighted estimate of ``E[fn(x)]`` under the combined target (zero-weight
         particles are left out, so a dead non-finite particle cannot make it NaN)."""

@@ -17,7 +17,9 @@ Conversions. Taking conditional expectations of ``x_t = (1 - t) x_0 + t eps`` an
 * ``score(x, t) = grad log p_t(x) = -eps_hat(x, t) / t`` (Tweedie: ``x_t | x_0`` is
   ``N((1 - t) x_0, t^2 I)``, so the score is ``-E[x_t - (1 - t) x_0 | x_t] / t^2``).
 
-Samplers, from ``t = 1`` to ``t = 0`` on a uniform grid:
+Samplers, from ``t = 1`` to ``t = 0`` on a time grid (``grid=``: ``"uniform"``,
+``"quadratic"``, ``"karras"`` with the flow's noise-to-signal ratio ``t / (1 - t)``, or an
+array of decreasing times, see ``particlekit.diffusion.sampling_grid``):
 
 * ``"ode"``: Euler steps of the probability-flow ODE ``dx = v dt``;
 * ``"sde"``: Euler–Maruyama steps of the reverse-time SDE
@@ -35,6 +37,13 @@ As a diffusion model. With a variance-preserving schedule (``a = sqrt(ab_tau)``,
 ``E[eps | x_tau] = eps_hat(x_tau / (a + s), t)`` exactly. ``as_diffusion_model`` wraps the
 velocity in that ``"eps"`` prediction; its DDPM / DDIM / EM kernels sample the flow's data
 distribution, and every recipe that takes a ``DiffusionModel`` takes it.
+
+Gaussian mixtures. For data ``sum_k w_k N(mu_k, S_k)`` the interpolant's marginal is the
+mixture ``p_t = sum_k w_k N((1 - t) mu_k, C_k)``, ``C_k = (1 - t)^2 S_k + t^2 I``, and per
+component ``E[eps | x_t, k] = t C_k^{-1} (x - (1 - t) mu_k)``,
+``E[x_0 | x_t, k] = mu_k + (1 - t) S_k C_k^{-1} (x - (1 - t) mu_k)``; the velocity is their
+difference averaged with the posterior component probabilities. ``gaussian_mixture_flow``
+builds that exact ``FlowModel`` (the flow counterpart of ``gaussian_mixture``).
 """
 
 from __future__ import annotations
@@ -45,13 +54,20 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpyro.distributions as dist
 
-from particlekit.diffusion.model import DiffusionModel
-from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, time_grid
+from particlekit.diffusion.model import DiffusionModel, _mixture_arrays
+from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
 from particlekit.kernels import check_key, check_num_particles, init, move
 from particlekit.run import run
 
-__all__ = ["FlowModel", "FlowAsEps", "FLOW_SAMPLERS"]
+__all__ = [
+    "FlowModel",
+    "FlowAsEps",
+    "FLOW_SAMPLERS",
+    "GaussianMixtureVelocity",
+    "gaussian_mixture_flow",
+]
 
 FLOW_SAMPLERS = ("ode", "sde")
 
@@ -135,13 +151,27 @@ class FlowModel(eqx.Module):
         return x - h * drift + jnp.sqrt(2.0 * noise_scale * t * h) * noise
 
     def sample(
-        self, key, num_samples: int, *, num_steps: int = 100, method: str = "ode",
-        noise_scale: float = 1.0,
+        self, key, num_samples: int, *, num_steps: int | None = None, method: str = "ode",
+        noise_scale: float = 1.0, grid="uniform",
     ):  # fmt: skip
-        """``num_samples`` samples of the data distribution: ``num_steps`` steps of the
-        ``"ode"`` (Euler) or ``"sde"`` (Euler–Maruyama, ``g^2 = 2 noise_scale t``) sampler
-        on a uniform grid from ``t = 1`` to ``t = 0``, run by the engine (``init``,
-        ``move``, ``run``) in one compiled function.
+        """``num_samples`` samples of the data distribution: the ``"ode"`` (Euler) or
+        ``"sde"`` (Euler–Maruyama, ``g^2 = 2 noise_scale t``) sampler from ``t = 1`` to
+        ``t = 0`` on the time grid ``grid``, run by the engine (``init``, ``move``,
+        ``run``) in one compiled function.
+
+        Parameters
+        ----------
+        key : PRNG key
+        num_samples : int
+        num_steps : int, optional
+            Steps of a named grid (default 100); with an array ``grid``, ``len(grid) - 1``.
+        method : {"ode", "sde"}
+        noise_scale : float
+            ``eta >= 0`` of the SDE (``0``: the ODE).
+        grid : {"uniform", "quadratic", "karras"} or array
+            Flow times visited, strictly decreasing from the noise end (an array ending at
+            ``t > 0`` returns draws of ``x_t``); ``"karras"`` spaces the noise-to-signal
+            ratio ``t / (1 - t)`` (``sampling_grid(..., schedule="flow")``).
 
         Returns
         -------
@@ -149,13 +179,13 @@ class FlowModel(eqx.Module):
         """
         check_key(key)
         num_samples = check_num_particles(num_samples, "num_samples")
-        num_steps = check_num_particles(num_steps, "num_steps")
         if method not in FLOW_SAMPLERS:
             raise ValueError(f"method must be one of {FLOW_SAMPLERS}, got {method!r}")
         noise_scale = float(noise_scale)
         if not (math.isfinite(noise_scale) and noise_scale >= 0.0):
             raise ValueError(f"noise_scale must be finite and >= 0, got {noise_scale}")
-        return _sample(key, self, num_samples, num_steps, method, noise_scale)
+        grid = sampling_grid(grid, num_steps, schedule="flow")
+        return _sample(key, self, num_samples, grid, method, noise_scale)
 
     # ------------------------------------------------------------------ as a diffusion model
     def as_diffusion_model(self, schedule="linear") -> DiffusionModel:
@@ -198,9 +228,8 @@ class FlowAsEps(eqx.Module):
 
 
 @eqx.filter_jit
-def _sample(key, model, num_samples, num_steps, method, noise_scale):
+def _sample(key, model, num_samples, grid, method, noise_scale):
     k_init, k_run = jax.random.split(key)
-    grid = time_grid(num_steps)
     state = init(k_init, model.sample_prior, num_samples)
 
     def step_fn(k, x, ts):
@@ -208,6 +237,98 @@ def _sample(key, model, num_samples, num_steps, method, noise_scale):
             return model.ode_step(x, ts[0], ts[1])
         return model.sde_step(k, x, ts[0], ts[1], noise_scale)
 
-    inputs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+    inputs = jnp.stack([grid[:-1], grid[1:]], axis=1)
     final, _ = run(k_run, move(step_fn), state, inputs, keep_history=False)
     return final.particles
+
+
+# ---------------------------------------------------------------------- Gaussian mixtures
+class GaussianMixtureVelocity(eqx.Module):
+    """Exact velocity ``E[eps - x_0 | x_t = x]`` of the linear interpolant for Gaussian
+    mixture data ``sum_k w_k N(mu_k, S_k)`` (module docstring), with the marginal density
+    ``log_prob(x, t)`` and ``distribution(t)``.
+
+    With ``S_k = U_k diag(l_k) U_k^T`` the marginal covariance is
+    ``C_k = U_k diag((1 - t)^2 l_k + t^2) U_k^T``, so nothing is factorised per call.
+    """
+
+    log_weights: jax.Array  # (K,)
+    means: jax.Array  # (K, d)
+    covs: jax.Array  # (K, d, d)
+    eigvals: jax.Array  # (K, d)
+    eigvecs: jax.Array  # (K, d, d)
+
+    def __init__(self, log_weights, means, covs):
+        self.log_weights = log_weights
+        self.means = means
+        self.covs = covs
+        self.eigvals, self.eigvecs = jnp.linalg.eigh(covs)
+
+    def distribution(self, t):
+        """The marginal ``p_t`` of ``x_t = (1 - t) x_0 + t eps`` as a NumPyro mixture."""
+        d = self.means.shape[-1]
+        covs = (1.0 - t) ** 2 * self.covs + t**2 * jnp.eye(d)
+        comps = dist.MultivariateNormal((1.0 - t) * self.means, covariance_matrix=covs)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.log_weights), comps)
+
+    def _parts(self, x, t):
+        c = (1.0 - t) ** 2 * self.eigvals + t**2  # (K, d) eigenvalues of C_k
+        z = jnp.einsum("kji,kj->ki", self.eigvecs, x - (1.0 - t) * self.means)
+        log_comp = -0.5 * jnp.sum(z**2 / c + jnp.log(2 * jnp.pi * c), axis=-1)
+        return c, z, self.log_weights + log_comp
+
+    def log_prob(self, x, t):
+        """``log p_t(x)`` (normalised)."""
+        return jax.scipy.special.logsumexp(self._parts(x, t)[2])
+
+    def responsibilities(self, x, t):
+        """Posterior component probabilities ``P(k | x_t = x)``, shape ``(K,)``."""
+        return jax.nn.softmax(self._parts(x, t)[2])
+
+    def __call__(self, x, t):
+        c, z, log_joint = self._parts(x, t)
+        resp = jax.nn.softmax(log_joint)
+        # per component, in the eigenbasis: E[eps - x_0 | x, k] + mu_k
+        #   = (t - (1 - t) l) z / c
+        v = jnp.einsum("kij,kj->ki", self.eigvecs, (t - (1.0 - t) * self.eigvals) * z / c)
+        return resp @ (v - self.means)
+
+
+def gaussian_mixture_flow(weights, means, stds=None, covs=None) -> FlowModel:
+    """A ``FlowModel`` whose data distribution is a Gaussian mixture, with the exact
+    velocity of the linear interpolant (for tests and examples; the flow counterpart of
+    ``gaussian_mixture``).
+
+    Parameters
+    ----------
+    weights : array (K,)
+        Mixture weights (normalised internally).
+    means : array (K, d)
+        Component means (``(K,)`` is read as ``d = 1``).
+    stds : array, optional
+        Scalar, ``(K,)`` (isotropic) or ``(K, d)`` (diagonal) standard deviations.
+    covs : array (K, d, d), optional
+        Full covariances (instead of ``stds``).
+
+    Returns
+    -------
+    FlowModel
+        ``shape=(d,)``; ``flow.fn`` is a ``GaussianMixtureVelocity`` with
+        ``log_prob(x, t)``, ``responsibilities(x, t)`` and ``distribution(t)``. Its
+        ``as_diffusion_model(schedule)`` has the same data distribution, so
+        ``fk_steering`` of it targets ``tilted_gaussian_mixture`` exactly.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> flow = pk.diffusion.gaussian_mixture_flow([0.5, 0.5], [[-2.0, 0.0], [2.0, 0.0]],
+    ...                                           stds=0.5)
+    >>> flow.sample(jax.random.key(0), 4, num_steps=20).shape
+    (4, 2)
+    >>> x, t = jnp.array([0.3, -0.2]), 0.4   # the score is the gradient of log p_t
+    >>> bool(jnp.allclose(flow.score(x, t), jax.grad(flow.fn.log_prob)(x, t), atol=1e-5))
+    True
+    """
+    weights, means, covs = _mixture_arrays(weights, means, stds, covs)
+    fn = GaussianMixtureVelocity(jnp.log(weights), means, covs)
+    return FlowModel(fn, shape=(means.shape[1],))

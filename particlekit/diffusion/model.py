@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, time_grid
+from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
 from particlekit.kernels import check_num_particles, init, move
 from particlekit.run import run
 
@@ -154,18 +154,20 @@ class DiffusionModel(eqx.Module):
         return (x - s * self.eps(x, t)) / a
 
     # ------------------------------------------------------------------ reverse kernel
-    def reverse_mean_var(self, x, t, s, *, sampler: str = "ddpm", eta: float = 1.0):
+    def reverse_mean_var(self, x, t, s, *, sampler: str = "ddpm", eta: float = 1.0, eps=None):
         """Mean (shape ``shape``) and isotropic variance (scalar) of the reverse kernel
-        ``p(x_s | x_t)``, ``s < t``."""
+        ``p(x_s | x_t)``, ``s < t``. ``eps``: the noise prediction ``eps_hat(x, t)`` if it
+        is already known (then the network is not called again)."""
         if sampler == "em":
             b = self.schedule.beta(t)
             dt = t - s
-            mean = x + dt * (0.5 * b * x + b * self.score(x, t))
+            score = self.score(x, t) if eps is None else -eps / self._coefs(t)[1]
+            mean = x + dt * (0.5 * b * x + b * score)
             return mean, b * dt
         eta = 1.0 if sampler == "ddpm" else eta
         ab_t = self.schedule.alpha_bar(t)
         ab_s = self.schedule.alpha_bar(s)
-        eps = self.eps(x, t)
+        eps = self.eps(x, t) if eps is None else eps
         x0 = (x - jnp.sqrt(1.0 - ab_t) * eps) / jnp.sqrt(ab_t)
         lam = self.schedule.lmbda(t, s)  # 1 - ab_t / ab_s
         var = eta**2 * (1.0 - ab_s) / (1.0 - ab_t) * lam
@@ -188,28 +190,55 @@ class DiffusionModel(eqx.Module):
 
     # ------------------------------------------------------------------ unsteered sampling
     def sample(
-        self, key, num_samples: int, *, num_steps: int = 100, sampler: str = "ddpm",
-        eta: float = 1.0,
+        self, key, num_samples: int, *, num_steps: int | None = None, sampler: str = "ddpm",
+        eta: float = 1.0, grid="uniform",
     ):  # fmt: skip
-        """Unsteered ancestral sampling: ``num_samples`` reverse chains on a uniform grid of
-        ``num_steps`` steps from ``t = 1`` to ``t = 0``, run by the engine (``init``,
-        ``move``, ``run``). Returns an array ``(num_samples, *shape)``."""
+        """Unsteered ancestral sampling: ``num_samples`` reverse chains from ``t = 1`` to
+        ``t = 0`` on the time grid ``grid``, run by the engine (``init``, ``move``,
+        ``run``).
+
+        Parameters
+        ----------
+        key : PRNG key
+        num_samples : int
+        num_steps : int, optional
+            Number of reverse steps of a named grid (default 100); with an array ``grid``
+            it is ``len(grid) - 1`` and may be left out.
+        sampler : {"ddpm", "ddim", "em"}, eta : float
+            The reverse kernel.
+        grid : {"uniform", "quadratic", "karras"} or array
+            The times visited, a name (``time_grid``'s spacing, on this model's schedule)
+            or an array strictly decreasing from the noise end, e.g.
+            ``[1.0, 0.6, 0.3, 0.1, 0.0]`` (see ``sampling_grid``). The chains start from
+            ``N(0, I)``, the law at ``t = 1``; a grid ending at ``t > 0`` returns draws of
+            ``x_t``.
+
+        Returns
+        -------
+        Array of shape (num_samples, *shape)
+
+        Examples
+        --------
+        >>> import jax, particlekit as pk
+        >>> model = pk.diffusion.gaussian_mixture([1.0], [[0.0, 0.0]], stds=1.0)
+        >>> model.sample(jax.random.key(0), 3, num_steps=10, grid="karras").shape
+        (3, 2)
+        """
         num_samples = check_num_particles(num_samples, "num_samples")
-        num_steps = check_num_particles(num_steps, "num_steps")
         check_sampler(sampler, eta)
-        return _sample(key, self, num_samples, num_steps, sampler, float(eta))
+        grid = sampling_grid(grid, num_steps, schedule=self.schedule)
+        return _sample(key, self, num_samples, grid, sampler, float(eta))
 
 
 @eqx.filter_jit
-def _sample(key, model, num_samples, num_steps, sampler, eta):
+def _sample(key, model, num_samples, grid, sampler, eta):
     k_init, k_run = jax.random.split(key)
-    grid = time_grid(num_steps)
     state = init(k_init, model.sample_prior, num_samples)
 
     def step_fn(k, x, ts):
         return model.reverse_step(k, x, ts[0], ts[1], sampler=sampler, eta=eta)
 
-    inputs = jnp.stack([grid[1:][::-1], grid[:-1][::-1]], axis=1)
+    inputs = jnp.stack([grid[:-1], grid[1:]], axis=1)
     final, _ = run(k_run, move(step_fn), state, inputs, keep_history=False)
     return final.particles
 

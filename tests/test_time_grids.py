@@ -158,3 +158,19 @@ def test_resample_window_refers_to_the_grid_times():
     grid = pk.diffusion.sampling_grid([1.0, 0.9, 0.8, 0.3, 0.2, 0.1, 0.0])
     mask = potential_steps(6, 1, (0.0, 0.5), grid)  # potentials where s = grid[k + 1] <= 0.5
     assert np.asarray(mask).tolist() == [False, False, True, True, True, True]
+
+
+def test_fk_corrector_takes_grids():
+    """A uniform grid given as an array is the default run (up to the rounding of the
+    times); a Karras grid runs, finite; an increasing grid is refused."""
+    model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-1.0], [1.0]], [0.5, 0.5])
+    run = lambda **kw: pk.diffusion.fk_corrector(  # noqa: E731
+        jax.random.key(0), [model, model], [0.5, 0.5], num_particles=64, progress_bar=False, **kw
+    )
+    default = run(num_steps=20)
+    explicit = run(grid=jnp.linspace(1.0, 0.0, 21))
+    np.testing.assert_allclose(default.samples, explicit.samples, rtol=1e-5, atol=1e-5)
+    karras = run(grid="karras", num_steps=20)
+    assert np.all(np.isfinite(np.asarray(karras.samples))) and not bool(karras.failed)
+    with pytest.raises(ValueError):
+        run(grid=jnp.linspace(0.0, 1.0, 21))

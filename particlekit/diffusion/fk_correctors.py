@@ -47,7 +47,7 @@ import jax.numpy as jnp
 
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel
-from particlekit.diffusion.schedules import time_grid
+from particlekit.diffusion.schedules import sampling_grid
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 
 __all__ = [
@@ -163,7 +163,8 @@ def fk_corrector(
     betas: Sequence[float],
     *,
     num_particles: int,
-    num_steps: int = 200,
+    num_steps: int | None = None,
+    grid="uniform",
     noise: str | float = "target",
     ess_threshold: float = 0.5,
     resampling: str = "systematic",
@@ -180,8 +181,11 @@ def fk_corrector(
     betas : sequence of float
         Exponents ``beta_i`` with ``B = sum_i beta_i > 0``.
     num_particles : int
-    num_steps : int
-        Euler–Maruyama steps from ``t = 1`` to ``t = 0``.
+    num_steps : int, optional
+        Euler–Maruyama steps from ``t = 1`` to ``t = 0`` (default 200, or
+        ``len(grid) - 1`` for an array ``grid``).
+    grid : {"uniform", "quadratic", "karras"} or array
+        The times visited, strictly decreasing from 1 to 0 (``sampling_grid``).
     noise : {"target", "tempered"} or float
         ``sigma_t^2 / g_t^2``: 1 (target-score SDE), ``1 / B`` (tempered noise) or a
         number ``>= 0``; the weights correct any choice, more noise lowers their variance
@@ -236,7 +240,7 @@ def fk_corrector(
             f"{big:.3g}, got {betas_list}"
         )
     num_particles = kernels.check_num_particles(num_particles)
-    num_steps = kernels.check_num_particles(num_steps, "num_steps")
+    grid = sampling_grid(grid, num_steps, schedule=models[0].schedule, default_num_steps=200)
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     noise_factor = _noise_factor(noise, total)
@@ -244,8 +248,8 @@ def fk_corrector(
     dim = math.prod(models[0].shape)
     return _fk_corrector(
         key, models, jnp.asarray(betas_list, dtype), jnp.asarray(noise_factor, dtype),
-        jnp.asarray(_log_gaussian_power_integral(total, dim), dtype),
-        num_particles=num_particles, num_steps=num_steps, ess_threshold=float(ess_threshold),
+        jnp.asarray(_log_gaussian_power_integral(total, dim), dtype), grid.astype(dtype),
+        num_particles=num_particles, ess_threshold=float(ess_threshold),
         scheme=resampling_scheme(resampling), sharding=sharding,
         progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
@@ -258,21 +262,20 @@ def resampling_scheme(scheme):
 
 @eqx.filter_jit
 def _fk_corrector(
-    key, models, betas, noise_factor, log_z0, *, num_particles, num_steps, ess_threshold, scheme,
+    key, models, betas, noise_factor, log_z0, grid, *, num_particles, ess_threshold, scheme,
     sharding=None, progress_bar=False,
 ):  # fmt: skip
     schedule = models[0].schedule
     shape = models[0].shape
     total = jnp.sum(betas)
     dim = math.prod(shape)
-    grid = time_grid(num_steps)
-    ts = grid[1:][::-1]
-    dt = 1.0 / num_steps
+    num_steps = grid.shape[0] - 1
+    steps = (grid[:-1], grid[:-1] - grid[1:])  # (t, dt): step k moves from g_k to g_{k+1}
 
     def scores(x, t):
         return jnp.stack([m.score(x, t) for m in models])  # (M, *shape)
 
-    def log_potential(p, t):
+    def log_potential(p, t, dt):
         x = p.x
         b = schedule.beta(t)
         sc = scores(x, t)
@@ -283,10 +286,11 @@ def _fk_corrector(
         return jnp.where(p.alive, h * dt, jnp.nan)
 
     def log_potentials(ps_prev, ps, inputs):
-        t, state = inputs
-        return _dead_stays_dead(jax.vmap(log_potential, in_axes=(0, None))(ps, t), state)
+        (t, dt), state = inputs
+        return _dead_stays_dead(jax.vmap(log_potential, in_axes=(0, None, None))(ps, t, dt), state)
 
-    def propagate(key, p, t):
+    def propagate(key, p, step):
+        t, dt = step
         x = p.x
         b = schedule.beta(t)
         sigma2 = noise_factor * b
@@ -315,7 +319,7 @@ def _fk_corrector(
     k_init, k_run = jax.random.split(key)
     state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
     final, trace = run(
-        k_run, step, state, ts, keep_history=False, sharding=sharding, progress_bar=progress_bar
+        k_run, step, state, steps, keep_history=False, sharding=sharding, progress_bar=progress_bar
     )
     # the last move is not followed by a reweight: particles that died in it get zero
     # weight here (counted in the last step), and if any did, the population is resampled

@@ -27,7 +27,7 @@ import pytest
 
 # the model, reward and mixture of the flow FK test: the same reward class (and shapes)
 # lets fk_steering's compilation be shared when both files run in one process
-from test_flow_steering import MU, REWARD, SD, VP, A, W
+from test_flow_steering import MU, REWARD, SD, VP, A, W, check_weighted_target
 
 import particlekit as pk
 from particlekit.diffusion.fk_steering import (
@@ -56,20 +56,7 @@ def _check_tilted_target(res, lmbda):
     tw, tm, tc, log_z = pk.diffusion.tilted_gaussian_mixture(W, MU, stds=SD, direction=A,
                                                              lmbda=lmbda)  # fmt: skip
     tilted = pk.diffusion.gaussian_mixture_flow(tw, tm, covs=tc)
-    w = jax.vmap(pk.resampling.normalize)(res.log_weights)
-    resp = jax.vmap(jax.vmap(tilted.fn.responsibilities, in_axes=(0, None)), in_axes=(0, None))(
-        res.samples, 0.0
-    )
-    estimates = [
-        (jnp.einsum("sn,snd->sd", w, res.samples), jnp.sum(tw[:, None] * tm, axis=0)),
-        (jnp.einsum("sn,snk->sk", w, resp), tw),
-        (jnp.exp(res.log_evidence - log_z), 1.0),  # unbiased for 1
-    ]
-    for est, exact in estimates:
-        se = jnp.std(est, axis=0) / np.sqrt(SEEDS)
-        assert bool(jnp.all(jnp.abs(jnp.mean(est, axis=0) - exact) < K_SE * se + 1e-3)), (
-            jnp.mean(est, axis=0), exact, se)  # fmt: skip
-    assert not bool(jnp.any(res.failed))
+    check_weighted_target(res, tilted, tw, tm, log_z, SEEDS, K_SE)
 
 
 @pytest.mark.parametrize("potential", ["max", "sum", "immediate"])

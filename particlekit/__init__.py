@@ -39,7 +39,7 @@ __version__ = "0.2.0"
 
 # Subpackages with heavy dependencies (equinox, optax, BlackJAX, ArviZ/xarray) are imported
 # on first use (PEP 562), so that ``import particlekit`` costs little beyond jax + numpyro.
-_LAZY_SUBMODULES = ("arviz", "diffusion", "infer", "learning", "statespace", "steering")
+_LAZY_SUBMODULES = ("arviz", "diffusion", "infer", "learning", "lm", "statespace", "steering")
 
 
 def __getattr__(name):

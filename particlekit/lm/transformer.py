@@ -1,0 +1,477 @@
+"""A small decoder-only transformer in Equinox, with a full-sequence forward pass (training,
+scoring) and a key/value-cached single-token step (generation, steering).
+
+- ``Transformer(config, key)``: ``model(tokens) -> logits`` for one sequence, causal;
+- ``prefill(model, tokens) -> KVCache`` and ``step(model, cache, token) -> (logits, cache)``:
+  the cached forward pass of one sequence, with a preallocated cache of
+  ``config.context_length`` positions and a position counter (static shapes);
+- ``generate``: sampling or greedy decoding, one ``lax.scan`` over the new tokens;
+- ``SteeringLM`` / ``steering_model``: the adapter to ``particlekit.steering.smc`` through
+  its ``init_cache`` protocol.
+
+Everything acts on ONE sequence; ``jax.vmap`` batches it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "KVCache",
+    "SteeringLM",
+    "Transformer",
+    "TransformerConfig",
+    "generate",
+    "prefill",
+    "step",
+    "steering_model",
+]
+
+
+class TransformerConfig(NamedTuple):
+    """Hyperparameters of a ``Transformer`` (hashable: stored as a static field).
+
+    Attributes
+    ----------
+    vocab_size : int
+    context_length : int
+        Maximum number of positions (learned position embeddings).
+    d_model : int
+    num_heads : int
+        Must divide ``d_model``.
+    num_layers : int
+    mlp_ratio : int
+        Hidden width of the MLP as a multiple of ``d_model``.
+    output_size : int, optional
+        Width of the output projection; default ``vocab_size`` (next-token logits). A
+        reward model uses 1 (one score per position).
+    """
+
+    vocab_size: int
+    context_length: int
+    d_model: int
+    num_heads: int
+    num_layers: int
+    mlp_ratio: int = 4
+    output_size: int | None = None
+
+
+class KVCache(NamedTuple):
+    """The key/value cache of ONE sequence.
+
+    Attributes
+    ----------
+    keys : Array of shape (num_layers, context_length, num_heads, head_dim)
+    values : Array of shape (num_layers, context_length, num_heads, head_dim)
+        Entries at positions ``>= position`` are unused (zeros or stale).
+    position : Array of shape (), int32
+        Number of tokens processed: the next token goes to this position.
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    position: jax.Array
+
+
+class _Block(eqx.Module):
+    norm1: eqx.nn.LayerNorm
+    qkv: eqx.nn.Linear
+    out: eqx.nn.Linear
+    norm2: eqx.nn.LayerNorm
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    num_heads: int = eqx.field(static=True)
+
+    def __init__(self, config: TransformerConfig, key):
+        d, h = config.d_model, config.mlp_ratio * config.d_model
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.norm1 = eqx.nn.LayerNorm(d)
+        self.qkv = eqx.nn.Linear(d, 3 * d, key=k1)
+        self.out = eqx.nn.Linear(d, d, key=k2)
+        self.norm2 = eqx.nn.LayerNorm(d)
+        self.fc1 = eqx.nn.Linear(d, h, key=k3)
+        self.fc2 = eqx.nn.Linear(h, d, key=k4)
+        self.num_heads = config.num_heads
+
+    def project(self, x):
+        """Queries, keys, values of positions ``x (T, d)``: three ``(T, H, d / H)``."""
+        qkv = jax.vmap(self.qkv)(jax.vmap(self.norm1)(x))
+        t = x.shape[0]
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        shape = (t, self.num_heads, -1)
+        return q.reshape(shape), k.reshape(shape), v.reshape(shape)
+
+    def finish(self, x, q, keys, values, mask):
+        """Attention of queries ``q (T, H, dh)`` over ``keys/values (S, H, dh)`` with
+        ``mask (T, S)``, then the residual MLP."""
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        scores = jnp.einsum("thd,shd->hts", q, keys) * scale
+        scores = jnp.where(mask[None], scores, -jnp.inf)
+        attn = jax.nn.softmax(scores, axis=-1)
+        mixed = jnp.einsum("hts,shd->thd", attn, values).reshape(x.shape)
+        x = x + jax.vmap(self.out)(mixed)
+        hidden = jax.nn.gelu(jax.vmap(self.fc1)(jax.vmap(self.norm2)(x)))
+        return x + jax.vmap(self.fc2)(hidden)
+
+
+class Transformer(eqx.Module):
+    """A pre-norm decoder-only transformer: token and learned position embeddings,
+    ``num_layers`` blocks of causal multi-head attention and a GELU MLP, a final layer
+    norm and an untied output projection.
+
+    Parameters
+    ----------
+    config : TransformerConfig
+    key : PRNG key
+        Initialisation.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> cfg = TransformerConfig(vocab_size=16, context_length=8, d_model=16, num_heads=2,
+    ...                         num_layers=1)
+    >>> model = Transformer(cfg, jax.random.key(0))
+    >>> model(jnp.array([1, 2, 3])).shape
+    (3, 16)
+    """
+
+    token_embedding: jax.Array
+    position_embedding: jax.Array
+    blocks: tuple[_Block, ...]
+    norm: eqx.nn.LayerNorm
+    head: eqx.nn.Linear
+    config: TransformerConfig = eqx.field(static=True)
+
+    def __init__(self, config: TransformerConfig, key):
+        config = TransformerConfig(*config)
+        if config.d_model % config.num_heads:
+            raise ValueError(
+                f"num_heads ({config.num_heads}) must divide d_model ({config.d_model})"
+            )
+        k_tok, k_pos, k_head, *k_blocks = jax.random.split(key, 3 + config.num_layers)
+        d = config.d_model
+        self.token_embedding = 0.02 * jax.random.normal(k_tok, (config.vocab_size, d))
+        self.position_embedding = 0.02 * jax.random.normal(k_pos, (config.context_length, d))
+        self.blocks = tuple(_Block(config, k) for k in k_blocks)
+        self.norm = eqx.nn.LayerNorm(d)
+        out = config.vocab_size if config.output_size is None else config.output_size
+        self.head = eqx.nn.Linear(d, out, key=k_head)
+        self.config = config
+
+    def forward(self, tokens):
+        """Logits and per-layer keys and values of a sequence ``tokens (T,)``."""
+        return _forward(self, _check_sequence(tokens, self.config))
+
+    def __call__(self, tokens):
+        """Next-token logits at every position of one sequence.
+
+        Parameters
+        ----------
+        tokens : Array of shape (T,), int
+            ``T <= context_length`` token ids in ``[0, vocab_size)``.
+
+        Returns
+        -------
+        Array of shape (T, vocab_size)
+            Row ``t``: the logits of token ``t + 1`` given ``tokens[:t + 1]`` (width
+            ``output_size`` when set).
+
+        Raises
+        ------
+        ValueError
+            For ``T > context_length``, or (concrete tokens) ids outside the vocabulary.
+        """
+        return self.forward(tokens)[0]
+
+
+@eqx.filter_jit
+def _forward(model: Transformer, tokens):
+    t = tokens.shape[0]
+    x = model.token_embedding[tokens] + model.position_embedding[:t]
+    mask = jnp.tril(jnp.ones((t, t), bool))
+    keys, values = [], []
+    for block in model.blocks:  # static: the layers
+        q, k, v = block.project(x)
+        x = block.finish(x, q, k, v, mask)
+        keys.append(k)
+        values.append(v)
+    logits = jax.vmap(model.head)(jax.vmap(model.norm)(x))
+    return logits, jnp.stack(keys), jnp.stack(values)
+
+
+def _check_sequence(tokens, config: TransformerConfig):
+    if isinstance(tokens, jax.core.Tracer):
+        if tokens.ndim != 1 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be a 1-D integer array, got {tokens.shape}")
+        arr = tokens
+    else:
+        arr = np.asarray(tokens)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(
+                f"tokens must be a 1-D array of integer token ids, got shape {arr.shape} "
+                f"and dtype {arr.dtype}"
+            )
+        if arr.size and (arr.min() < 0 or arr.max() >= config.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {config.vocab_size}) (the vocabulary), "
+                f"got {arr.tolist()}"
+            )
+    if arr.shape[0] > config.context_length:
+        raise ValueError(
+            f"sequence of {arr.shape[0]} tokens is longer than the context "
+            f"({config.context_length} positions)"
+        )
+    return jnp.asarray(arr, jnp.int32)
+
+
+def prefill(model: Transformer, tokens) -> KVCache:
+    """The key/value cache after reading a prefix (one full forward pass).
+
+    Parameters
+    ----------
+    model : Transformer
+    tokens : Array of shape (P,), int
+        ``0 <= P <= context_length`` tokens (``P`` is static).
+
+    Returns
+    -------
+    KVCache
+        ``position = P``; ``step`` then reads token ``P``.
+
+    Raises
+    ------
+    ValueError
+        For ``P > context_length``, or (concrete tokens) ids outside the vocabulary.
+    """
+    return _prefill(model, _check_sequence(tokens, model.config))
+
+
+@eqx.filter_jit
+def _prefill(model: Transformer, tokens) -> KVCache:
+    cfg = model.config
+    p = tokens.shape[0]
+    shape = (cfg.num_layers, cfg.context_length, cfg.num_heads, cfg.d_model // cfg.num_heads)
+    dtype = model.token_embedding.dtype
+    keys, values = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    if p:
+        _, k, v = _forward(model, tokens)
+        keys, values = keys.at[:, :p].set(k), values.at[:, :p].set(v)
+    return KVCache(keys, values, jnp.asarray(p, jnp.int32))
+
+
+def step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache]:
+    """Read one token at position ``cache.position``: its next-token logits and the cache
+    with its keys and values added.
+
+    Equal (to float32 rounding) to row ``position`` of the full forward pass of the
+    prefix followed by ``token``. A token id outside the vocabulary, or a cache already at
+    ``context_length`` positions, gives NaN logits (no error is possible under ``jit``).
+
+    Parameters
+    ----------
+    model : Transformer
+    cache : KVCache
+    token : int or Array of shape (), int32
+
+    Returns
+    -------
+    logits : Array of shape (vocab_size,)
+    cache : KVCache
+        ``position + 1``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> cfg = TransformerConfig(vocab_size=16, context_length=8, d_model=16, num_heads=2,
+    ...                         num_layers=1)
+    >>> model = Transformer(cfg, jax.random.key(0))
+    >>> logits, cache = step(model, prefill(model, jnp.array([1, 2])), 3)
+    >>> bool(jnp.allclose(logits, model(jnp.array([1, 2, 3]))[2], atol=1e-5))
+    True
+    """
+    return _step(model, cache, jnp.asarray(token, jnp.int32))
+
+
+@eqx.filter_jit
+def _step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache]:
+    cfg = model.config
+    pos = cache.position
+    valid = (token >= 0) & (token < cfg.vocab_size) & (pos >= 0) & (pos < cfg.context_length)
+    here = jnp.clip(pos, 0, cfg.context_length - 1)
+    x = model.token_embedding[jnp.clip(token, 0, cfg.vocab_size - 1)]
+    x = (x + model.position_embedding[here])[None]
+    mask = (jnp.arange(cfg.context_length) <= here)[None]
+    keys, values = [], []
+    for i, block in enumerate(model.blocks):  # static: the layers
+        q, k, v = block.project(x)
+        layer_keys = jax.lax.dynamic_update_slice(cache.keys[i], k, (here, 0, 0))
+        layer_values = jax.lax.dynamic_update_slice(cache.values[i], v, (here, 0, 0))
+        x = block.finish(x, q, layer_keys, layer_values, mask)
+        keys.append(layer_keys)
+        values.append(layer_values)
+    logits = model.head(model.norm(x[0]))
+    logits = jnp.where(valid, logits, jnp.nan)
+    return logits, KVCache(jnp.stack(keys), jnp.stack(values), pos + 1)
+
+
+def generate(model: Transformer, key, prompt, max_new_tokens: int, *, eos_id: int,
+             temperature: float = 1.0):  # fmt: skip
+    """Continue ONE prompt by ancestral sampling (or greedy decoding), with the cache.
+
+    Parameters
+    ----------
+    model : Transformer
+    key : PRNG key
+    prompt : Array of shape (P,), int
+        ``P >= 1``, static.
+    max_new_tokens : int
+        ``P + max_new_tokens <= context_length``.
+    eos_id : int
+        Generation stops after this token; the rest of the buffer holds it too.
+    temperature : float or Array of shape ()
+        ``0`` for greedy decoding (may be traced: one compilation serves both).
+
+    Returns
+    -------
+    tokens : Array of shape (P + max_new_tokens,), int32
+    length : Array of shape (), int32
+        Filled positions (prompt and end token included).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> cfg = TransformerConfig(vocab_size=4, context_length=8, d_model=8, num_heads=2,
+    ...                         num_layers=1)
+    >>> model = Transformer(cfg, jax.random.key(0))
+    >>> tokens, length = generate(model, jax.random.key(1), jnp.array([0, 1]), 5, eos_id=3)
+    >>> tokens.shape
+    (7,)
+    """
+    cfg = model.config
+    prompt = _check_sequence(prompt, cfg)
+    p = prompt.shape[0]
+    if p < 1:
+        raise ValueError("generate needs a prompt of at least one token")
+    if max_new_tokens < 1 or p + max_new_tokens > cfg.context_length:
+        raise ValueError(
+            f"prompt ({p}) + max_new_tokens ({max_new_tokens}) must be at most the context "
+            f"({cfg.context_length}), with max_new_tokens >= 1"
+        )
+    if not isinstance(temperature, jax.core.Tracer) and not float(temperature) >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    temperature = jnp.asarray(temperature, jnp.float32)
+    greedy = temperature <= 0
+
+    def body(carry, k):
+        cache, last, done = carry
+        logits, cache = step(model, cache, last)
+        scaled = logits / jnp.where(greedy, 1.0, temperature)
+        sampled = jax.random.categorical(k, scaled)
+        token = jnp.where(greedy, jnp.argmax(logits), sampled).astype(jnp.int32)
+        token = jnp.where(done, eos_id, token)
+        return (cache, token, done | (token == eos_id)), (token, ~done)
+
+    init = (prefill(model, prompt[:-1]), prompt[-1], jnp.asarray(False))
+    _, (new, fresh) = jax.lax.scan(body, init, jax.random.split(key, max_new_tokens))
+    tokens = jnp.concatenate([prompt, new])
+    return tokens, (p + jnp.sum(fresh)).astype(jnp.int32)
+
+
+class SteeringLM(eqx.Module):
+    """A ``Transformer`` as a cached step function of ``particlekit.steering.smc``:
+    ``lm(tokens, length, cache) -> (logits, new_cache)``.
+
+    The protocol of ``smc`` with ``init_cache``: the step function is called with the
+    buffer ``tokens (L,)``, the number ``length`` of filled positions and the particle's
+    cache, and returns the logits of token ``length``. Here the cache holds the keys and
+    values of positions ``0, ..., length - 2``; the call reads the newest token
+    ``tokens[length - 1]`` with ``step``. So the initial cache is the prompt without its
+    last token (``init_cache``). A cache that does not match ``length`` (it did not follow
+    its sequence) gives NaN logits, which ``smc`` counts as a failed particle. A buffer
+    longer than the context (``len(prompt) + max_length > context_length``) is a
+    ``ValueError`` when ``smc`` checks its arguments.
+
+    Attributes
+    ----------
+    model : Transformer
+    temperature : Array of shape ()
+        The logits are divided by it (a traced value: changing it does not recompile).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> cfg = TransformerConfig(vocab_size=4, context_length=8, d_model=8, num_heads=2,
+    ...                         num_layers=1)
+    >>> lm = SteeringLM(Transformer(cfg, jax.random.key(0)))
+    >>> prompt = jnp.array([0, 1])
+    >>> res = pk.steering.smc(jax.random.key(1), lm, lambda t, n: 0.0, num_particles=4,
+    ...                       max_length=3, eos_id=3, prompt=prompt,
+    ...                       init_cache=lm.init_cache(prompt))
+    >>> res.sequences.shape
+    (4, 5)
+    """
+
+    model: Transformer
+    temperature: jax.Array
+
+    def __init__(self, model: Transformer, temperature: float = 1.0):
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.model = model
+        self.temperature = jnp.asarray(temperature, jnp.float32)
+
+    def init_cache(self, prompt) -> KVCache:
+        """The cache before the first step: the prompt (``P >= 1`` tokens) without its last
+        token. Raises ``ValueError`` for an empty or too long prompt or ids outside the
+        vocabulary."""
+        prompt = _check_sequence(prompt, self.model.config)
+        if prompt.shape[0] < 1:
+            raise ValueError("the prompt must have at least one token")
+        return prefill(self.model, prompt[:-1])
+
+    def __call__(self, tokens, length, cache: KVCache):
+        context = self.model.config.context_length
+        if tokens.shape[0] > context:  # static: raised when smc checks its arguments
+            raise ValueError(
+                f"len(prompt) + max_length = {tokens.shape[0]} exceeds the model's context "
+                f"of {context} positions"
+            )
+        last = tokens[jnp.clip(length - 1, 0, tokens.shape[0] - 1)]
+        logits, new = step(self.model, cache, last)
+        consistent = cache.position == length - 1
+        return jnp.where(consistent, logits / self.temperature, jnp.nan), new
+
+
+def steering_model(model: Transformer, prompt, temperature: float = 1.0):
+    """The step function and initial cache to pass to ``particlekit.steering.smc``.
+
+    Parameters
+    ----------
+    model : Transformer
+    prompt : Array of shape (P,), int
+        The same prompt as given to ``smc``; ``P + max_length <= context_length``.
+    temperature : float
+
+    Returns
+    -------
+    step_fn : SteeringLM
+    init_cache : KVCache
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> cfg = TransformerConfig(vocab_size=4, context_length=8, d_model=8, num_heads=2,
+    ...                         num_layers=1)
+    >>> prompt = jnp.array([0, 1])
+    >>> lm, cache = steering_model(Transformer(cfg, jax.random.key(0)), prompt)
+    >>> int(cache.position)
+    1
+    """
+    lm = SteeringLM(model, temperature)
+    return lm, lm.init_cache(prompt)

@@ -102,6 +102,27 @@ def test_many_sample_intermediate_reward_is_exact():
     _check_exact(res)
 
 
+@pytest.mark.slow
+def test_rollout_intermediate_reward_is_exact():
+    res = _run(seed=7, potential="difference", intermediate_reward="rollout",
+               num_reward_samples=2, resample_every=10)  # fmt: skip
+    _check_exact(res)
+
+
+def test_rollout_draws_follow_the_reverse_kernel():
+    """From x_t at small t the rollout lands near the Tweedie mean, at the model's own
+    posterior spread (finite, not the prior)."""
+    from particlekit.diffusion.fk_steering import _rollout
+
+    x = jnp.full(MODEL.shape, 0.3)
+    draws = jax.vmap(lambda k: _rollout(MODEL, k, x, 0.05))(
+        jax.random.split(jax.random.key(0), 512)
+    )
+    assert draws.shape == (512, *MODEL.shape) and bool(jnp.all(jnp.isfinite(draws)))
+    mean_gap = jnp.abs(jnp.mean(draws, axis=0) - MODEL.x0(x, 0.05))
+    assert bool(jnp.all(mean_gap < 0.1)), mean_gap
+
+
 def test_lambda_zero_is_unsteered():
     res = _run(seed=1, lmbda=0.0, potential="difference")  # same shapes: no recompilation
     assert bool(jnp.all(res.log_evidence == 0.0))

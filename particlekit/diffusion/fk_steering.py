@@ -58,7 +58,9 @@ __all__ = [
 ]
 
 POTENTIALS = ("difference", "max", "sum", "immediate")
-INTERMEDIATE_REWARDS = ("x0", "many_sample")
+INTERMEDIATE_REWARDS = ("x0", "many_sample", "rollout")
+# reverse steps of each "rollout" draw from x_t to x_0 (network evaluations per draw)
+ROLLOUT_STEPS = 4
 
 
 class FKSteeringResult(NamedTuple):
@@ -207,22 +209,43 @@ def gradient_guided_proposal(
     return proposal
 
 
+def _rollout(model, key, x, t):
+    """One draw of ``x_0 ~ p(x_0 | x_t)`` through the model's own DDPM reverse kernel, in
+    ``ROLLOUT_STEPS`` steps from ``t`` to 0 (the model's approximation of the posterior, not
+    a Gaussian around the Tweedie mean)."""
+    times = t * (1.0 - jnp.arange(ROLLOUT_STEPS + 1, dtype=jnp.result_type(float)) / ROLLOUT_STEPS)
+
+    def step(x, inputs):
+        k, t_from, t_to = inputs
+        return model.reverse_step(k, x, t_from, t_to), None
+
+    keys = jax.random.split(key, ROLLOUT_STEPS)
+    x, _ = jax.lax.scan(step, x, (keys, times[:-1], times[1:]))
+    return x
+
+
 def _intermediate_reward_fn(model, reward_fn, intermediate, num_reward_samples, lmbda):
     if callable(intermediate):
         return lambda key, x, t: intermediate(x, t)
     if intermediate == "x0":
         return lambda key, x, t: reward_fn(model.x0(x, t))
 
-    def many_sample(key, x, t):
+    def draws(key, x, t):
+        if intermediate == "rollout":
+            keys = jax.random.split(key, num_reward_samples)
+            return jax.vmap(lambda k: _rollout(model, k, x, t))(keys)
         x0 = model.x0(x, t)
         sd = model.schedule.sigma(t)
         noise = jax.random.normal(key, (num_reward_samples, *jnp.shape(x0)), x0.dtype)
-        r = jax.vmap(reward_fn)(x0 + sd * noise)
+        return x0 + sd * noise
+
+    def soft_maximum(key, x, t):
+        r = jax.vmap(reward_fn)(draws(key, x, t))
         lam = jnp.where(lmbda == 0, 1.0, lmbda)
         soft = (logsumexp(lam * r) - jnp.log(num_reward_samples)) / lam
         return jnp.where(lmbda == 0, jnp.mean(r), soft)
 
-    return many_sample
+    return soft_maximum
 
 
 def _update(potential, p: _Particle, r):
@@ -399,11 +422,14 @@ def fk_steering(
     potential : {"difference", "max", "sum", "immediate"}
         Intermediate potential (see the module docstring); the final correction makes
         the target exact for all four.
-    intermediate_reward : {"x0", "many_sample"} or callable
+    intermediate_reward : {"x0", "many_sample", "rollout"} or callable
         ``r_phi(x_t, t)``: reward of the Tweedie prediction, a soft maximum over
-        ``num_reward_samples`` draws around it, or a user function of one particle.
+        ``num_reward_samples`` draws around it (``"many_sample"``: Gaussian around the
+        Tweedie mean; ``"rollout"``: from the model's own reverse kernel in
+        ``ROLLOUT_STEPS`` DDPM steps, ``ROLLOUT_STEPS`` network evaluations per draw), or
+        a user function of one particle.
     num_reward_samples : int
-        Draws for ``"many_sample"``.
+        Draws for ``"many_sample"`` and ``"rollout"``.
     resample_every : int, optional
         Potentials (and resampling) at every ``resample_every``-th step ... Default
         (``None``): every step for ``"difference"``, ``ceil(num_steps / 3)`` for the

@@ -116,6 +116,7 @@ __all__ = [
     "from_fk_corrector",
     "from_svdd",
     "from_best_of_n",
+    "from_rollover",
 ]
 
 
@@ -985,6 +986,42 @@ def from_svdd(result):
         "sample_stats": _group(
             _with_chain({"reward": np.asarray(result.rewards)}, batched), ["chain", "draw"], attrs
         ),
+    }
+    return wrap_groups(groups, attrs)
+
+
+def from_rollover(result):
+    """Convert an ``RBFResult`` (``particlekit.diffusion.rollover_budget_forcing``; one run
+    or a ``jax.vmap`` batch of runs, one chain each) to ArviZ: each of its ``N`` chains
+    gives one sample, so they are the draws.
+
+    - ``posterior``: the final samples ``x``, dims ``(chain, draw, ...)``;
+    - ``sample_stats``: their ``reward`` and ``num_evaluations``, dims ``(chain, draw)``;
+    - ``steps``: ``evaluations`` drawn at each step, dims ``(chain, draw, step)``.
+
+    Examples
+    --------
+    >>> import jax, particlekit as pk
+    >>> model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-2.0], [2.0]], stds=0.5)
+    >>> res = pk.diffusion.rollover_budget_forcing(
+    ...     jax.random.key(0), model, lambda x: x[0], num_steps=5, budget=20, num_samples=4,
+    ...     progress_bar=False)
+    >>> pk.arviz.from_rollover(res)["steps"]["evaluations"].shape
+    (1, 4, 5)
+    """
+    batched = _is_batched(result.rewards, 1, "RBFResult")
+    attrs = _attrs("RBFResult", num_samples=int(np.shape(result.rewards)[-1]))
+    stats = {
+        "reward": np.asarray(result.rewards),
+        "num_evaluations": np.asarray(result.num_evaluations),
+    }
+    steps = {"evaluations": np.asarray(result.evaluations_per_step)}
+    groups = {
+        "posterior": _group(
+            _with_chain(_named(result.samples, "x"), batched), ["chain", "draw"], attrs
+        ),
+        "sample_stats": _group(_with_chain(stats, batched), ["chain", "draw"], attrs),
+        "steps": _group(_with_chain(steps, batched), ["chain", "draw", "step"], attrs),
     }
     return wrap_groups(groups, attrs)
 

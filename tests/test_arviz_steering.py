@@ -268,3 +268,20 @@ def test_best_of_n_groups_dims_and_values(api):
     flags = group(batch, "sample_stats")["is_best"].values
     assert flags.shape == (2, 12) and flags.sum(1).tolist() == [1, 1] and not flags[1, 0]
     assert group(batch, "best")["x"].shape == (2, 2)
+
+
+def test_from_rollover_groups_and_values():
+    model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-2.0], [2.0]], stds=0.5)
+    res = pk.diffusion.rollover_budget_forcing(
+        jax.random.key(0), model, lambda x: x[0], num_steps=5, budget=20, num_samples=4,
+        progress_bar=False,
+    )  # fmt: skip
+    idata = res.to_inference_data()
+    np.testing.assert_array_equal(idata["posterior"]["x"].values[0], np.asarray(res.samples))
+    np.testing.assert_array_equal(
+        idata["sample_stats"]["num_evaluations"].values[0], np.asarray(res.num_evaluations)
+    )
+    assert idata["steps"]["evaluations"].shape == (1, 4, 5)
+    np.testing.assert_array_equal(
+        idata["steps"]["evaluations"].values[0], np.asarray(res.evaluations_per_step)
+    )

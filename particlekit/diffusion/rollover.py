@@ -77,6 +77,14 @@ class RBFResult(NamedTuple):
     num_evaluations: jax.Array
     evaluations_per_step: jax.Array
 
+    def to_inference_data(self):
+        """The run for ArviZ (``particlekit.arviz.from_rollover``): the samples as
+        ``posterior`` draws with ``reward`` / ``num_evaluations``, and the evaluations
+        drawn at each step."""
+        from particlekit.arviz import from_rollover
+
+        return from_rollover(self)
+
 
 class _Chain(NamedTuple):
     x: jax.Array  # the current sample x_t

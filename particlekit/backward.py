@@ -224,7 +224,7 @@ class BufferLevel(NamedTuple):
     max_rounds: int
 
 
-def buffer_levels(num_items: int, num_particles: int, max_trials: int) -> list[BufferLevel]:
+def buffer_levels(num_items: int, max_trials: int) -> list[BufferLevel]:
     """The accept–reject stages: buffers ``M, M / 4, M / 16, ...`` down to
     ``SMALLEST_BUFFER``, with 2, 8, 32 proposals per draw per round (the draws left for
     the later stages are the hard ones, with low acceptance rates) and ``LAST_PROPOSALS``
@@ -232,9 +232,7 @@ def buffer_levels(num_items: int, num_particles: int, max_trials: int) -> list[B
     at most ``max_trials // 4`` rounds. Few rounds keep the sequential loop short (each
     iteration has a fixed cost, and the heavy tail of the acceptance rates would
     otherwise keep it going for the slowest draw), large rounds keep the vector units
-    busy; the draws left over cost ``O(N)`` each (``num_particles`` is kept for the
-    signature)."""
-    del num_particles
+    busy; the draws left over cost ``O(N)`` each."""
     sizes = [num_items]
     while sizes[-1] // 4 >= SMALLEST_BUFFER:
         sizes.append(sizes[-1] // 4)
@@ -334,7 +332,7 @@ def backward_indices(
     cdf = resampling.cumulative_sum(jnp.exp(log_w))
     table = guide_table(cdf / cdf[-1])
     k_rounds, k_fallback = jax.random.split(key)
-    levels = buffer_levels(num_items, n, max_trials)
+    levels = buffer_levels(num_items, max_trials)
 
     def rounds(k, buffer, valid, level: BufferLevel, leave_at: int):
         """Accept–reject on the draws ``buffer[valid]``, ``level.proposals`` proposals per

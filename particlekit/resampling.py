@@ -240,7 +240,7 @@ def _blocked(op: Callable, cumulative: Callable, x: jax.Array) -> jax.Array:
     return op(inner, offsets[:, None]).reshape(-1)[:n]
 
 
-def _cumsum(x: jax.Array) -> jax.Array:
+def cumulative_sum(x: jax.Array) -> jax.Array:
     """Inclusive cumulative sum of non-negative ``x``, exactly flat over zero entries.
 
     From ``2**12`` elements on, in blocks of ``2**10`` (a cumulative sum along rows, then
@@ -267,15 +267,11 @@ def _cumsum(x: jax.Array) -> jax.Array:
     return out
 
 
-_blocked_cumsum = _cumsum  # former name, kept for callers
-cumulative_sum = _cumsum
-
-
 def _cdf(log_weights: jax.Array) -> jax.Array:
     """Normalised cumulative weights with the last entry exactly 1 (uniform if all the
     weights are zero). One max-subtraction and one ``exp`` pass: the normalising constant
     is divided out of the cumulative sum instead of a separate ``logsumexp``."""
-    cdf = _cumsum(_relative_weights(log_weights))
+    cdf = cumulative_sum(_relative_weights(log_weights))
     cdf = cdf / cdf[-1]
     return cdf.at[-1].set(1.0)
 
@@ -289,7 +285,7 @@ def _indices_from_first_points(first: jax.Array, n: int, m: int) -> jax.Array:
     """
     first = jnp.clip(first, 0, m).astype(jnp.int32)
     hist = jnp.zeros(m + 1, dtype=jnp.int32).at[first].add(1)
-    idx = _cumsum(hist[:m])
+    idx = cumulative_sum(hist[:m])
     return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
 
 
@@ -349,7 +345,7 @@ def _sorted_uniforms(key: jax.Array, m: int, dtype) -> jax.Array:
     """``m`` sorted i.i.d. uniforms on (0, 1) from normalised exponential spacings,
     ``u_(j) = (E_0 + ... + E_j) / (E_0 + ... + E_m)`` (Devroye 1986, Sec. V.2), in ``O(m)``."""
     spacings = jax.random.exponential(key, (m + 1,), dtype=dtype)
-    sums = _cumsum(spacings)
+    sums = cumulative_sum(spacings)
     return jnp.minimum(sums[:m] / sums[m], 1.0)
 
 
@@ -367,7 +363,7 @@ def _searchsorted_unit(sorted_x: jax.Array, q: jax.Array, *, side: str = "left")
     k = sorted_x.shape[0]
     bucket_x = jnp.clip(jnp.floor(sorted_x * k), 0, k).astype(jnp.int32)
     hist = jnp.zeros(k + 2, jnp.int32).at[bucket_x + 1].add(1)
-    start = _cumsum(hist)  # start[b] = #{i : bucket_x[i] < b}, b = 0..k+1
+    start = cumulative_sum(hist)  # start[b] = #{i : bucket_x[i] < b}, b = 0..k+1
     bucket_q = jnp.clip(jnp.floor(q * k), 0, k).astype(jnp.int32)
     lo, hi = start[bucket_q], start[bucket_q + 1]
     num_iter = 32 - jax.lax.clz(jnp.max(hist))  # ceil(log2(largest bucket + 1))
@@ -459,7 +455,7 @@ def _residual_parts(log_weights, m):
 
 
 def _residual_from_draws(floors, residual_draws, num_deterministic, n, m):
-    first = _blocked_cumsum(floors)
+    first = cumulative_sum(floors)
     deterministic = _indices_from_first_points(first, n, m)
     slots = jnp.arange(m)
     extra = residual_draws[jnp.clip(slots - num_deterministic, 0, m - 1)]
@@ -532,7 +528,7 @@ def ssp(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     n, m = _num_samples(key, log_weights, num_samples)
     weights = normalize(log_weights)
     counts = _ssp_counts(key, m * weights, m)
-    first = _blocked_cumsum(counts)
+    first = cumulative_sum(counts)
     return _indices_from_first_points(first, n, m)
 
 

@@ -103,11 +103,11 @@ def test_rejection_draws_have_the_backward_kernel_law(max_trials, log_bound_shif
 
 
 def test_buffer_levels_shrink_and_end_with_a_full_budget():
-    levels = backward.buffer_levels(2 * 16384, 16384, 32)
+    levels = backward.buffer_levels(2 * 16384, 32)
     sizes = [level.size for level in levels]
     assert sizes[0] == 2 * 16384
     assert all(a // 4 == b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     assert sizes[-1] >= backward.SMALLEST_BUFFER
     assert all(level.max_rounds == 8 for level in levels)
     assert levels[-1].proposals == backward.LAST_PROPOSALS
-    assert backward.buffer_levels(5, 100, 32) == [backward.BufferLevel(5, 128, 8)]
+    assert backward.buffer_levels(5, 32) == [backward.BufferLevel(5, 128, 8)]

@@ -3,8 +3,9 @@ Deligiannidis & Doucet, ICML 2024): samples and the normalising constant of an
 unnormalised density ``gamma`` by running SMC along the time reversal of an
 Ornstein–Uhlenbeck noising process.
 
-Feynman–Kac picture (time grid ``1 = t_K > ... > t_0 = 0``, ``lambda_k = lambda_{t_k,
-t_{k-1}}`` from ``schedules``, reference ``N(0, sigma^2 I)``):
+Feynman–Kac picture (time grid ``t_K > ... > t_0 = 0``, ``t_K <= 1``: uniform by default,
+or ``grid=`` any decreasing times ending at 0, see ``schedules.sampling_grid``;
+``lambda_k = lambda_{t_k, t_{k-1}}`` from ``schedules``, reference ``N(0, sigma^2 I)``):
 
 - ``M_K = N(0, sigma^2 I)``, ``G_K(x_K) = g_hat_{t_K}(x_K)``;
 - ``M_k(x_{k-1} | x_k) = q = N(sqrt(1 - lambda_k) x_k + sigma^2 lambda_k grad log
@@ -16,6 +17,14 @@ t_{k-1}}`` from ``schedules``, reference ``N(0, sigma^2 I)``):
 The product telescopes to ``N(x_K) prod p_ref * g_0(x_0)``, the reference path tilted by
 ``g_0``, whose mass is ``Z = int gamma``: the evidence estimate is unbiased for any
 guidance ``g_hat`` (only its variance depends on ``g_hat``).
+
+Non-uniform grids. Nothing above assumes equal steps: every step uses its own pair of
+times, ``lambda_k = 1 - alpha_bar(t_k) / alpha_bar(t_{k-1})`` (the exact OU transition
+between them, for the reference kernel, the proposal mean and variance and the weight),
+``g_hat_{t_k}`` and ``g_hat_{t_{k-1}}`` at the two ends, and the MALA target at
+``t_{k-1}``; there is no ``1 / K`` anywhere. The reference is stationary and reversible,
+so ``x_K ~ N(0, sigma^2 I)`` is its law at any ``t_K`` and the identity holds for any
+strictly decreasing grid that ends at ``t_0 = 0`` (where ``g_hat_0 = g_0``, the target).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import numpyro.distributions as dist
 
 from particlekit import kernels, resampling
 from particlekit.diffusion.potentials import NaivePotential, log_g0
-from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, time_grid
+from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 from particlekit.types import ParticleState, RunTrace
 
@@ -115,6 +124,19 @@ def _check_inputs(log_density, dim, num_particles, num_steps, sigma) -> int:
     return dim
 
 
+def _check_grid_ends_at_zero(grid) -> None:
+    """PDDS ends on the target, at ``t = 0``: the last grid time must be 0 (a grid built
+    under ``jit``, a tracer, cannot be checked and is taken as it is)."""
+    if isinstance(grid, jax.core.Tracer):
+        return
+    last = float(grid[-1])
+    if last != 0.0:
+        raise ValueError(
+            f"the PDDS grid must end at t = 0 (the target), got a last time of {last:.3g}; "
+            "append 0.0 to it"
+        )
+
+
 def _value_and_grad(potential, t, x):
     """``(log g_hat_t(x), grad)`` with non-finite gradients zeroed (the value keeps its
     NaN so that the engine zeroes the weight and counts it)."""
@@ -193,11 +215,10 @@ def _mala_kernel(potential, exact_g0, sigma, num_mcmc_steps, step_scale):
 
 
 @eqx.filter_jit
-def _pdds_run(key, log_density, potential, config):
+def _pdds_run(key, log_density, potential, grid, config):
     (
         dim,
         num_particles,
-        num_steps,
         sigma,
         sched,
         ess_threshold,
@@ -213,7 +234,9 @@ def _pdds_run(key, log_density, potential, config):
     if potential is None:
         potential = NaivePotential(log_density, sigma, sched)
 
-    ts = time_grid(num_steps)[::-1].astype(dtype)  # 1 = t_K > ... > t_0 = 0
+    # the grid is a traced input (grids with the same number of steps share a compilation)
+    ts = grid.astype(dtype)  # t_K > ... > t_0 = 0, in the order visited
+    num_steps = ts.shape[0] - 1
     inputs = _StepInputs(ts[:-1], ts[1:], jnp.arange(num_steps) == num_steps - 1)
     k_init, k_first, k_run = jax.random.split(key, 3)
 
@@ -280,7 +303,8 @@ def pdds(
     dim: int,
     *,
     num_particles: int,
-    num_steps: int = 32,
+    num_steps: int | None = None,
+    grid="uniform",
     sigma: float = 1.0,
     schedule: str | NoiseSchedule = "cosine",
     potential: Callable | None = None,
@@ -312,8 +336,19 @@ def pdds(
         Dimension of ``x``.
     num_particles : int
         ``N``.
-    num_steps : int
-        Number of reverse steps ``K`` (uniform time grid on [0, 1]).
+    num_steps : int, optional
+        Number of reverse steps ``K`` of a named ``grid`` (default 32); with an array
+        ``grid`` it is ``len(grid) - 1`` and may be left out.
+    grid : {"uniform", "quadratic", "karras"} or array
+        The reverse-time grid ``t_K > ... > t_0``: a spacing of ``time_grid`` on
+        ``[0, 1]`` (``"karras"`` on ``schedule``'s noise levels; ``"quadratic"`` and
+        ``"karras"`` take smaller steps near the data end, ``t = 0``), or the times
+        themselves, strictly decreasing in ``[0, 1]`` and ending at ``0`` (see
+        ``sampling_grid``; a ``ValueError`` otherwise, before tracing). Each step uses its
+        own pair of times (``lambda_{t_k, t_{k-1}}``, ``g_hat`` at both ends), so the
+        evidence stays unbiased on any grid; only its variance changes. A first time below
+        1 is allowed (the reference is stationary). Grids with the same ``K`` share one
+        compilation (the times are a traced input).
     sigma : float
         Reference scale: the OU process is stationary at ``N(0, sigma^2 I)``. Choose it
         of the order of the target's spread.
@@ -362,8 +397,22 @@ def pdds(
     ...                         num_steps=32)
     >>> bool(abs(res.log_evidence - jnp.log(2 * jnp.pi)) < 0.1)
     True
+
+    A non-uniform grid, by name or as the times themselves (decreasing, ending at 0):
+
+    >>> res = pk.diffusion.pdds(jax.random.key(0), logp, 2, num_particles=1000,
+    ...                         num_steps=32, grid="quadratic")
+    >>> bool(abs(res.log_evidence - jnp.log(2 * jnp.pi)) < 0.1)
+    True
+    >>> times = jnp.array([1.0, 0.6, 0.3, 0.15, 0.05, 0.0])
+    >>> pk.diffusion.pdds(jax.random.key(0), logp, 2, num_particles=100, grid=times).ess.shape
+    (6,)
     """
     kernels.check_key(key)
+    sched = get_schedule(schedule)
+    grid = sampling_grid(grid, num_steps, schedule=sched, default_num_steps=32)
+    _check_grid_ends_at_zero(grid)
+    num_steps = int(grid.shape[0]) - 1
     dim = _check_inputs(log_density, dim, num_particles, num_steps, sigma)
     sharding = check_sharding(sharding, num_particles, key=key)
     if isinstance(num_mcmc_steps, bool) or not isinstance(num_mcmc_steps, numbers.Integral):
@@ -382,9 +431,8 @@ def pdds(
     config = (
         dim,
         int(num_particles),
-        int(num_steps),
         float(sigma),
-        get_schedule(schedule),
+        sched,
         float(ess_threshold),
         int(num_mcmc_steps),
         float(mcmc_step_size),
@@ -393,4 +441,4 @@ def pdds(
         resolve_progress_bar(progress_bar),
         sharding,
     )
-    return _pdds_run(key, log_density, potential, config)
+    return _pdds_run(key, log_density, potential, grid, config)

@@ -117,6 +117,8 @@ __all__ = [
     "from_svdd",
     "from_best_of_n",
     "from_rollover",
+    "from_sequence_steering",
+    "from_sequence_gibbs",
 ]
 
 
@@ -348,9 +350,17 @@ def _observed(groups: dict, ys, attrs: dict) -> None:
 
 
 def _normalised(log_weights) -> np.ndarray:
-    log_weights = jax.numpy.asarray(log_weights)
-    total = jax.nn.logsumexp(log_weights, axis=-1, keepdims=True)
-    return np.asarray(log_weights - total)
+    """Normalised log-weights along the last axis: ``log W_i`` (``-inf`` for zero weight),
+    uniform (``-log N``) where every weight is zero, as ``SteeringResult.weights``; never
+    NaN."""
+    from particlekit.resampling import sanitize_log_weights
+
+    jnp = jax.numpy
+    log_w = sanitize_log_weights(jnp.asarray(log_weights))
+    total = jax.nn.logsumexp(log_w, axis=-1, keepdims=True)
+    alive = jnp.isfinite(total)
+    uniform = -jnp.log(jnp.asarray(log_w.shape[-1], log_w.dtype))
+    return np.asarray(jnp.where(alive, log_w - jnp.where(alive, total, 0.0), uniform))
 
 
 def from_filter(result, ys=None):
@@ -1066,4 +1076,278 @@ def from_best_of_n(result):
         "sample_stats": stats_ds,
         "best": _group(_with_chain(_named(result.best, "x"), batched), ["chain"], attrs),
     }
+    return wrap_groups(groups, attrs)
+
+
+# --------------------------------------------------------------------------------------
+# sequence steering results
+# --------------------------------------------------------------------------------------
+def _check_decode(decode):
+    if decode is not None and not callable(decode):
+        raise ValueError(f"decode must be a callable tokens -> str or None, got {decode!r}")
+
+
+def _decoded(decode, tokens, lengths) -> np.ndarray:
+    """``decode(tokens[..., :length])`` of every sequence, as a NumPy unicode array of the
+    shape of ``lengths`` (equal sequences are decoded once)."""
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    flat_tokens = tokens.reshape(-1, tokens.shape[-1])
+    texts, seen = [], {}
+    for row, n in zip(flat_tokens, lengths.reshape(-1), strict=True):
+        prefix = row[: int(n)]
+        key = prefix.tobytes()
+        if key not in seen:
+            text = decode(prefix)
+            if not isinstance(text, str):
+                raise ValueError(
+                    f"decode must return a str for each sequence, got {type(text).__name__}"
+                )
+            seen[key] = text
+        texts.append(seen[key])
+    return np.array(texts, dtype=str).reshape(lengths.shape)
+
+
+def _per_run(value, batched):
+    """A per-run scalar as an attribute value: a float / int, or a list over the batch
+    (NetCDF attributes have no booleans)."""
+    value = np.asarray(value)
+    if value.dtype == bool:
+        value = value.astype(np.int64)
+    return value.tolist() if batched else value.item()
+
+
+def from_sequence_steering(result, *, key=None, num_draws: int | None = None, decode=None):
+    """Convert a ``SteeringResult`` (``particlekit.steering.smc``; one run, or a
+    ``jax.vmap`` batch of runs, e.g. over prompts: one chain each) to ArviZ.
+
+    Groups, as ``from_fk_steering`` (the final population is weighted, so it is kept as
+    ``weighted_particles``, and ``posterior`` holds equally weighted draws only when a
+    ``key`` is given):
+
+    - ``weighted_particles``: the final sequences ``tokens`` (int32, dims
+      ``(chain, particle, position)``, padded with the end token after ``length``),
+      ``length``, ``ended`` (closed by the end token, not truncated), the normalised
+      ``log_weight`` and ``weight`` (summing to 1 per chain) and ``log_potential``
+      (``log phi`` of the sequence), dims ``(chain, particle)``; with ``decode`` also
+      ``text``;
+    - ``sample_stats``: ``log_marginal_likelihood`` (``result.log_evidence``) and
+      ``failed``, dims ``(chain,)``; with ``key`` also the ``log_potential`` (and with
+      ``decode`` the ``text``) of each posterior draw, dims ``(chain, draw)``;
+    - ``steps``: ``ess``, ``resampled``, ``num_nonfinite`` of each generation step, dims
+      ``(chain, step)``;
+    - ``posterior`` (only with ``key``): ``num_draws`` equally weighted draws ``tokens``
+      ``(chain, draw, position)``, ``length``, ``ended`` ``(chain, draw)``, by systematic
+      resampling of the weighted sequences.
+
+    The attributes hold ``num_particles``, ``log_evidence`` and ``failed`` (0 / 1; lists
+    over the chains for a batch). A failed run (every weight zero: the reward ruled out
+    every sequence) has uniform weights, as ``SteeringResult.weights``, so its draws are
+    uniform over its sequences and nothing is NaN; it is flagged by ``failed`` and its
+    ``log_marginal_likelihood`` is ``-inf``.
+
+    Parameters
+    ----------
+    result : particlekit.steering.SteeringResult
+    key : PRNG key, optional
+        Draw the equally weighted ``posterior`` with this key.
+    num_draws : int, optional
+        Draws per chain in ``posterior`` (default: the number of particles).
+    decode : callable, optional
+        ``decode(tokens) -> str`` for the filled positions ``tokens[:length]`` (prompt and
+        end token included) of one sequence, e.g. ``particlekit.lm.task.decode``. The texts
+        are the string variable ``text`` (kept out of ``posterior``, where ArviZ's
+        numerical summaries would fail on them); NetCDF files written with
+        ``to_netcdf`` (h5netcdf) keep them.
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> gen = pk.steering.toy_generator()          # letters 0, 1, 2 and end token 3
+    >>> def reward(tokens, length):                # favour sequences with many 0s
+    ...     return 1.0 * jnp.sum((tokens == 0) & (jnp.arange(tokens.shape[0]) < length))
+    >>> res = pk.steering.smc(jax.random.key(0), gen, reward, num_particles=64,
+    ...                       max_length=4, eos_id=3)
+    >>> data = pk.arviz.from_sequence_steering(
+    ...     res, key=jax.random.key(1), decode=lambda t: "".join("abc$"[i] for i in t))
+    >>> data["posterior"]["tokens"].dims, data["steps"]["ess"].shape
+    (('chain', 'draw', 'position'), (1, 4))
+    >>> round(float(data["weighted_particles"]["weight"].sum()), 4)
+    1.0
+    >>> str(data["sample_stats"]["text"].values[0, 0]).endswith("$")  # a finished draw
+    True
+    """
+    _check_decode(decode)
+    batched = _is_batched(result.log_evidence, 0, "SteeringResult")
+    tokens = np.asarray(result.sequences)
+    attrs = _attrs(
+        "SteeringResult",
+        num_particles=int(tokens.shape[-2]),
+        log_evidence=_per_run(result.log_evidence, batched),
+        failed=_per_run(result.failed, batched),
+    )
+    log_w = _normalised(result.log_weights)
+    sequences = {
+        "tokens": tokens,
+        "length": np.asarray(result.lengths),
+        "ended": np.asarray(result.ended),
+    }
+    log_potential = np.asarray(result.log_potentials)
+    texts = None if decode is None else _decoded(decode, tokens, result.lengths)
+    token_dims = {"tokens": ["chain", "particle", "position"]}
+    weighted = {**sequences, "log_weight": log_w, "weight": np.exp(log_w)}
+    weighted["log_potential"] = log_potential
+    if texts is not None:
+        weighted["text"] = texts
+    groups: dict = {
+        "weighted_particles": _group(
+            _with_chain(weighted, batched), ["chain", "particle"], attrs, dims=token_dims
+        )
+    }
+    stats = _with_chain(
+        {
+            "log_marginal_likelihood": np.asarray(result.log_evidence),
+            "failed": np.asarray(result.failed),
+        },
+        batched,
+    )
+    per_chain = {name: ["chain"] for name in stats}
+    if key is not None:
+        index = np.broadcast_to(np.arange(tokens.shape[-2]), log_potential.shape)
+        draws = _resampled_draws(
+            {**sequences, "log_potential": log_potential, "index": index},
+            log_w,
+            np.zeros(np.shape(result.failed), bool),  # uniform weights for a failed run
+            batched,
+            key,
+            num_draws,
+        )
+        stats["log_potential"] = draws.pop("log_potential")
+        index = draws.pop("index")
+        if texts is not None:
+            stats["text"] = np.take_along_axis(_with_chain({"t": texts}, batched)["t"], index, 1)
+        groups["posterior"] = _group(
+            draws, ["chain", "draw"], attrs, dims={"tokens": ["chain", "draw", "position"]}
+        )
+    groups["sample_stats"] = _group(stats, ["chain", "draw"], attrs, dims=per_chain)
+    steps = {
+        "ess": np.asarray(result.ess),
+        "resampled": np.asarray(result.resampled),
+        "num_nonfinite": np.asarray(result.num_nonfinite),
+    }
+    groups["steps"] = _group(_with_chain(steps, batched), ["chain", "step"], attrs)
+    return wrap_groups(groups, attrs)
+
+
+def from_sequence_gibbs(result, *, burn_in: int = 0, eos_id: int | None = None, decode=None):
+    """Convert a ``GibbsResult`` (``particlekit.steering.particle_gibbs``; one run, or a
+    ``jax.vmap`` batch of runs: one chain each) to ArviZ: the reference after iteration
+    ``k`` is draw ``k`` of a Markov chain that targets ``p(x) phi(x) / Z``.
+
+    - ``posterior``: the references ``tokens`` (int32, dims ``(chain, draw, position)``,
+      padded with the end token after ``length``) and ``length`` ``(chain, draw)``; with
+      ``eos_id`` also ``ended`` (closed by the end token, not truncated);
+    - ``sample_stats``: ``log_potential`` (``log phi`` of the reference), ``changed`` (the
+      iteration moved to another sequence; its mean is the move rate), dims
+      ``(chain, draw)``, ``ess`` of each step of the iteration's conditional SMC sweep,
+      ``(chain, draw, step)``, with ``decode`` the ``text`` of the reference
+      ``(chain, draw)``, and ``failed`` (some sweep had every weight zero), ``(chain,)``;
+    - ``warmup_posterior``, ``warmup_sample_stats``: the first ``burn_in`` iterations
+      (when ``burn_in > 0``), as ``posterior`` and ``sample_stats``;
+    - ``initial``: the starting reference ``tokens``, dims ``(chain, position)``.
+
+    The attributes hold ``burn_in``, ``num_iterations`` and ``failed`` (0 / 1; a list over
+    the chains for a batch).
+
+    Parameters
+    ----------
+    result : particlekit.steering.GibbsResult
+    burn_in : int
+        Iterations put in the warm-up groups (default 0: all in ``posterior``).
+    eos_id : int, optional
+        The end token given to ``particle_gibbs``: adds ``ended`` to ``posterior``.
+    decode : callable, optional
+        ``decode(tokens) -> str`` for ``tokens[:length]`` of one sequence, e.g.
+        ``particlekit.lm.task.decode``; the texts are the string variable ``text`` of
+        ``sample_stats`` (kept out of ``posterior``, where ArviZ's numerical summaries
+        would fail on them).
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> gen = pk.steering.toy_generator()
+    >>> def reward(tokens, length):
+    ...     return 1.0 * jnp.sum((tokens == 0) & (jnp.arange(tokens.shape[0]) < length))
+    >>> chain = pk.steering.particle_gibbs(jax.random.key(0), gen, reward, num_particles=8,
+    ...                                    num_iterations=20, max_length=4, eos_id=3)
+    >>> data = pk.arviz.from_sequence_gibbs(chain, burn_in=5, eos_id=3)
+    >>> data["posterior"]["tokens"].shape, data["warmup_posterior"]["length"].dims
+    ((1, 15, 4), ('chain', 'draw'))
+    >>> 0.0 <= float(data["sample_stats"]["changed"].mean()) <= 1.0  # the move rate
+    True
+    """
+    _check_decode(decode)
+    batched = _is_batched(result.failed, 0, "GibbsResult")
+    tokens = np.asarray(result.sequences)
+    lengths = np.asarray(result.lengths)
+    num_iterations = int(lengths.shape[-1])
+    if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)):
+        raise ValueError(f"burn_in must be an integer in [0, {num_iterations}), got {burn_in!r}")
+    if not 0 <= int(burn_in) < num_iterations:
+        raise ValueError(f"burn_in must be in [0, {num_iterations}), got {burn_in}")
+    burn_in = int(burn_in)
+    attrs = _attrs(
+        "GibbsResult",
+        burn_in=burn_in,
+        num_iterations=num_iterations,
+        failed=_per_run(result.failed, batched),
+    )
+    draws = {"tokens": tokens, "length": lengths}
+    if eos_id is not None:
+        if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)):
+            raise ValueError(f"eos_id must be an integer token id or None, got {eos_id!r}")
+        last = np.take_along_axis(tokens, np.clip(lengths - 1, 0, None)[..., None], -1)
+        draws["ended"] = last[..., 0] == int(eos_id)
+    draws = _with_chain(draws, batched)
+    stats = {
+        "log_potential": np.asarray(result.log_potentials),
+        "changed": np.asarray(result.changed),
+        "ess": np.asarray(result.ess),
+    }
+    if decode is not None:
+        stats["text"] = _decoded(decode, tokens, lengths)
+    stats = _with_chain(stats, batched)
+    token_dims = {"tokens": ["chain", "draw", "position"], "ess": ["chain", "draw", "step"]}
+
+    def part(variables, sl):
+        return {name: value[:, sl] for name, value in variables.items()}
+
+    kept = slice(burn_in, None)
+    groups: dict = {
+        "posterior": _group(part(draws, kept), ["chain", "draw"], attrs, dims=token_dims)
+    }
+    sample_stats = _group(part(stats, kept), ["chain", "draw"], attrs, dims=token_dims)
+    failed = np.asarray(result.failed)
+    sample_stats["failed"] = ("chain", failed if batched else failed[None])
+    groups["sample_stats"] = sample_stats
+    if burn_in:
+        warm = slice(None, burn_in)
+        groups["warmup_posterior"] = _group(
+            part(draws, warm), ["chain", "draw"], attrs, dims=token_dims
+        )
+        groups["warmup_sample_stats"] = _group(
+            part(stats, warm), ["chain", "draw"], attrs, dims=token_dims
+        )
+    groups["initial"] = _group(
+        _with_chain({"tokens": np.asarray(result.initial_sequence)}, batched),
+        ["chain", "position"],
+        attrs,
+    )
     return wrap_groups(groups, attrs)

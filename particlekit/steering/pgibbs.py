@@ -54,6 +54,25 @@ class GibbsResult(NamedTuple):
     failed: jax.Array
     initial_sequence: jax.Array
 
+    def to_inference_data(self, *, burn_in: int = 0, eos_id: int | None = None, decode=None):
+        """The chain for ArviZ (``particlekit.arviz.from_sequence_gibbs``): the references
+        as ``posterior`` draws (after ``burn_in``), their potentials, move indicators and
+        per-sweep ESS in ``sample_stats``.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp, particlekit as pk
+        >>> chain = pk.steering.particle_gibbs(
+        ...     jax.random.key(0), pk.steering.toy_generator(),
+        ...     lambda tokens, length: jnp.zeros(()), num_particles=4, num_iterations=10,
+        ...     max_length=4, eos_id=3)
+        >>> chain.to_inference_data(burn_in=2).posterior["tokens"].shape
+        (1, 8, 4)
+        """
+        from particlekit.arviz import from_sequence_gibbs
+
+        return from_sequence_gibbs(self, burn_in=burn_in, eos_id=eos_id, decode=decode)
+
 
 def _select(key, final) -> tuple[SequenceState, jax.Array]:
     """Draw one particle from the final weights (slot 0, the reference, if all are zero)."""
@@ -162,6 +181,9 @@ def particle_gibbs(
     resampling: str = "systematic",
     ess_threshold: float = 1.0,
     init_cache=None,
+    separator_id: int | None = None,
+    max_step_tokens: int | None = None,
+    max_steps: int | None = None,
 ) -> GibbsResult:
     """Particle Gibbs over sequences: a Markov chain of sequences with stationary law
     ``p(x) phi(x) / Z``.
@@ -183,6 +205,9 @@ def particle_gibbs(
         ``K >= 1`` iterations (discard a burn-in yourself).
     max_length, eos_id, prompt, init_cache
         As in ``particlekit.steering.smc``.
+    separator_id, max_step_tokens, max_steps
+        Step level, as in ``particlekit.steering.smc``: each sweep moves whole reasoning
+        steps and slot 0 replays the reference step by step.
     reference : tuple (tokens (L,), length), optional
         Starting sequence (with the prompt, padded with ``eos_id``), e.g.
         ``(res.sequences[i], res.lengths[i])`` of an SMC result. Default: one sequence
@@ -220,6 +245,9 @@ def particle_gibbs(
         prompt=prompt,
         init_cache=init_cache,
         variant="exact",
+        separator_id=separator_id,
+        max_step_tokens=max_step_tokens,
+        max_steps=max_steps,
     )
     if int(num_particles) < 2:
         raise ValueError(f"particle_gibbs needs num_particles >= 2, got {num_particles}")

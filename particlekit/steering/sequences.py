@@ -64,6 +64,21 @@ class Config(NamedTuple):
     vocab_size: int
     eos_id: int
     has_cache: bool
+    #: Step-level steering: the token that ends a reasoning step (``-1``: token level).
+    separator_id: int = -1
+    #: Tokens a particle may add in one step (1 at token level).
+    max_step_tokens: int = 1
+    #: Number of SMC steps ``T`` (0: ``total_length - prompt_length``, one per token).
+    max_steps: int = 0
+
+    @property
+    def num_steps(self) -> int:
+        """Number of SMC steps (reweightings after the initial one)."""
+        return self.max_steps or self.total_length - self.prompt_length
+
+    @property
+    def step_level(self) -> bool:
+        return self.separator_id >= 0
 
 
 def _positive_int(value, name):
@@ -89,14 +104,27 @@ def _prompt_array(prompt):
 
 
 def check_config(
-    step_fn, reward_fn, *, num_particles, max_length, eos_id, prompt, init_cache, variant
+    step_fn,
+    reward_fn,
+    *,
+    num_particles,
+    max_length,
+    eos_id,
+    prompt,
+    init_cache,
+    variant,
+    separator_id=None,
+    max_step_tokens=None,
+    max_steps=None,
 ):
     """Check every argument before tracing; return ``(Config, prompt)``.
 
     Raises ``ValueError`` for a non-callable ``step_fn`` / ``reward_fn``, a non-positive
     ``num_particles`` or ``max_length``, an ``eos_id`` outside the vocabulary, a prompt
     that is not 1-D integer ids in the vocabulary, logits that are not of shape ``(V,)``,
-    a reward that is not a scalar, or an unknown variant.
+    a reward that is not a scalar, an unknown variant, a ``separator_id`` outside the
+    vocabulary or equal to ``eos_id``, non-positive ``max_step_tokens`` / ``max_steps``,
+    or either of these without ``separator_id``.
     """
     if not callable(step_fn):
         raise ValueError(f"step_fn must be callable (tokens, length) -> logits, got {step_fn!r}")
@@ -146,8 +174,38 @@ def check_config(
             "reward_fn must return a scalar log potential for one sequence; got shape "
             f"{getattr(reward, 'shape', type(reward))}"
         )
-    config = Config(total, int(prompt.shape[0]), vocab, int(eos_id), has_cache)
+    step_options = _check_step_level(
+        separator_id, max_step_tokens, max_steps, vocab=vocab, eos_id=int(eos_id),
+        max_length=max_length,
+    )  # fmt: skip
+    config = Config(total, int(prompt.shape[0]), vocab, int(eos_id), has_cache, *step_options)
     return config, prompt
+
+
+def _check_step_level(separator_id, max_step_tokens, max_steps, *, vocab, eos_id, max_length):
+    """``(separator_id, max_step_tokens, max_steps)`` of ``Config``, checked."""
+    if separator_id is None:
+        if max_step_tokens is not None or max_steps is not None:
+            raise ValueError(
+                "max_step_tokens and max_steps apply to step-level steering: give "
+                "separator_id (the token that ends a step) as well"
+            )
+        return -1, 1, 0
+    if isinstance(separator_id, bool) or not isinstance(separator_id, numbers.Integral):
+        raise ValueError(f"separator_id must be an integer token id, got {separator_id!r}")
+    if not 0 <= int(separator_id) < vocab:
+        raise ValueError(
+            f"separator_id must be in [0, {vocab}) (the vocabulary), got {separator_id}"
+        )
+    if int(separator_id) == eos_id:
+        raise ValueError(
+            f"separator_id must differ from eos_id ({eos_id}): the end token already ends "
+            "the last step"
+        )
+    step_tokens = max_length if max_step_tokens is None else max_step_tokens
+    step_tokens = _positive_int(step_tokens, "max_step_tokens")
+    steps = max_length if max_steps is None else _positive_int(max_steps, "max_steps")
+    return int(separator_id), min(step_tokens, max_length), steps
 
 
 def initial_state(prompt, reward_fn, config: Config, init_cache) -> SequenceState:
@@ -176,8 +234,13 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
     """The move ``M_t``: every unfinished particle draws its next token from the generator
     and scores the new prefix; finished particles are left unchanged.
 
+    At step level (``config.separator_id >= 0``) a move adds a whole reasoning step: each
+    unfinished particle draws tokens until the separator (included), the end token, or
+    ``config.max_step_tokens`` tokens, and the reward scores the prefix once, at the end
+    of the step.
+
     With a ``reference`` (one sequence, conditional SMC), slot 0 is extended by the
-    reference's next token instead of a draw. Returns a vectorised ``fn(key, xs, inputs)``
+    reference's next tokens instead of draws. Returns a vectorised ``fn(key, xs, inputs)``
     for ``particlekit.move``.
     """
     total, eos = config.total_length, config.eos_id
@@ -209,17 +272,67 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
         )
         return jax.tree.map(lambda a, b: jnp.where(x.finished, a, b), x, new)
 
-    def fn(key, xs: SequenceState, inputs):
-        del inputs
+    def draw(key, xs: SequenceState):
         n = xs.length.shape[0]
         tokens, caches, ok = jax.vmap(propose)(jax.random.split(key, n), xs)
         if reference is not None:
             ref_token = reference.tokens[jnp.clip(xs.length[0], 0, total - 1)]
             tokens = tokens.at[0].set(ref_token)
             ok = ok.at[0].set(True)
-        return jax.vmap(append)(xs, tokens, caches, ok)
+        return tokens, caches, ok
 
-    return fn
+    def fn(key, xs: SequenceState, inputs):
+        del inputs
+        return jax.vmap(append)(xs, *draw(key, xs))
+
+    if not config.step_level:
+        return fn
+
+    def extend_token(x: SequenceState, token, cache):
+        length = x.length + 1
+        return x._replace(
+            tokens=x.tokens.at[jnp.clip(x.length, 0, total - 1)].set(token),
+            length=length,
+            finished=(token == eos) | (length >= total),
+            cache=cache,
+        )
+
+    def step_fn_level(key, xs: SequenceState, inputs):
+        """Extend each unfinished particle token by token until it emits the separator,
+        finishes, or has added ``max_step_tokens`` tokens; then score each moved prefix
+        once. A particle whose generator returned no valid distribution stops and gets a
+        NaN potential (zero weight, counted by the engine)."""
+        del inputs
+
+        def more(carry):
+            i, _, _, active, _ = carry
+            return (i < config.max_step_tokens) & jnp.any(active)
+
+        def one_token(carry):
+            i, key, xs, active, bad = carry
+            key, key_draw = jax.random.split(key)
+            tokens, caches, ok = draw(key_draw, xs)
+            new = jax.vmap(extend_token)(xs, tokens, caches)
+            xs = jax.tree.map(lambda a, b: jnp.where(_expand(active, a), a, b), new, xs)
+            bad = bad | (active & ~ok)
+            stop = new.finished | (tokens == config.separator_id) | ~ok
+            return i + 1, key, xs, active & ~stop, bad
+
+        n = xs.length.shape[0]
+        init = (jnp.asarray(0), key, xs, ~xs.finished, jnp.zeros((n,), bool))
+        _, _, moved, _, bad = jax.lax.while_loop(more, one_token, init)
+        log_potential = jax.vmap(reward_fn)(moved.tokens, moved.length)
+        log_potential = jnp.asarray(log_potential, xs.log_potential.dtype)
+        log_potential = jnp.where(bad, jnp.nan, log_potential)
+        log_potential = jnp.where(xs.finished, xs.log_potential, log_potential)
+        return moved._replace(log_potential=log_potential)
+
+    return step_fn_level
+
+
+def _expand(mask, leaf):
+    """``mask (N,)`` broadcast against ``leaf (N, ...)``."""
+    return mask.reshape(mask.shape + (1,) * (leaf.ndim - 1))
 
 
 def potential(variant: str):

@@ -88,6 +88,27 @@ class SteeringResult(NamedTuple):
         """Normalised weights ``(N,)`` (uniform if every weight is zero; see ``failed``)."""
         return normalize(self.log_weights)
 
+    def to_inference_data(self, *, key=None, num_draws: int | None = None, decode=None):
+        """The run for ArviZ (``particlekit.arviz.from_sequence_steering``): the weighted
+        final sequences with their potentials (and texts, given ``decode``: token ids ->
+        str), ``log_marginal_likelihood`` and ``failed``, per-step ``ess`` / ``resampled``
+        / ``num_nonfinite``; with a ``key``, also a ``posterior`` of ``num_draws``
+        equally weighted draws.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp, particlekit as pk
+        >>> res = pk.steering.smc(jax.random.key(0), pk.steering.toy_generator(),
+        ...                       lambda tokens, length: jnp.zeros(()), num_particles=8,
+        ...                       max_length=4, eos_id=3)
+        >>> idata = res.to_inference_data(key=jax.random.key(1))
+        >>> idata.posterior["tokens"].shape
+        (1, 8, 4)
+        """
+        from particlekit.arviz import from_sequence_steering
+
+        return from_sequence_steering(self, key=key, num_draws=num_draws, decode=decode)
+
 
 def sweep(
     key,
@@ -105,7 +126,7 @@ def sweep(
     progress_bar: bool | None = None,
     sharding=None,
 ) -> tuple[ParticleState, StepInfo, StepInfo]:
-    """One SMC pass over ``T = L - len(prompt)`` steps (conditional on ``reference`` in
+    """One SMC pass over ``T = config.num_steps`` steps (conditional on ``reference`` in
     slot 0 when given; ``scheme`` must then be a conditional scheme), with the particle
     axis sharded by ``sharding`` when given.
 
@@ -120,14 +141,13 @@ def sweep(
         kernels.move(extend_move(step_fn, reward_fn, config, reference), vectorized=True),
         kernels.reweight(potential(variant)),
     )
-    if variant == "exact":
+    if variant == "exact" or config.step_level:
         step = _skipped_once_all_finished(step)
-    num_steps = config.total_length - config.prompt_length
     final, trace = run(
         key_run,
         step,
         state,
-        num_steps=num_steps,
+        num_steps=config.num_steps,
         keep_history=False,
         progress_bar=progress_bar,
         sharding=sharding,
@@ -139,8 +159,9 @@ def _skipped_once_all_finished(step):
     """``step``, skipped (``lax.cond``: the generator is not called) once every sequence
     has finished. Under ``"exact"`` such a step would leave every sequence and weight as it
     is and at most resample, which the skip leaves out; its info is neutral (same ESS, no
-    resampling). Not for ``"softmax"``, whose potential keeps weighting finished sequences
-    at every step."""
+    resampling). Not for token-level ``"softmax"``, whose potential keeps weighting
+    finished sequences at every step; step-level ``"softmax"`` stops there, as Puri et
+    al.'s Algorithm 1 does."""
 
     def kernel(key, state, inputs):
         return jax.lax.cond(
@@ -211,6 +232,9 @@ def smc(
     resampling: str = "systematic",
     ess_threshold: float | None = None,
     init_cache=None,
+    separator_id: int | None = None,
+    max_step_tokens: int | None = None,
+    max_steps: int | None = None,
     progress_bar: bool | None = None,
     sharding=None,
 ) -> SteeringResult:
@@ -263,6 +287,17 @@ def smc(
     init_cache : PyTree, optional
         The generator's carried state for one sequence (e.g. an empty key/value cache);
         resampled along with the tokens.
+    separator_id : int, optional
+        Step-level steering (Puri et al. 2025, Algorithm 1): ``M_t`` extends every
+        unfinished sequence by a whole reasoning step, the tokens up to and including
+        ``separator_id`` (or the end token, or ``max_step_tokens`` tokens), and the reward
+        scores each sequence once per step, at the step's end. Default: token level.
+        Steps stop once every sequence has finished, under both variants.
+    max_step_tokens : int, optional
+        Step level only: most tokens in one step (default ``max_length``).
+    max_steps : int, optional
+        Step level only: number of SMC steps ``T`` (default ``max_length``); sequences
+        unfinished after ``T`` steps are returned as they are (``ended`` False).
     progress_bar : bool, optional
         Show a tqdm bar over the generation steps; ``None`` (default): shown when standard
         error is a terminal.
@@ -281,7 +316,8 @@ def smc(
     Raises
     ------
     ValueError
-        Before tracing, for invalid shapes, vocabulary, particle count or variant.
+        Before tracing, for invalid shapes, vocabulary, particle count, variant or step
+        options (a separator outside the vocabulary or equal to ``eos_id``).
 
     Examples
     --------
@@ -293,6 +329,13 @@ def smc(
     ...                       max_length=4, eos_id=3)
     >>> res.sequences.shape, bool(jnp.isfinite(res.log_evidence))
     ((256, 4), True)
+
+    Step level: token 2 ends a step, and the reward is evaluated once per step.
+
+    >>> res = pk.steering.smc(jax.random.key(0), gen, reward, num_particles=256,
+    ...                       max_length=4, eos_id=3, separator_id=2, max_steps=4)
+    >>> res.ess.shape
+    (4,)
     """
     kernels.check_key(key)
     config, prompt = check_config(
@@ -304,6 +347,9 @@ def smc(
         prompt=prompt,
         init_cache=init_cache,
         variant=variant,
+        separator_id=separator_id,
+        max_step_tokens=max_step_tokens,
+        max_steps=max_steps,
     )
     threshold = _ess_threshold(ess_threshold, variant)
     sharding = check_sharding(sharding, num_particles, key=key)

@@ -53,6 +53,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_prompt",
+    "final_answer",
     "heldout_problems",
     "is_heldout",
     "prefix_correct",
@@ -549,6 +550,49 @@ def answer_correct(tokens, length) -> jax.Array:
     p = _parse(tokens, length)
     end = jnp.clip(jnp.asarray(length) - 1, 0, jnp.asarray(tokens).shape[0] - 1)
     return p.terminal[end] & p.answer_ok[end] & (jnp.asarray(length) > 0)
+
+
+def final_answer(tokens, length) -> tuple[jax.Array, jax.Array]:
+    """The number on the answer line of a finished sequence, right or wrong: the digits
+    between ``A`` (which must start a step) and the end token at ``length - 1``.
+
+    Returns
+    -------
+    answer : Array of shape (), int32
+        The answer (0 when there is none).
+    valid : Array of shape (), bool
+        The sequence ends with a well-formed answer line ``A<digits>$``.
+
+    Examples
+    --------
+    >>> [int(a) for a in final_answer(encode("12+7+30=19;48;A48$"), 18)]
+    [48, 1]
+    >>> bool(final_answer(encode("12+7+30=19;48;"), 14)[1])
+    False
+    """
+    tokens = jnp.asarray(tokens, jnp.int32)
+    length = jnp.asarray(length, jnp.int32)
+    size = tokens.shape[0]
+    pos = jnp.arange(size)
+    end = jnp.clip(length - 1, 0, size - 1)
+    is_answer = (tokens == ANSWER) & (pos < end)
+    start = jnp.max(jnp.where(is_answer, pos, -1))
+    before = tokens[jnp.clip(start - 1, 0, size - 1)]
+    digits = (pos > start) & (pos < end)
+    is_digit = (tokens >= 0) & (tokens <= 9)
+    count = jnp.sum(digits)
+    power = jnp.where(digits, end - 1 - pos, 0)
+    answer = jnp.sum(jnp.where(digits, tokens * 10**power, 0)).astype(jnp.int32)
+    valid = (
+        (length > 0)
+        & (tokens[end] == EOS)
+        & (start > 0)
+        & ((before == SEP) | (before == EQUALS))
+        & jnp.all(~digits | is_digit)
+        & (count >= 1)
+        & (count <= _MAX_SUM_DIGITS)
+    )
+    return jnp.where(valid, answer, 0), valid
 
 
 def process_reward(tokens, length) -> jax.Array:

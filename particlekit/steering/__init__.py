@@ -3,6 +3,8 @@ autoregressive step function and a reward model on partial sequences, without fi
 
 - ``smc``: particle filtering over sequences (``"exact"`` and ``"softmax"`` variants);
 - ``particle_gibbs``: conditional SMC with a reference sequence, iterated;
+- ``beam_search`` (and DVTS), ``best_of``, ``weighted_vote``: search baselines and
+  answer-selection rules;
 - ``MarkovGenerator``, ``toy_generator``: a tiny generator shipped for tests;
 - ``enumerate_sequences``: the exact steered distribution of a small generator.
 """
@@ -15,6 +17,13 @@ from particlekit.steering.generators import (
     toy_generator,
 )
 from particlekit.steering.pgibbs import GibbsResult, particle_gibbs
+from particlekit.steering.search import (
+    beam_search,
+    beam_selection,
+    best_of,
+    dvts_selection,
+    weighted_vote,
+)
 from particlekit.steering.sequences import SequenceState
 from particlekit.steering.smc import SteeringResult, smc
 
@@ -24,6 +33,10 @@ __all__ = [
     "MarkovGenerator",
     "SequenceState",
     "SteeringResult",
+    "beam_search",
+    "beam_selection",
+    "best_of",
+    "dvts_selection",
     "enumerate_sequences",
     "markov_generator",
     "particle_gibbs",
@@ -31,4 +44,5 @@ __all__ = [
     "sequence_log_prob",
     "smc",
     "toy_generator",
+    "weighted_vote",
 ]

@@ -198,7 +198,8 @@ def bench_ppg(ys, n, sweeps, num_seeds):
 
 def bench_ratio(sizes, num_steps, repeats):
     print(f"\n## 4. Cost per particle-step against the bootstrap filter, T = {num_steps}")
-    print("| N | method | ns / particle-step | x filter | compile s | proposals / draw |")
+    print("| N | method | ns / particle-step | x filter | compile s | proposals / draw "
+          "(mcmc: acceptance) |")  # fmt: skip
     print("|---:|---|---:|---:|---:|---:|")
     _, ys = SSM.simulate(jax.random.key(7), num_steps)
     h = lambda xp, x, t: x  # noqa: E731
@@ -210,26 +211,31 @@ def bench_ratio(sizes, num_steps, repeats):
                 ).log_evidence
             )
         )
-        paris = jax.jit(
-            lambda k, n=n: pk.smoothing.paris(
-                k, SSM, ys, additive_fn=h, num_particles=n, method="rejection", progress_bar=False
+
+        def paris_with(method, n=n):
+            return jax.jit(
+                lambda k: pk.smoothing.paris(
+                    k, SSM, ys, additive_fn=h, num_particles=n, method=method, progress_bar=False
+                )
             )
-        )
-        ppg = jax.jit(
-            lambda k, n=n: (
-                pk.pgibbs.ppg(
-                    k,
-                    SSM,
-                    ys,
-                    additive_fn=h,
-                    num_particles=n,
-                    num_iterations=1,
-                    burn_in=0,
-                    method="rejection",
-                    progress_bar=False,
-                ).estimate
+
+        def ppg_with(method, n=n):
+            return jax.jit(
+                lambda k: (
+                    pk.pgibbs.ppg(
+                        k,
+                        SSM,
+                        ys,
+                        additive_fn=h,
+                        num_particles=n,
+                        num_iterations=1,
+                        burn_in=0,
+                        method=method,
+                        progress_bar=False,
+                    ).estimate
+                )  # fmt: skip
             )
-        )
+
         stored = pk.filters.bootstrap(
             jax.random.key(3), SSM, ys, num_particles=n, keep_history=True, progress_bar=False
         )
@@ -242,18 +248,20 @@ def bench_ratio(sizes, num_steps, repeats):
             name: (lambda i, f=f: f(jax.random.key(i)))
             for name, f in [
                 ("filter", filt),
-                ("PaRIS K=2", paris),
-                ("PPG K=2 (one sweep)", ppg),
+                ("PaRIS K=2", paris_with("rejection")),
+                ("PaRIS K=2 mcmc", paris_with("mcmc")),
+                ("PPG K=2 (one sweep)", ppg_with("rejection")),
+                ("PPG K=2 mcmc", ppg_with("mcmc")),
                 ("FFBS M=N (backward)", ffbs),
             ]
         }
-        times, compiles, trials = {}, {}, "-"
+        times, compiles, trials = {}, {}, {}
         for name, fn in keyed.items():  # warm-up (compile) first, then interleaved timing
             t0 = time.perf_counter()
             out = jax.block_until_ready(fn(0))
             compiles[name] = time.perf_counter() - t0
-            if name == "PaRIS K=2":
-                trials = f"{float(np.mean(out.mean_trials[1:])):.1f}"
+            if name.startswith("PaRIS"):
+                trials[name] = f"{float(np.mean(out.mean_trials[1:])):.2f}"
             times[name] = []
         for r in range(repeats):
             for name, fn in keyed.items():
@@ -263,7 +271,7 @@ def bench_ratio(sizes, num_steps, repeats):
         per = {name: min(v) * 1e9 / (n * num_steps) for name, v in times.items()}
         for name in keyed:
             compile_s = max(compiles[name] - min(times[name]), 0.0)
-            extra = trials if name == "PaRIS K=2" else "-"
+            extra = trials.get(name, "-")
             print(f"| {n} | {name} | {per[name]:.1f} | {per[name] / per['filter']:.1f} | "
                   f"{compile_s:.2f} | {extra} |", flush=True)  # fmt: skip
 

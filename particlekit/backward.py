@@ -4,7 +4,7 @@
 
 the step shared by FFBS, PaRIS and particle Gibbs with backward sampling.
 
-Two exact samplers:
+Two exact samplers, and one consistent MCMC sampler for PaRIS:
 
 - ``exact``: one row of ``N`` log-densities and an inverse-CDF draw per draw, ``O(N)``;
 - accept–reject (Douc, Garivier, Moulines & Olsson 2011, Alg. 1): propose ``j ~ W`` and
@@ -14,6 +14,12 @@ Two exact samplers:
   the work follows the number of pending draws instead of the slowest draw, and the
   sequential loop stays a few rounds long. The few draws left after the last buffer's rounds are
   made exactly, so every draw is exact whatever the bound's quality.
+
+- ``mcmc`` (PaRIS only; Dau & Chopin 2023, "On backward smoothing algorithms"): each draw
+  is the target's own ancestor moved by ``MCMC_STEPS`` independent Metropolis–Hastings
+  steps that leave the backward kernel invariant (proposal ``j ~ W``, acceptance
+  ``min(1, f(x | x^j) / f(x | x^current))``). Not an exact draw, but PaRIS stays
+  consistent; a fixed cost per draw with no loop of unknown length and no bound needed.
 
 Proposals use an inverse CDF accelerated by a guide table (Chen & Asau 1974): a power-of-two
 number of equal buckets of ``[0, 1)``, each knowing the first particle its interval can map
@@ -38,6 +44,7 @@ __all__ = [
     "BackwardStats",
     "GuideTable",
     "backward_indices",
+    "mcmc_backward_indices",
     "guide_table",
     "guided_inverse_cdf",
     "max_log_density",
@@ -52,6 +59,10 @@ LAST_PROPOSALS = 128
 FALLBACK_CHUNK = 8
 
 METHODS = ("auto", "exact", "rejection")
+#: PaRIS also takes the MCMC backward kernel
+PARIS_METHODS = METHODS + ("mcmc",)
+#: Metropolis–Hastings steps per draw of the ``mcmc`` backward kernel
+MCMC_STEPS = 2
 
 
 # --------------------------------------------------------------------------------------
@@ -407,10 +418,78 @@ def backward_indices(
     return idx.reshape(m, num_draws), stats
 
 
+def mcmc_backward_indices(
+    key, ssm: StateSpaceModel, log_weights_prev, xs_prev, targets, ancestors, t, *,
+    num_draws: int = 1, num_steps: int = MCMC_STEPS,
+):  # fmt: skip
+    """Backward indices by independent Metropolis–Hastings started at the ancestors (Dau &
+    Chopin 2023): ``num_draws`` chains per target, each ``num_steps`` steps with proposal
+    ``j ~ W_{t-1}`` and acceptance ``min(1, f_t(x | x_{t-1}^j) / f_t(x | x_{t-1}^J))``, so
+    that the backward kernel ``Lambda(m, .)`` is invariant. Each draw costs ``num_steps``
+    transition densities and guide-table lookups, whatever the model.
+
+    The other parameters and the return value are those of ``backward_indices``, with
+    ``stats.mean_trials`` the acceptance rate of the Metropolis–Hastings steps.
+
+    Parameters
+    ----------
+    ancestors : Array of shape (M,), int
+        The index at ``t - 1`` each target descends from (the filter's ``ancestors``;
+        ``arange(N)`` after a step without resampling).
+    num_steps : int
+        Metropolis–Hastings steps per draw.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, particlekit as pk
+    >>> ssm = pk.StateSpaceModel(
+    ...     initial=lambda: dist.Normal(0.0, 1.0),
+    ...     transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...     observation=lambda x, t: dist.Normal(x, 0.5),
+    ... )
+    >>> xs_prev = jax.random.normal(jax.random.key(0), (1000,))
+    >>> targets = 0.9 * xs_prev + jax.random.normal(jax.random.key(1), (1000,))
+    >>> idx, stats = mcmc_backward_indices(jax.random.key(2), ssm, jnp.zeros(1000), xs_prev,
+    ...                                    targets, jnp.arange(1000), 1, num_draws=2)
+    >>> idx.shape, 0.0 < float(stats.mean_trials) < 1.0
+    ((1000, 2), True)
+    """
+    m = jax.tree.leaves(targets)[0].shape[0]
+    num_items = m * num_draws
+    log_w, _ = resampling.log_normalize(log_weights_prev)
+    cdf = resampling.cumulative_sum(jnp.exp(log_w))
+    table = guide_table(cdf / cdf[-1])
+    item_x = take(targets, jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_draws))
+
+    def log_f(idx):
+        value = log_f_pairs(ssm, take(xs_prev, idx), item_x, t)
+        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+    current = jnp.repeat(jnp.asarray(ancestors, jnp.int32), num_draws)
+
+    def step(carry, k):
+        current, log_f_current, accepted = carry
+        k_prop, k_acc = jax.random.split(k)
+        proposal = guided_inverse_cdf(table, jax.random.uniform(k_prop, (num_items,), cdf.dtype))
+        log_f_proposal = log_f(proposal)
+        log_u = jnp.log(jax.random.uniform(k_acc, (num_items,), cdf.dtype))
+        accept = log_u < log_f_proposal - log_f_current
+        # a current state of zero density (-inf) accepts any proposal of positive density
+        accept = accept | (jnp.isneginf(log_f_current) & (log_f_proposal > -jnp.inf))
+        current = jnp.where(accept, proposal, current)
+        log_f_current = jnp.where(accept, log_f_proposal, log_f_current)
+        return (current, log_f_current, accepted + accept), None
+
+    init = (current, log_f(current), jnp.zeros(num_items, jnp.int32))
+    (idx, _, accepted), _ = jax.lax.scan(step, init, jax.random.split(key, num_steps))
+    rate = jnp.mean(accepted.astype(jnp.float32)) / max(num_steps, 1)
+    return idx.reshape(m, num_draws), BackwardStats(rate, jnp.zeros((), jnp.int32))
+
+
 def resolve_bound(ssm, xs_prev, t, method, log_transition_bound):
     """The log-bound to use (``None`` = exact draws), per ``method``."""
     n = jax.tree.leaves(xs_prev)[0].shape[0]
-    if method == "exact" or (method == "auto" and n < AUTO_EXACT_BELOW):
+    if method in ("exact", "mcmc") or (method == "auto" and n < AUTO_EXACT_BELOW):
         return None
     bound = population_log_bound(ssm, xs_prev, t, log_transition_bound)
     if bound is None and method == "rejection":
@@ -421,9 +500,9 @@ def resolve_bound(ssm, xs_prev, t, method, log_transition_bound):
     return bound
 
 
-def check_method(method):
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+def check_method(method, allowed=METHODS):
+    if method not in allowed:
+        raise ValueError(f"method must be one of {allowed}, got {method!r}")
 
 
 def check_trials(max_trials):

@@ -31,6 +31,7 @@ import optax
 
 from particlekit import kernels
 from particlekit import resampling as _rs
+from particlekit.backward import PARIS_METHODS
 from particlekit.pgibbs import ppg_sweep, resampling_scheme_for_csmc
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.smoothing import _check_method, _check_trials, _take, paris_forward
@@ -272,7 +273,7 @@ def mle(
     num_particles = kernels.check_num_particles(num_particles)
     num_iterations = kernels.check_num_particles(num_iterations, "num_iterations")
     num_backward = kernels.check_num_particles(num_backward, "num_backward")
-    _check_method(method)
+    _check_method(method, PARIS_METHODS)
     theta_init = jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(float)), theta_init)
     ssm = model_fn(theta_init)
     if not isinstance(ssm, StateSpaceModel):

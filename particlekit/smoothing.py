@@ -40,8 +40,10 @@ import jax.numpy as jnp
 
 from particlekit import kernels, resampling
 from particlekit.backward import (
+    PARIS_METHODS,
     backward_indices,
     max_log_density,
+    mcmc_backward_indices,
 )
 from particlekit.backward import categorical as _categorical
 from particlekit.backward import check_method as _check_method
@@ -395,17 +397,22 @@ def _tau_init(state: ParticleState, *, additive_fn, initial_fn, ssm):
 
 def _tau_update(
     key, tau, prev, log_w_prev, xs, t, *, ssm, additive_fn, num_backward, method,
-    log_transition_bound, max_trials, compensation=None,
+    log_transition_bound, max_trials, compensation=None, ancestors=None,
 ):  # fmt: skip
     """PaRIS update (Olsson & Westerborn 2017, Alg. 2): ``K`` backward indices per
     particle, ``tau_t^i = mean_k [tau_{t-1}^{J_ik} + h_t(x_{t-1}^{J_ik}, x_t^i)]``, as
     double-float pairs when ``compensation`` (the pytree of low-order parts) is given.
     Returns ``(tau, compensation, stats)``."""
-    bound = _resolve_bound(ssm, prev, t, method, log_transition_bound)
-    idx, stats = backward_indices(
-        key, ssm, log_w_prev, prev, xs, t,
-        num_draws=num_backward, log_bound=bound, max_trials=max_trials,
-    )  # fmt: skip
+    if method == "mcmc":
+        idx, stats = mcmc_backward_indices(
+            key, ssm, log_w_prev, prev, xs, ancestors, t, num_draws=num_backward
+        )
+    else:
+        bound = _resolve_bound(ssm, prev, t, method, log_transition_bound)
+        idx, stats = backward_indices(
+            key, ssm, log_w_prev, prev, xs, t,
+            num_draws=num_backward, log_bound=bound, max_trials=max_trials,
+        )  # fmt: skip
     x_back = _take(prev, idx)  # (N, K, ...)
     h = jax.vmap(lambda xb, x: jax.vmap(lambda a: additive_fn(a, x, t))(xb))(x_back, xs)
     if compensation is None:
@@ -460,7 +467,7 @@ def _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, res
         raise ValueError("initial_fn must be a function h_0(x_0) -> PyTree or None")
     kernels.check_num_particles(num_particles)
     kernels.check_num_particles(num_backward, "num_backward")
-    _check_method(method)
+    _check_method(method, PARIS_METHODS)
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     return dict(
@@ -518,6 +525,7 @@ def paris_update_state(
         ssm=cfg["ssm"], additive_fn=cfg["additive_fn"], num_backward=cfg["num_backward"],
         method=cfg["method"], log_transition_bound=cfg["log_transition_bound"],
         max_trials=cfg["max_trials"], compensation=pstate.tau_compensation,
+        ancestors=state.ancestors,
     )  # fmt: skip
     pinfo = PaRISInfo(
         ess=info.ess,
@@ -696,10 +704,14 @@ def paris(
         Resampling scheme of the filter.
     ess_threshold : float
         Resample when ``ESS < ess_threshold * N``.
-    method : {"auto", "rejection", "exact"}
+    method : {"auto", "rejection", "exact", "mcmc"}
         Backward draws by accept–reject against a density bound (average cost linear in
         ``N``) or exactly (``O(N^2)``). ``"auto"``: rejection when a bound is known or
-        derivable and ``N >= 256``, exact otherwise.
+        derivable and ``N >= 256``, exact otherwise. ``"mcmc"``: the ancestor moved by
+        ``backward.MCMC_STEPS`` independent Metropolis–Hastings steps on the backward
+        kernel (Dau & Chopin 2023): consistent rather than exact draws, at a fixed cost of
+        a few transition densities per draw and no bound needed; the fastest for large
+        ``N`` (see the Smoothing page).
     log_transition_bound : float or callable, optional
         ``log sup f_t`` (number or function of ``t``); derived automatically for Normal /
         MultivariateNormal transitions.

@@ -111,3 +111,61 @@ def test_buffer_levels_shrink_and_end_with_a_full_budget():
     assert all(level.max_rounds == 8 for level in levels)
     assert levels[-1].proposals == backward.LAST_PROPOSALS
     assert backward.buffer_levels(5, 32) == [backward.BufferLevel(5, 128, 8)]
+
+
+def _chi_square_p_value(idx_row, probs):
+    k = idx_row.shape[0]
+    counts = np.bincount(idx_row, minlength=probs.shape[0])
+    keep = probs * k >= 5
+    observed = np.append(counts[keep], counts[~keep].sum())
+    expected = np.append(probs[keep] * k, probs[~keep].sum() * k)
+    if expected[-1] == 0:
+        observed, expected = observed[:-1], expected[:-1]
+    expected *= observed.sum() / expected.sum()
+    return stats.chisquare(observed, expected)[1]
+
+
+@pytest.mark.parametrize("start", ["exact", "worst"])
+def test_mcmc_backward_kernel_leaves_the_backward_law_invariant(start):
+    """Chains started at exact draws of the backward kernel keep its law after
+    ``MCMC_STEPS`` steps (invariance); chains all started at the least likely index
+    reach it after 60 steps (convergence). Chi-square over 3000 chains per target; a
+    chain that never moved would fail both."""
+    n, m, k = 7, 3, 3000
+    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
+    xs_prev = 2.0 * jax.random.normal(k1, (n,))
+    log_w = jax.random.normal(k2, (n,))
+    targets = jnp.asarray([-2.5, 0.3, 3.0])
+    probs = [_exact_backward_probs(log_w, xs_prev, targets[i]) for i in range(m)]
+    if start == "exact":
+        starts = np.stack([np.random.default_rng(i).choice(n, size=k, p=p)
+                           for i, p in enumerate(probs)])  # fmt: skip
+        steps = backward.MCMC_STEPS
+    else:
+        starts = np.stack([np.full(k, np.argmin(p)) for p in probs])
+        steps = 60
+    draws = jax.jit(
+        jax.vmap(
+            lambda key, target, anc: backward.mcmc_backward_indices(
+                key,
+                SSM,
+                log_w,
+                xs_prev,
+                target[None],
+                anc[None],
+                1,
+                num_draws=1,
+                num_steps=steps,
+            )[0][0, 0],  # fmt: skip
+            in_axes=(0, None, 0),
+        ),
+        static_argnums=(),
+    )
+    for i in range(m):
+        keys = jax.random.split(jax.random.fold_in(k3 if start == "exact" else k4, i), k)
+        idx = np.asarray(draws(keys, targets[i], jnp.asarray(starts[i])))
+        assert _chi_square_p_value(idx, probs[i]) > 1e-4, (i, np.bincount(idx, minlength=n))
+    _, info = backward.mcmc_backward_indices(
+        k3, SSM, log_w, xs_prev, targets, jnp.zeros(m, jnp.int32), 1, num_draws=4
+    )
+    assert 0.0 < float(info.mean_trials) < 1.0  # the acceptance rate

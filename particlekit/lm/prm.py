@@ -86,5 +86,18 @@ class ProcessRewardModel(eqx.Module):
         return jnp.exp(self.log_probability(tokens, length))
 
     def __call__(self, tokens, length) -> jax.Array:
-        """``strength * log P(tokens[:length] right)``: the steering reward."""
-        return self.strength * self.log_probability(tokens, length)
+        """``strength * log P(tokens[:length] right)``: the steering reward; NaN (zero
+        weight, counted in ``num_nonfinite`` by ``particlekit.steering.smc``) when the
+        prefix holds a token id outside the PRM's vocabulary, e.g. from a generator with
+        a larger one. A buffer longer than the PRM's context is a ``ValueError``."""
+        tokens = jnp.asarray(tokens, jnp.int32)
+        cfg = self.model.config
+        if tokens.shape[0] > cfg.context_length:  # static: raised when smc checks
+            raise ValueError(
+                f"the PRM reads at most {cfg.context_length} positions, got a buffer of "
+                f"{tokens.shape[0]} (len(prompt) + max_length)"
+            )
+        t = jnp.arange(tokens.shape[0])
+        outside = jnp.any((t < length) & ((tokens < 0) | (tokens >= cfg.vocab_size)))
+        value = self.strength * self.log_probability(tokens, length)
+        return jnp.where(outside, jnp.nan, value)

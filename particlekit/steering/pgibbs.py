@@ -1,11 +1,13 @@
 """Particle Gibbs over token sequences: conditional SMC with a reference sequence pinned in
 slot 0, iterated so that the chain of references targets ``p(x) phi(x) / Z``.
 
-Each iteration runs the ``"exact"`` Feynman–Kac model of ``particlekit.steering.smc``
-(``M_t`` = one generator step, ``G_t = phi(x_{1:t}) / phi(x_{1:t-1})``) with slot 0 forced
-to follow the current reference and conditional resampling
-(``particlekit.resampling.get_conditional_scheme``: slot 0 keeps ancestor 0), then
-draws the next reference from the final weights (Andrieu, Doucet & Holenstein 2010).
+Each iteration runs the Feynman–Kac model of ``particlekit.steering.smc`` (``M_t`` = one
+generator step; ``"exact"``: ``G_t = phi(x_{1:t}) / phi(x_{1:t-1})``, ``"softmax"``:
+``G_t = phi(x_{1:t})``) with slot 0 forced to follow the current reference and conditional
+resampling (``particlekit.resampling.get_conditional_scheme``: slot 0 keeps ancestor 0),
+then draws the next reference from the final weights (Andrieu, Doucet & Holenstein 2010;
+Puri et al. 2025, Algorithm 2, for the softmax weighting). The chain leaves the target of
+the variant's Feynman–Kac model invariant (``p(x) phi(x) / Z`` only for ``"exact"``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from particlekit.resampling import get_conditional_scheme, get_scheme, sanitize_
 from particlekit.steering.sequences import Config, SequenceState, check_config
 from particlekit.steering.smc import sweep
 
-__all__ = ["GibbsResult", "particle_gibbs"]
+__all__ = ["GibbsResult", "gibbs_iteration", "initial_reference", "particle_gibbs"]
 
 
 class GibbsResult(NamedTuple):
@@ -82,17 +84,26 @@ def _select(key, final) -> tuple[SequenceState, jax.Array]:
     return jax.tree.map(lambda leaf: leaf[idx], final.particles), ~ok
 
 
-@eqx.filter_jit
-def _particle_gibbs(key, step_fn, reward_fn, prompt, init_cache, reference, *, config: Config,
-                    num_particles, num_iterations, scheme, ess_threshold):  # fmt: skip
-    common = dict(
-        config=config, num_particles=num_particles, variant="exact", ess_threshold=ess_threshold
-    )
-    key_init, key_iter = jax.random.split(key)
+def initial_reference(key, step_fn, reward_fn, prompt, init_cache, reference, *,
+                      config: Config, num_particles, variant, scheme, ess_threshold,
+                      progress_bar=None):  # fmt: skip
+    """The first reference (``cache=()``): ``reference = (tokens, length)`` as given, or
+    one sequence drawn from the final weights of an unconditional SMC run of ``variant``
+    (``scheme`` is ``(base, conditional)``)."""
     if reference is None:
-        key_run, key_pick = jax.random.split(key_init)
+        key_run, key_pick = jax.random.split(key)
         final, _, _ = sweep(
-            key_run, step_fn, reward_fn, prompt, init_cache, scheme=scheme[0], **common
+            key_run,
+            step_fn,
+            reward_fn,
+            prompt,
+            init_cache,
+            config=config,
+            num_particles=num_particles,
+            variant=variant,
+            ess_threshold=ess_threshold,
+            scheme=scheme[0],
+            progress_bar=progress_bar,
         )
         ref, _ = _select(key_pick, final)
     else:
@@ -104,26 +115,56 @@ def _particle_gibbs(key, step_fn, reward_fn, prompt, init_cache, reference, *, c
             log_potential=jnp.zeros(()),
             cache=(),
         )
+    return ref._replace(cache=())
+
+
+def gibbs_iteration(key, ref: SequenceState, step_fn, reward_fn, prompt, init_cache, *,
+                    config: Config, num_particles, variant, scheme, ess_threshold,
+                    progress_bar=None):  # fmt: skip
+    """One particle Gibbs iteration: a conditional SMC sweep of ``variant`` with ``ref`` in
+    slot 0, then the next reference drawn from the final weights.
+
+    Returns ``(new_ref, (tokens, length, log_potential, changed, ess, failed))``, the new
+    reference with ``cache=()``.
+    """
+    key_run, key_pick = jax.random.split(key)
+    final, _, info = sweep(
+        key_run,
+        step_fn,
+        reward_fn,
+        prompt,
+        init_cache,
+        config=config,
+        num_particles=num_particles,
+        variant=variant,
+        ess_threshold=ess_threshold,
+        scheme=scheme[1],
+        reference=ref,
+        progress_bar=progress_bar,
+    )
+    new, failed = _select(key_pick, final)
+    changed = jnp.any(new.tokens != ref.tokens) | (new.length != ref.length)
+    new = new._replace(cache=())
+    return new, (new.tokens, new.length, new.log_potential, changed, info.ess, failed)
+
+
+@eqx.filter_jit
+def _particle_gibbs(key, step_fn, reward_fn, prompt, init_cache, reference, *, config: Config,
+                    num_particles, num_iterations, scheme, ess_threshold, variant):  # fmt: skip
+    common = dict(
+        config=config,
+        num_particles=num_particles,
+        variant=variant,
+        scheme=scheme,
+        ess_threshold=ess_threshold,
+        progress_bar=False,  # not one bar per sweep
+    )
+    key_init, key_iter = jax.random.split(key)
+    ref = initial_reference(key_init, step_fn, reward_fn, prompt, init_cache, reference, **common)
 
     def iteration(ref, key):
-        key_run, key_pick = jax.random.split(key)
-        final, _, info = sweep(
-            key_run,
-            step_fn,
-            reward_fn,
-            prompt,
-            init_cache,
-            scheme=scheme[1],
-            reference=ref,
-            **common,
-        )
-        new, failed = _select(key_pick, final)
-        changed = jnp.any(new.tokens != ref.tokens) | (new.length != ref.length)
-        new = new._replace(cache=())
-        out = (new.tokens, new.length, new.log_potential, changed, info.ess, failed)
-        return new, out
+        return gibbs_iteration(key, ref, step_fn, reward_fn, prompt, init_cache, **common)
 
-    ref = ref._replace(cache=())
     _, (tokens, lengths, log_potentials, changed, ess, failed) = jax.lax.scan(
         iteration, ref, jax.random.split(key_iter, num_iterations)
     )
@@ -184,15 +225,27 @@ def particle_gibbs(
     separator_id: int | None = None,
     max_step_tokens: int | None = None,
     max_steps: int | None = None,
+    variant: str = "exact",
 ) -> GibbsResult:
     """Particle Gibbs over sequences: a Markov chain of sequences with stationary law
-    ``p(x) phi(x) / Z``.
+    ``p(x) phi(x) / Z`` (``variant="exact"``).
 
-    Each iteration is one conditional SMC sweep of the ``"exact"`` steering model
-    (``particlekit.steering.smc``): slot 0 replays the current reference token by
-    token, the other ``N - 1`` particles are extended by the generator and weighted by
-    the reward ratio ``phi(x_{1:t}) / phi(x_{1:t-1})``, resampling is conditional (slot 0
-    keeps its own ancestor), and the next reference is drawn from the final weights.
+    Each iteration is one conditional SMC sweep of the steering model of
+    ``particlekit.steering.smc``: slot 0 replays the current reference token by token, the
+    other ``N - 1`` particles are extended by the generator and weighted by the reward
+    ratio ``phi(x_{1:t}) / phi(x_{1:t-1})`` (``"exact"``) or the current reward
+    ``phi(x_{1:t})`` (``"softmax"``), resampling is conditional (slot 0 keeps its own
+    ancestor), and the next reference is drawn from the final weights (Andrieu, Doucet &
+    Holenstein 2010; with ``"softmax"``, Algorithm 2 of Puri et al. 2025).
+
+    Conditional SMC leaves the target of its own Feynman–Kac model invariant, so the
+    chain's stationary law is that of the variant's SMC: ``p(x) phi(x) / Z`` for
+    ``"exact"``; for token-level ``"softmax"``, ``p(x) prod_{t=1}^T phi(x_{1:min(t,|x|)})
+    / Z'`` (``particlekit.steering.enumerate_sequences(..., variant="softmax")``), which
+    over-weights early rewards and is NOT ``p(x) phi(x) / Z``. At step level the softmax
+    sweeps stop once every particle has finished, so the number of reward factors depends
+    on the whole population and the softmax chain's stationary law has no closed form: a
+    heuristic, like the softmax SMC it iterates.
 
     Parameters
     ----------
@@ -217,6 +270,9 @@ def particle_gibbs(
         residual).
     ess_threshold : float in [0, 1]
         Resample when ``ESS < ess_threshold * N`` (default every step).
+    variant : {"exact", "softmax"}
+        The weighting of the sweeps, as in ``particlekit.steering.smc`` (the stationary
+        law above). ``"exact"`` (default) targets ``p(x) phi(x) / Z``.
 
     Returns
     -------
@@ -244,7 +300,7 @@ def particle_gibbs(
         eos_id=eos_id,
         prompt=prompt,
         init_cache=init_cache,
-        variant="exact",
+        variant=variant,
         separator_id=separator_id,
         max_step_tokens=max_step_tokens,
         max_steps=max_steps,
@@ -269,4 +325,5 @@ def particle_gibbs(
         num_iterations=int(num_iterations),
         scheme=(base, conditional),
         ess_threshold=float(ess_threshold),
+        variant=variant,
     )

@@ -15,14 +15,16 @@ whose NFE fits in ``B`` (the ``K`` column), counted from what the recipes evalua
 once with a counting network):
 
 * plain sampling and best-of-k: ``k K``;
-* FK steering with the ``"x0"`` intermediate reward: ``k (K + P)``, ``P`` the potential steps
-  before the last one (each needs the Tweedie prediction at the new state; the last step
-  scores ``x_0`` itself);
+* FK steering with the ``"x0"`` intermediate reward: ``k K`` (a potential step predicts the
+  noise at the new state for its Tweedie reward, and the next move reuses that prediction;
+  the last step scores ``x_0`` itself). Before 2026-12-03 ``fk_steering`` evaluated the
+  network again there, ``k (K + P)`` with ``P`` the potential steps before the last one,
+  and the results below from before that date were measured at that cost;
 * SVDD with one particle and ``M = k`` children: ``(K - 1)(1 + M) + 1`` (one evaluation at
   the parent, one per child for its value);
 * the gradient-guided proposal: 3 per particle and step (the kernel mean, and a forward and
   a backward pass for ``grad_x r(x0_hat(x_t))``; XLA merges the repeated evaluations at the
-  same input), plus ``P`` as FK steering;
+  same input), plus ``P``, the potential steps before the last one (no reuse here);
 * rollover budget forcing: one chain given the whole budget ``k K0`` over ``K0`` steps (it
   counts one evaluation per candidate and may leave some unused).
 
@@ -126,8 +128,8 @@ def methods_for(model, args, *, full: bool) -> list[Method]:
     every, window, lmbda = args.resample_every, (0.0, args.window), args.lmbda
     fk_kw = dict(lmbda=lmbda, resample_every=every, resample_window=window, progress_bar=False)
 
-    def fk_nfe(k, K):
-        return k * (K + num_potentials(K, every, window))
+    def fk_nfe(k, K):  # the next move reuses the Tweedie prediction of a potential step
+        return k * K
 
     def fk_calls(k, K):
         return k * (num_potentials(K, every, window) + 1)
@@ -177,7 +179,7 @@ def methods_for(model, args, *, full: bool) -> list[Method]:
 
         out.append(
             Method("FK difference, every step, interval",
-                   lambda k, K: k * (K + num_potentials(K, 1, window)), fk_every,
+                   lambda k, K: k * K, fk_every,
                    group="fk-every",
                    classifier_calls=lambda k, K: k * (num_potentials(K, 1, window) + 1)),
         )  # fmt: skip
@@ -440,7 +442,7 @@ def overhead(model, classifier, args, k=16, repeats=15, batch=64):
     runs and for batches of runs under ``jax.vmap``."""
     every, window = args.resample_every, (0.0, args.window)
     K0 = args.steps
-    K_fk = largest_steps(lambda K: K + num_potentials(K, every, window), K0)
+    K_fk = largest_steps(lambda K: K, K0)  # potential steps cost no extra NFE
     fk_kw = dict(num_particles=k, lmbda=args.lmbda, resample_every=every, progress_bar=False)
 
     def one_run(reward):
@@ -466,8 +468,7 @@ def overhead(model, classifier, args, k=16, repeats=15, batch=64):
             ),
         }
 
-    nfe = [k * K0, k * K0, k * K0, k * (K_fk + num_potentials(K_fk, every, window)),
-           k * (K0 + num_potentials(K0, every, window))]  # fmt: skip
+    nfe = [k * K0, k * K0, k * K0, k * K_fk, k * K0]
     single = one_run(ClassReward(classifier, jnp.asarray(3)))
     names = list(single)
     plain_name, fk_name = names[0], names[3]

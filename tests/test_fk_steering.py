@@ -234,3 +234,28 @@ def test_best_of_n_and_svdd_improve_reward():
     # picking the best of 8 children at every step must raise the mean reward a lot
     se = jnp.std(bon.rewards) / 8.0
     assert float(jnp.mean(sv.rewards)) > float(base) + 5 * float(se)
+
+
+@pytest.mark.parametrize("potential", ["difference", "max"])
+def test_x0_reward_reuses_the_tweedie_prediction_in_the_next_move(potential):
+    """With ``intermediate_reward="x0"`` a potential step predicts ``eps_hat(x_s, s)`` for
+    its reward and the next move reuses it (one network evaluation per step instead of
+    two). The same run with the reward given as a callable of ``(x_t, t)``, which does not
+    reuse anything, must give the same samples and weights: a stale prediction (another
+    state or time) would change them."""
+    model = pk.diffusion.pretrained.digits_diffusion()
+    clf = pk.diffusion.pretrained.digits_classifier()
+    reward = pk.diffusion.pretrained.class_log_prob_reward(clf, 3)
+    kw = dict(num_particles=8, num_steps=12, lmbda=1.0, potential=potential,
+              resample_every=2, progress_bar=False)  # fmt: skip
+    reused = pk.diffusion.fk_steering(jax.random.key(0), model, reward, **kw)
+    direct = pk.diffusion.fk_steering(
+        jax.random.key(0), model, reward,
+        intermediate_reward=lambda x, t: reward(model.x0(x, t)), **kw,
+    )  # fmt: skip
+    np.testing.assert_allclose(reused.samples, direct.samples, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(reused.log_weights, direct.log_weights, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        reused.intermediate_rewards, direct.intermediate_rewards, rtol=1e-4, atol=1e-4
+    )
+    assert np.asarray(reused.resampled).any()

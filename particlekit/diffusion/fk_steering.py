@@ -141,6 +141,7 @@ class _Particle(NamedTuple):
     log_increment: jax.Array  # log G of the current step: log p/q + lmbda phi
     reward: jax.Array  # reward computed this step (NaN if none)
     alive: jax.Array  # every move so far gave a finite x (else x is the last finite one)
+    eps: jax.Array  # eps_hat(x, t) when this step's "x0" reward computed it, else zeros
 
 
 class _Info(NamedTuple):
@@ -278,11 +279,18 @@ def _fk_steering(
     def sample_init(k):
         z = jnp.zeros((), dtype)
         x = model.sample_prior(k)
-        return _Particle(x, z, z + agg0, z, z, z + jnp.nan, jnp.all(jnp.isfinite(x)))
+        return _Particle(x, z, z + agg0, z, z, z + jnp.nan, jnp.all(jnp.isfinite(x)),
+                         jnp.zeros_like(x))  # fmt: skip
 
-    def propagate(k, x, t, s):
+    # the "x0" reward of a potential step predicts eps_hat(x_s, s); the next move reuses it
+    # instead of calling the network again on the same input
+    reuse_eps = intermediate == "x0" and proposal is None
+
+    def propagate(k, x, t, s, eps=None):
         if proposal is None:
-            return model.reverse_step(k, x, t, s, sampler=sampler, eta=eta), jnp.zeros((), dtype)
+            mean, var = model.reverse_mean_var(x, t, s, sampler=sampler, eta=eta, eps=eps)
+            noise = jax.random.normal(k, jnp.shape(x), mean.dtype)
+            return mean + jnp.sqrt(var) * noise, jnp.zeros((), dtype)
         mean, var = model.reverse_mean_var(x, t, s, sampler=sampler, eta=eta)
         q = proposal(x, t, s)
         x_q = q.sample(k)
@@ -294,41 +302,55 @@ def _fk_steering(
         return jnp.where(ok, new, old)
 
     def move_fn(key, p: _Particle, inputs):
-        (t, s, is_pot, is_final), dead = inputs
+        (t, s, is_pot, is_final, has_eps), dead = inputs
         k_move, k_rew = jax.random.split(key)
         n = p.x.shape[0]
-        x, log_pq = jax.vmap(propagate, in_axes=(0, 0, None, None))(
-            jax.random.split(k_move, n), p.x, t, s
-        )
+        keys = jax.random.split(k_move, n)
+        if reuse_eps:
+            eps = jax.lax.cond(
+                has_eps, lambda: p.eps, lambda: jax.vmap(model.eps, in_axes=(0, None))(p.x, t)
+            )
+            x, log_pq = jax.vmap(propagate, in_axes=(0, 0, None, None, 0))(keys, p.x, t, s, eps)
+        else:
+            x, log_pq = jax.vmap(propagate, in_axes=(0, 0, None, None))(keys, p.x, t, s)
         # a move to a non-finite state (a NaN model output) is not taken: the particle
         # keeps its finite state and dies (a NaN potential now, counted once)
         ok = p.alive & jax.vmap(lambda z: jnp.all(jnp.isfinite(z)))(x)
         x = jax.vmap(keep_finite)(ok, x, p.x)
 
+        no_eps = jnp.zeros_like(x)
+
         def with_potential(_):
             def final_reward(_):
-                return jax.vmap(reward_fn)(x).astype(dtype)
+                return jax.vmap(reward_fn)(x).astype(dtype), no_eps
 
             def inter_reward(_):
+                if reuse_eps:
+                    eps_s = jax.vmap(model.eps, in_axes=(0, None))(x, s)
+                    a, sd = model._coefs(s)
+                    r = jax.vmap(reward_fn)((x - sd * eps_s) / a)  # reward of x0_hat(x, s)
+                    return r.astype(dtype), eps_s
                 keys = jax.random.split(k_rew, n)
-                return jax.vmap(r_inter, in_axes=(0, 0, None))(keys, x, s).astype(dtype)
+                r = jax.vmap(r_inter, in_axes=(0, 0, None))(keys, x, s)
+                return r.astype(dtype), no_eps
 
-            r = jax.lax.cond(is_final, final_reward, inter_reward, None)
+            r, eps_s = jax.lax.cond(is_final, final_reward, inter_reward, None)
             phi, agg = _update(potential, p, r)
             phi = jnp.where(is_final, r - p.total, phi)  # the final correction
-            return r, agg, p.total + phi, lmbda * phi
+            return r, agg, p.total + phi, lmbda * phi, eps_s
 
         def without_potential(_):
-            return jnp.full((n,), jnp.nan, dtype), p.agg, p.total, jnp.zeros((n,), dtype)
+            nan = jnp.full((n,), jnp.nan, dtype)
+            return nan, p.agg, p.total, jnp.zeros((n,), dtype), no_eps
 
-        r, agg, total, log_g = jax.lax.cond(is_pot, with_potential, without_potential, None)
+        r, agg, total, log_g, eps_s = jax.lax.cond(is_pot, with_potential, without_potential, None)
         r = jnp.where(ok, r, jnp.nan)
         r_last = jnp.where(is_pot, r, p.r_last)
         # NaN for a particle that dies now (zero weight, counted); -inf (zero weight, not
         # counted again) for one that was already dead, by its move or by its weight
         log_increment = jnp.where(ok, log_pq + log_g, jnp.where(p.alive, jnp.nan, -jnp.inf))
         log_increment = jnp.where(dead, -jnp.inf, log_increment)
-        return _Particle(x, r_last, agg, total, log_increment, r, ok)
+        return _Particle(x, r_last, agg, total, log_increment, r, ok, eps_s)
 
     resample_kernel = kernels.resample(scheme, ess_threshold)
     move_and_weight = kernels.chain(
@@ -337,7 +359,7 @@ def _fk_steering(
     )
 
     def step(key, state, inputs):
-        _, _, is_pot, is_final = inputs
+        _, _, is_pot, is_final, _ = inputs
         k_mw, k_res = jax.random.split(key)
         # zero-weight particles (and all, once the run failed) stay dead uncounted
         dead = (state.log_weights == -jnp.inf) | (state.log_evidence == -jnp.inf)
@@ -358,7 +380,9 @@ def _fk_steering(
 
     k_init, k_run = jax.random.split(key)
     state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
-    inputs = (ts, ss, mask, final_flags)
+    # eps_hat(x_t, t) is known at step k when step k - 1 was a non-final potential step
+    has_eps = jnp.concatenate([jnp.zeros((1,), bool), mask[:-1]])
+    inputs = (ts, ss, mask, final_flags, has_eps)
     final, trace = run(
         k_run, step, state, inputs, keep_history=False, sharding=sharding,
         progress_bar=progress_bar,

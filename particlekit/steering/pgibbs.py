@@ -21,6 +21,7 @@ import numpy as np
 
 from particlekit.kernels import check_key, check_num_particles
 from particlekit.resampling import get_conditional_scheme, get_scheme, sanitize_log_weights
+from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.steering.sequences import Config, SequenceState, check_config
 from particlekit.steering.smc import sweep
 
@@ -150,7 +151,9 @@ def gibbs_iteration(key, ref: SequenceState, step_fn, reward_fn, prompt, init_ca
 
 @eqx.filter_jit
 def _particle_gibbs(key, step_fn, reward_fn, prompt, init_cache, reference, *, config: Config,
-                    num_particles, num_iterations, scheme, ess_threshold, variant):  # fmt: skip
+                    num_particles, num_iterations, scheme, ess_threshold, variant,
+                    progress_bar=False):  # fmt: skip
+    tick = progress_bar_callback(num_iterations, "particle Gibbs") if progress_bar else None
     common = dict(
         config=config,
         num_particles=num_particles,
@@ -162,12 +165,14 @@ def _particle_gibbs(key, step_fn, reward_fn, prompt, init_cache, reference, *, c
     key_init, key_iter = jax.random.split(key)
     ref = initial_reference(key_init, step_fn, reward_fn, prompt, init_cache, reference, **common)
 
-    def iteration(ref, key):
+    def iteration(ref, inputs):
+        i, key = inputs
+        if tick is not None:
+            tick(i)
         return gibbs_iteration(key, ref, step_fn, reward_fn, prompt, init_cache, **common)
 
-    _, (tokens, lengths, log_potentials, changed, ess, failed) = jax.lax.scan(
-        iteration, ref, jax.random.split(key_iter, num_iterations)
-    )
+    steps = (jnp.arange(num_iterations), jax.random.split(key_iter, num_iterations))
+    _, (tokens, lengths, log_potentials, changed, ess, failed) = jax.lax.scan(iteration, ref, steps)
     return GibbsResult(
         sequences=tokens,
         lengths=lengths,
@@ -226,6 +231,7 @@ def particle_gibbs(
     max_step_tokens: int | None = None,
     max_steps: int | None = None,
     variant: str = "exact",
+    progress_bar: bool | None = None,
 ) -> GibbsResult:
     """Particle Gibbs over sequences: a Markov chain of sequences with stationary law
     ``p(x) phi(x) / Z`` (``variant="exact"``).
@@ -273,6 +279,9 @@ def particle_gibbs(
     variant : {"exact", "softmax"}
         The weighting of the sweeps, as in ``particlekit.steering.smc`` (the stationary
         law above). ``"exact"`` (default) targets ``p(x) phi(x) / Z``.
+    progress_bar : bool, optional
+        A tqdm bar over the iterations; ``None`` (default): shown when standard error is a
+        terminal.
 
     Returns
     -------
@@ -326,4 +335,5 @@ def particle_gibbs(
         scheme=(base, conditional),
         ess_threshold=float(ess_threshold),
         variant=variant,
+        progress_bar=resolve_progress_bar(progress_bar),
     )

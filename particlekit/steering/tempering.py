@@ -32,6 +32,7 @@ import numpy as np
 
 from particlekit.kernels import check_key, check_num_particles
 from particlekit.resampling import get_conditional_scheme, get_scheme
+from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.steering.pgibbs import gibbs_iteration, initial_reference
 from particlekit.steering.sequences import Config, SequenceState, check_config
 
@@ -102,7 +103,8 @@ def _swap(key, refs: SequenceState, betas, parity, do_swap):
 @eqx.filter_jit
 def _parallel_tempering(key, step_fn, reward_fn, prompt, init_cache, temperatures, *,
                         config: Config, num_particles, num_iterations, swap_every, scheme,
-                        ess_threshold):  # fmt: skip
+                        ess_threshold, progress_bar=False):  # fmt: skip
+    tick = progress_bar_callback(num_iterations, "parallel tempering") if progress_bar else None
     num_chains = temperatures.shape[0]
     betas = 1.0 / temperatures
     common = dict(
@@ -134,6 +136,8 @@ def _parallel_tempering(key, step_fn, reward_fn, prompt, init_cache, temperature
 
     def iteration(refs, inputs):
         i, key = inputs
+        if tick is not None:
+            tick(i)
         key_move, key_swap = jax.random.split(key)
         keys = jax.random.split(key_move, num_chains)
         refs, (changed, ess, failed) = jax.vmap(move)(keys, refs, betas)
@@ -201,6 +205,7 @@ def parallel_tempering(
     swap_every: int = 1,
     resampling: str = "systematic",
     ess_threshold: float = 1.0,
+    progress_bar: bool | None = None,
 ) -> TemperingResult:
     """Parallel tempering of particle Gibbs chains over sequences (Puri et al. 2025,
     Algorithm 3, with the exact weighting): chain ``j`` has stationary law
@@ -241,6 +246,9 @@ def parallel_tempering(
         residual).
     ess_threshold : float in [0, 1]
         Resample when ``ESS < ess_threshold * N`` (default every step).
+    progress_bar : bool, optional
+        A tqdm bar over the iterations; ``None`` (default): shown when standard error is a
+        terminal.
 
     Returns
     -------
@@ -313,4 +321,5 @@ def parallel_tempering(
         swap_every=int(swap_every),
         scheme=(base, conditional),
         ess_threshold=float(ess_threshold),
+        progress_bar=resolve_progress_bar(progress_bar),
     )

@@ -24,3 +24,14 @@ if _CACHE:
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture(params=["installed", "arviz>=1"])
+def api(request, monkeypatch):
+    """The installed ArviZ, and the ``xarray.DataTree`` path of arviz >= 1 (by patching
+    ``particlekit.arviz.arviz_major_version``), for the converter tests."""
+    if request.param == "arviz>=1":
+        import particlekit as pk
+
+        monkeypatch.setattr(pk.arviz, "arviz_major_version", lambda: 1)
+    return request.param

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import xarray as xr
+from arviz_checks import check_container, group, groups, stack
 
 import particlekit as pk
 
@@ -32,34 +33,6 @@ def reward(tokens, length):
 
 def letters(tokens) -> str:
     return "".join(LETTERS[int(i)] for i in tokens)
-
-
-@pytest.fixture(params=["installed", "arviz>=1"])
-def api(request, monkeypatch):
-    """The installed ArviZ, and the DataTree path of arviz >= 1."""
-    if request.param == "arviz>=1":
-        monkeypatch.setattr(pk.arviz, "arviz_major_version", lambda: 1)
-    return request.param
-
-
-def groups(data) -> set:
-    return set(data.children) if hasattr(data, "children") else set(data.groups())
-
-
-def group(data, name):
-    return data[name] if hasattr(data, "children") else getattr(data, name)
-
-
-def check_container(data, api):
-    if api == "arviz>=1" or pk.arviz.arviz_major_version() >= 1:
-        assert isinstance(data, xr.DataTree)
-    else:
-        assert isinstance(data, az.InferenceData)
-
-
-def stack(results):
-    """Independent runs stacked on a leading axis, as ``jax.vmap`` would give them."""
-    return jax.tree.map(lambda *a: jnp.stack(a), *results)
 
 
 def float_values(data):

@@ -66,9 +66,9 @@ context of 32, 128 and 512 positions, ``pk.steering.smc`` with 16 particles and 
 at every token.
 
 Run: ``python benchmarks/bench_lm_steering.py [--quick] [--problems 128] [--out FILE.json]``
-(128 problems by default, to stay near 25 minutes on 2 shared cores: 61 compilations of
-8-20 s each take most of it; ``--quick``: 32 problems, N = 4, 16, about 8 minutes there, also
-compile-bound).
+(128 problems by default, to stay near 25 minutes on 2 shared cores: 18-25 minutes there, of
+which the 61 compilations of 5-20 s each take about 9; ``--quick``: 32 problems, N = 4, 16,
+about 10 minutes at load 7, compile-bound).
 """
 
 from __future__ import annotations

@@ -510,6 +510,9 @@ class NoEos(eqx.Module):
     fn: eqx.Module
     cached: bool = eqx.field(static=True)
 
+    def select_cache(self, keep, old, new):
+        return self.fn.select_cache(keep, old, new)
+
     def __call__(self, tokens, length, *cache):
         if self.cached:
             logits, new = self.fn(tokens, length, *cache)

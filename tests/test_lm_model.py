@@ -198,6 +198,44 @@ def test_bad_input():
                         init_cache=cache)  # fmt: skip
 
 
+class _FullSelect(eqx.Module):
+    """``SteeringLM`` without its ``select_cache``: ``smc`` then freezes a particle by
+    selecting every leaf of its cache."""
+
+    lm: transformer.SteeringLM
+
+    def __call__(self, tokens, length, cache):
+        return self.lm(tokens, length, cache)
+
+
+@pytest.mark.parametrize("separator", [None, 5])
+def test_select_cache_equals_full_select(separator):
+    """``SteeringLM.select_cache`` keeps only a frozen particle's position: runs where
+    particles finish (end token 3) and, at step level, wait for the others at separator 5
+    give the same sequences, weights and log Z as freezing the whole cache, and no particle
+    fails (a stale cache would give NaN logits)."""
+    model = _small(jax.random.key(3))
+    prompt = jnp.array([1, 2], jnp.int32)
+    lm, cache = transformer.steering_model(model, prompt)
+    assert callable(getattr(lm, "select_cache", None))
+
+    def run(step_fn):
+        return pk.steering.smc(
+            jax.random.key(4), step_fn, lambda t, n: 0.1 * jnp.sum(t == 7), num_particles=16,
+            max_length=10, eos_id=3, prompt=prompt, init_cache=cache, separator_id=separator,
+            ess_threshold=1.0, progress_bar=False,
+        )  # fmt: skip
+
+    fast, full = run(lm), run(_FullSelect(lm))
+    assert int(fast.num_nonfinite.sum()) == 0 and not bool(fast.failed)
+    lengths = np.asarray(fast.lengths)
+    assert lengths.min() < lengths.max()  # particles did finish at different times
+    np.testing.assert_array_equal(fast.sequences, full.sequences)
+    np.testing.assert_array_equal(fast.lengths, full.lengths)
+    np.testing.assert_allclose(fast.log_weights, full.log_weights, rtol=1e-6)
+    np.testing.assert_allclose(fast.log_evidence, full.log_evidence, rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------- shipped models
 # every sampling call below draws 256 sequences: one compilation serves them all
 HELD_OUT = task.heldout_problems(256)

@@ -307,17 +307,17 @@ def _step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache
     x = model.token_embedding[jnp.clip(token, 0, cfg.vocab_size - 1)]
     x = (x + model.position_embedding[here])[None]
     mask = (jnp.arange(cfg.context_length) <= here)[None]
-    keys, values = [], []
+    # one in-place update of the stacked cache per layer (no per-layer slices re-stacked:
+    # that would copy the whole cache at every token)
+    keys, values = cache.keys, cache.values
     for i, block in enumerate(model.blocks):  # static: the layers
         q, k, v = block.project(x)
-        layer_keys = jax.lax.dynamic_update_slice(cache.keys[i], k, (here, 0, 0))
-        layer_values = jax.lax.dynamic_update_slice(cache.values[i], v, (here, 0, 0))
-        x = block.finish(x, q, layer_keys, layer_values, mask)
-        keys.append(layer_keys)
-        values.append(layer_values)
+        keys = jax.lax.dynamic_update_slice(keys, k[None], (i, here, 0, 0))
+        values = jax.lax.dynamic_update_slice(values, v[None], (i, here, 0, 0))
+        x = block.finish(x, q, keys[i], values[i], mask)
     logits = model.head(model.norm(x[0]))
     logits = jnp.where(valid, logits, jnp.nan)
-    return logits, KVCache(jnp.stack(keys), jnp.stack(values), pos + 1)
+    return logits, KVCache(keys, values, pos + 1)
 
 
 def generate(model: Transformer, key, prompt, max_new_tokens: int, *, eos_id: int,
@@ -434,6 +434,14 @@ class SteeringLM(eqx.Module):
         if prompt.shape[0] < 1:
             raise ValueError("the prompt must have at least one token")
         return prefill(self.model, prompt[:-1])
+
+    def select_cache(self, keep, old: KVCache, new: KVCache) -> KVCache:
+        """The cache of a particle that must not move (``keep``): ``old``'s position with
+        ``new``'s entries. ``smc`` calls a step for every particle and freezes the finished
+        or waiting ones; their write at ``old.position`` is unused (attention reads only
+        positions below the position) and is overwritten by the particle's next token, so
+        no whole cache is selected or copied."""
+        return new._replace(position=jnp.where(keep, old.position, new.position))
 
     def __call__(self, tokens, length, cache: KVCache):
         context = self.model.config.context_length

@@ -244,6 +244,7 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
     for ``particlekit.move``.
     """
     total, eos = config.total_length, config.eos_id
+    select_cache = cache_selector(step_fn) if config.has_cache else lambda keep, old, new: ()
 
     def propose(key, x: SequenceState):
         if config.has_cache:
@@ -268,9 +269,10 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
             length=length,
             finished=(token == eos) | (length >= total),
             log_potential=log_potential,
-            cache=cache,
+            cache=(),
         )
-        return jax.tree.map(lambda a, b: jnp.where(x.finished, a, b), x, new)
+        kept = jax.tree.map(lambda a, b: jnp.where(x.finished, a, b), x._replace(cache=()), new)
+        return kept._replace(cache=select_cache(x.finished, x.cache, cache))
 
     def draw(key, xs: SequenceState):
         n = xs.length.shape[0]
@@ -313,7 +315,12 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
             key, key_draw = jax.random.split(key)
             tokens, caches, ok = draw(key_draw, xs)
             new = jax.vmap(extend_token)(xs, tokens, caches)
-            xs = jax.tree.map(lambda a, b: jnp.where(_expand(active, a), a, b), new, xs)
+            cache = jax.vmap(select_cache)(~active, xs.cache, new.cache)
+            xs = jax.tree.map(
+                lambda a, b: jnp.where(_expand(active, a), a, b),
+                new._replace(cache=()),
+                xs._replace(cache=()),
+            )._replace(cache=cache)
             bad = bad | (active & ~ok)
             stop = new.finished | (tokens == config.separator_id) | ~ok
             return i + 1, key, xs, active & ~stop, bad
@@ -328,6 +335,21 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
         return moved._replace(log_potential=log_potential)
 
     return step_fn_level
+
+
+def cache_selector(step_fn):
+    """How a particle that does not move keeps its cache: ``select(keep, old, new)`` for one
+    particle, given the cache before and after a step that the particle must not take.
+
+    The step function's own ``select_cache`` method when it has one, else every leaf of
+    ``old`` where ``keep``. Selecting whole caches reads and writes all of them at every
+    token; a key/value cache whose entries past its position are unused only needs its
+    position kept (``particlekit.lm.transformer.SteeringLM.select_cache``): the stale entry
+    a frozen particle wrote at its position is overwritten by its next real token."""
+    custom = getattr(step_fn, "select_cache", None)
+    if callable(custom):
+        return custom
+    return lambda keep, old, new: jax.tree.map(lambda a, b: jnp.where(keep, a, b), old, new)
 
 
 def _expand(mask, leaf):

@@ -119,6 +119,7 @@ __all__ = [
     "from_rollover",
     "from_sequence_steering",
     "from_sequence_gibbs",
+    "from_sequence_tempering",
 ]
 
 
@@ -1349,5 +1350,179 @@ def from_sequence_gibbs(result, *, burn_in: int = 0, eos_id: int | None = None, 
         _with_chain({"tokens": np.asarray(result.initial_sequence)}, batched),
         ["chain", "position"],
         attrs,
+    )
+    return wrap_groups(groups, attrs)
+
+
+def from_sequence_tempering(result, *, burn_in: int = 0, eos_id: int | None = None, decode=None):
+    """Convert a ``TemperingResult`` (``particlekit.steering.parallel_tempering``; one run,
+    or a ``jax.vmap`` batch of runs: one chain each) to ArviZ.
+
+    The cold chain, at the lowest temperature (the first if several are equal; usually
+    ``temperatures[0] = 1.0``), is the one whose references target ``p(x) phi(x) / Z``
+    (``p(x) phi(x)^{1 / tau} / Z`` for a lowest temperature ``tau != 1``): its reference
+    after iteration ``k`` is draw ``k`` of ``posterior``, as in ``from_sequence_gibbs``.
+    The hot chains are auxiliary; every temperature's chain, the cold one included, is
+    kept in the ``tempering`` group, indexed as in the result.
+
+    - ``posterior``: the cold chain's references ``tokens`` (int32, dims
+      ``(chain, draw, position)``, padded with the end token after ``length``) and
+      ``length`` ``(chain, draw)``; with ``eos_id`` also ``ended`` (closed by the end
+      token, not truncated);
+    - ``sample_stats``: the cold chain's ``log_potential`` (untempered ``log phi`` of the
+      reference) and ``changed`` (its Gibbs move selected another sequence; swaps not
+      counted), dims ``(chain, draw)``, ``ess`` of each step of its conditional SMC sweep
+      ``(chain, draw, step)``, ``swapped`` (the swap of each neighbouring pair ``(j, j + 1)``
+      after the iteration was proposed and accepted) ``(chain, draw, pair)``, with
+      ``decode`` the ``text`` of the reference ``(chain, draw)``, and ``failed`` (some
+      sweep, at any temperature, had every weight zero) ``(chain,)``;
+    - ``warmup_posterior``, ``warmup_sample_stats``: the first ``burn_in`` iterations
+      (when ``burn_in > 0``), as ``posterior`` and ``sample_stats``;
+    - ``tempering``: every iteration (burn-in included) of every temperature: ``tokens``
+      ``(chain, temperature, iteration, position)``, ``length``, ``log_potential``,
+      ``changed`` (and ``ended``, ``text`` as above) ``(chain, temperature, iteration)``,
+      ``ess`` ``(chain, temperature, iteration, step)``, ``swapped``
+      ``(chain, iteration, pair)`` and the ``temperatures`` ``(chain, temperature)``;
+    - ``initial``: the starting references ``tokens`` ``(chain, temperature, position)``
+      and their ``length`` ``(chain, temperature)``.
+
+    The attributes hold ``burn_in``, ``num_iterations``, ``num_temperatures``,
+    ``temperatures``, ``cold_index`` (the temperature index of ``posterior``),
+    ``swap_acceptance`` (the accepted fraction of the proposed swaps of each pair over the
+    whole run; NaN for a pair never proposed, e.g. the odd pairs when only one swap move
+    was made, which is why it is an attribute and not a variable) and ``failed`` (0 / 1);
+    for a batch each is a list over the chains.
+
+    Parameters
+    ----------
+    result : particlekit.steering.TemperingResult
+    burn_in : int
+        Iterations put in the warm-up groups (default 0: all in ``posterior``).
+    eos_id : int, optional
+        The end token given to ``parallel_tempering``: adds ``ended``.
+    decode : callable, optional
+        ``decode(tokens) -> str`` for ``tokens[:length]`` of one sequence, e.g.
+        ``particlekit.lm.task.decode``; the texts are the string variable ``text`` of
+        ``sample_stats`` and ``tempering`` (kept out of ``posterior``, where ArviZ's
+        numerical summaries would fail on them).
+
+    Returns
+    -------
+    arviz.InferenceData or xarray.DataTree
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> gen = pk.steering.toy_generator()          # letters 0, 1, 2 and end token 3
+    >>> def reward(tokens, length):                # favour sequences with many 0s
+    ...     return 2.0 * jnp.sum((tokens == 0) & (jnp.arange(tokens.shape[0]) < length))
+    >>> pt = pk.steering.parallel_tempering(
+    ...     jax.random.key(0), gen, reward, num_particles=4, num_iterations=20,
+    ...     temperatures=[1.0, 2.0, 4.0], max_length=4, eos_id=3)
+    >>> data = pk.arviz.from_sequence_tempering(
+    ...     pt, burn_in=5, eos_id=3, decode=lambda t: "".join("abc$"[i] for i in t))
+    >>> data["posterior"]["tokens"].shape, data["sample_stats"]["swapped"].dims
+    ((1, 15, 4), ('chain', 'draw', 'pair'))
+    >>> data["tempering"]["log_potential"].dims, data.attrs["cold_index"]
+    (('chain', 'temperature', 'iteration'), 0)
+    >>> len(data.attrs["swap_acceptance"])           # pairs (1, 2) and (2, 4)
+    2
+    """
+    _check_decode(decode)
+    batched = _is_batched(result.failed, 0, "TemperingResult")
+    lengths = _with_chain({"v": np.asarray(result.lengths)}, batched)["v"]  # (C, J, K)
+    num_chains, num_temperatures, num_iterations = lengths.shape
+    if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)):
+        raise ValueError(f"burn_in must be an integer in [0, {num_iterations}), got {burn_in!r}")
+    if not 0 <= int(burn_in) < num_iterations:
+        raise ValueError(f"burn_in must be in [0, {num_iterations}), got {burn_in}")
+    burn_in = int(burn_in)
+    if eos_id is not None and (
+        isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer))
+    ):
+        raise ValueError(f"eos_id must be an integer token id or None, got {eos_id!r}")
+    temperatures = np.asarray(result.temperatures)
+    cold = np.argmin(_with_chain({"t": temperatures}, batched)["t"], axis=-1)  # (C,)
+    attrs = _attrs(
+        "TemperingResult",
+        burn_in=burn_in,
+        num_iterations=num_iterations,
+        num_temperatures=num_temperatures,
+        temperatures=temperatures.tolist(),
+        cold_index=_per_run(cold if batched else cold[0], batched),
+        swap_acceptance=np.asarray(result.swap_acceptance, np.float64).tolist(),
+        failed=_per_run(result.failed, batched),
+    )
+    tokens = np.asarray(result.sequences)
+    chains = {
+        "tokens": tokens,
+        "length": np.asarray(result.lengths),
+        "log_potential": np.asarray(result.log_potentials),
+        "changed": np.asarray(result.changed),
+        "ess": np.asarray(result.ess),
+    }
+    if eos_id is not None:
+        last = np.take_along_axis(tokens, np.clip(chains["length"] - 1, 0, None)[..., None], -1)
+        chains["ended"] = last[..., 0] == int(eos_id)
+    if decode is not None:
+        chains["text"] = _decoded(decode, tokens, result.lengths)
+    chains = _with_chain(chains, batched)  # (C, J, K, ...)
+    swapped = _with_chain({"swapped": np.asarray(result.swapped)}, batched)["swapped"]
+    rows = np.arange(num_chains)
+    cold_chain = {name: value[rows, cold] for name, value in chains.items()}  # (C, K, ...)
+    draws = {name: cold_chain[name] for name in ("tokens", "length", "ended") if name in cold_chain}
+    stats = {
+        name: cold_chain[name]
+        for name in ("log_potential", "changed", "ess", "text")
+        if name in cold_chain
+    }
+    stats["swapped"] = swapped
+    dims = {
+        "tokens": ["chain", "draw", "position"],
+        "ess": ["chain", "draw", "step"],
+        "swapped": ["chain", "draw", "pair"],
+    }
+
+    def part(variables, sl):
+        return {name: value[:, sl] for name, value in variables.items()}
+
+    kept = slice(burn_in, None)
+    groups: dict = {"posterior": _group(part(draws, kept), ["chain", "draw"], attrs, dims=dims)}
+    sample_stats = _group(part(stats, kept), ["chain", "draw"], attrs, dims=dims)
+    failed = np.asarray(result.failed)
+    sample_stats["failed"] = ("chain", failed if batched else failed[None])
+    groups["sample_stats"] = sample_stats
+    if burn_in:
+        warm = slice(None, burn_in)
+        groups["warmup_posterior"] = _group(part(draws, warm), ["chain", "draw"], attrs, dims=dims)
+        groups["warmup_sample_stats"] = _group(
+            part(stats, warm), ["chain", "draw"], attrs, dims=dims
+        )
+    per_temperature = ["chain", "temperature", "iteration"]
+    tempering = {
+        **chains,
+        "swapped": swapped,
+        "temperatures": _with_chain({"t": temperatures}, batched)["t"],
+    }
+    groups["tempering"] = _group(
+        tempering,
+        per_temperature,
+        attrs,
+        dims={
+            "tokens": per_temperature + ["position"],
+            "ess": per_temperature + ["step"],
+            "swapped": ["chain", "iteration", "pair"],
+            "temperatures": ["chain", "temperature"],
+        },
+    )
+    initial = {
+        "tokens": np.asarray(result.initial_sequences),
+        "length": np.asarray(result.initial_lengths),
+    }
+    groups["initial"] = _group(
+        _with_chain(initial, batched),
+        ["chain", "temperature"],
+        attrs,
+        dims={"tokens": ["chain", "temperature", "position"]},
     )
     return wrap_groups(groups, attrs)

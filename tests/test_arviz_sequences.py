@@ -1,7 +1,8 @@
 """ArviZ converters of the sequence steering results (``pk.arviz.from_sequence_steering``,
-``from_sequence_gibbs``): groups, dims and values equal to the result's fields, normalised
-weights, equally weighted draws taken from the population with the weights' frequencies,
-batches of runs (``jax.vmap`` over prompts) as chains, failed runs, decoded texts, and the
+``from_sequence_gibbs``, ``from_sequence_tempering``): groups, dims and values equal to the
+result's fields, normalised weights, equally weighted draws taken from the population with
+the weights' frequencies, batches of runs (``jax.vmap`` over prompts) as chains, failed
+runs, decoded texts, the cold chain of parallel tempering as the posterior, and the
 shipped arithmetic language model.
 
 The toy Markov generator of ``pk.steering`` (letters 0, 1, 2, end token 3) keeps the runs
@@ -91,6 +92,28 @@ def gibbs_runs():
             num_iterations=K,
             max_length=MAX_LENGTH,
             eos_id=EOS,
+        )  # fmt: skip
+        for s in range(2)
+    ]
+
+
+TEMPERATURES = (1.0, 2.0, 4.0)
+
+
+@functools.cache
+def tempering_runs(temperatures=TEMPERATURES):
+    # one compilation: the temperatures are traced, so another ladder of three reuses it
+    return [
+        pk.steering.parallel_tempering(
+            jax.random.key(s),
+            GEN,
+            reward,
+            num_particles=4,
+            num_iterations=K,
+            temperatures=temperatures,
+            max_length=MAX_LENGTH,
+            eos_id=EOS,
+            progress_bar=False,
         )  # fmt: skip
         for s in range(2)
     ]
@@ -385,6 +408,173 @@ def test_sequence_gibbs_burn_in_and_batch(api):
         pk.arviz.from_sequence_gibbs(runs[0], decode=3)
     with pytest.raises(ValueError, match="batch"):
         pk.arviz.from_sequence_gibbs(jax.tree.map(lambda a: a[None], batch))
+
+
+# ------------------------------------------------------------------------------ tempering
+def test_sequence_tempering_groups_dims_and_values(api):
+    res = tempering_runs()[0]
+    J = len(TEMPERATURES)
+    data = pk.arviz.from_sequence_tempering(res, eos_id=EOS, decode=letters)
+    check_container(data, api)
+    assert groups(data) == {"posterior", "sample_stats", "tempering", "initial"}
+    seqs, lengths = np.asarray(res.sequences), np.asarray(res.lengths)  # (J, K, L), (J, K)
+    ended = np.take_along_axis(seqs, lengths[..., None] - 1, -1)[..., 0] == EOS
+    texts = [[letters(t[:n]) for t, n in zip(seqs[j], lengths[j], strict=True)] for j in range(J)]
+    # posterior: the cold chain (temperature 1, index 0)
+    post = group(data, "posterior")
+    assert set(post.data_vars) == {"tokens", "length", "ended"}
+    assert post["tokens"].dims == ("chain", "draw", "position")
+    assert post["tokens"].shape == (1, K, MAX_LENGTH)
+    np.testing.assert_array_equal(post["tokens"].values[0], seqs[0])
+    np.testing.assert_array_equal(post["length"].values[0], lengths[0])
+    np.testing.assert_array_equal(post["ended"].values[0], ended[0])
+    stats = group(data, "sample_stats")
+    assert set(stats.data_vars) == {"log_potential", "changed", "ess", "swapped", "text", "failed"}
+    for name, field in [("log_potential", res.log_potentials), ("changed", res.changed)]:
+        assert stats[name].dims == ("chain", "draw")
+        np.testing.assert_array_equal(stats[name].values[0], np.asarray(field)[0])
+    assert stats["ess"].dims == ("chain", "draw", "step")
+    assert stats["ess"].shape == (1, K, MAX_LENGTH)
+    np.testing.assert_array_equal(stats["ess"].values[0], np.asarray(res.ess)[0])
+    assert stats["swapped"].dims == ("chain", "draw", "pair")
+    assert stats["swapped"].shape == (1, K, J - 1)
+    np.testing.assert_array_equal(stats["swapped"].values[0], res.swapped)
+    assert stats["swapped"].values.any()  # swaps happen on this run
+    assert stats["text"].values[0].tolist() == texts[0]
+    assert stats["failed"].dims == ("chain",) and stats["failed"].values.tolist() == [False]
+    # tempering: every temperature, indexed as in the result, every iteration
+    temp = group(data, "tempering")
+    assert set(temp.data_vars) == {
+        "tokens", "length", "log_potential", "changed", "ess", "ended", "text", "swapped",
+        "temperatures",
+    }  # fmt: skip
+    assert temp["tokens"].dims == ("chain", "temperature", "iteration", "position")
+    assert temp["ess"].dims == ("chain", "temperature", "iteration", "step")
+    assert temp["swapped"].dims == ("chain", "iteration", "pair")
+    assert temp["temperatures"].dims == ("chain", "temperature")
+    for name, field in [
+        ("tokens", seqs),
+        ("length", lengths),
+        ("log_potential", res.log_potentials),
+        ("changed", res.changed),
+        ("ess", res.ess),
+        ("ended", ended),
+        ("swapped", res.swapped),
+        ("temperatures", res.temperatures),
+    ]:
+        np.testing.assert_array_equal(temp[name].values[0], np.asarray(field))
+    for name in ("length", "log_potential", "changed", "ended", "text"):
+        assert temp[name].dims == ("chain", "temperature", "iteration")
+    assert temp["text"].values[0].tolist() == texts
+    initial = group(data, "initial")
+    assert initial["tokens"].dims == ("chain", "temperature", "position")
+    assert initial["length"].dims == ("chain", "temperature")
+    np.testing.assert_array_equal(initial["tokens"].values[0], res.initial_sequences)
+    np.testing.assert_array_equal(initial["length"].values[0], res.initial_lengths)
+    assert data.attrs["particlekit_result"] == "TemperingResult"
+    assert data.attrs["num_iterations"] == K and data.attrs["burn_in"] == 0
+    assert data.attrs["num_temperatures"] == J and data.attrs["cold_index"] == 0
+    assert data.attrs["temperatures"] == list(TEMPERATURES)
+    np.testing.assert_allclose(data.attrs["swap_acceptance"], res.swap_acceptance)
+    assert data.attrs["failed"] == 0
+    for name, values in float_values(data):
+        assert not np.isnan(values).any(), name
+    # without eos_id there is no end flag, without decode no text
+    plain = pk.arviz.from_sequence_tempering(res)
+    assert "ended" not in group(plain, "posterior") and "ended" not in group(plain, "tempering")
+    assert "text" not in group(plain, "sample_stats") and "text" not in group(plain, "tempering")
+    if api == "installed":
+        table = az.summary(data, kind="stats")
+        assert np.all(np.isfinite(np.asarray(table["mean"], float)))
+
+
+def test_sequence_tempering_cold_chain_is_the_lowest_temperature(api):
+    """A decreasing ladder: the cold chain is the last one; the posterior holds it."""
+    res = tempering_runs((4.0, 2.0, 1.0))[0]
+    data = pk.arviz.from_sequence_tempering(res)
+    assert data.attrs["cold_index"] == 2 and data.attrs["temperatures"] == [4.0, 2.0, 1.0]
+    np.testing.assert_array_equal(group(data, "posterior")["tokens"].values[0],
+                                  np.asarray(res.sequences)[2])  # fmt: skip
+    np.testing.assert_array_equal(group(data, "sample_stats")["log_potential"].values[0],
+                                  np.asarray(res.log_potentials)[2])  # fmt: skip
+    # in a batch, each chain's own cold index
+    cold_first = tempering_runs()[1]
+    batch = stack([res, cold_first])
+    both = pk.arviz.from_sequence_tempering(batch)
+    assert both.attrs["cold_index"] == [2, 0]
+    post = group(both, "posterior")["tokens"].values
+    np.testing.assert_array_equal(post[0], np.asarray(res.sequences)[2])
+    np.testing.assert_array_equal(post[1], np.asarray(cold_first.sequences)[0])
+
+
+def test_sequence_tempering_burn_in_batch_and_netcdf(api, tmp_path):
+    runs = tempering_runs()
+    batch = stack(runs)  # as jax.vmap over keys would give them
+    # a pair never proposed has a NaN acceptance rate: an attribute, never a variable
+    batch = batch._replace(swap_acceptance=batch.swap_acceptance.at[1, 1].set(jnp.nan))
+    data = pk.arviz.from_sequence_tempering(batch, burn_in=4, decode=letters)
+    assert groups(data) == {
+        "posterior", "sample_stats", "warmup_posterior", "warmup_sample_stats", "tempering",
+        "initial",
+    }  # fmt: skip
+    post, warm = group(data, "posterior"), group(data, "warmup_posterior")
+    assert post["tokens"].shape == (2, K - 4, MAX_LENGTH)
+    assert warm["tokens"].shape == (2, 4, MAX_LENGTH)
+    stats, warm_stats = group(data, "sample_stats"), group(data, "warmup_sample_stats")
+    assert stats["ess"].shape == (2, K - 4, MAX_LENGTH) and warm_stats["ess"].shape[1] == 4
+    assert stats["swapped"].shape == (2, K - 4, 2) and warm_stats["swapped"].shape == (2, 4, 2)
+    assert "failed" not in warm_stats and stats["failed"].shape == (2,)
+    # the tempering group keeps every iteration
+    assert group(data, "tempering")["tokens"].shape == (2, 3, K, MAX_LENGTH)
+    assert group(data, "initial")["length"].shape == (2, 3)
+    assert data.attrs["burn_in"] == 4 and data.attrs["failed"] == [0, 0]
+    assert data.attrs["cold_index"] == [0, 0]
+    assert data.attrs["temperatures"] == [list(TEMPERATURES)] * 2
+    assert np.isnan(data.attrs["swap_acceptance"][1][1])
+    for name, values in float_values(data):
+        assert not np.isnan(values).any(), name
+    for c, res in enumerate(runs):
+        whole = np.concatenate([warm["tokens"].values[c], post["tokens"].values[c]])
+        np.testing.assert_array_equal(whole, np.asarray(res.sequences)[0])
+        for name, field in [("log_potential", res.log_potentials[0]), ("swapped", res.swapped),
+                            ("text", group(data, "tempering")["text"].values[c, 0])]:  # fmt: skip
+            whole = np.concatenate([warm_stats[name].values[c], stats[name].values[c]])
+            np.testing.assert_array_equal(whole, np.asarray(field))
+        np.testing.assert_array_equal(group(data, "tempering")["tokens"].values[c],
+                                      res.sequences)  # fmt: skip
+        np.testing.assert_array_equal(group(data, "initial")["length"].values[c],
+                                      res.initial_lengths)  # fmt: skip
+    # the texts and the nested attributes survive NetCDF
+    path = tmp_path / "tempering.nc"
+    if api == "arviz>=1":
+        data.to_netcdf(path, engine="h5netcdf")
+        back = xr.open_datatree(path, engine="h5netcdf")
+    else:
+        data.to_netcdf(str(path))
+        back = az.from_netcdf(str(path))
+    assert groups(back) == groups(data)
+    for name in groups(data):
+        xr.testing.assert_equal(group(back, name).load(), group(data, name))
+    np.testing.assert_array_equal(back.attrs["temperatures"], data.attrs["temperatures"])
+    # bad arguments
+    for bad in (K, -1, True, 1.5):
+        with pytest.raises(ValueError, match="burn_in"):
+            pk.arviz.from_sequence_tempering(runs[0], burn_in=bad)
+    with pytest.raises(ValueError, match="eos_id"):
+        pk.arviz.from_sequence_tempering(runs[0], eos_id="$")
+    with pytest.raises(ValueError, match="decode"):
+        pk.arviz.from_sequence_tempering(runs[0], decode=3)
+    with pytest.raises(ValueError, match="batch"):
+        pk.arviz.from_sequence_tempering(jax.tree.map(lambda a: a[None], batch))
+
+
+def test_sequence_tempering_method_matches_converter(api):
+    res = tempering_runs()[0]
+    data = res.to_inference_data(burn_in=3, eos_id=EOS)
+    again = pk.arviz.from_sequence_tempering(res, burn_in=3, eos_id=EOS)
+    assert groups(data) == groups(again)
+    for name in groups(data):
+        xr.testing.assert_equal(group(data, name), group(again, name))
 
 
 # ------------------------------------------------------------------------------ language model

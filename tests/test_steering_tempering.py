@@ -144,6 +144,14 @@ def test_swap_schedule_traced_ladder_and_prompt():
     np.testing.assert_allclose(pt.temperatures, [1.0, 2.0, 4.0, 8.0])
     assert pt.sequences.shape == (4, 8, 4) and pt.initial_sequences.shape == (4, 4)
     assert np.all(np.asarray(pt.sequences)[..., 0] == 0) and not bool(pt.failed)
+    # the starting references' lengths: the prompt and 1 to 3 new tokens, the end token
+    # last unless truncated, padded with the end token after it
+    initial, lengths = np.asarray(pt.initial_sequences), np.asarray(pt.initial_lengths)
+    assert lengths.shape == (4,) and np.all((lengths >= 2) & (lengths <= 4))
+    assert np.all(initial[:, 0] == 0)
+    for tokens, n in zip(initial, lengths, strict=True):
+        assert np.all(tokens[n:] == EOS) and np.all(tokens[1 : n - 1] != EOS)
+        assert n == 4 or tokens[n - 1] == EOS
 
 
 def test_swap_move_metropolis_probability():

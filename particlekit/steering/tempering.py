@@ -66,6 +66,8 @@ class TemperingResult(NamedTuple):
         Some sweep ended with every weight zero (an invalid reference).
     initial_sequences : Array of shape (J, L), int32
         The starting references (one unconditional SMC draw per temperature).
+    initial_lengths : Array of shape (J,), int32
+        Their lengths (filled positions of ``initial_sequences``).
     """
 
     sequences: jax.Array
@@ -78,6 +80,29 @@ class TemperingResult(NamedTuple):
     temperatures: jax.Array
     failed: jax.Array
     initial_sequences: jax.Array
+    initial_lengths: jax.Array
+
+    def to_inference_data(self, *, burn_in: int = 0, eos_id: int | None = None, decode=None):
+        """The chains for ArviZ (``particlekit.arviz.from_sequence_tempering``): the
+        references of the cold chain (the lowest temperature, usually ``1.0``: draws of
+        ``p(x) phi(x) / Z``) as ``posterior`` draws after ``burn_in``, their potentials,
+        move indicators, per-sweep ESS and swaps in ``sample_stats``, and every
+        temperature's chain in ``tempering``.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp, particlekit as pk
+        >>> pt = pk.steering.parallel_tempering(
+        ...     jax.random.key(0), pk.steering.toy_generator(),
+        ...     lambda tokens, length: jnp.zeros(()), num_particles=4, num_iterations=10,
+        ...     temperatures=[1.0, 2.0], max_length=4, eos_id=3)
+        >>> data = pt.to_inference_data(burn_in=2)
+        >>> data.posterior["tokens"].shape, data.tempering["tokens"].shape
+        ((1, 8, 4), (1, 2, 10, 4))
+        """
+        from particlekit.arviz import from_sequence_tempering
+
+        return from_sequence_tempering(self, burn_in=burn_in, eos_id=eos_id, decode=decode)
 
 
 def _swap(key, refs: SequenceState, betas, parity, do_swap):
@@ -165,6 +190,7 @@ def _parallel_tempering(key, step_fn, reward_fn, prompt, init_cache, temperature
         temperatures=temperatures,
         failed=jnp.any(failed),
         initial_sequences=refs.tokens,
+        initial_lengths=refs.length,
     )
 
 
@@ -254,7 +280,8 @@ def parallel_tempering(
     -------
     TemperingResult
         ``sequences (J, K, L)``, ``lengths (J, K)``, untempered ``log_potentials (J, K)``,
-        ``swap_acceptance (J - 1,)``, ``failed``, ...
+        ``swap_acceptance (J - 1,)``, ``failed``, ...; ``to_inference_data()``
+        (``particlekit.arviz.from_sequence_tempering``) converts it to ArviZ.
 
     Raises
     ------

@@ -43,8 +43,8 @@ Wall time per run of a batch of runs under ``jax.vmap`` (second call), and compi
 above: the four FK potentials share one). Then the steering overhead of single runs at
 k = 16: FK steering against plain sampling at equal NFE.
 
-Run: ``python benchmarks/bench_steering_digits.py [--quick]`` (9.5 minutes on 2 cores at load
-average 8, mostly compilation; ``--quick``: a smoke run, about 3 minutes there).
+Run: ``python benchmarks/bench_steering_digits.py [--quick]`` (5-10 minutes on 2 cores at
+load average 3-8, mostly compilation; ``--quick``: a smoke run, about 3 minutes there).
 """
 
 from __future__ import annotations
@@ -461,14 +461,9 @@ def overhead(model, classifier, args, k=16, repeats=15, batch=64):
                     key, model, reward, num_steps=K_fk, resample_window=window, **fk_kw
                 ).samples
             ),
-            f"FK at equal steps (K = {K0})": lambda key: (
-                pk.diffusion.fk_steering(
-                    key, model, reward, num_steps=K0, resample_window=window, **fk_kw
-                ).samples
-            ),
         }
 
-    nfe = [k * K0, k * K0, k * K0, k * K_fk, k * K0]
+    nfe = [k * K0, k * K0, k * K0, k * K_fk]
     single = one_run(ClassReward(classifier, jnp.asarray(3)))
     names = list(single)
     plain_name, fk_name = names[0], names[3]

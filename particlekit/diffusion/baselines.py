@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from particlekit import kernels, resampling
-from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
+from particlekit.diffusion.model import DiffusionModel, _sample, check_reward, check_sampler
 from particlekit.diffusion.schedules import sampling_grid
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 
@@ -76,12 +76,14 @@ class SVDDResult(NamedTuple):
 
 
 def _check(model, reward_fn, sampler, eta):
+    """The arguments' checks before tracing. The reward's shape check (``check_reward``,
+    which traces it) runs inside the jitted functions, while tracing: once per compiled
+    configuration instead of at every call."""
     if not isinstance(model, DiffusionModel):
         raise ValueError(f"model must be a DiffusionModel, got {type(model).__name__}")
     if not callable(reward_fn):
         raise ValueError("reward_fn must be a callable r(x_0) -> scalar")
     check_sampler(sampler, eta)
-    check_reward(model, reward_fn)
 
 
 def best_of_n(
@@ -110,13 +112,18 @@ def best_of_n(
     """
     kernels.check_key(key)
     _check(model, reward_fn, sampler, eta)
-    samples = model.sample(
-        key, num_samples, num_steps=num_steps, sampler=sampler, eta=eta, grid=grid
-    )
-    return _pick_best(reward_fn, samples)
+    num_samples = kernels.check_num_particles(num_samples, "num_samples")
+    grid = sampling_grid(grid, num_steps, schedule=model.schedule)
+    return _best_of_n(key, model, reward_fn, num_samples, grid, sampler, float(eta))
 
 
 @eqx.filter_jit
+def _best_of_n(key, model, reward_fn, num_samples, grid, sampler, eta):
+    """``DiffusionModel.sample`` and the pick, one jitted call."""
+    check_reward(model, reward_fn)  # while tracing only (see _check)
+    return _pick_best(reward_fn, _sample(key, model, num_samples, grid, sampler, eta))
+
+
 def _pick_best(reward_fn, samples):
     rewards = jax.vmap(reward_fn)(samples)
     i = jnp.argmax(jnp.where(jnp.isnan(rewards), -jnp.inf, rewards))
@@ -179,6 +186,7 @@ def _svdd(
     key, model, reward_fn, alpha, grid, *, num_particles, num_children, sampler, eta,
     sharding=None, progress_bar=False,
 ):  # fmt: skip
+    check_reward(model, reward_fn)  # while tracing only (see _check)
     num_steps = grid.shape[0] - 1
     ts, ss = grid[:-1], grid[1:]
     last = jnp.arange(num_steps) == num_steps - 1

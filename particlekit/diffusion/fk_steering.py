@@ -38,6 +38,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
@@ -165,9 +166,17 @@ def potential_steps(
     step always is (final correction)."""
     if grid is None:
         grid = sampling_grid("uniform", num_steps)
-    s = jnp.asarray(grid)[1:]
-    k = jnp.arange(num_steps)
-    lo, hi = resample_window
+    return jnp.asarray(_potential_mask(num_steps, resample_every, resample_window, grid))
+
+
+def _potential_mask(num_steps: int, resample_every: int, resample_window, grid):
+    """``potential_steps`` computed with NumPy when its inputs are concrete (no device
+    work: ``fk_steering`` builds it at every call), with ``jax.numpy`` when one is traced."""
+    inputs = (grid, resample_every, *resample_window)
+    xp = jnp if any(isinstance(v, jax.core.Tracer) for v in inputs) else np
+    s = xp.asarray(grid)[1:]
+    k = xp.arange(num_steps)
+    lo, hi = (xp.asarray(v, s.dtype) for v in resample_window)
     mask = ((k + 1) % resample_every == 0) & (s >= lo) & (s <= hi)
     return mask | (k == num_steps - 1)
 
@@ -263,12 +272,23 @@ def _update(potential, p: _Particle, r):
     return phi, agg
 
 
+def _check_rewards(model, reward_fn, intermediate) -> None:
+    """The reward (and a callable intermediate reward) return a scalar for one particle:
+    traces them on abstract inputs (``check_reward``)."""
+    check_reward(model, reward_fn)
+    if callable(intermediate):
+        check_reward(model, intermediate, "intermediate_reward(x_t, t)", with_time=True)
+
+
 @eqx.filter_jit
 def _fk_steering(
     key, model, reward_fn, lmbda, mask, potential, grid, *, num_particles, intermediate,
     num_reward_samples, ess_threshold, scheme, proposal, sampler, eta, sharding=None,
     progress_bar=False,
 ):  # fmt: skip
+    # runs while tracing: once per compiled configuration (the jit cache keys on the
+    # reward's structure and shapes, all that the check depends on), not at every call
+    _check_rewards(model, reward_fn, intermediate)
     num_steps = mask.shape[0]
     ts, ss = grid[:-1], grid[1:]
     final_flags = jnp.arange(num_steps) == num_steps - 1
@@ -541,18 +561,16 @@ def fk_steering(
     if proposal is not None and not callable(proposal):
         raise ValueError("proposal must be None or a callable (x_t, t, s) -> Distribution")
     check_sampler(sampler, eta)
-    check_reward(model, reward_fn)
-    if callable(intermediate_reward):
-        check_reward(model, intermediate_reward, "intermediate_reward(x_t, t)", with_time=True)
     sharding = check_sharding(sharding, num_particles, key=key)
-    lmbda = jnp.asarray(lmbda, jnp.result_type(float))
+    lmbda = _as_scalar(lmbda)
     if lmbda.ndim != 0:
         raise ValueError(f"lmbda must be a scalar, got shape {lmbda.shape}")
-    mask = potential_steps(num_steps, resample_every, (lo, hi), grid)
+    mask = _potential_mask(num_steps, resample_every, (lo, hi), grid)
     _warn_over_tilt(potential, mask)
+    # the reward checks (check_reward) run inside, while tracing: see _fk_steering
     return _fk_steering(
         key, model, reward_fn, lmbda, mask,
-        jnp.asarray(POTENTIALS.index(potential), jnp.int32), grid,
+        np.asarray(POTENTIALS.index(potential), np.int32), grid,
         num_particles=num_particles, intermediate=intermediate_reward,
         num_reward_samples=num_reward_samples, ess_threshold=float(ess_threshold),
         scheme=resampling_scheme(resampling), proposal=proposal, sampler=sampler,
@@ -560,10 +578,19 @@ def fk_steering(
     )  # fmt: skip
 
 
+def _as_scalar(lmbda):
+    """``lmbda`` in the float dtype: a NumPy value for a Python number (no device work
+    before the jitted call), else a ``jax.numpy`` array (a traced ``lmbda`` stays traced)."""
+    dtype = jnp.result_type(float)
+    if isinstance(lmbda, (int, float, np.number)):
+        return np.asarray(lmbda, dtype)
+    return jnp.asarray(lmbda, dtype)
+
+
 def _warn_over_tilt(potential: str, mask) -> None:
     if potential not in OVER_TILT_WARNING or isinstance(mask, jax.core.Tracer):
         return
-    steps = int(jnp.sum(mask)) - 1  # intermediate potential steps (the last one corrects)
+    steps = int(mask.sum()) - 1  # intermediate potential steps (the last one corrects)
     if steps > OVER_TILT_WARNING[potential]:
         warnings.warn(
             f"potential={potential!r} with {steps} intermediate potential steps: its "

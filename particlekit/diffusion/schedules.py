@@ -308,6 +308,8 @@ def sampling_grid(grid="uniform", num_steps: int | None = None, *, schedule="lin
     Returns
     -------
     Array of shape (K + 1,)
+        For a spacing name, the same (immutable) array at every call with the same
+        ``num_steps``, schedule and float dtype: it is built and checked once.
 
     Examples
     --------
@@ -322,7 +324,7 @@ def sampling_grid(grid="uniform", num_steps: int | None = None, *, schedule="lin
         if grid not in GRIDS:
             raise ValueError(f"grid must be one of {GRIDS} or an array of times, got {grid!r}")
         k = default_num_steps if num_steps is None else _check_steps(num_steps)
-        out = time_grid(k, spacing=grid, schedule=schedule)[::-1]
+        return _named_grid(grid, k, schedule, dtype)
     else:
         if _is_tracer(grid):
             out = jnp.asarray(grid, dtype)
@@ -342,15 +344,46 @@ def sampling_grid(grid="uniform", num_steps: int | None = None, *, schedule="lin
                 f"num_steps={num_steps} does not match the grid of {out.shape[0]} times "
                 f"({out.shape[0] - 1} steps); leave num_steps out"
             )
-    if not (isinstance(schedule, str) and schedule == "flow") and not _is_tracer(out):
-        ab = np.asarray(get_schedule(schedule).alpha_bar(out[:-1]))
-        if np.any(ab >= 1.0):
-            bad = float(np.asarray(out[:-1])[np.argmax(ab >= 1.0)])
-            raise ValueError(
-                f"grid time {bad:.3g} has alpha_bar = 1 in {np.dtype(dtype).name}: no noise "
-                "left to remove before the last time; start the last step from a larger time"
-            )
+    _check_noise_left(out, schedule)
     return out
+
+
+# (spacing name, num_steps, schedule, float dtype) -> the checked, concrete grid
+_NAMED_GRIDS: dict = {}
+_NAMED_GRIDS_MAX = 256  # entries kept before the cache is emptied
+
+
+def _named_grid(grid: str, num_steps: int, schedule, dtype) -> jax.Array:
+    """``sampling_grid`` of a spacing name, checked, and cached per (name, steps, schedule,
+    float dtype): a sampler called again with the same grid skips the eager grid ops and
+    checks (most of a bare call's fixed cost on a small model). Only concrete grids are
+    cached (one first built under a trace is a tracer: returned, not kept); a
+    ``ValueError`` is raised again at every call."""
+    key = (grid, num_steps, schedule, np.dtype(dtype).name)
+    cacheable = isinstance(schedule, (str, NoiseSchedule))
+    out = _NAMED_GRIDS.get(key) if cacheable else None
+    if out is None:
+        out = time_grid(num_steps, spacing=grid, schedule=schedule)[::-1]
+        _check_noise_left(out, schedule)
+        if cacheable and not _is_tracer(out):
+            if len(_NAMED_GRIDS) >= _NAMED_GRIDS_MAX:
+                _NAMED_GRIDS.clear()
+            _NAMED_GRIDS[key] = out
+    return out
+
+
+def _check_noise_left(out, schedule) -> None:
+    """A ``ValueError`` if a time before the last has ``alpha_bar(t) = 1`` in the float
+    dtype (variance-preserving schedules; a traced grid cannot be checked)."""
+    if (isinstance(schedule, str) and schedule == "flow") or _is_tracer(out):
+        return
+    ab = np.asarray(get_schedule(schedule).alpha_bar(out[:-1]))
+    if np.any(ab >= 1.0):
+        bad = float(np.asarray(out[:-1])[np.argmax(ab >= 1.0)])
+        raise ValueError(
+            f"grid time {bad:.3g} has alpha_bar = 1 in {np.dtype(out.dtype).name}: no noise "
+            "left to remove before the last time; start the last step from a larger time"
+        )
 
 
 def _check_grid_values(arr: np.ndarray) -> None:

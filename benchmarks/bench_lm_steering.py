@@ -63,18 +63,21 @@ randomly initialised transformers of the shipped model's width, heads and depth 
 context of 32, 128 and 512 positions, ``pk.steering.smc`` with 16 particles and a reward of
 0, the end token masked so that every sequence runs to the full length, with the cached
 ``steering_model`` and with a step function that runs the full forward pass over the buffer
-at every token.
+at every token, next to ``transformer.generate`` of as many sequences of the same length
+(the same cached model without steering: ``x cached`` below 1 is the cached ``smc``'s
+overhead per token).
 
 Run: ``python benchmarks/bench_lm_steering.py [--quick] [--problems 128] [--out FILE.json]``
 (128 problems by default, to stay near 25 minutes on 2 shared cores: 18-25 minutes there, of
 which the 61 compilations of 5-20 s each take about 9; ``--quick``: 32 problems, N = 4, 16,
-about 10 minutes at load 7, compile-bound).
+about 10 minutes at load 7, compile-bound; ``--skip-accuracy``: only (a) and (b)).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import json
 import math
@@ -545,12 +548,22 @@ def cache_cost(args):
             name = (ctx, "cached" if cached else "full forward")
             calls[name], meta[name] = call, dict(compile_s=seconds, steps=steps)
             say(f"cache ctx={ctx} {name[1]}: compiled in {seconds:.1f} s")
+
+        def plain(model, key, steps=steps):  # the same tokens without steering
+            one = functools.partial(transformer.generate, model, prompt=prompt,
+                                    max_new_tokens=steps, eos_id=-1)  # fmt: skip
+            return jax.vmap(lambda k: one(k)[1])(jax.random.split(key, CACHE_PARTICLES))
+
+        name = (ctx, "transformer.generate")
+        calls[name], seconds = compile_call(plain, model, jax.random.key(4))
+        meta[name] = dict(compile_s=seconds, steps=steps)
     times = round_robin(calls, args.repeats)
     rows = []
+    kinds = ("cached", "full forward", "transformer.generate")
     for ctx in args.cache_contexts:
-        best = {kind: min(times[(ctx, kind)]) for kind in ("cached", "full forward")}
+        best = {kind: min(times[(ctx, kind)]) for kind in kinds}
         steps = meta[(ctx, "cached")]["steps"]
-        for kind in ("cached", "full forward"):
+        for kind in kinds:
             rows.append(dict(
                 context=ctx, kind=kind, steps=steps, particles=CACHE_PARTICLES,
                 compile_s=meta[(ctx, kind)]["compile_s"], min_s=best[kind],
@@ -566,33 +579,35 @@ def print_tables(budgets, results, comparisons, overhead_rows, cache_rows):
     def cell(r):
         return f"{r['accuracy']:.3f} ± {r['se']:.3f}"
 
-    greedy = next(r for r in results if r["method"] == "greedy decoding")
-    say(f"\ngreedy decoding: {cell(greedy)} ({greedy['problems']} problems)")
-    for rname in ("verifier", "PRM"):
-        say(f"\n**{rname}** (accuracy ± standard error)\n")
-        say("| method | " + " | ".join(f"N = {n}" for n in budgets) + " |")
-        say("|---|" + "---|" * len(budgets))
-        for label, _, _ in ROWS:
-            rows = {r["N"]: r for r in results if r["method"] == label
-                    and r["reward"] in (rname, "none")}  # fmt: skip
-            if rows:
-                say(f"| {label} | " + " | ".join(
-                    cell(rows[n]) if n in rows else "" for n in budgets) + " |")  # fmt: skip
-    say("\n**Cost** (wall s: min of repeats, compiled; tokens generated; k tok/s)\n")
-    say("| reward | method | N | wall s | compile s | tokens | k tok/s | lineage / generated |")
-    say("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        if r["method"] == "greedy decoding":
-            continue
-        say(f"| {r['reward']} | {r['method']} | {r['N']} | {r['wall_s']:.2f} | "
-            f"{r['compile_s']:.1f} | {r['tokens']:.0f} | {r['tokens_per_s'] / 1e3:.1f} | "
-            f"{r['lineage_tokens'] / max(r['tokens'], 1):.2f} |")  # fmt: skip
-    say("\n**Paired differences** (a - b, per-problem outcomes; |z| < 2: tie)\n")
-    say("| reward | a | b | N | diff ± se | z | verdict |")
-    say("|---|---|---|---|---|---|---|")
-    for c in comparisons:
-        say(f"| {c['reward']} | {c['a']} | {c['b']} | {c['N']} | {c['diff']:+.3f} ± "
-            f"{c['se']:.3f} | {c['z']:+.1f} | {c['verdict']} |")  # fmt: skip
+    greedy = next((r for r in results if r["method"] == "greedy decoding"), None)
+    if greedy is not None:
+        say(f"\ngreedy decoding: {cell(greedy)} ({greedy['problems']} problems)")
+    if results:
+        for rname in ("verifier", "PRM"):
+            say(f"\n**{rname}** (accuracy ± standard error)\n")
+            say("| method | " + " | ".join(f"N = {n}" for n in budgets) + " |")
+            say("|---|" + "---|" * len(budgets))
+            for label, _, _ in ROWS:
+                rows = {r["N"]: r for r in results if r["method"] == label
+                        and r["reward"] in (rname, "none")}  # fmt: skip
+                if rows:
+                    say(f"| {label} | " + " | ".join(
+                        cell(rows[n]) if n in rows else "" for n in budgets) + " |")  # fmt: skip
+        say("\n**Cost** (wall s: min of repeats, compiled; tokens generated; k tok/s)\n")
+        say("| reward | method | N | wall s | compile s | tokens | k tok/s | lineage / generated |")
+        say("|---|---|---|---|---|---|---|---|")
+        for r in results:
+            if r["method"] == "greedy decoding":
+                continue
+            say(f"| {r['reward']} | {r['method']} | {r['N']} | {r['wall_s']:.2f} | "
+                f"{r['compile_s']:.1f} | {r['tokens']:.0f} | {r['tokens_per_s'] / 1e3:.1f} | "
+                f"{r['lineage_tokens'] / max(r['tokens'], 1):.2f} |")  # fmt: skip
+        say("\n**Paired differences** (a - b, per-problem outcomes; |z| < 2: tie)\n")
+        say("| reward | a | b | N | diff ± se | z | verdict |")
+        say("|---|---|---|---|---|---|---|")
+        for c in comparisons:
+            say(f"| {c['reward']} | {c['a']} | {c['b']} | {c['N']} | {c['diff']:+.3f} ± "
+                f"{c['se']:.3f} | {c['z']:+.1f} | {c['verdict']} |")  # fmt: skip
     if overhead_rows:
         o = overhead_rows[0]
         say(f"\n**(a) Steering overhead**: {o['particles']} particles x {o['problems']} problems\n")
@@ -610,7 +625,7 @@ def print_tables(budgets, results, comparisons, overhead_rows, cache_rows):
         for r in cache_rows:
             say(f"| {r['context']} | {r['kind']} | {r['steps']} | {r['compile_s']:.1f} | "
                 f"{r['min_s']:.3f} | {r['ms_per_step']:.3f} | {r['us_per_token']:.1f} | "
-                f"{r['ratio_to_cached']:.1f} |")  # fmt: skip
+                f"{r['ratio_to_cached']:.2f} |")  # fmt: skip
 
 
 def git_commit() -> str:
@@ -630,6 +645,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-cache", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true", help="only (a) and (b)")
     args = parser.parse_args(argv)
     num_problems = args.problems or (32 if args.quick else 128)
     args.overhead_repeats = max(args.repeats, 5)
@@ -643,12 +659,14 @@ def main(argv=None):
     problems = task.heldout_problems(num_problems)
     prompts = train.problem_prompts(problems)
 
+    budgets, results, comparisons, outcomes = (), [], [], {}
     with TokenCounter() as counter:
         if not counter.available:
             say("extend_move not found: tokens are the lineage count (see the docstring)")
-        budgets, results, comparisons, outcomes = accuracy_table(
-            args, model, prm, problems, prompts, counter
-        )
+        if not args.skip_accuracy:
+            budgets, results, comparisons, outcomes = accuracy_table(
+                args, model, prm, problems, prompts, counter
+            )
     table_s = time.perf_counter() - start
     overhead_rows = [] if args.skip_overhead else overhead(args, model, prompts[:64])
     cache_rows = [] if args.skip_cache else cache_cost(args)

@@ -1243,6 +1243,28 @@ def from_sequence_steering(result, *, key=None, num_draws: int | None = None, de
     return wrap_groups(groups, attrs)
 
 
+def _checked_burn_in(burn_in, num_iterations: int) -> int:
+    """``burn_in`` as an int in ``[0, num_iterations)``, else ``ValueError``."""
+    if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)):
+        raise ValueError(f"burn_in must be an integer in [0, {num_iterations}), got {burn_in!r}")
+    if not 0 <= int(burn_in) < num_iterations:
+        raise ValueError(f"burn_in must be in [0, {num_iterations}), got {burn_in}")
+    return int(burn_in)
+
+
+def _check_eos_id(eos_id) -> None:
+    if eos_id is not None and (
+        isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer))
+    ):
+        raise ValueError(f"eos_id must be an integer token id or None, got {eos_id!r}")
+
+
+def _ended(tokens, lengths, eos_id) -> np.ndarray:
+    """Each sequence's last filled token is the end token (closed, not truncated)."""
+    last = np.take_along_axis(tokens, np.clip(lengths - 1, 0, None)[..., None], -1)
+    return last[..., 0] == int(eos_id)
+
+
 def from_sequence_gibbs(result, *, burn_in: int = 0, eos_id: int | None = None, decode=None):
     """Convert a ``GibbsResult`` (``particlekit.steering.particle_gibbs``; one run, or a
     ``jax.vmap`` batch of runs: one chain each) to ArviZ: the reference after iteration
@@ -1299,11 +1321,7 @@ def from_sequence_gibbs(result, *, burn_in: int = 0, eos_id: int | None = None, 
     tokens = np.asarray(result.sequences)
     lengths = np.asarray(result.lengths)
     num_iterations = int(lengths.shape[-1])
-    if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)):
-        raise ValueError(f"burn_in must be an integer in [0, {num_iterations}), got {burn_in!r}")
-    if not 0 <= int(burn_in) < num_iterations:
-        raise ValueError(f"burn_in must be in [0, {num_iterations}), got {burn_in}")
-    burn_in = int(burn_in)
+    burn_in = _checked_burn_in(burn_in, num_iterations)
     attrs = _attrs(
         "GibbsResult",
         burn_in=burn_in,
@@ -1311,11 +1329,9 @@ def from_sequence_gibbs(result, *, burn_in: int = 0, eos_id: int | None = None, 
         failed=_per_run(result.failed, batched),
     )
     draws = {"tokens": tokens, "length": lengths}
+    _check_eos_id(eos_id)
     if eos_id is not None:
-        if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)):
-            raise ValueError(f"eos_id must be an integer token id or None, got {eos_id!r}")
-        last = np.take_along_axis(tokens, np.clip(lengths - 1, 0, None)[..., None], -1)
-        draws["ended"] = last[..., 0] == int(eos_id)
+        draws["ended"] = _ended(tokens, lengths, eos_id)
     draws = _with_chain(draws, batched)
     stats = {
         "log_potential": np.asarray(result.log_potentials),
@@ -1432,15 +1448,8 @@ def from_sequence_tempering(result, *, burn_in: int = 0, eos_id: int | None = No
     batched = _is_batched(result.failed, 0, "TemperingResult")
     lengths = _with_chain({"v": np.asarray(result.lengths)}, batched)["v"]  # (C, J, K)
     num_chains, num_temperatures, num_iterations = lengths.shape
-    if isinstance(burn_in, bool) or not isinstance(burn_in, (int, np.integer)):
-        raise ValueError(f"burn_in must be an integer in [0, {num_iterations}), got {burn_in!r}")
-    if not 0 <= int(burn_in) < num_iterations:
-        raise ValueError(f"burn_in must be in [0, {num_iterations}), got {burn_in}")
-    burn_in = int(burn_in)
-    if eos_id is not None and (
-        isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer))
-    ):
-        raise ValueError(f"eos_id must be an integer token id or None, got {eos_id!r}")
+    burn_in = _checked_burn_in(burn_in, num_iterations)
+    _check_eos_id(eos_id)
     temperatures = np.asarray(result.temperatures)
     cold = np.argmin(_with_chain({"t": temperatures}, batched)["t"], axis=-1)  # (C,)
     attrs = _attrs(
@@ -1462,8 +1471,7 @@ def from_sequence_tempering(result, *, burn_in: int = 0, eos_id: int | None = No
         "ess": np.asarray(result.ess),
     }
     if eos_id is not None:
-        last = np.take_along_axis(tokens, np.clip(chains["length"] - 1, 0, None)[..., None], -1)
-        chains["ended"] = last[..., 0] == int(eos_id)
+        chains["ended"] = _ended(tokens, chains["length"], eos_id)
     if decode is not None:
         chains["text"] = _decoded(decode, tokens, result.lengths)
     chains = _with_chain(chains, batched)  # (C, J, K, ...)

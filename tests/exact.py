@@ -60,6 +60,23 @@ def kalman(model: LinearGaussian, ys: np.ndarray):
     return loglik, fm, fP, pm, pP
 
 
+def scalar_log_likelihoods(a, ys, q=1.0, r=0.5, p0=1.0) -> np.ndarray:
+    """Kalman log-likelihoods of ``scalar_model(a, q, r, p0)`` for every coefficient in the
+    array ``a`` at once (the scalar recursions of ``kalman`` on arrays; no missing
+    values)."""
+    a = np.asarray(a, dtype=np.float64)
+    ys = np.asarray(ys, dtype=np.float64).reshape(-1)
+    m, P, loglik = np.zeros_like(a), np.full_like(a, p0), np.zeros_like(a)
+    for t, y in enumerate(ys):
+        if t > 0:
+            m, P = a * m, a * a * P + q**2
+        S = P + r**2
+        loglik += -0.5 * (np.log(2 * np.pi * S) + (y - m) ** 2 / S)
+        gain = P / S
+        m, P = m + gain * (y - m), P - gain * P
+    return loglik
+
+
 def rts(model: LinearGaussian, ys: np.ndarray):
     """RTS smoother. Returns smoothed means (T, dx), covariances (T, dx, dx) and the lag-one
     cross covariances ``Cov(x_t, x_{t+1} | y)`` (T-1, dx, dx) = ``J_t P_{t+1|T}``."""

@@ -7,7 +7,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from exact import kalman, scalar_model
+from exact import kalman, scalar_log_likelihoods, scalar_model
 from numpyro.diagnostics import effective_sample_size
 
 import particlekit as pk
@@ -31,11 +31,17 @@ YS = model_fn({"rho": 0.7}).simulate(jax.random.key(3), 60)[1]
 
 def exact_posterior():
     grid = np.linspace(-0.999, 0.999, 4001)
-    loglik = np.array([kalman(scalar_model(a=a), np.asarray(YS))[0] for a in grid])
+    loglik = scalar_log_likelihoods(grid, YS)
     w = np.exp(loglik - loglik.max())
     w /= w.sum()
     mean = np.sum(w * grid)
     return mean, np.sqrt(np.sum(w * (grid - mean) ** 2))
+
+
+def test_grid_log_likelihoods_equal_the_kalman_filter():
+    for a in (-0.9, 0.3, 0.7, 0.99):
+        reference = kalman(scalar_model(a=a), np.asarray(YS))[0]
+        assert np.isclose(scalar_log_likelihoods(np.array([a]), YS)[0], reference, rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

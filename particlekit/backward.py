@@ -6,14 +6,20 @@ the step shared by FFBS, PaRIS and particle Gibbs with backward sampling.
 
 Two exact samplers, and one consistent MCMC sampler for PaRIS:
 
-- ``exact``: one row of ``N`` log-densities and an inverse-CDF draw per draw, ``O(N)``;
-- accept–reject (Douc, Garivier, Moulines & Olsson 2011, Alg. 1): propose ``j ~ W`` and
-  accept with probability ``f(x | x^j) / bound``, ``O(1)`` on average. All pending draws
-  get a few proposals at once per *round* (the first accepted one is kept); once at most a
-  quarter of a buffer is pending, the pending draws move to a buffer a quarter its size, so
-  the work follows the number of pending draws instead of the slowest draw, and the
-  sequential loop stays a few rounds long. The few draws left after the last buffer's rounds are
-  made exactly, so every draw is exact whatever the bound's quality.
+- ``exact``: one row of ``N`` log-densities and an inverse-CDF draw per draw, ``O(N)``
+  (``categorical_row``: the row's cumulative sums in blocks, so a draw costs one pass over
+  the row and two short cumulative sums instead of one long one);
+- accept–reject (Douc, Garivier, Moulines & Olsson 2011, Alg. 1), ``O(1)`` on average,
+  with a *flattened* proposal: ``j`` is proposed with probability ``∝ max(W^j, c)``,
+  ``c = FLATTEN_FLOOR / N``, and accepted with probability
+  ``min(W^j / c, 1) f(x | x^j) / bound`` (see ``flattened_proposal`` for why the draws
+  are exact). All pending draws get proposals at once per *round* (the first accepted
+  one is kept); once at most half a buffer is pending, the pending draws move to a buffer
+  half its size with twice the proposals per draw per round, so each round's work
+  follows the number of pending draws instead of the slowest draw, and the sequential
+  loop stays a few rounds long (``buffer_levels``). The buffers stop where a round would
+  cost about as much as exact draws for its pending draws; the few draws left then are
+  made exactly (``categorical_row``), so every draw is exact whatever the bound's quality.
 
 - ``mcmc`` (PaRIS only; Dau & Chopin 2023, "On backward smoothing algorithms"): each draw
   is the target's own ancestor moved by ``MCMC_STEPS`` independent Metropolis–Hastings
@@ -23,8 +29,16 @@ Two exact samplers, and one consistent MCMC sampler for PaRIS:
 
 Proposals use an inverse CDF accelerated by a guide table (Chen & Asau 1974): a power-of-two
 number of equal buckets of ``[0, 1)``, each knowing the first particle its interval can map
-to, leaves a short binary search (``log2`` of the widest bucket's particle count, usually
-1–3 steps) instead of ``log2 N`` steps. It returns exactly ``searchsorted(cdf, u)``.
+to, leaves a short binary search (``log2`` of the widest bucket's particle count) instead of
+``log2 N`` steps. It returns exactly ``searchsorted(cdf, u)``. The flattened proposal gives
+every particle a probability of at least ``c / (1 + FLATTEN_FLOOR)``, so a bucket holds at
+most a few particles and the search takes one or two steps whatever the weights.
+
+Random numbers: one 64-bit Threefry block (two 32-bit words) per proposal, counter
+``(round, proposal)`` under the stage's key, hashed by an unrolled Threefry-2x32 that is
+bit-identical to ``jax.random``'s (``round_bits``; other PRNG implementations use
+``jax.random.bits``): the first word's top 24 bits are the inverse-CDF uniform, the
+second's the acceptance uniform (``unit_uniform``).
 """
 
 from __future__ import annotations
@@ -52,11 +66,18 @@ __all__ = [
 
 # below this many particles exact backward draws are cheaper than accept-reject rounds
 AUTO_EXACT_BELOW = 256
-# the last accept-reject buffer, its proposals per draw per round
+# the smallest accept-reject buffer; the proposals per draw per round of the first one
 SMALLEST_BUFFER = 32
-LAST_PROPOSALS = 128
+FIRST_PROPOSALS = 2
+# an exact draw (a row of N log-densities) costs about as much as N / EXACT_ROW_RATIO
+# proposals: the proposals per draw per round stop growing there
+EXACT_ROW_RATIO = 64
 # draws finished exactly per pass of the fallback
-FALLBACK_CHUNK = 8
+FALLBACK_CHUNK = 32
+# the flattened proposal's floor ``c``, in units of the mean weight ``1 / N``
+FLATTEN_FLOOR = 1.0
+# binary-search steps of the guide table unrolled (the rare extra steps run in a loop)
+UNROLLED_STEPS = 2
 
 METHODS = ("auto", "exact", "rejection")
 #: PaRIS also takes the MCMC backward kernel
@@ -104,19 +125,89 @@ def categorical(key, logits, num):
     return inverse_cdf(cdf, u, n)
 
 
-def categorical_one(key, logits):
-    """One draw from ``softmax(logits)`` in a few ``O(N)`` passes (no normalisation, no
-    binary search): ``#{j : c_j <= u c_N}`` for the cumulative sums ``c`` of
-    ``exp(logits - max)``. Non-finite logits count as zero probability; an all-zero row
-    falls back to uniform."""
-    n = logits.shape[0]
+def unit_uniform(bits: jax.Array) -> jax.Array:
+    """Uniforms on ``[0, 1)`` from ``uint32`` words: the top 24 bits times ``2**-24``,
+    exact in float32 (so ``floor(u * B)`` is the top ``log2 B`` bits for ``B <= 2**24``)."""
+    return (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+
+
+# the Threefry-2x32 rotation constants (Salmon et al. 2011), as in ``jax.random``
+THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry_2x32(k1, k2, x1, x2):
+    """The Threefry-2x32 block cipher (20 rounds) of the counters ``(x1, x2)`` under the key
+    ``(k1, k2)``, unrolled so that XLA fuses it into the code that uses the words:
+    bit-identical to ``jax.random``'s hash (whose CPU lowering is a rolled loop, several
+    times slower, and whose 32-bit ``bits`` spend one block per word)."""
+    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in THREEFRY_ROTATIONS[i % 2]:
+            x1 = x1 + x2
+            x2 = x1 ^ ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r)))
+        x1 = x1 + ks[(i + 1) % 3]
+        x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x1, x2
+
+
+def round_bits(key, r, num: int):
+    """Two independent ``uint32`` words for each of ``num`` proposals of round ``r``: one
+    64-bit Threefry block per proposal, counter ``(r, i)`` under ``key`` (so no block is
+    used twice across rounds). Keys of other PRNG implementations: ``jax.random.bits``
+    of ``fold_in(key, r)``."""
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        bits = jax.random.bits(jax.random.fold_in(key, r), (2, num), jnp.uint32)
+        return bits[0], bits[1]
+    k1, k2 = jax.random.key_data(key)
+    counter = jnp.broadcast_to(jnp.asarray(r, jnp.uint32), (num,))
+    return threefry_2x32(k1, k2, counter, jnp.arange(num, dtype=jnp.uint32))
+
+
+def flat_cumulative_sum(mass: jax.Array, axis: int = -1) -> jax.Array:
+    """Cumulative sums of non-negative ``mass`` along ``axis``, made non-decreasing and
+    *exactly* flat over zero entries (a running maximum over the sums at positive
+    entries), so that an inverse CDF never lands on a zero entry."""
+    kept = jnp.where(mass > 0, jnp.cumsum(mass, axis=axis), 0.0)
+    return jax.lax.cummax(kept, axis=axis % mass.ndim)
+
+
+def row_block_size(n: int) -> int:
+    """Block length of ``categorical_row`` for a row of ``n``: the power of two nearest
+    above ``sqrt(n)``, so both cumulative sums are ``O(sqrt n)`` long."""
+    return 1 << max(0, math.ceil(math.log2(max(n, 1)) / 2))
+
+
+def row_inverse_cdf(mass: jax.Array, u_block: jax.Array, u_within: jax.Array) -> jax.Array:
+    """The index drawn from ``mass`` (non-negative, not all zero) by a two-stage inverse
+    CDF: the row cut into blocks of ``row_block_size(n)``, a block ``b`` drawn by inverse
+    CDF over the block totals with ``u_block``, then an entry of block ``b`` by inverse
+    CDF over its cumulative sums with ``u_within``. Its law is ``mass / sum(mass)``
+    (``P(b) P(j | b)``, up to rounding); entries of zero mass are never drawn (the
+    cumulative sums are exactly flat over them and the scaled uniform stays below the
+    total)."""
+    n = mass.shape[0]
+    size = row_block_size(n)
+    num_blocks = -(-n // size)
+    blocks = jnp.pad(mass, (0, num_blocks * size - n)).reshape(num_blocks, size)
+    block_cdf = flat_cumulative_sum(jnp.sum(blocks, axis=1))
+    b = jnp.sum(block_cdf <= u_block * block_cdf[-1]).astype(jnp.int32)
+    b = jnp.minimum(b, num_blocks - 1)
+    within_cdf = flat_cumulative_sum(blocks[b])
+    j = jnp.sum(within_cdf <= u_within * within_cdf[-1]).astype(jnp.int32)
+    return jnp.minimum(b * size + jnp.minimum(j, size - 1), n - 1)
+
+
+def categorical_row(key, logits):
+    """One draw from ``softmax(logits)`` by ``row_inverse_cdf`` (one pass over the row and
+    two cumulative sums of about ``sqrt N``, no normalisation). ``NaN`` and ``+inf``
+    logits count as zero probability; an all-zero row falls back to uniform."""
     logits = jnp.where(jnp.isnan(logits) | (logits == jnp.inf), -jnp.inf, logits)
     top = jnp.max(logits)
     mass = jnp.exp(logits - jnp.where(jnp.isfinite(top), top, 0.0))
     mass = jnp.where(jnp.isfinite(top), mass, 1.0)
-    cumulative = jnp.cumsum(mass)
-    u = jax.random.uniform(key, (), cumulative.dtype) * cumulative[-1]
-    return jnp.minimum(jnp.sum(cumulative <= u), n - 1).astype(jnp.int32)
+    u = unit_uniform(jax.random.bits(key, (2,), jnp.uint32))
+    return row_inverse_cdf(mass, u[0], u[1])
 
 
 class GuideTable(NamedTuple):
@@ -144,23 +235,24 @@ def guide_table(cdf: jax.Array) -> GuideTable:
     sum). With ``B`` a power of two, ``cdf[j] * B`` and ``b / B`` are exact in floating
     point, so ``cdf[j] <= b / B`` iff ``ceil(cdf[j] * B) <= b``. The CDF is first made
     nondecreasing (a parallel cumulative sum may step down by a rounding error across
-    zero weights)."""
+    zero weights; the running maximum only runs when it does)."""
     n = cdf.shape[0]
-    cdf = jax.lax.cummax(cdf)
+    cdf = jax.lax.cond(jnp.all(cdf[1:] >= cdf[:-1]), lambda c: c, lambda c: jax.lax.cummax(c), cdf)
     num_buckets = 1 << max(n - 1, 1).bit_length()
     scaled = jnp.ceil(cdf * num_buckets)
     bins = jnp.clip(scaled, 0, num_buckets + 1).astype(jnp.int32)
     counts = jnp.zeros(num_buckets + 2, jnp.int32).at[bins].add(1)
-    first = jnp.minimum(jnp.cumsum(counts)[: num_buckets + 1], n - 1)
+    first = jnp.minimum(resampling.cumulative_sum(counts)[: num_buckets + 1], n - 1)
     widest = jnp.max(first[1:] - first[:-1]).astype(jnp.uint32)
     num_steps = (32 - jax.lax.clz(widest)).astype(jnp.int32)
     return GuideTable(cdf, first, num_steps)
 
 
-def guided_inverse_cdf(table: GuideTable, uniforms: jax.Array) -> jax.Array:
+def guided_inverse_cdf(table: GuideTable, uniforms: jax.Array, unrolled: int = 0) -> jax.Array:
     """``searchsorted(cdf, u, side="right")`` (clipped to ``N - 1``) for ``u`` in ``[0, 1)``:
     the bucket of ``u`` bounds the answer to ``[first[b], first[b + 1]]``, a binary search
-    of ``table.num_steps`` steps finishes it."""
+    of ``table.num_steps`` steps finishes it. The first ``unrolled`` steps are unrolled
+    (a search step past convergence changes nothing), the others run in a loop."""
     num_buckets = table.first.shape[0] - 1
     bucket = jnp.clip(jnp.floor(uniforms * num_buckets).astype(jnp.int32), 0, num_buckets - 1)
     lo, hi = table.first[bucket], table.first[bucket + 1]
@@ -171,7 +263,17 @@ def guided_inverse_cdf(table: GuideTable, uniforms: jax.Array) -> jax.Array:
         right = table.cdf[mid] <= uniforms
         return jnp.where(right, mid + 1, lo), jnp.where(right, hi, mid)
 
-    lo, _ = jax.lax.fori_loop(0, table.num_steps, halve, (lo, hi))
+    for step in range(unrolled):
+        lo, hi = halve(step, (lo, hi))
+    if unrolled:
+        lo, _ = jax.lax.cond(
+            table.num_steps > unrolled,
+            lambda b: jax.lax.fori_loop(unrolled, table.num_steps, halve, b),
+            lambda b: b,
+            (lo, hi),
+        )
+    else:
+        lo, _ = jax.lax.fori_loop(0, table.num_steps, halve, (lo, hi))
     return jnp.minimum(lo, table.cdf.shape[0] - 1)  # cdf[-1] may round below 1
 
 
@@ -226,6 +328,46 @@ class BackwardStats(NamedTuple):
     num_exact: jax.Array  # number of draws made exactly (all of them in exact mode)
 
 
+class Proposal(NamedTuple):
+    """The flattened accept–reject proposal (built by ``flattened_proposal``).
+
+    Attributes
+    ----------
+    table : GuideTable
+        Inverse CDF of ``q_j ∝ max(W_j, c)``.
+    log_accept : Array of shape (N,)
+        ``log min(W_j / c, 1) - log_bound``: a proposal ``j`` for the state ``x`` is
+        accepted when ``log u < log f(x | x^j) + log_accept[j]``.
+    """
+
+    table: GuideTable
+    log_accept: jax.Array
+
+
+def flattened_proposal(log_w: jax.Array, log_bound, floor: float = FLATTEN_FLOOR) -> Proposal:
+    """The accept–reject proposal for the backward kernel ``Lambda_j ∝ W_j f_j`` from
+    normalised log-weights ``log_w``: propose ``j`` with probability
+    ``q_j = max(W_j, c) / Z``, ``c = floor / N``, ``Z = sum_j max(W_j, c) <= 1 + floor``,
+    and accept with probability ``a_j = min(W_j / c, 1) f_j / bound``.
+
+    Exactness: ``a_j <= 1`` since ``f_j <= bound``, and ``max(W_j, c) min(W_j / c, 1) =
+    W_j`` (both cases ``W_j >= c`` and ``W_j < c``), so one proposal is ``j`` *and*
+    accepted with probability ``q_j a_j = W_j f_j / (Z bound)``, proportional to
+    ``Lambda_j``: the first accepted proposal is an exact draw (the target over the
+    proposal, ``W_j f_j / q_j``, is at most ``Z bound``, the accept–reject envelope). The
+    acceptance rate is that of the proposal ``j ~ W`` divided by ``Z`` (at most
+    ``1 + floor``, close to 1 when few weights are below ``c``). In exchange every
+    ``q_j >= c / Z``: the guide table's buckets hold a few particles each, so the search
+    takes one or two steps, and zero-weight particles stay out of the search's way."""
+    n = log_w.shape[0]
+    log_c = math.log(floor / n)
+    q = jnp.exp(jnp.maximum(log_w, log_c))
+    cdf = resampling.cumulative_sum(q)
+    table = guide_table(cdf / cdf[-1])
+    log_accept = jnp.minimum(log_w - log_c, 0.0) - log_bound
+    return Proposal(table, log_accept.astype(q.dtype))
+
+
 class BufferLevel(NamedTuple):
     """One accept–reject stage (static): ``size`` draws, ``proposals`` per draw per round,
     at most ``max_rounds`` rounds."""
@@ -235,25 +377,51 @@ class BufferLevel(NamedTuple):
     max_rounds: int
 
 
-def buffer_levels(num_items: int, max_trials: int) -> list[BufferLevel]:
-    """The accept–reject stages: buffers ``M, M / 4, M / 16, ...`` down to
-    ``SMALLEST_BUFFER``, with 2, 8, 32 proposals per draw per round (the draws left for
-    the later stages are the hard ones, with low acceptance rates) and ``LAST_PROPOSALS``
-    in the last one; each stage runs until its pending draws fit the next buffer, or for
-    at most ``max_trials // 4`` rounds. Few rounds keep the sequential loop short (each
-    iteration has a fixed cost, and the heavy tail of the acceptance rates would
-    otherwise keep it going for the slowest draw), large rounds keep the vector units
-    busy; the draws left over cost ``O(N)`` each."""
-    sizes = [num_items]
-    while sizes[-1] // 4 >= SMALLEST_BUFFER:
-        sizes.append(sizes[-1] // 4)
+def buffer_levels(num_items: int, max_trials: int, num_particles: int) -> list[BufferLevel]:
+    """The accept–reject stages: buffers ``M, M / 2, M / 4, ...`` with ``FIRST_PROPOSALS``,
+    twice as many, four times as many, ... proposals per draw per round (the draws left
+    for the later stages are the hard ones, with low acceptance rates), so that each
+    round's work ``size * proposals`` stays ``FIRST_PROPOSALS * M``. The stages stop at
+    ``SMALLEST_BUFFER`` draws, or when a round would give each draw more proposals than
+    an exact draw costs (``N / EXACT_ROW_RATIO``): the draws still pending then are made
+    exactly, ``O(N)`` each. Each stage runs until its pending draws fit the next buffer,
+    or for at most ``max_trials // 4`` rounds. Few rounds keep the sequential loop short
+    (each iteration has a fixed cost, and the heavy tail of the acceptance rates would
+    otherwise keep it going for the slowest draw)."""
+    budget = max(FIRST_PROPOSALS, num_particles // EXACT_ROW_RATIO)
     rounds = max(1, max_trials // 4)
-    levels = [
-        BufferLevel(size, min(2 << (2 * level), 32), rounds)
-        for level, size in enumerate(sizes[:-1])
-    ]
-    levels.append(BufferLevel(sizes[-1], LAST_PROPOSALS, rounds))
+    levels = [BufferLevel(num_items, FIRST_PROPOSALS, rounds)]
+    while levels[-1].size // 2 >= SMALLEST_BUFFER and 2 * levels[-1].proposals <= budget:
+        levels.append(BufferLevel(levels[-1].size // 2, 2 * levels[-1].proposals, rounds))
     return levels
+
+
+class Pending(NamedTuple):
+    """A buffer of draws: ``slots[i]`` is a draw's index in ``0..M-1``, or ``M`` for an
+    empty slot (``valid[i]`` false), which is never proposed for nor written back."""
+
+    slots: jax.Array
+    valid: jax.Array
+
+
+def next_buffer(buffer: Pending, accepted: jax.Array, size: int, num_items: int) -> Pending:
+    """The draws of ``buffer`` still pending (valid and not accepted), packed into a buffer
+    of ``size`` slots; the rest of it empty (slot ``num_items``). Pending draws beyond
+    ``size`` are left out (they stay pending and are made exactly)."""
+    (pos,) = jnp.nonzero(buffer.valid & ~accepted, size=size, fill_value=buffer.slots.shape[0])
+    valid = pos < buffer.slots.shape[0]
+    slots = jnp.where(valid, buffer.slots[jnp.minimum(pos, buffer.slots.shape[0] - 1)], num_items)
+    return Pending(slots, valid)
+
+
+def write_back(
+    values: jax.Array, slots: jax.Array, new: jax.Array, keep: jax.Array, *, add: bool = False
+) -> jax.Array:
+    """``values[slots] = new`` (``+=`` when ``add``) where ``keep``; the other entries
+    (empty slots included) are pointed past the end and dropped, so they never write."""
+    slots = jnp.where(keep, slots, values.shape[0])
+    ref = values.at[slots]
+    return ref.add(new, mode="drop") if add else ref.set(new, mode="drop")
 
 
 def backward_indices(
@@ -286,8 +454,9 @@ def backward_indices(
     num_draws : int
         ``K`` independent draws per target.
     log_bound : Array or None
-        ``log`` of a bound of ``f_t`` over ``xs_prev``: accept–reject in shrinking buffers,
-        then exact draws for the rest. ``None``: exact draws.
+        ``log`` of a bound of ``f_t`` over ``xs_prev``: accept–reject (flattened proposal,
+        see ``flattened_proposal``) in shrinking buffers, then exact draws for the rest.
+        ``None``: exact draws.
     max_trials : int
         Sets the accept–reject stages' length (at most ``max_trials // 4`` rounds each);
         the draws still pending after them are made exactly (see ``buffer_levels``).
@@ -323,10 +492,10 @@ def backward_indices(
     # exact passes: all draws at once (memory-bounded) in exact mode; small chunks for the
     # few rejection fallbacks
     chunk = exact_chunk or max(1, min(num_items, (1 << 22) // max(n, 1)))
-    fallback_chunk = exact_chunk or max(1, min(chunk, FALLBACK_CHUNK))
+    fallback_chunk = exact_chunk or max(1, min(chunk, FALLBACK_CHUNK, num_items))
 
     def one_exact(kk, tid):
-        return categorical_one(kk, log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t))
+        return categorical_row(kk, log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t))
 
     def exact_rows(k, target_ids):
         return jax.vmap(one_exact)(jax.random.split(k, target_ids.shape[0]), target_ids)
@@ -340,18 +509,19 @@ def backward_indices(
         stats = BackwardStats(jnp.zeros(()), jnp.asarray(num_items, jnp.int32))
         return idx.reshape(m, num_draws), stats
 
-    cdf = resampling.cumulative_sum(jnp.exp(log_w))
-    table = guide_table(cdf / cdf[-1])
+    proposal = flattened_proposal(log_w, log_bound)
     k_rounds, k_fallback = jax.random.split(key)
-    levels = buffer_levels(num_items, max_trials)
+    levels = buffer_levels(num_items, max_trials, n)
 
-    def rounds(k, buffer, valid, level: BufferLevel, leave_at: int):
-        """Accept–reject on the draws ``buffer[valid]``, ``level.proposals`` proposals per
+    def rounds(k, buffer: Pending, level: BufferLevel, leave_at: int):
+        """Accept–reject on the draws of ``buffer``, ``level.proposals`` proposals per
         draw per round (the first accepted one is kept: the same law as one proposal per
-        round), until at most ``leave_at`` are pending or ``level.max_rounds`` rounds ran."""
-        size, per_round = buffer.shape[0], level.proposals
-        item_x = take(targets, jnp.repeat(item_target[buffer], per_round))
-        first_slot = jnp.arange(size) * per_round
+        round), until at most ``leave_at`` are pending or ``level.max_rounds`` rounds ran.
+        Returns the buffer's indices, accepted flags and proposal counts (all zero and
+        false at empty slots)."""
+        size, per_round = buffer.slots.shape[0], level.proposals
+        draw_target = item_target[jnp.minimum(buffer.slots, num_items - 1)]
+        item_x = take(targets, jnp.repeat(draw_target, per_round))
 
         def cond(carry):
             r, _, done, _ = carry
@@ -359,61 +529,75 @@ def backward_indices(
 
         def body(carry):
             r, idx, done, trials = carry
-            k_u, k_acc = jax.random.split(jax.random.fold_in(k, r))
-            u = jax.random.uniform(k_u, (size * per_round,), cdf.dtype)
-            cand = guided_inverse_cdf(table, u)
+            bits_j, bits_u = round_bits(k, r, size * per_round)
+            cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
             log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
-            log_u = jnp.log(jax.random.uniform(k_acc, (size * per_round,), cdf.dtype))
-            ok = (log_u < log_f - log_bound).reshape(size, per_round)
-            first = jnp.argmax(ok, axis=1)
-            accept = ~done & jnp.any(ok, axis=1)
-            used = jnp.where(accept, first + 1, per_round)
+            log_u = jnp.log(unit_uniform(bits_u))
+            ok = log_u < log_f + proposal.log_accept[cand]  # NaN densities: rejected
+            if per_round == 1:
+                accept, picked, used = ~done & ok, cand, 1
+            else:
+                ok = ok.reshape(size, per_round)
+                first = jnp.argmax(ok, axis=1).astype(jnp.int32)
+                accept = ~done & jnp.any(ok, axis=1)
+                picked = cand[jnp.arange(size) * per_round + first]
+                used = jnp.where(accept, first + 1, per_round)
             trials = trials + jnp.where(done, 0, used)
-            idx = jnp.where(accept, cand[first_slot + first], idx)
+            idx = jnp.where(accept, picked, idx)
             return r + 1, idx, done | accept, trials
 
-        init = (jnp.zeros((), jnp.int32), jnp.zeros(size, jnp.int32), ~valid,
+        init = (jnp.zeros((), jnp.int32), jnp.zeros(size, jnp.int32), ~buffer.valid,
                 jnp.zeros(size, jnp.int32))  # fmt: skip
         _, idx, done, trials = jax.lax.while_loop(cond, body, init)
-        return idx, done & valid, trials
+        return idx, done & buffer.valid, trials
 
     idx = jnp.zeros(num_items, jnp.int32)
     done = jnp.zeros(num_items, bool)
     trials = jnp.zeros(num_items, jnp.int32)
-    buffer = jnp.arange(num_items, dtype=jnp.int32)
-    valid = jnp.ones(num_items, bool)
+    buffer = Pending(jnp.arange(num_items, dtype=jnp.int32), jnp.ones(num_items, bool))
     for i, level in enumerate(levels):
         last = i == len(levels) - 1
         leave_at = 0 if last else levels[i + 1].size
-        idx_b, acc_b, trials_b = rounds(
-            jax.random.fold_in(k_rounds, i), buffer, valid, level, leave_at
-        )
-        target = jnp.where(valid, buffer, num_items)  # out of range: dropped
-        idx = idx.at[target].set(idx_b, mode="drop")
-        done = done.at[target].set(acc_b, mode="drop")
-        trials = trials.at[target].add(trials_b, mode="drop")
+        idx_b, acc_b, trials_b = rounds(jax.random.fold_in(k_rounds, i), buffer, level, leave_at)
+        idx = write_back(idx, buffer.slots, idx_b, acc_b)
+        done = write_back(done, buffer.slots, acc_b, acc_b)
+        trials = write_back(trials, buffer.slots, trials_b, buffer.valid, add=True)
         if not last:  # the pending draws move to a smaller buffer (any overflow: exact)
-            (slots,) = jnp.nonzero(valid & ~acc_b, size=leave_at, fill_value=level.size)
-            valid = slots < level.size
-            buffer = jnp.where(valid, buffer[jnp.minimum(slots, level.size - 1)], 0)
+            buffer = next_buffer(buffer, acc_b, leave_at, num_items)
     num_pending = jnp.sum(~done).astype(jnp.int32)
 
-    # ---- exact fallback for the draws still pending, ``fallback_chunk`` at a time
-    def fb_cond(carry):
-        _, done, _ = carry
-        return ~jnp.all(done)
+    # ---- exact fallback, ``fallback_chunk`` draws per pass: first the draws pending in the
+    # last buffer, then (only if a stage ran out of rounds with too many pending) the others
+    def exact_pass(idx, done, draws, p):
+        """Exact draws for ``draws`` (``num_items``: an empty entry, dropped)."""
+        target_ids = item_target[jnp.minimum(draws, num_items - 1)]
+        new = exact_rows(jax.random.fold_in(k_fallback, p), target_ids)
+        keep = draws < num_items
+        return write_back(idx, draws, new, keep), write_back(done, draws, keep, keep)
 
-    def fb_body(carry):
+    last_size = buffer.slots.shape[0]
+    num_passes = -(-last_size // fallback_chunk)
+    (pos,) = jnp.nonzero(
+        buffer.valid & ~acc_b, size=num_passes * fallback_chunk, fill_value=last_size
+    )
+    queue = jnp.where(pos < last_size, buffer.slots[jnp.minimum(pos, last_size - 1)], num_items)
+    queue = queue.reshape(num_passes, fallback_chunk)
+    num_queued = jnp.sum(buffer.valid & ~acc_b)
+
+    def queued_body(carry):
         idx, done, p = carry
-        (pending,) = jnp.nonzero(~done, size=fallback_chunk, fill_value=num_items)
-        valid = pending < num_items
-        safe = jnp.where(valid, pending, 0)
-        new = exact_rows(jax.random.fold_in(k_fallback, p), item_target[safe])
-        idx = idx.at[pending].set(new, mode="drop")
-        done = done.at[pending].set(True, mode="drop")
+        idx, done = exact_pass(idx, done, queue[p], p)
         return idx, done, p + 1
 
-    idx, _, _ = jax.lax.while_loop(fb_cond, fb_body, (idx, done, jnp.zeros((), jnp.int32)))
+    def left_body(carry):
+        idx, done, p = carry
+        (draws,) = jnp.nonzero(~done, size=fallback_chunk, fill_value=num_items)
+        idx, done = exact_pass(idx, done, draws, p)
+        return idx, done, p + 1
+
+    carry = (idx, done, jnp.zeros((), jnp.int32))
+    carry = jax.lax.while_loop(lambda c: c[2] * fallback_chunk < num_queued, queued_body, carry)
+    idx, _, _ = jax.lax.while_loop(lambda c: ~jnp.all(c[1]), left_body, carry)
     stats = BackwardStats(jnp.mean(trials.astype(jnp.float32)), num_pending)
     return idx.reshape(m, num_draws), stats
 

@@ -31,9 +31,10 @@ def _weights(kind, n, key):
     return jnp.exp(3.0 * jax.random.normal(key, (n,)))
 
 
+@pytest.mark.parametrize("unrolled", [0, 2])
 @pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 1025])
 @pytest.mark.parametrize("kind", ["uniform", "zeros", "spike", "lognormal"])
-def test_guided_inverse_cdf_is_searchsorted(n, kind):
+def test_guided_inverse_cdf_is_searchsorted(n, kind, unrolled):
     key_w, key_u = jax.random.split(jax.random.key(n))
     w = _weights(kind, n, key_w)
     cdf = jnp.cumsum(w)
@@ -50,7 +51,7 @@ def test_guided_inverse_cdf_is_searchsorted(n, kind):
         jnp.nextafter(cdf[:-1], 0.0),
         jnp.asarray([0.0, jnp.nextafter(1.0, 0.0)]),
     ]).astype(jnp.float32)  # fmt: skip
-    got = jax.jit(backward.guided_inverse_cdf)(table, u)
+    got = jax.jit(backward.guided_inverse_cdf, static_argnums=2)(table, u, unrolled)
     want = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 0, n - 1)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
@@ -62,11 +63,12 @@ def _exact_backward_probs(log_w, xs_prev, target):
 
 
 @pytest.mark.parametrize(
-    "max_trials, log_bound_shift",
-    [(32, 0.0), (1, 6.0)],  # every stage; few rounds and a loose bound: exact fallbacks
+    "n, max_trials, log_bound_shift",
+    # N = 7: one stage; few rounds and a loose bound: exact fallbacks; N = 1024: 4 stages
+    [(7, 32, 0.0), (7, 1, 6.0), (1024, 32, 0.0), (1024, 1, 3.0)],
 )
-def test_rejection_draws_have_the_backward_kernel_law(max_trials, log_bound_shift):
-    n, m, k = 7, 3, 3000  # 3 targets, 3000 draws each: M = 9000 draws, 6 stages
+def test_rejection_draws_have_the_backward_kernel_law(n, max_trials, log_bound_shift):
+    m, k = 3, 3000  # 3 targets, 3000 draws each: M = 9000 draws
     key = jax.random.key(0)
     k1, k2, k3 = jax.random.split(key, 3)
     xs_prev = 2.0 * jax.random.normal(k1, (n,))
@@ -102,15 +104,24 @@ def test_rejection_draws_have_the_backward_kernel_law(max_trials, log_bound_shif
         assert p_value > 1e-4, (target_id, counts, probs * k)
 
 
-def test_buffer_levels_shrink_and_end_with_a_full_budget():
-    levels = backward.buffer_levels(2 * 16384, 32)
+def test_buffer_levels_halve_with_doubling_proposals_up_to_the_cost_of_an_exact_draw():
+    n = 16384
+    levels = backward.buffer_levels(2 * n, 32, n)
     sizes = [level.size for level in levels]
-    assert sizes[0] == 2 * 16384
-    assert all(a // 4 == b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    proposals = [level.proposals for level in levels]
+    assert sizes[0] == 2 * n
+    assert all(a // 2 == b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     assert sizes[-1] >= backward.SMALLEST_BUFFER
+    assert proposals == [backward.FIRST_PROPOSALS << i for i in range(len(levels))]
+    assert proposals[-1] <= n // backward.EXACT_ROW_RATIO < 2 * proposals[-1]
+    assert all(level.size * level.proposals == 2 * n * backward.FIRST_PROPOSALS for level in levels)
     assert all(level.max_rounds == 8 for level in levels)
-    assert levels[-1].proposals == backward.LAST_PROPOSALS
-    assert backward.buffer_levels(5, 32) == [backward.BufferLevel(5, 128, 8)]
+    # small buffers stop at SMALLEST_BUFFER, small N at the exact draw's cost
+    assert backward.buffer_levels(5, 32, 10**6) == [backward.BufferLevel(5, 2, 8)]
+    assert backward.buffer_levels(100, 1, 10**6) == [
+        backward.BufferLevel(100, 2, 1), backward.BufferLevel(50, 4, 1)
+    ]  # fmt: skip
+    assert len(backward.buffer_levels(10**6, 32, 64)) == 1
 
 
 def _chi_square_p_value(idx_row, probs):
@@ -169,3 +180,185 @@ def test_mcmc_backward_kernel_leaves_the_backward_law_invariant(start):
         k3, SSM, log_w, xs_prev, targets, jnp.zeros(m, jnp.int32), 1, num_draws=4
     )
     assert 0.0 < float(info.mean_trials) < 1.0  # the acceptance rate
+
+
+def _log_weights(kind, n, key):
+    """Normalised log-weights with entries below the flattened proposal's floor ``1 / N``,
+    and zeros (``-inf``) for the ``zeros`` and ``spike`` kinds."""
+    w = _weights(kind, n, key)
+    if kind == "spike":
+        w = w.at[: n // 4].set(0.0)
+    return jnp.log(w / jnp.sum(w))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "zeros", "spike", "lognormal"])
+def test_flattened_proposal_is_an_exact_accept_reject(kind):
+    """Proposal ``q_j ∝ max(W_j, c)`` times acceptance ``min(W_j / c, 1) f_j / bound`` is
+    ``∝ W_j f_j`` (checked from the guide table's own CDF), every acceptance probability is
+    at most 1, the table resolves in at most ``UNROLLED_STEPS`` steps, and the accepted
+    proposals of a Monte Carlo run pass a chi-square test against the backward kernel."""
+    n = 50
+    k_w, k_f, k_u = jax.random.split(jax.random.key(11), 3)
+    log_w = _log_weights(kind, n, k_w)
+    log_bound = 0.3
+    log_f = log_bound - 4.0 * jax.random.uniform(k_f, (n,))  # f <= bound
+    proposal = backward.flattened_proposal(log_w, log_bound)
+    assert int(proposal.table.num_steps) <= backward.UNROLLED_STEPS
+    cdf = np.asarray(proposal.table.cdf, np.float64)
+    q = np.diff(np.concatenate([[0.0], cdf]))
+    accept = np.exp(np.asarray(proposal.log_accept + log_f, np.float64))
+    assert accept.max() <= 1.0 + 1e-6
+    target = np.exp(np.asarray(log_w + log_f, np.float64))
+    target /= target.sum()
+    joint = q * accept
+    np.testing.assert_allclose(joint / joint.sum(), target, rtol=1e-4, atol=1e-9)
+
+    num = 400_000
+    bits = jax.random.bits(k_u, (2, num), jnp.uint32)
+    cand = backward.guided_inverse_cdf(
+        proposal.table, backward.unit_uniform(bits[0]), backward.UNROLLED_STEPS
+    )
+    ok = jnp.log(backward.unit_uniform(bits[1])) < log_f[cand] + proposal.log_accept[cand]
+    drawn = np.asarray(cand)[np.asarray(ok)]
+    assert drawn.size > 10_000
+    assert target[drawn].min() > 0  # zero-weight particles are never accepted
+    assert _chi_square_p_value(drawn, target) > 1e-4
+
+
+def test_rejection_draws_with_zero_and_tiny_weights_have_the_backward_kernel_law():
+    """Weights far below the flattened proposal's floor and exact zeros: the staged
+    accept–reject draws still follow the backward kernel (and never draw a zero weight)."""
+    n, k = 40, 4000
+    k1, k2, k3 = jax.random.split(jax.random.key(5), 3)
+    xs_prev = 2.0 * jax.random.normal(k1, (n,))
+    log_w = 4.0 * jax.random.normal(k2, (n,))
+    log_w = jnp.where(jnp.arange(n) % 5 == 0, -jnp.inf, log_w)
+    targets = jnp.asarray([-1.0, 2.0])
+    idx, info = jax.jit(
+        lambda key: backward.backward_indices(
+            key, SSM, log_w, xs_prev, targets, 1, num_draws=k, log_bound=LOG_BOUND
+        )
+    )(k3)
+    idx = np.asarray(idx)
+    assert float(info.mean_trials) >= 1.0
+    for i in range(2):
+        probs = _exact_backward_probs(log_w, xs_prev, targets[i])
+        assert probs[idx[i]].min() > 0
+        assert _chi_square_p_value(idx[i], probs) > 1e-4, (i, np.bincount(idx[i], minlength=n))
+
+
+def test_empty_buffer_slots_never_write():
+    """Target 0 can only descend from the last particle (its density from every other one
+    underflows to zero), and that particle's weight is tiny, so its draws go through every
+    stage and the exact fallback; the other targets finish early and leave empty slots in
+    the later buffers. An empty slot that wrote back (index 0, or a draw of another target)
+    would show up in target 0's draws."""
+    n, m, k = 1024, 300, 2
+    k1, k2 = jax.random.split(jax.random.key(0))
+    xs_prev = jnp.linspace(-3.0, 3.0, n).at[-1].set(50.0)
+    log_w = jnp.zeros(n).at[-1].set(-12.0)
+    targets = jnp.concatenate([jnp.asarray([45.0]), jax.random.normal(k1, (m - 1,))])
+    for max_trials in (1, 32):
+        idx, info = backward.backward_indices(
+            k2, SSM, log_w, xs_prev, targets, 1, num_draws=k, log_bound=LOG_BOUND,
+            max_trials=max_trials,
+        )  # fmt: skip
+        idx = np.asarray(idx)
+        assert (idx[0] == n - 1).all(), idx[0]
+        assert (idx[1:] < n - 1).all()
+        assert int(info.num_exact) >= k  # target 0's draws were made exactly
+    levels = backward.buffer_levels(m * k, 32, n)
+    assert len(levels) >= 4  # several stages, each with empty slots once draws finish
+
+
+def test_write_back_and_next_buffer_drop_empty_slots():
+    values = jnp.arange(6, dtype=jnp.int32) + 10
+    buffer = backward.Pending(jnp.asarray([3, 0, 6, 6], jnp.int32), jnp.asarray([1, 1, 0, 0], bool))
+    accepted = jnp.asarray([False, True, False, False])
+    out = backward.write_back(values, buffer.slots, jnp.full(4, -1, jnp.int32), accepted)
+    np.testing.assert_array_equal(out, [-1, 11, 12, 13, 14, 15])
+    out = backward.write_back(values, buffer.slots, jnp.ones(4, jnp.int32), buffer.valid, add=True)
+    np.testing.assert_array_equal(out, [11, 11, 12, 14, 14, 15])
+    nxt = backward.next_buffer(buffer, accepted, 3, 6)
+    np.testing.assert_array_equal(nxt.slots, [3, 6, 6])  # empty slots point past the end
+    np.testing.assert_array_equal(nxt.valid, [True, False, False])
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 100, 1000, 4099])
+@pytest.mark.parametrize("kind", ["uniform", "zeros", "spike", "lognormal"])
+def test_row_inverse_cdf_is_the_two_stage_inverse_cdf(n, kind):
+    """``row_inverse_cdf`` returns the block whose cumulative block total first exceeds
+    ``u_block`` times the total, then the entry of that block whose cumulative sum first
+    exceeds ``u_within`` times the block's total (a float64 reference, away from ties),
+    and never an entry of zero mass."""
+    k_w, k_u = jax.random.split(jax.random.key(n))
+    mass = _weights(kind, n, k_w)
+    if kind == "zeros" and n < 3:
+        mass = jnp.ones(n)
+    u = jax.random.uniform(k_u, (2, 2000))
+    got = np.asarray(jax.jit(jax.vmap(backward.row_inverse_cdf, (None, 0, 0)))(mass, *u))
+    size = backward.row_block_size(n)
+    mass64 = np.asarray(mass, np.float64)
+    blocks = np.pad(mass64, (0, -(-n // size) * size - n)).reshape(-1, size)
+    block_cdf = np.cumsum(blocks.sum(axis=1))
+    u64 = np.asarray(u, np.float64)
+    b = np.searchsorted(block_cdf, u64[0] * block_cdf[-1], side="right")
+    within = np.cumsum(blocks[b], axis=1)
+    scaled = u64[1] * within[:, -1]
+    j = (within <= scaled[:, None]).sum(axis=1)
+    want = b * size + j
+    # away from ties (the float32 sums round differently from the float64 ones)
+    gap_b = np.min(np.abs(block_cdf[None, :] - (u64[0] * block_cdf[-1])[:, None]), axis=1)
+    gap_j = np.min(np.abs(within - scaled[:, None]), axis=1)
+    clear = (gap_b > 1e-4 * block_cdf[-1]) & (gap_j > 1e-4 * within[:, -1])
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(got[clear], want[clear])
+    assert (mass64[got] > 0).all() and got.max() < n
+
+
+def test_categorical_row_law_and_non_finite_logits():
+    """Chi-square of ``categorical_row`` draws against ``softmax``; ``NaN`` / ``+inf`` /
+    ``-inf`` logits are never drawn; an all ``-inf`` row is uniform."""
+    n, num = 300, 60_000
+    k_l, k_d = jax.random.split(jax.random.key(3))
+    logits = 2.0 * jax.random.normal(k_l, (n,))
+    logits = logits.at[::7].set(-jnp.inf).at[3].set(jnp.nan).at[5].set(jnp.inf)
+    draw = jax.jit(jax.vmap(backward.categorical_row, (0, None)))
+    idx = np.asarray(draw(jax.random.split(k_d, num), logits))
+    logits64 = np.asarray(logits, np.float64)
+    finite = np.isfinite(logits64)
+    probs = np.zeros(n)
+    probs[finite] = np.exp(logits64[finite] - logits64[finite].max())
+    probs /= probs.sum()
+    assert probs[idx].min() > 0
+    assert _chi_square_p_value(idx, probs) > 1e-4
+    idx = np.asarray(draw(jax.random.split(k_d, 5000), jnp.full(10, -jnp.inf)))
+    assert _chi_square_p_value(idx, np.full(10, 0.1)) > 1e-4
+
+
+@pytest.mark.parametrize("log_bound", [None, LOG_BOUND])
+def test_nan_log_densities_count_as_zero_probability(log_bound):
+    """A transition whose log-density is NaN for some particles: exact and accept–reject
+    draws never pick them."""
+    ssm = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(
+            0.9 * x_prev, jnp.where(x_prev > 0.5, jnp.nan, 1.0)
+        ),
+        observation=lambda x, t: dist.Normal(x, 0.5),
+    )
+    n = 300
+    xs_prev = jax.random.normal(jax.random.key(0), (n,))
+    targets = jax.random.normal(jax.random.key(1), (n,))
+    idx, _ = backward.backward_indices(
+        jax.random.key(2), ssm, jnp.zeros(n), xs_prev, targets, 1, num_draws=2,
+        log_bound=log_bound,
+    )  # fmt: skip
+    assert (np.asarray(xs_prev)[np.asarray(idx)] <= 0.5).all()
+
+
+def test_unit_uniform_is_in_the_unit_interval():
+    bits = jnp.asarray([0, 255, 256, 2**32 - 1], jnp.uint32)
+    u = np.asarray(backward.unit_uniform(bits))
+    assert u.dtype == np.float32
+    np.testing.assert_array_equal(u, [0.0, 0.0, 2.0**-24, 1.0 - 2.0**-24])

@@ -575,12 +575,8 @@ def backward_indices(
         keep = draws < num_items
         return write_back(idx, draws, new, keep), write_back(done, draws, keep, keep)
 
-    last_size = buffer.slots.shape[0]
-    num_passes = -(-last_size // fallback_chunk)
-    (pos,) = jnp.nonzero(
-        buffer.valid & ~acc_b, size=num_passes * fallback_chunk, fill_value=last_size
-    )
-    queue = jnp.where(pos < last_size, buffer.slots[jnp.minimum(pos, last_size - 1)], num_items)
+    num_passes = -(-buffer.slots.shape[0] // fallback_chunk)
+    queue = next_buffer(buffer, acc_b, num_passes * fallback_chunk, num_items).slots
     queue = queue.reshape(num_passes, fallback_chunk)
     num_queued = jnp.sum(buffer.valid & ~acc_b)
 

@@ -696,6 +696,9 @@ def main(argv=None):
     parser.add_argument("--one", nargs=3, metavar=("RECIPE", "N", "CONTENDER"),
                         help=argparse.SUPPRESS)  # fmt: skip
     parser.add_argument("--info", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--jsonl", type=Path, default=None, help="also append each "
+                        "configuration's record to this file as it finishes (a run cut "
+                        "short keeps them)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.min_time, args.check_budget, args.check_seeds = 1, 0.0, 2.0, 4
@@ -753,6 +756,10 @@ def main(argv=None):
             order = CONTENDERS if i % 2 == 0 else CONTENDERS[::-1]  # spread load drift
             for contender in order:
                 pair[contender] = child(["--one", recipe, str(n), contender, *extra])
+                if args.jsonl:
+                    with args.jsonl.open("a") as f:
+                        record = {"recipe": recipe, "n": n, "contender": contender}
+                        f.write(json.dumps({**record, **pair[contender]}) + "\n")
             rows.append((n, pair))
         print_table(recipe, rows, info)
 

@@ -266,19 +266,23 @@ def main(argv=None):
     skip = set(filter(None, args.skip.split(",")))
     warnings.filterwarnings("ignore")
 
-    import particles
+    with_particles = "particles" not in skip  # not needed (nor installed) on a GPU machine
+    if with_particles:
+        import particles
 
     print(
-        f"jax {jax.__version__}, particles {particles.__version__}, T={num_steps}, "
+        f"jax {jax.__version__} ({jax.devices()[0].device_kind}), "
+        f"particles {particles.__version__ if with_particles else '(skipped)'}, T={num_steps}, "
         f"repeats={repeats} (median), ESS threshold 0.5, systematic resampling"
     )
     results = []  # (model, N, contender, ns per particle-step, compile s, log Z)
     for model in args.models.split(","):
         _, ys = pk_model(model, False).simulate(jax.random.key(42), num_steps)
         ys_np = np.asarray(ys, dtype=np.float64)
-        from particles import state_space_models as ssms
+        if with_particles:
+            from particles import state_space_models as ssms
 
-        fk = ssms.Bootstrap(ssm=particles_model(model), data=ys_np)
+            fk = ssms.Bootstrap(ssm=particles_model(model), data=ys_np)
         for n in sizes:
             contenders = {}
             for label, vec, hist in [
@@ -302,7 +306,8 @@ def main(argv=None):
             contenders["jax hand+pk.sys"] = lambda s, f=hand_pk: f(jax.random.key(s), ys)
             hand_np = make_hand_filter(model, n, pk.resampling.systematic, numpyro_densities=True)
             contenders["jax hand+pk.sys+numpyro"] = lambda s, f=hand_np: f(jax.random.key(s), ys)
-            contenders["particles"] = lambda s, n=n: run_particles(fk, n, s)
+            if with_particles:
+                contenders["particles"] = lambda s, n=n: run_particles(fk, n, s)
             contenders = {k: v for k, v in contenders.items() if k not in skip}
             for label, (first, med, best, cpu, value) in time_interleaved(
                 contenders, repeats

@@ -280,12 +280,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--ratio-only", action="store_true", help="section 4 only")
+    parser.add_argument("--sizes", default=None, help="section 4's N, comma-separated "
+                        "(default 1024,4096,16384)")  # fmt: skip
     args = parser.parse_args()
+    device = f"{jax.default_backend()}: {jax.devices()[0].device_kind}"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-          f"jax {jax.__version__} ({jax.default_backend()})")  # fmt: skip
+          f"jax {jax.__version__} ({device})")  # fmt: skip
+    ratio_sizes = [1024] if args.quick else [1024, 4096, 16384]
+    if args.sizes:
+        ratio_sizes = [int(float(s)) for s in args.sizes.split(",")]
     if args.ratio_only:
-        bench_ratio([1024] if args.quick else [1024, 4096, 16384], 50 if args.quick else 200,
-                    2 if args.quick else 5)  # fmt: skip
+        bench_ratio(ratio_sizes, 50 if args.quick else 200, 2 if args.quick else 5)
         return
     num_steps = 20 if args.quick else 50
     _, ys = SSM.simulate(jax.random.key(0), num_steps)
@@ -298,7 +303,7 @@ def main():
         bench_paris(ys, [100, 1000, 10_000, 100_000], exact_max=3000, repeats=3)
         bench_ffbs(ys, [100, 1000, 10_000], particles_max=1000, repeats=3)
         bench_ppg(ys, 32, 32, 64)
-        bench_ratio([1024, 4096, 16384], 200, 5)
+        bench_ratio(ratio_sizes, 200, 5)
 
 
 if __name__ == "__main__":

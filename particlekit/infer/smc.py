@@ -746,7 +746,7 @@ class SMC:
         self._info = info
         self._constrain_fn = lambda positions: constrain(positions, dyn)
         self._convergence = convergence.assess(
-            np.asarray(result.positions),
+            result.positions,  # thinned on the device before it comes to the host
             np.asarray(result.log_evidence),
             np.asarray(result.stages.ess),
             np.asarray(result.num_stages),

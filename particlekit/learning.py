@@ -100,6 +100,11 @@ def default_learning_rate(step):
     return 0.5 * (1.0 + step / 10.0) ** -0.6
 
 
+DEFAULT_OPTIMIZER = optax.sgd(default_learning_rate)
+"""``mle``'s and ``score_climbing``'s default optimizer: one object, so that the compiled
+run (the optimizer is a static argument) is reused by the next call instead of recompiled."""
+
+
 class MLEResult(NamedTuple):
     """Output of ``mle``.
 
@@ -286,7 +291,7 @@ def mle(
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     if optimizer is None:
-        optimizer = optax.sgd(default_learning_rate)
+        optimizer = DEFAULT_OPTIMIZER
     return _mle(
         key, theta_init, ys, model_fn=model_fn, num_particles=num_particles,
         num_iterations=num_iterations, optimizer=optimizer, estimator=estimator,
@@ -532,7 +537,7 @@ def score_climbing(
     num_iterations = kernels.check_num_particles(num_iterations, "num_iterations")
     scheme = resampling_scheme_for_csmc(resampling)
     if optimizer is None:
-        optimizer = optax.sgd(default_learning_rate)
+        optimizer = DEFAULT_OPTIMIZER
     phi_init = jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(float)), phi_init)
     return _score_climbing(
         key, ys, phi_init, ssm=ssm, proposal_fn=proposal_fn,

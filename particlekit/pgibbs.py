@@ -604,6 +604,73 @@ class ParticleGibbsResult(NamedTuple):
         return from_particle_gibbs(self, ys)
 
 
+@partial(
+    jax.jit,
+    static_argnames=(
+        "model_fn", "num_samples", "num_particles", "theta_update", "log_prior", "mcmc",
+        "num_mcmc_steps", "num_chains", "ancestor_sampling", "scheme", "progress_bar",
+    ),
+)  # fmt: skip
+def _particle_gibbs(key, ys, theta_init, reference, *, model_fn, num_samples, num_particles,
+                    theta_update, log_prior, mcmc, num_mcmc_steps, num_chains,
+                    ancestor_sampling, scheme, progress_bar):  # fmt: skip
+    """``particle_gibbs`` after its checks, compiled once per model function, sizes and
+    options (the callables are static: module-level functions reuse the compilation)."""
+    tick = progress_bar_callback(num_samples, desc="particle_gibbs") if progress_bar else None
+    ssm0 = model_fn(theta_init)
+
+    def theta_step(k, theta, xs):
+        if theta_update is not None:
+            return theta_update(k, theta, xs, ys), jnp.full((), jnp.nan)
+
+        def logdensity(th):
+            return log_prior(th) + joint_log_prob(model_fn(th), xs, ys)
+
+        algo = mcmc(logdensity)
+        st = algo.init(theta)
+
+        def body(s, kk):
+            s, info = algo.step(kk, s)
+            rate = getattr(info, "acceptance_rate", getattr(info, "is_accepted", jnp.nan))
+            return s, jnp.asarray(rate, jnp.float32)
+
+        st, rates = jax.lax.scan(body, st, jax.random.split(k, num_mcmc_steps))
+        return st.position, jnp.mean(rates)
+
+    def one_chain(k):
+        k_ref, k_iter = jax.random.split(k)
+        ref0 = reference
+        if ref0 is None:
+            ref0, _ = ssm0.simulate(k_ref, ys.shape[0])
+
+        def body(carry, inp):
+            theta, ref = carry
+            i, kk = inp
+            k_x, k_th = jax.random.split(kk)
+            ssm = model_fn(theta)
+            sweep = csmc_traced(
+                k_x, ssm, ys, ref, num_particles=num_particles, backward_sampling=True,
+                ancestor_sampling=ancestor_sampling, scheme=scheme, method="exact",
+                log_transition_bound=None, max_trials=1,
+            )  # fmt: skip
+            ref = sweep.trajectory
+            theta, rate = theta_step(k_th, theta, ref)
+            flags = (sweep.failed, jnp.sum(sweep.num_nonfinite).astype(jnp.int32))
+            if tick is not None:
+                tick(i)  # the draw index is not batched: one host call for all chains
+            return (theta, ref), (theta, ref, rate, flags)
+
+        steps = jnp.arange(num_samples)
+        _, (thetas, refs, rates, flags) = jax.lax.scan(
+            body, (theta_init, ref0), (steps, jax.random.split(k_iter, num_samples))
+        )
+        return thetas, refs, rates, flags
+
+    keys = jax.random.split(key, num_chains)
+    thetas, states, rates, (failed, nonfinite) = jax.vmap(one_chain)(keys)
+    return ParticleGibbsResult(thetas, states, rates, failed, nonfinite)
+
+
 def particle_gibbs(
     key: jax.Array,
     model_fn: Callable[[PyTree], StateSpaceModel],
@@ -701,59 +768,10 @@ def particle_gibbs(
     if reference is not None:
         reference = _check_reference(reference, ys, ssm0)
     theta_init = jax.tree.map(jnp.asarray, theta_init)
-    tick = (
-        progress_bar_callback(num_samples, desc="particle_gibbs")
-        if resolve_progress_bar(progress_bar)
-        else None
-    )
-
-    def theta_step(k, theta, xs):
-        if theta_update is not None:
-            return theta_update(k, theta, xs, ys), jnp.full((), jnp.nan)
-
-        def logdensity(th):
-            return log_prior(th) + joint_log_prob(model_fn(th), xs, ys)
-
-        algo = mcmc(logdensity)
-        st = algo.init(theta)
-
-        def body(s, kk):
-            s, info = algo.step(kk, s)
-            rate = getattr(info, "acceptance_rate", getattr(info, "is_accepted", jnp.nan))
-            return s, jnp.asarray(rate, jnp.float32)
-
-        st, rates = jax.lax.scan(body, st, jax.random.split(k, num_mcmc_steps))
-        return st.position, jnp.mean(rates)
-
-    def one_chain(k):
-        k_ref, k_iter = jax.random.split(k)
-        ref0 = reference
-        if ref0 is None:
-            ref0, _ = ssm0.simulate(k_ref, ys.shape[0])
-
-        def body(carry, inp):
-            theta, ref = carry
-            i, kk = inp
-            k_x, k_th = jax.random.split(kk)
-            ssm = model_fn(theta)
-            sweep = csmc_traced(
-                k_x, ssm, ys, ref, num_particles=num_particles, backward_sampling=True,
-                ancestor_sampling=ancestor_sampling, scheme=scheme, method="exact",
-                log_transition_bound=None, max_trials=1,
-            )  # fmt: skip
-            ref = sweep.trajectory
-            theta, rate = theta_step(k_th, theta, ref)
-            flags = (sweep.failed, jnp.sum(sweep.num_nonfinite).astype(jnp.int32))
-            if tick is not None:
-                tick(i)  # the draw index is not batched: one host call for all chains
-            return (theta, ref), (theta, ref, rate, flags)
-
-        steps = jnp.arange(num_samples)
-        _, (thetas, refs, rates, flags) = jax.lax.scan(
-            body, (theta_init, ref0), (steps, jax.random.split(k_iter, num_samples))
-        )
-        return thetas, refs, rates, flags
-
-    keys = jax.random.split(key, num_chains)
-    thetas, states, rates, (failed, nonfinite) = jax.jit(jax.vmap(one_chain))(keys)
-    return ParticleGibbsResult(thetas, states, rates, failed, nonfinite)
+    return _particle_gibbs(
+        key, ys, theta_init, reference, model_fn=model_fn, num_samples=num_samples,
+        num_particles=num_particles, theta_update=theta_update, log_prior=log_prior, mcmc=mcmc,
+        num_mcmc_steps=num_mcmc_steps, num_chains=num_chains,
+        ancestor_sampling=ancestor_sampling, scheme=scheme,
+        progress_bar=resolve_progress_bar(progress_bar),
+    )  # fmt: skip

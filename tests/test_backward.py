@@ -259,10 +259,15 @@ def test_empty_buffer_slots_never_write():
     log_w = jnp.zeros(n).at[-1].set(-12.0)
     targets = jnp.concatenate([jnp.asarray([45.0]), jax.random.normal(k1, (m - 1,))])
     for max_trials in (1, 32):
-        idx, info = backward.backward_indices(
-            k2, SSM, log_w, xs_prev, targets, 1, num_draws=k, log_bound=LOG_BOUND,
-            max_trials=max_trials,
+        draws = jax.jit(
+            lambda key, log_w, xs_prev, targets, max_trials=max_trials: (
+                backward.backward_indices(
+                    key, SSM, log_w, xs_prev, targets, 1, num_draws=k, log_bound=LOG_BOUND,
+                    max_trials=max_trials,
+                )
+            )
         )  # fmt: skip
+        idx, info = draws(k2, log_w, xs_prev, targets)
         idx = np.asarray(idx)
         assert (idx[0] == n - 1).all(), idx[0]
         assert (idx[1:] < n - 1).all()

@@ -576,9 +576,8 @@ def _impossible(ys):
     return bool(np.any(np.abs(ys) > 1e19))
 
 
-# particle_gibbs compiles anew at every call (3 s): its property runs with the slow tests;
 # score_climbing returns NaN on impossible data: a strict xfail below
-FAST_OBS = [n for n in SSM_CALLS if n not in ("particle_gibbs", "score_climbing")]
+FAST_OBS = [n for n in SSM_CALLS if n != "score_climbing"]
 
 
 def _check_observations(name, ys):
@@ -601,21 +600,14 @@ def test_observations_missing_infinite_or_impossible(name, ys):
     _check_observations(name, ys)
 
 
-@pytest.mark.slow
-@fast(4)
-@given(ys=OBSERVATIONS)
-def test_observations_particle_gibbs(ys):
-    _check_observations("particle_gibbs", ys)
-
-
 MISSING, IMPOSSIBLE = [0.1, NAN, 0.2, 0.3], [0.1, INF, 0.2, 0.3]
 
 
 @pytest.mark.parametrize(
     "name, ys",
     [
-        pytest.param("particle_gibbs", MISSING, marks=pytest.mark.slow),
-        pytest.param("particle_gibbs", IMPOSSIBLE, marks=pytest.mark.slow),
+        ("particle_gibbs", MISSING),
+        ("particle_gibbs", IMPOSSIBLE),
         ("score_climbing", MISSING),  # IMPOSSIBLE: see test_open_defects
     ],
     ids=["particle_gibbs-missing", "particle_gibbs-impossible", "score_climbing-missing"],

@@ -185,3 +185,16 @@ def test_rank_normalize_matches_scipy_average_ranks():
     ranks = rankdata(x.reshape(150, 4), axis=0)
     expected = ndtri((ranks - 0.375) / (150 + 0.25)).reshape(x.shape)
     np.testing.assert_allclose(convergence.rank_normalize(x), expected, atol=1e-12)
+
+
+def test_assess_thins_a_device_population_before_the_host_copy():
+    """More than MAX_ASSESSED_PARTICLES particles per chain: R-hat and bulk ESS come from an
+    even thinning (the ESS of independent draws is then about the thinned count, not N)."""
+    cap = convergence.MAX_ASSESSED_PARTICLES
+    n = 3 * cap + 5
+    x = jax.random.normal(jax.random.key(0), (2, n, 2))  # a device array
+    ess, capped = np.full((2, 3), 0.5), np.zeros((2, 3), bool)
+    report = convergence.assess(x, np.array([-3.0, -3.0]), ess, np.array([3, 3]), capped, n)
+    assert report.trustworthy
+    thinned = 2 * -(-n // -(-n // cap))  # both chains, every ceil(n / cap)-th particle
+    assert np.all(report.ess_bulk <= 1.1 * thinned) and np.all(report.ess_bulk > 0.8 * thinned)

@@ -35,3 +35,10 @@ def api(request, monkeypatch):
 
         monkeypatch.setattr(pk.arviz, "arviz_major_version", lambda: 1)
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the ``slow`` tests first (a stable sort, each group in collection order): with
+    ``pytest -n 2`` a long test left for the end keeps one worker busy while the other
+    idles, so the longest jobs go first (longest-processing-time-first scheduling)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

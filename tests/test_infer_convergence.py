@@ -131,6 +131,7 @@ def test_assess_flags_each_problem():
     assert np.nanmin(low.ess_bulk) < convergence.MIN_ESS_PER_CHAIN * c
 
 
+@pytest.mark.slow
 def test_adaptive_hmc_leaves_a_gaussian_invariant_and_tunes_its_trajectory():
     """Starting from exact draws of N(0, diag(s^2)), the moved population has the same
     moments; the trajectory length settles where the ESJD per unit time peaks (about 2.3 in

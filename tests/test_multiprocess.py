@@ -153,6 +153,7 @@ def _check_filter(outs, num_processes):
     assert abs(diff.mean()) < 5.0 * diff.std() / np.sqrt(SEEDS) + 1e-4
 
 
+@pytest.mark.slow
 def test_two_processes_filter_smc_and_steering():
     from scipy.stats import multivariate_normal
 

@@ -10,6 +10,7 @@ evidence and agree with each other within Monte Carlo error.
 import textwrap
 
 import numpy as np
+import pytest
 from exact import kalman, scalar_model
 from forced_devices import run_on_forced_devices
 
@@ -109,6 +110,7 @@ SMC_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_tempered_smc_with_sharded_particles():
     from scipy.stats import multivariate_normal
 

@@ -99,6 +99,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_recipes_with_sharded_particles():
     out = run_on_forced_devices(SCRIPT, SEEDS)
 

@@ -30,6 +30,7 @@ def exact_answers():
     return mean, sd, path_mean, log_evidence
 
 
+@pytest.mark.slow
 def test_smc2_matches_exact_posterior_and_evidence():
     res = pk.statespace.smc2(
         jax.random.key(0), MODEL, YS, num_theta_particles=1000, num_x_particles=64,
@@ -55,6 +56,7 @@ def test_smc2_matches_exact_posterior_and_evidence():
     assert np.all(np.isfinite(np.asarray(res.log_likelihood)))
 
 
+@pytest.mark.slow
 def test_smc2_arviz_summary_and_fixed_num_x(capsys):
     res = pk.statespace.smc2(
         jax.random.key(1), MODEL, YS, num_theta_particles=64, num_x_particles=16,

@@ -44,6 +44,7 @@ def test_grid_log_likelihoods_equal_the_kalman_filter():
         assert np.isclose(scalar_log_likelihoods(np.array([a]), YS)[0], reference, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pmmh_matches_exact_posterior(seed):
     res = pk.statespace.pmmh(
@@ -145,6 +146,7 @@ def test_particle_gibbs_matches_exact_posterior():
     assert data["posterior"]["x"].shape == (4, 700, 60)
 
 
+@pytest.mark.slow
 def test_correlated_pmmh_matches_exact_posterior_with_few_particles():
     """At N = 32 the log-likelihood sd is about 3 and plain PMMH sticks; correlated moves
     (rho = 0.99) keep the acceptance up and the posterior exact."""

@@ -306,13 +306,9 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
         NaN potential (zero weight, counted by the engine)."""
         del inputs
 
-        def more(carry):
-            i, _, _, active, _ = carry
-            return (i < config.max_step_tokens) & jnp.any(active)
-
-        def one_token(carry):
-            i, key, xs, active, bad = carry
-            key, key_draw = jax.random.split(key)
+        def one_token(loop: _TokenLoop) -> _TokenLoop:
+            key, key_draw = jax.random.split(loop.key)
+            xs, active = loop.particles, loop.active
             tokens, caches, ok = draw(key_draw, xs)
             new = jax.vmap(extend_token)(xs, tokens, caches)
             cache = jax.vmap(select_cache)(~active, xs.cache, new.cache)
@@ -321,20 +317,90 @@ def extend_move(step_fn, reward_fn, config: Config, reference: SequenceState | N
                 new._replace(cache=()),
                 xs._replace(cache=()),
             )._replace(cache=cache)
-            bad = bad | (active & ~ok)
             stop = new.finished | (tokens == config.separator_id) | ~ok
-            return i + 1, key, xs, active & ~stop, bad
+            return _TokenLoop(key, xs, active & ~stop, loop.bad | (active & ~ok))
 
         n = xs.length.shape[0]
-        init = (jnp.asarray(0), key, xs, ~xs.finished, jnp.zeros((n,), bool))
-        _, _, moved, _, bad = jax.lax.while_loop(more, one_token, init)
+        init = _TokenLoop(key, xs, ~xs.finished, jnp.zeros((n,), bool))
+        out = _while_any_active(one_token, config.max_step_tokens, init)
+        moved = out.particles
         log_potential = jax.vmap(reward_fn)(moved.tokens, moved.length)
         log_potential = jnp.asarray(log_potential, xs.log_potential.dtype)
-        log_potential = jnp.where(bad, jnp.nan, log_potential)
+        log_potential = jnp.where(out.bad, jnp.nan, log_potential)
         log_potential = jnp.where(xs.finished, xs.log_potential, log_potential)
         return moved._replace(log_potential=log_potential)
 
     return step_fn_level
+
+
+class _TokenLoop(NamedTuple):
+    """The carry of the token loop of a step-level move (``N`` particles)."""
+
+    key: jax.Array
+    particles: SequenceState
+    #: (N,) bool: the particle is still drawing tokens in this step.
+    active: jax.Array
+    #: (N,) bool: the generator returned no valid distribution to the particle.
+    bad: jax.Array
+
+
+def _while_any_active(body, limit: int, carry: _TokenLoop) -> _TokenLoop:
+    """Apply ``carry = body(carry)`` while some particle is active, at most ``limit`` times.
+
+    ``body`` must leave inactive particles as they are (their caches up to entries that
+    are not read, see ``cache_selector``) and never reactivate one. Then batching the loop
+    (``jax.vmap`` over problems, each with its own population) needs no selection of the
+    carry: the batched loop runs ``body`` on every problem while any particle of any problem
+    is active, and gives each problem the result of its own loop (a problem whose particles
+    have all stopped only draws keys that are not used). JAX's own batching of a
+    ``lax.while_loop`` whose predicate is batched selects every leaf of the carry (the
+    key/value caches of all particles included) between old and new at every iteration,
+    which costs as much as the generator's step on small models.
+
+    The values ``body`` closes over (the generator's parameters, a reference sequence)
+    become explicit operands, so that they may be batched too.
+    """
+    closed = jax.make_jaxpr(body)(carry)
+    tree = jax.tree.structure(carry)
+
+    def pure(operands, leaves):
+        return jax.core.eval_jaxpr(closed.jaxpr, operands, *leaves)
+
+    leaves = _active_loop(pure, limit, tree)(list(closed.consts), jax.tree.leaves(carry))
+    return jax.tree.unflatten(tree, leaves)
+
+
+def _active_loop(body, limit: int, tree):
+    """``loop(operands, leaves)``: the ``lax.while_loop`` of ``_while_any_active`` over the
+    flat carry ``leaves`` (of structure ``tree``), with ``body(operands, leaves)`` pure; its
+    batching rule is the same loop over the body vmapped, stopping when no particle of any
+    problem is active."""
+
+    def active(leaves):
+        return jax.tree.unflatten(tree, leaves).active
+
+    @jax.custom_batching.custom_vmap
+    def loop(operands, leaves):
+        def more(c):
+            return (c[0] < limit) & jnp.any(active(c[1]))
+
+        def once(c):
+            return c[0] + 1, body(operands, c[1])
+
+        return jax.lax.while_loop(more, once, (jnp.asarray(0), leaves))[1]
+
+    @loop.def_vmap
+    def batched(axis_size, in_batched, operands, leaves):
+        operands_batched, leaves_batched = in_batched
+        leaves = [
+            x if b else jnp.broadcast_to(x, (axis_size,) + x.shape)
+            for x, b in zip(leaves, leaves_batched, strict=True)
+        ]
+        axes = [0 if b else None for b in operands_batched]
+        vbody = jax.vmap(body, in_axes=(axes, 0))
+        return _active_loop(vbody, limit, tree)(operands, leaves), [True] * len(leaves)
+
+    return loop
 
 
 def cache_selector(step_fn):

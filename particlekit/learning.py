@@ -242,7 +242,8 @@ def mle(
     optimizer : optax.GradientTransformation, optional
         Default: Robbins–Monro steps ``optax.sgd(0.5 (1 + k / 10)^-0.6)`` on ``-score / T``
         (suited to unconstrained parameters with per-observation Fisher information of
-        order one; pass e.g. ``optax.adam(1e-2)`` otherwise).
+        order one; pass e.g. ``optax.adam(1e-2)`` otherwise). The optimizer is a static
+        argument of the compiled run: pass the same object again to reuse the compilation.
     estimator : {"paris", "ppg"}
     num_backward, method, max_trials
         PaRIS options (see ``particlekit.smoothing.paris``).
@@ -495,7 +496,8 @@ def score_climbing(
     num_iterations : int
     optimizer : optax.GradientTransformation, optional
         Applied to ``-grad log q_phi(x*) / T``; default: Robbins–Monro steps
-        ``optax.sgd(0.5 (1 + k / 10)^-0.6)``.
+        ``optax.sgd(0.5 (1 + k / 10)^-0.6)``. A static argument of the compiled run: pass
+        the same object again to reuse the compilation.
     resampling : str or callable
         Scheme with a conditional version.
     progress_bar : bool, optional

@@ -10,10 +10,15 @@ import os
 import sys
 
 import jax
+import numpyro.distributions  # noqa: F401  (before any test module imports arviz: see below)
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# ArviZ 1.x loads NumPyro lazily (lazy_loader); on Python 3.12.1 a NumPyro that is first
+# imported through that lazy module loses the submodule attributes of numpyro.distributions
+# (``numpyro.factor`` then fails with "has no attribute 'distribution'"). Test modules that
+# import arviz before numpyro would hit it, so numpyro is imported here, first.
 _CACHE = os.environ.get("PARTICLEKIT_TEST_JAX_CACHE")
 if _CACHE:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))

@@ -126,7 +126,8 @@ class FKSteeringResult(NamedTuple):
         >>> model = pk.diffusion.gaussian_mixture([0.5, 0.5], [[-2.0], [2.0]], [0.5, 0.5])
         >>> res = pk.diffusion.fk_steering(jax.random.key(0), model, lambda x: x[0],
         ...                                num_particles=16, num_steps=10, progress_bar=False)
-        >>> "steps" in res.to_inference_data().groups()
+        >>> data = res.to_inference_data()  # InferenceData (arviz < 1) or DataTree (arviz 1.x)
+        >>> "steps" in (data.children if hasattr(data, "children") else data.groups())
         True
         """
         from particlekit.arviz import from_fk_steering

@@ -33,7 +33,7 @@ from pathlib import Path
 import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_smoothing import SSM  # noqa: E402
+from bench_smoothing import SSM, smoother_calls  # noqa: E402
 
 import particlekit as pk  # noqa: E402
 from particlekit import smoothing  # noqa: E402
@@ -93,33 +93,6 @@ def compile_ahead(fn, *args):
     return compiled, time.perf_counter() - t0
 
 
-def calls(n, ys, stored):
-    h = lambda xp, x, t: x  # noqa: E731
-    return {
-        "PaRIS K=2": lambda k: (
-            pk.smoothing.paris(
-                k, SSM, ys, additive_fn=h, num_particles=n, method="rejection", progress_bar=False
-            ).estimate
-        ),
-        "PPG K=2 (one sweep)": lambda k: (
-            pk.pgibbs.ppg(
-                k,
-                SSM,
-                ys,
-                additive_fn=h,
-                num_particles=n,
-                num_iterations=1,
-                burn_in=0,
-                method="rejection",
-                progress_bar=False,
-            ).estimate
-        ),  # fmt: skip
-        "FFBS M=N (backward)": lambda k: pk.smoothing.ffbs(
-            k, SSM, stored, n, method="rejection", progress_bar=False
-        ),
-    }
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default="bc24cfe", help="git revision of the old module")
@@ -147,15 +120,11 @@ def main():
         stored = pk.filters.bootstrap(
             jax.random.key(3), SSM, ys, num_particles=n, keep_history=True, progress_bar=False
         )
-        filt = lambda k, n=n: (
-            pk.filters.bootstrap(  # noqa: E731
-                k, SSM, ys, num_particles=n, keep_history=False, progress_bar=False
-            ).log_evidence
-        )
-        compiled = {("filter", "new"): compile_ahead(filt, key)}
+        calls = smoother_calls(n, ys, stored, methods=("rejection",))
+        compiled = {("filter", "new"): compile_ahead(calls.pop("filter"), key)}
         for label, module in (("old", old), ("new", None)):
             with swapped_into_smoothing(module):
-                for name, fn in calls(n, ys, stored).items():
+                for name, fn in calls.items():
                     compiled[(name, label)] = compile_ahead(fn, key)
         times = {k: [] for k in compiled}
         for r in range(repeats + 1):  # the first round warms up
@@ -166,7 +135,7 @@ def main():
                     times[k].append(time.perf_counter() - t0)
         per = {k: min(v) * 1e9 / (n * num_steps) for k, v in times.items()}
         base = per[("filter", "new")]
-        for name in calls(n, ys, stored):
+        for name in calls:
             o, w = per[(name, "old")], per[(name, "new")]
             print(f"| {n} | {name} | {o:.0f} | {w:.0f} | {w / o:.2f} | {o / base:.1f}x | "
                   f"{w / base:.1f}x | {compiled[(name, 'old')][1]:.1f} / "

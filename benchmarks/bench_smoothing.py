@@ -196,65 +196,51 @@ def bench_ppg(ys, n, sweeps, num_seeds):
         print(f"{name:>26} {bias:>8.3f} {std:>8.3f} {bias**2 + std**2:>9.4f} {elapsed:>8.2f}")
 
 
+def smoother_calls(n, ys, stored, methods=("rejection", "mcmc")):
+    """Section 4's calls at ``N = n``, not jitted, as ``{name: fn(key)}``: the bootstrap
+    filter, PaRIS (full result) and one PPG sweep with K = 2 for each backward ``method``,
+    and FFBS of ``M = N`` trajectories by rejection from the stored filter ``stored``
+    (``bench_backward_revisions.py`` compiles the same calls)."""
+    h = lambda xp, x, t: x  # noqa: E731
+
+    def tag(method):
+        return "" if method == "rejection" else f" {method}"
+
+    calls = {
+        "filter": lambda k: (
+            pk.filters.bootstrap(
+                k, SSM, ys, num_particles=n, keep_history=False, progress_bar=False
+            ).log_evidence
+        )
+    }
+    for method in methods:
+        calls[f"PaRIS K=2{tag(method)}"] = lambda k, method=method: pk.smoothing.paris(
+            k, SSM, ys, additive_fn=h, num_particles=n, method=method, progress_bar=False
+        )
+    for method in methods:
+        name = "PPG K=2 (one sweep)" if method == "rejection" else f"PPG K=2{tag(method)}"
+        calls[name] = lambda k, method=method: pk.pgibbs.ppg(
+            k, SSM, ys, additive_fn=h, num_particles=n, num_iterations=1, burn_in=0,
+            method=method, progress_bar=False,
+        ).estimate  # fmt: skip
+    calls["FFBS M=N (backward)"] = lambda k: pk.smoothing.ffbs(
+        k, SSM, stored, n, method="rejection", progress_bar=False
+    )
+    return calls
+
+
 def bench_ratio(sizes, num_steps, repeats):
     print(f"\n## 4. Cost per particle-step against the bootstrap filter, T = {num_steps}")
     print("| N | method | ns / particle-step | x filter | compile s | proposals / draw "
           "(mcmc: acceptance) |")  # fmt: skip
     print("|---:|---|---:|---:|---:|---:|")
     _, ys = SSM.simulate(jax.random.key(7), num_steps)
-    h = lambda xp, x, t: x  # noqa: E731
     for n in sizes:
-        filt = jax.jit(
-            lambda k, n=n: (
-                pk.filters.bootstrap(
-                    k, SSM, ys, num_particles=n, keep_history=False, progress_bar=False
-                ).log_evidence
-            )
-        )
-
-        def paris_with(method, n=n):
-            return jax.jit(
-                lambda k: pk.smoothing.paris(
-                    k, SSM, ys, additive_fn=h, num_particles=n, method=method, progress_bar=False
-                )
-            )
-
-        def ppg_with(method, n=n):
-            return jax.jit(
-                lambda k: (
-                    pk.pgibbs.ppg(
-                        k,
-                        SSM,
-                        ys,
-                        additive_fn=h,
-                        num_particles=n,
-                        num_iterations=1,
-                        burn_in=0,
-                        method=method,
-                        progress_bar=False,
-                    ).estimate
-                )  # fmt: skip
-            )
-
         stored = pk.filters.bootstrap(
             jax.random.key(3), SSM, ys, num_particles=n, keep_history=True, progress_bar=False
         )
-        ffbs = jax.jit(
-            lambda k, n=n: pk.smoothing.ffbs(
-                k, SSM, stored, n, method="rejection", progress_bar=False
-            )
-        )
-        keyed = {
-            name: (lambda i, f=f: f(jax.random.key(i)))
-            for name, f in [
-                ("filter", filt),
-                ("PaRIS K=2", paris_with("rejection")),
-                ("PaRIS K=2 mcmc", paris_with("mcmc")),
-                ("PPG K=2 (one sweep)", ppg_with("rejection")),
-                ("PPG K=2 mcmc", ppg_with("mcmc")),
-                ("FFBS M=N (backward)", ffbs),
-            ]
-        }
+        jitted = {name: jax.jit(fn) for name, fn in smoother_calls(n, ys, stored).items()}
+        keyed = {name: (lambda i, f=f: f(jax.random.key(i))) for name, f in jitted.items()}
         times, compiles, trials = {}, {}, {}
         for name, fn in keyed.items():  # warm-up (compile) first, then interleaved timing
             t0 = time.perf_counter()

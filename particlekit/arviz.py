@@ -1127,7 +1127,7 @@ def from_sequence_steering(result, *, key=None, num_draws: int | None = None, de
 
     - ``weighted_particles``: the final sequences ``tokens`` (int32, dims
       ``(chain, particle, position)``, padded with the end token after ``length``),
-      ``length``, ``ended`` (closed by the end token, not truncated), the normalised
+      ``length``, ``ended`` (int8: 1 if closed by the end token, 0 if truncated), the normalised
       ``log_weight`` and ``weight`` (summing to 1 per chain) and ``log_potential``
       (``log phi`` of the sequence), dims ``(chain, particle)``; with ``decode`` also
       ``text``;
@@ -1194,7 +1194,7 @@ def from_sequence_steering(result, *, key=None, num_draws: int | None = None, de
     sequences = {
         "tokens": tokens,
         "length": np.asarray(result.lengths),
-        "ended": np.asarray(result.ended),
+        "ended": np.asarray(result.ended).astype(np.int8),
     }
     log_potential = np.asarray(result.log_potentials)
     texts = None if decode is None else _decoded(decode, tokens, result.lengths)
@@ -1260,9 +1260,10 @@ def _check_eos_id(eos_id) -> None:
 
 
 def _ended(tokens, lengths, eos_id) -> np.ndarray:
-    """Each sequence's last filled token is the end token (closed, not truncated)."""
+    """1 where a sequence's last filled token is the end token (closed), 0 where it was
+    truncated; int8, not bool, so that ArviZ's summaries (quantiles) work on it."""
     last = np.take_along_axis(tokens, np.clip(lengths - 1, 0, None)[..., None], -1)
-    return last[..., 0] == int(eos_id)
+    return (last[..., 0] == int(eos_id)).astype(np.int8)
 
 
 def from_sequence_gibbs(result, *, burn_in: int = 0, eos_id: int | None = None, decode=None):
@@ -1272,7 +1273,7 @@ def from_sequence_gibbs(result, *, burn_in: int = 0, eos_id: int | None = None, 
 
     - ``posterior``: the references ``tokens`` (int32, dims ``(chain, draw, position)``,
       padded with the end token after ``length``) and ``length`` ``(chain, draw)``; with
-      ``eos_id`` also ``ended`` (closed by the end token, not truncated);
+      ``eos_id`` also ``ended`` (int8: 1 if closed by the end token, 0 if truncated);
     - ``sample_stats``: ``log_potential`` (``log phi`` of the reference), ``changed`` (the
       iteration moved to another sequence; its mean is the move rate), dims
       ``(chain, draw)``, ``ess`` of each step of the iteration's conditional SMC sweep,
@@ -1383,8 +1384,8 @@ def from_sequence_tempering(result, *, burn_in: int = 0, eos_id: int | None = No
 
     - ``posterior``: the cold chain's references ``tokens`` (int32, dims
       ``(chain, draw, position)``, padded with the end token after ``length``) and
-      ``length`` ``(chain, draw)``; with ``eos_id`` also ``ended`` (closed by the end
-      token, not truncated);
+      ``length`` ``(chain, draw)``; with ``eos_id`` also ``ended`` (int8: 1 if closed by
+      the end token, 0 if truncated);
     - ``sample_stats``: the cold chain's ``log_potential`` (untempered ``log phi`` of the
       reference) and ``changed`` (its Gibbs move selected another sequence; swaps not
       counted), dims ``(chain, draw)``, ``ess`` of each step of its conditional SMC sweep

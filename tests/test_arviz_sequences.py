@@ -147,7 +147,7 @@ def test_sequence_steering_groups_dims_and_values(api):
     ]:
         assert weighted[name].dims == ("chain", "particle") and weighted[name].shape == (1, N)
         np.testing.assert_array_equal(weighted[name].values[0], field)
-    assert weighted["ended"].dtype == bool
+    assert weighted["ended"].dtype == np.int8  # 0 / 1, so that az.summary works on it
     # normalised weights: log_weight is log W, weight is W = SteeringResult.weights
     assert weighted["weight"].dims == ("chain", "particle")
     np.testing.assert_allclose(weighted["log_weight"].values[0], normalised(res.log_weights),

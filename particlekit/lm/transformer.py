@@ -67,9 +67,11 @@ class KVCache(NamedTuple):
 
     Attributes
     ----------
-    keys : Array of shape (num_layers, context_length, num_heads, head_dim)
-    values : Array of shape (num_layers, context_length, num_heads, head_dim)
-        Entries at positions ``>= position`` are unused (zeros or stale).
+    keys : Array of shape (num_layers, num_heads, context_length, head_dim)
+    values : Array of shape (num_layers, num_heads, context_length, head_dim)
+        Entries at positions ``>= position`` are unused (zeros or stale). Head-major, so
+        that attention reads each head's keys and values as one contiguous matrix: with
+        positions before heads, XLA transposes a layer's whole cache at every token.
     position : Array of shape (), int32
         Number of tokens processed: the next token goes to this position.
     """
@@ -108,13 +110,13 @@ class _Block(eqx.Module):
         return q.reshape(shape), k.reshape(shape), v.reshape(shape)
 
     def finish(self, x, q, keys, values, mask):
-        """Attention of queries ``q (T, H, dh)`` over ``keys/values (S, H, dh)`` with
-        ``mask (T, S)``, then the residual MLP."""
+        """Attention of queries ``q (T, H, dh)`` over ``keys/values (H, S, dh)`` (head-major,
+        as in ``KVCache``) with ``mask (T, S)``, then the residual MLP."""
         scale = 1.0 / math.sqrt(q.shape[-1])
-        scores = jnp.einsum("thd,shd->hts", q, keys) * scale
+        scores = jnp.einsum("thd,hsd->hts", q, keys) * scale
         scores = jnp.where(mask[None], scores, -jnp.inf)
         attn = jax.nn.softmax(scores, axis=-1)
-        mixed = jnp.einsum("hts,shd->thd", attn, values).reshape(x.shape)
+        mixed = jnp.einsum("hts,hsd->thd", attn, values).reshape(x.shape)
         x = x + jax.vmap(self.out)(mixed)
         hidden = jax.nn.gelu(jax.vmap(self.fc1)(jax.vmap(self.norm2)(x)))
         return x + jax.vmap(self.fc2)(hidden)
@@ -165,7 +167,8 @@ class Transformer(eqx.Module):
         self.config = config
 
     def forward(self, tokens):
-        """Logits and per-layer keys and values of a sequence ``tokens (T,)``."""
+        """Logits and per-layer keys and values of a sequence ``tokens (T,)``: arrays of
+        shape ``(T, vocab_size)`` and two of ``(num_layers, num_heads, T, head_dim)``."""
         return _forward(self, _check_sequence(tokens, self.config))
 
     def __call__(self, tokens):
@@ -198,6 +201,7 @@ def _forward(model: Transformer, tokens):
     keys, values = [], []
     for block in model.blocks:  # static: the layers
         q, k, v = block.project(x)
+        k, v = jnp.swapaxes(k, 0, 1), jnp.swapaxes(v, 0, 1)  # (H, T, dh)
         x = block.finish(x, q, k, v, mask)
         keys.append(k)
         values.append(v)
@@ -256,12 +260,12 @@ def prefill(model: Transformer, tokens) -> KVCache:
 def _prefill(model: Transformer, tokens) -> KVCache:
     cfg = model.config
     p = tokens.shape[0]
-    shape = (cfg.num_layers, cfg.context_length, cfg.num_heads, cfg.d_model // cfg.num_heads)
+    shape = (cfg.num_layers, cfg.num_heads, cfg.context_length, cfg.d_model // cfg.num_heads)
     dtype = model.token_embedding.dtype
     keys, values = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
     if p:
         _, k, v = _forward(model, tokens)
-        keys, values = keys.at[:, :p].set(k), values.at[:, :p].set(v)
+        keys, values = keys.at[:, :, :p].set(k), values.at[:, :, :p].set(v)
     return KVCache(keys, values, jnp.asarray(p, jnp.int32))
 
 
@@ -311,9 +315,9 @@ def _step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache
     # that would copy the whole cache at every token)
     keys, values = cache.keys, cache.values
     for i, block in enumerate(model.blocks):  # static: the layers
-        q, k, v = block.project(x)
-        keys = jax.lax.dynamic_update_slice(keys, k[None], (i, here, 0, 0))
-        values = jax.lax.dynamic_update_slice(values, v[None], (i, here, 0, 0))
+        q, k, v = block.project(x)  # k, v: (1, H, dh), written at (layer i, position here)
+        keys = jax.lax.dynamic_update_slice(keys, k[None].swapaxes(1, 2), (i, 0, here, 0))
+        values = jax.lax.dynamic_update_slice(values, v[None].swapaxes(1, 2), (i, 0, here, 0))
         x = block.finish(x, q, keys[i], values[i], mask)
     logits = model.head(model.norm(x[0]))
     logits = jnp.where(valid, logits, jnp.nan)

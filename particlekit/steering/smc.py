@@ -134,12 +134,17 @@ def sweep(
     """
     key_init, key_w0, key_run = jax.random.split(key, 3)
     x0 = initial_state(prompt, reward_fn, config, init_cache)
-    state = constrain_particles(kernels.init(key_init, lambda k: x0, num_particles), sharding)
+    state = _previous_without_cache(kernels.init(key_init, lambda k: x0, num_particles))
+    state = constrain_particles(state, sharding)
     state, info0 = kernels.reweight(initial_potential)(key_w0, state, None)
+    extend = kernels.move(extend_move(step_fn, reward_fn, config, reference), vectorized=True)
+
+    def move(key, state, inputs):
+        state, info = extend(key, state, inputs)
+        return _previous_without_cache(state), info
+
     step = kernels.chain(
-        kernels.resample(scheme, ess_threshold),
-        kernels.move(extend_move(step_fn, reward_fn, config, reference), vectorized=True),
-        kernels.reweight(potential(variant)),
+        kernels.resample(scheme, ess_threshold), move, kernels.reweight(potential(variant))
     )
     if variant == "exact" or config.step_level:
         step = _skipped_once_all_finished(step)
@@ -153,6 +158,14 @@ def sweep(
         sharding=sharding,
     )
     return final, info0, trace.info
+
+
+def _previous_without_cache(state: ParticleState) -> ParticleState:
+    """``state`` with the generator's cache dropped from ``previous_particles``: the
+    potentials read only the previous reward and end flag, and a kept copy of every
+    particle's key/value cache would be carried through the loop, gathered at each
+    resampling and copied at each step for nothing."""
+    return state._replace(previous_particles=state.previous_particles._replace(cache=()))
 
 
 def _skipped_once_all_finished(step):

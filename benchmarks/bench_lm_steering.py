@@ -71,6 +71,7 @@ Run: ``python benchmarks/bench_lm_steering.py [--quick] [--problems 128] [--out 
 (128 problems by default, to stay near 25 minutes on 2 shared cores: 18-25 minutes there, of
 which the 61 compilations of 5-20 s each take about 9; ``--quick``: 32 problems, N = 4, 16,
 about 10 minutes at load 7, compile-bound; ``--skip-accuracy``: only (a) and (b)).
+The results in ``benchmarks/README.md`` are from ``--problems 256`` (30 minutes at load 5-7).
 """
 
 from __future__ import annotations

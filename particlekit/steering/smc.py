@@ -68,7 +68,8 @@ class SteeringResult(NamedTuple):
     failed : Array of shape (), bool
         Every weight became zero (the reward rules out every sampled sequence).
     final_state : ParticleState
-        The final population; ``particles`` is a ``SequenceState``.
+        The final population; ``particles`` is a ``SequenceState`` (its
+        ``previous_particles`` keep no cache: ``cache=()``).
     """
 
     sequences: jax.Array

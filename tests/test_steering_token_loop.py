@@ -7,8 +7,12 @@ the loop of ``particlekit.steering.sequences`` batches into the same loop over a
 problems instead (a problem whose particles have stopped is left as it is by the body).
 Checked here: the batched runs equal the runs one problem at a time, also with values the
 generator closes over batched, nested ``vmap`` and a conditional (reference) sweep, and
-every loop of a batched run has one (scalar) predicate for all problems.
+every token loop of a batched run has one (scalar) predicate for all problems, and the
+compiled loop neither copies nor transposes the particles' caches at every step.
 """
+
+import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -100,21 +104,65 @@ def test_vmapped_particle_gibbs_equals_one_chain_at_a_time():
     _assert_same(batched, [jnp.stack(leaves) for leaves in zip(*singles, strict=True)])
 
 
-def _eqns(jaxpr):
-    """Every equation of ``jaxpr``, those of its sub-jaxprs included."""
+def _eqns(jaxpr, loops_around=0):
+    """Every equation of ``jaxpr``, those of its sub-jaxprs included, with the number of
+    ``while`` loops around it."""
     for eqn in jaxpr.eqns:
-        yield eqn
+        yield eqn, loops_around
+        inner = loops_around + (eqn.primitive.name == "while")
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            yield from _eqns(sub)
+            yield from _eqns(sub, inner)
 
 
 def test_batched_token_loop_has_a_scalar_predicate():
     """JAX lowers a ``while`` whose predicate is batched (one flag per problem) with a
     selection of its whole carry, the caches of all particles included, at every
-    iteration: the batched token loop has a single flag."""
+    iteration: the batched token loop (inside the loop over steps) has a single flag. The
+    loop over steps stops when every sequence of a problem has finished; batched, its
+    carry is selected once per step (reasoning step here), as the per-step skip under
+    ``lax.cond`` that it replaced was."""
     keys = jax.random.split(jax.random.key(5), PROMPTS.shape[0])
     jaxpr = jax.make_jaxpr(jax.vmap(_steer))(keys, PROMPTS).jaxpr
-    loops = [e for e in _eqns(jaxpr) if e.primitive.name == "while"]
-    assert loops, "no token loop found"
-    for loop in loops:
+    loops = [(e, depth) for e, depth in _eqns(jaxpr) if e.primitive.name == "while"]
+    token_loops = [e for e, depth in loops if depth >= 1]
+    assert token_loops, "no token loop found"
+    for loop in token_loops:
         assert loop.params["cond_jaxpr"].out_avals[0].shape == ()
+    step_loops = [e for e, depth in loops if depth == 0]
+    assert len(step_loops) == 1
+
+
+def test_compiled_token_level_smc_copies_no_cache():
+    """A cached token costs about a token of ``transformer.generate`` only if nothing
+    copies the particles' key/value caches at every step: not a conditional around the
+    step (XLA copies a branch's operands that it updates in place), not the loop carry,
+    not attention (a head-major cache needs no transpose). Counted in the optimised HLO
+    of token-level ``"exact"`` steering without resampling (a resampling step gathers
+    the caches, which is a copy). Two layers: with one, XLA changes the cache's layout
+    around the loop."""
+    prompt = PROMPTS[0]
+    model = transformer.Transformer(CONFIG._replace(num_layers=2), jax.random.key(1))
+    lm, cache = transformer.steering_model(model, prompt)
+
+    def run(key):
+        return pk.steering.smc(
+            key, lm, lambda tokens, length: 0.0, num_particles=N, max_length=MAX_LENGTH,
+            eos_id=EOS, prompt=prompt, init_cache=cache, ess_threshold=0.0,
+        ).lengths  # fmt: skip
+
+    hlo = jax.jit(run).lower(jax.random.key(0)).compile().as_text()
+    layers, heads, context, head_dim = cache.keys.shape
+    cache_shape = f"f32[{N},{layers},{heads},{context},{head_dim}]"
+    assert cache_shape in hlo  # the caches are in the loop
+    copies, transposes = [], []
+    for line in hlo.splitlines():
+        shape = re.match(r"\s*(?:ROOT )?%\S+ = f32\[([\d,]+)\]\S* (copy|transpose)\(", line)
+        if shape is None:
+            continue
+        size = math.prod(int(d) for d in shape.group(1).split(","))
+        if shape.group(2) == "copy" and size == N * layers * heads * context * head_dim:
+            copies.append(line.strip())  # a whole cache
+        if shape.group(2) == "transpose" and size == N * heads * context * head_dim:
+            transposes.append(line.strip())  # one layer's cache
+    assert not copies, copies
+    assert not transposes, transposes

@@ -23,7 +23,13 @@ import jax.numpy as jnp
 
 from particlekit import kernels
 from particlekit.resampling import get_scheme, normalize, sanitize_log_weights
-from particlekit.run import check_sharding, constrain_particles, run
+from particlekit.run import (
+    check_sharding,
+    constrain_particles,
+    progress_bar_callback,
+    resolve_progress_bar,
+    run,
+)
 from particlekit.steering.sequences import (
     Config,
     SequenceState,
@@ -148,7 +154,10 @@ def sweep(
         kernels.resample(scheme, ess_threshold), move, kernels.reweight(potential(variant))
     )
     if variant == "exact" or config.step_level:
-        step = _skipped_once_all_finished(step)
+        final, info = _run_until_all_finished(
+            key_run, step, state, config.num_steps, progress_bar, sharding
+        )
+        return final, info0, info
     final, trace = run(
         key_run,
         step,
@@ -169,22 +178,52 @@ def _previous_without_cache(state: ParticleState) -> ParticleState:
     return state._replace(previous_particles=state.previous_particles._replace(cache=()))
 
 
-def _skipped_once_all_finished(step):
-    """``step``, skipped (``lax.cond``: the generator is not called) once every sequence
-    has finished. Under ``"exact"`` such a step would leave every sequence and weight as it
-    is and at most resample, which the skip leaves out; its info is neutral (same ESS, no
-    resampling). Not for token-level ``"softmax"``, whose potential keeps weighting
-    finished sequences at every step; step-level ``"softmax"`` stops there, as Puri et
-    al.'s Algorithm 1 does."""
+def _run_until_all_finished(key, step, state, num_steps: int, progress_bar, sharding):
+    """``particlekit.run``'s loop (the same step keys ``fold_in(key, t)``, the same
+    compensated evidence sum), stopped once every sequence has finished: a
+    ``lax.while_loop`` instead of a scan. Under ``"exact"`` the steps after that would
+    leave every sequence and weight as it is and at most resample, which stopping leaves
+    out; step-level ``"softmax"`` stops there, as Puri et al.'s Algorithm 1 does (not
+    token-level ``"softmax"``, whose potential keeps weighting finished sequences). The
+    steps not taken get neutral infos (same ESS, no resampling). Returns the final state
+    and the per-step infos, each field ``(num_steps,)``.
 
-    def kernel(key, state, inputs):
-        return jax.lax.cond(
-            jnp.all(state.particles.finished),
-            lambda: (state, StepInfo.neutral(state)),
-            lambda: step(key, state, inputs),
+    Stopping the loop, rather than skipping each remaining step under ``lax.cond``, keeps
+    the generator's caches out of a conditional: XLA on CPU copies a conditional's
+    operands that its branch updates in place, twice per step, which made a cached token
+    cost twice a token of ``transformer.generate``.
+    """
+    tick = progress_bar_callback(num_steps) if resolve_progress_bar(progress_bar) else None
+    infos = jax.tree.map(
+        lambda a: jnp.zeros((num_steps,) + a.shape, a.dtype), StepInfo.neutral(state)
+    )
+
+    def more(carry):
+        t, state, _, _ = carry
+        return (t < num_steps) & ~jnp.all(state.particles.finished)
+
+    def body(carry):
+        t, state, compensation, infos = carry
+        new_state, info = step(jax.random.fold_in(key, t), state, t)
+        log_evidence, compensation = kernels.compensated_add(
+            state.log_evidence, compensation, info.log_evidence_increment
         )
+        new_state = constrain_particles(new_state._replace(log_evidence=log_evidence), sharding)
+        infos = jax.tree.map(lambda trace, value: trace.at[t].set(value), infos, info)
+        if tick is not None:
+            tick(t)
+        return t + 1, new_state, compensation, infos
 
-    return kernel
+    start = (jnp.zeros((), jnp.int32), state, jnp.zeros_like(state.log_evidence), infos)
+    taken, final, _, infos = jax.lax.while_loop(more, body, start)
+    if tick is not None:  # a loop that stopped early still ends with a full bar
+        last = jnp.asarray(num_steps - 1, jnp.int32)
+        jax.lax.cond(taken < num_steps, lambda: tick(last), lambda: None)
+    skipped = jnp.arange(num_steps) >= taken
+    infos = jax.tree.map(
+        lambda trace, value: jnp.where(skipped, value, trace), infos, StepInfo.neutral(final)
+    )
+    return final, infos
 
 
 @eqx.filter_jit

@@ -1,10 +1,16 @@
 """Known wrong answers, kept as strict expected failures until they are fixed (a fix makes
-the test pass, and ``strict=True`` then asks for the marker to be removed)."""
+the test pass, and ``strict=True`` then asks for the marker to be removed), then as
+regression tests.
+
+Fixed: ``jit(vmap(pk.steering.smc))`` on CPU with jax 0.10-0.11 returned wrong logits from a
+step function with a reduction (``x.mean()``) once prompts x particles reached 4096 (right
+with jax 0.12.0, and without the outer ``vmap``). Not reproduced since the loop over steps
+stopped wrapping each step in a ``lax.cond`` (which ``vmap`` turns into a select of both
+branches); the cause inside XLA was not isolated."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import pytest
 
 import particlekit as pk
 
@@ -45,14 +51,6 @@ def test_vmapped_sequence_steering_is_right_below_4096_particles():
     assert float(jnp.max(jnp.abs(got - _logits_of(2)))) < 1e-4
 
 
-@pytest.mark.xfail(
-    jax.__version_info__ < (0, 12),
-    strict=True,
-    reason="jit(vmap(pk.steering.smc)) on CPU with jax 0.10-0.11: a step function with a "
-    "reduction (x.mean()) returns wrong logits once prompts x particles reaches 4096 (not "
-    "reproduced in plain JAX yet; right with jax 0.12.0); workaround: lax.map over prompts "
-    "with batch_size so that at most 1024 particles are vmapped at once",
-)
 def test_vmapped_sequence_steering_is_right_at_4096_particles():
     got = _vmapped_logits(16, 256)
     assert float(jnp.max(jnp.abs(got - _logits_of(2)))) < 1e-4

@@ -147,6 +147,20 @@ def _num_steps_of(inputs, num_steps):
     return int(num_steps)
 
 
+def advance(key, step: Kernel, state: ParticleState, compensation, t, inputs_t, sharding):
+    """Step ``t`` of a driver loop: ``step`` with the key ``fold_in(key, t)``, its evidence
+    increment added to ``state.log_evidence`` by compensated summation (``compensation``
+    carried between steps), the particle axis pinned to ``sharding``. Returns
+    ``(new_state, new_compensation, info)``; ``run``'s scan and loops that stop early (e.g.
+    ``particlekit.steering``'s) share it."""
+    new_state, info = step(jax.random.fold_in(key, t), state, inputs_t)
+    log_evidence, compensation = kernels.compensated_add(
+        state.log_evidence, compensation, info.log_evidence_increment
+    )
+    new_state = constrain_particles(new_state._replace(log_evidence=log_evidence), sharding)
+    return new_state, compensation, info
+
+
 def run(
     key: jax.Array,
     step: Kernel,
@@ -214,14 +228,11 @@ def run(
     def body(carry, xs):
         state, compensation = carry
         t, inputs_t = xs
-        new_state, info = step(jax.random.fold_in(key, t), state, inputs_t)
-        log_evidence, compensation = kernels.compensated_add(
-            state.log_evidence, compensation, info.log_evidence_increment
-        )
-        new_state = constrain_particles(new_state._replace(log_evidence=log_evidence), sharding)
+        new_state, compensation, info = advance(key, step, state, compensation, t, inputs_t,
+                                                sharding)  # fmt: skip
         if tick is not None:
             tick(t)
-        out = (info, log_evidence, new_state if keep_history else None)
+        out = (info, new_state.log_evidence, new_state if keep_history else None)
         return (new_state, compensation), out
 
     init_carry = (state, jnp.zeros_like(state.log_evidence))

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from particlekit import kernels
 from particlekit.resampling import get_scheme, normalize, sanitize_log_weights
 from particlekit.run import (
+    advance,
     check_sharding,
     constrain_particles,
     progress_bar_callback,
@@ -179,14 +180,14 @@ def _previous_without_cache(state: ParticleState) -> ParticleState:
 
 
 def _run_until_all_finished(key, step, state, num_steps: int, progress_bar, sharding):
-    """``particlekit.run``'s loop (the same step keys ``fold_in(key, t)``, the same
-    compensated evidence sum), stopped once every sequence has finished: a
-    ``lax.while_loop`` instead of a scan. Under ``"exact"`` the steps after that would
-    leave every sequence and weight as it is and at most resample, which stopping leaves
-    out; step-level ``"softmax"`` stops there, as Puri et al.'s Algorithm 1 does (not
-    token-level ``"softmax"``, whose potential keeps weighting finished sequences). The
-    steps not taken get neutral infos (same ESS, no resampling). Returns the final state
-    and the per-step infos, each field ``(num_steps,)``.
+    """``particlekit.run``'s loop (each step through the same ``particlekit.run.advance``),
+    stopped once every sequence has finished: a ``lax.while_loop`` instead of a scan.
+    Under ``"exact"`` the steps after that would leave every sequence and weight as it is
+    and at most resample, which stopping leaves out; step-level ``"softmax"`` stops there,
+    as Puri et al.'s Algorithm 1 does (not token-level ``"softmax"``, whose potential keeps
+    weighting finished sequences). The steps not taken get neutral infos (same ESS, no
+    resampling). Returns the final state and the per-step infos, each field
+    ``(num_steps,)``.
 
     Stopping the loop, rather than skipping each remaining step under ``lax.cond``, keeps
     the generator's caches out of a conditional: XLA on CPU copies a conditional's
@@ -204,11 +205,7 @@ def _run_until_all_finished(key, step, state, num_steps: int, progress_bar, shar
 
     def body(carry):
         t, state, compensation, infos = carry
-        new_state, info = step(jax.random.fold_in(key, t), state, t)
-        log_evidence, compensation = kernels.compensated_add(
-            state.log_evidence, compensation, info.log_evidence_increment
-        )
-        new_state = constrain_particles(new_state._replace(log_evidence=log_evidence), sharding)
+        new_state, compensation, info = advance(key, step, state, compensation, t, t, sharding)
         infos = jax.tree.map(lambda trace, value: trace.at[t].set(value), infos, info)
         if tick is not None:
             tick(t)

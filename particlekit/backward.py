@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from particlekit import kernels, resampling
+from particlekit import kernels, prng, resampling
 from particlekit.ssm import StateSpaceModel
 
 __all__ = [
@@ -131,26 +131,6 @@ def unit_uniform(bits: jax.Array) -> jax.Array:
     return (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
 
 
-# the Threefry-2x32 rotation constants (Salmon et al. 2011), as in ``jax.random``
-THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
-def threefry_2x32(k1, k2, x1, x2):
-    """The Threefry-2x32 block cipher (20 rounds) of the counters ``(x1, x2)`` under the key
-    ``(k1, k2)``, unrolled so that XLA fuses it into the code that uses the words:
-    bit-identical to ``jax.random``'s hash (whose CPU lowering is a rolled loop, several
-    times slower, and whose 32-bit ``bits`` spend one block per word)."""
-    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
-    x1, x2 = x1 + ks[0], x2 + ks[1]
-    for i in range(5):
-        for r in THREEFRY_ROTATIONS[i % 2]:
-            x1 = x1 + x2
-            x2 = x1 ^ ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r)))
-        x1 = x1 + ks[(i + 1) % 3]
-        x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
-    return x1, x2
-
-
 def round_bits(key, r, num: int):
     """Two independent ``uint32`` words for each of ``num`` proposals of round ``r``: one
     64-bit Threefry block per proposal, counter ``(r, i)`` under ``key`` (so no block is
@@ -161,7 +141,7 @@ def round_bits(key, r, num: int):
         return bits[0], bits[1]
     k1, k2 = jax.random.key_data(key)
     counter = jnp.broadcast_to(jnp.asarray(r, jnp.uint32), (num,))
-    return threefry_2x32(k1, k2, counter, jnp.arange(num, dtype=jnp.uint32))
+    return prng.threefry_2x32(k1, k2, counter, jnp.arange(num, dtype=jnp.uint32))
 
 
 def flat_cumulative_sum(mass: jax.Array, axis: int = -1) -> jax.Array:

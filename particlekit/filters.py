@@ -267,9 +267,9 @@ def _bootstrap(
 
     log_g = _observation_term(ssm)
     step = kernels.chain(
-        kernels.resample(resampling_scheme, ess_threshold),
+        kernels.normalizing_resample(resampling_scheme, ess_threshold),
         kernels.move(propagate, vectorized=v, batch_size=batch_size),
-        kernels.reweight(log_g, vectorized=v, batch_size=batch_size),
+        kernels.reweight_normalized(log_g, vectorized=v, batch_size=batch_size),
     )
     return _filter(
         key,
@@ -424,7 +424,7 @@ def _guided(
         log_g = ssm.observation_log_prob(x, y, t)
         return jnp.where(missing, 0.0, log_g + log_f - log_q)
 
-    resample_kernel = kernels.resample(resampling_scheme, ess_threshold)
+    resample_kernel = kernels.normalizing_resample(resampling_scheme, ess_threshold)
     move_kernel = kernels.move(propagate, vectorized=v)
 
     def step(key, state, inputs=None):
@@ -451,7 +451,7 @@ def _guided(
             )
             return jnp.where(ok, lw, jnp.nan)
 
-        state, i_w = kernels.reweight(guarded_log_w, vectorized=True)(k_w, state, inputs)
+        state, i_w = kernels.reweight_normalized(guarded_log_w, vectorized=True)(k_w, state, inputs)
         return state, info.merge(i_r).merge(i_m).merge(i_w)
 
     return _filter(
@@ -591,9 +591,9 @@ def _auxiliary(
     log_g = _observation_term(ssm)
     step = kernels.chain(
         kernels.reweight(log_eta, vectorized=v),
-        kernels.resample(resampling_scheme, ess_threshold),
+        kernels.normalizing_resample(resampling_scheme, ess_threshold),
         kernels.move(propagate, vectorized=v),
-        kernels.reweight(log_second_stage, vectorized=v),
+        kernels.reweight_normalized(log_second_stage, vectorized=v),
     )
     return _filter(
         key,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from particlekit import resampling
+from particlekit import prng, resampling
 from particlekit.types import Kernel, ParticleState, PyTree, StepInfo, num_particles_of
 
 __all__ = [
@@ -215,8 +215,8 @@ def init(
 
     def sample(key):
         if vectorized:
-            return sample_fn(key, n)
-        return jax.vmap(sample_fn)(jax.random.split(key, n))
+            return sample_fn(prng.population_key(key), n)
+        return jax.vmap(sample_fn)(prng.particle_keys(key, n))
 
     shapes = jax.eval_shape(sample, key)  # before anything is allocated
     num_bytes = sum(
@@ -271,9 +271,9 @@ def move(fn: Callable, *, vectorized: bool = False, batch_size: int | None = Non
     def kernel(key, state: ParticleState, inputs=None):
         n = num_particles_of(state)
         if vectorized:
-            new = fn(key, state.particles, inputs)
+            new = fn(prng.population_key(key), state.particles, inputs)
         else:
-            keys = jax.random.split(key, n)
+            keys = prng.particle_keys(key, n)
             new = per_particle(fn, batch_size)(keys, state.particles, inputs)
         state = state._replace(particles=new, previous_particles=state.particles)
         return state, StepInfo.neutral(state)
@@ -303,7 +303,22 @@ def reweight(fn: Callable, *, vectorized: bool = False, batch_size: int | None =
     >>> import jax.numpy as jnp, particlekit as pk
     >>> step = pk.reweight(lambda x_prev, x, y: -0.5 * (y - x) ** 2)
     """
+    return _reweight(fn, vectorized=vectorized, batch_size=batch_size, normalized_input=False)
 
+
+def reweight_normalized(
+    fn: Callable, *, vectorized: bool = False, batch_size: int | None = None
+) -> Kernel:
+    """``reweight`` for a population whose log-weights are already normalised
+    (``logsumexp = 0``), as ``normalizing_resample`` leaves them: it skips the
+    normalisation pass over the previous weights. Internal (not in ``__all__``): the
+    filters' ``normalizing_resample -> move -> reweight_normalized`` step gives the same
+    results, bit for bit, as ``resample -> move -> reweight`` with one pass fewer per step.
+    On weights that are not normalised its evidence increments are wrong."""
+    return _reweight(fn, vectorized=vectorized, batch_size=batch_size, normalized_input=True)
+
+
+def _reweight(fn, *, vectorized, batch_size, normalized_input) -> Kernel:
     def kernel(key, state: ParticleState, inputs=None):
         del key
         if vectorized:
@@ -318,7 +333,10 @@ def reweight(fn: Callable, *, vectorized: bool = False, batch_size: int | None =
             )
         nonfinite = resampling.invalid_log_weights(log_g)
         log_g = jnp.where(nonfinite, -jnp.inf, log_g)
-        log_w_prev, _ = resampling.log_normalize(state.log_weights)
+        if normalized_input:
+            log_w_prev = state.log_weights
+        else:
+            log_w_prev, _ = resampling.log_normalize(state.log_weights)
         log_weights = log_w_prev + log_g
         increment, new_ess = resampling.log_sum_and_ess(log_weights)
         state = state._replace(log_weights=log_weights, log_evidence=state.log_evidence + increment)
@@ -334,12 +352,15 @@ def reweight(fn: Callable, *, vectorized: bool = False, batch_size: int | None =
     return kernel
 
 
-def _resample_state(key, state: ParticleState, scheme) -> ParticleState:
+def _resample_state(key, state: ParticleState, scheme, normalize: bool) -> ParticleState:
     idx = scheme(key, state.log_weights)
+    equal = jnp.zeros_like(state.log_weights)
+    if normalize:  # -log N exactly as reweight's log_normalize of zeros computes it
+        equal, _ = resampling.log_normalize(equal)
     return state._replace(
         particles=_take(state.particles, idx),
         previous_particles=_take(state.previous_particles, idx),
-        log_weights=jnp.zeros_like(state.log_weights),
+        log_weights=equal,
         ancestors=idx,
     )
 
@@ -365,11 +386,32 @@ def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
     >>> import particlekit as pk
     >>> step = pk.resample(pk.resampling.systematic, ess_threshold=0.5)
     """
+    return _resample(scheme, ess_threshold, normalize=False)
+
+
+def normalizing_resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
+    """``resample`` that also leaves the log-weights normalised (``resampling.log_normalize``:
+    ``logsumexp = 0``, uniform ``-log N`` after resampling or when every weight is zero),
+    whether or not it resampled; the ESS test already computes the maximum and the sum
+    that this needs. Pair it with ``reweight_normalized``. Internal (not in ``__all__``)."""
+    return _resample(scheme, ess_threshold, normalize=True)
+
+
+def _resample(scheme, ess_threshold: float, normalize: bool) -> Kernel:
     scheme_fn = resampling.get_scheme(scheme)
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     if isinstance(scheme_fn, resampling.Islands):
-        return _resample_islands(scheme_fn, float(ess_threshold))
+        islands_kernel = _resample_islands(scheme_fn, float(ess_threshold))
+        if not normalize:
+            return islands_kernel
+
+        def normalized_islands_kernel(key, state: ParticleState, inputs=None):
+            new_state, info = islands_kernel(key, state, inputs)
+            log_w, _ = resampling.log_normalize(new_state.log_weights)
+            return new_state._replace(log_weights=log_w), info
+
+        return normalized_islands_kernel
 
     def kernel(key, state: ParticleState, inputs=None):
         del inputs
@@ -382,13 +424,18 @@ def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
         else:
             do_resample = current_ess < ess_threshold * n
         kept = state._replace(ancestors=jnp.arange(n, dtype=jnp.int32))
+        if normalize:  # shares the max and the sum with the ESS above (XLA merges them)
+            kept = kept._replace(log_weights=resampling.log_normalize(state.log_weights)[0])
         if ess_threshold >= 1.0:
-            new_state = _resample_state(key, state, scheme_fn)
+            new_state = _resample_state(key, state, scheme_fn, normalize)
         elif ess_threshold <= 0.0:
             new_state = kept
         else:
             new_state = jax.lax.cond(
-                do_resample, lambda s: _resample_state(key, s, scheme_fn), lambda s: kept, state
+                do_resample,
+                lambda s: _resample_state(key, s, scheme_fn, normalize),
+                lambda s: kept,
+                state,
             )
         # the ESS after the step: N if resampled (equal weights), unchanged otherwise
         ess_after = jnp.where(do_resample, jnp.asarray(n, current_ess.dtype), current_ess)
@@ -425,7 +472,7 @@ def _resample_islands(islands, ess_threshold: float) -> Kernel:
             do = jnp.ones(num_islands, bool)
         else:
             do = island_ess < ess_threshold * m
-        keys = jax.random.split(key, num_islands)
+        keys = prng.split(key, num_islands)
         local = jax.vmap(lambda k, w: scheme(k, w, m))(keys, log_w)
         local = jnp.where(do[:, None], local, jnp.arange(m, dtype=local.dtype)[None])
         even = jnp.broadcast_to((log_mass - jnp.log(m))[:, None], log_w.shape)
@@ -496,10 +543,10 @@ def mcmc(kernel, num_steps: int = 1) -> Kernel:
                     rate = getattr(info, "is_accepted", jnp.nan)
                 return new_state, jnp.asarray(rate, jnp.float32)
 
-            final, rates = jax.lax.scan(body, mcmc_state, jax.random.split(key, num_steps))
+            final, rates = jax.lax.scan(body, mcmc_state, prng.split(key, num_steps))
             return final.position, jnp.mean(rates)
 
-        new, rates = jax.vmap(one_particle)(jax.random.split(key, n), state.particles)
+        new, rates = jax.vmap(one_particle)(prng.particle_keys(key, n), state.particles)
         state = state._replace(particles=new, previous_particles=state.particles)
         info = StepInfo.neutral(state)._replace(
             acceptance_rate=jnp.mean(rates).astype(state.log_weights.dtype)

@@ -60,9 +60,9 @@ def _step_kernel(ssm: StateSpaceModel, scheme, ess_threshold):
         return ssm.sample_transition(k, x_prev, inputs[1])
 
     return kernels.chain(
-        kernels.resample(scheme, ess_threshold),
+        kernels.normalizing_resample(scheme, ess_threshold),
         kernels.move(propagate, vectorized=v),
-        kernels.reweight(_observation_term(ssm), vectorized=v),
+        kernels.reweight_normalized(_observation_term(ssm), vectorized=v),
     )
 
 

@@ -1,0 +1,202 @@
+"""Threefry keys whose hash XLA fuses: the same bits as ``jax.random``, without its rolled
+CPU loop.
+
+``jax.random`` lowers the Threefry-2x32 hash (Salmon et al. 2011) on CPU as a rolled
+``fori_loop`` over five groups of four rounds, to keep compile times short. For an array
+of ``N`` words every iteration of that loop copies its ``N``-word carries (and, for ``N``
+per-particle keys, the key schedule too), so a filter step that draws one normal per
+particle spends a third to a half of its time in that loop. Here the 20 rounds are
+unrolled into straight-line integer code that XLA fuses into one pass with the code that
+uses the words.
+
+The engine hands the user's functions keys of two PRNG implementations defined here
+(``jax.extend.random.define_prng_impl``), both the Threefry-2x32 of ``jax.random`` with
+``jax_threefry_partitionable=True`` bit for bit: splits, folds and random bits are the
+same, so draws are the same numbers (``tests/test_prng.py``), up to the rounding of float
+arithmetic that XLA compiles differently around the fused hash (a few float32 ulps, e.g.
+in a gamma sampler's rejection loop; the filters' results came out identical):
+
+- ``particle_keys(key, N)``: the ``N`` keys of a per-particle ``move`` / ``init`` /
+  ``mcmc`` (``jax.random.split(key, N)``), of the implementation ``threefry2x32_fused``:
+  every draw made with them is unrolled.
+- ``population_key(key)``: the key of a ``vectorized`` ``move`` / ``init``, of the
+  implementation ``threefry2x32_fused_wide``: draws of more than ``SMALL`` words are
+  unrolled, smaller ones (a scalar shared by every particle) use ``jax.random``'s loop,
+  which XLA cannot fuse: an unrolled scalar hash would be recomputed for each of the ``N``
+  elements that broadcast it.
+
+On the 1-D bootstrap filter this brings both the vectorized and the default per-particle
+path to the speed of the tuned hand-written JAX filter (``benchmarks/README.md``, issue
+#19). Keys of other implementations (``rbg``, ``unsafe_rbg``, custom), legacy
+``uint32[2]`` keys (user code may index them) and the non-partitionable mode are left as
+they are (the per-particle split is still unrolled for legacy keys).
+
+Examples
+--------
+>>> import jax
+>>> from particlekit import prng
+>>> key = jax.random.key(0)
+>>> keys = prng.particle_keys(key, 1000)
+>>> bool((jax.random.key_data(keys) == jax.random.key_data(jax.random.split(key, 1000))).all())
+True
+>>> bool((jax.random.normal(prng.population_key(key), (1000,))
+...       == jax.random.normal(key, (1000,))).all())
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.extend.random import define_prng_impl, threefry2x32_p
+
+__all__ = ["threefry_2x32", "split", "particle_keys", "population_key"]
+
+# the Threefry-2x32 rotation constants (Salmon et al. 2011), as in ``jax.random``
+THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+SMALL = 64
+"""Outputs of at most this many words (splits, draws) of a ``population_key`` use
+``jax.random``'s rolled loop, which XLA does not fuse into its consumers."""
+
+
+def threefry_2x32(k1, k2, x1, x2):
+    """The Threefry-2x32 block cipher (20 rounds) of the counters ``(x1, x2)`` under the key
+    ``(k1, k2)`` (``uint32`` arrays that broadcast), unrolled so that XLA fuses it into the
+    code that uses the words: bit-identical to ``jax.random``'s hash, whose CPU lowering is
+    a rolled loop."""
+    ks = (k1, k2, k1 ^ k2 ^ jnp.uint32(0x1BD11BDA))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for i in range(5):
+        for r in THREEFRY_ROTATIONS[i % 2]:
+            x1 = x1 + x2
+            x2 = x1 ^ ((x2 << jnp.uint32(r)) | (x2 >> jnp.uint32(32 - r)))
+        x1 = x1 + ks[(i + 1) % 3]
+        x2 = x2 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x1, x2
+
+
+def _threefry_words(key, size: int):
+    """``(k1, k2, typed)`` for a Threefry key whose ``size`` outputs are computed here
+    (typed key or legacy ``uint32[2]``), or None when ``jax.random`` must handle it."""
+    if size <= SMALL or size >= 2**32 or not jax.config.jax_threefry_partitionable:
+        return None
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
+            return None
+        data = jax.random.key_data(key)
+        return data[0], data[1], True
+    if key.dtype != jnp.uint32 or key.shape != (2,):
+        return None
+    if jax.config.jax_default_prng_impl != "threefry2x32":
+        return None
+    return key[0], key[1], False
+
+
+def _counters(shape):
+    """``jax.random``'s counters for an output of ``shape`` (fewer than ``2**32``
+    elements): the row-major index as a 64-bit ``(high, low)`` pair, high word zero."""
+    low = jnp.arange(math.prod(shape), dtype=jnp.uint32).reshape(shape)
+    return jnp.zeros_like(low), low
+
+
+def split(key, num: int = 2):
+    """``jax.random.split(key, num)``: the same keys, without the rolled loop when ``num``
+    is large.
+
+    Examples
+    --------
+    >>> import jax
+    >>> from particlekit import prng
+    >>> prng.split(jax.random.key(0), 1000).shape
+    (1000,)
+    """
+    num = int(num)
+    words = _threefry_words(key, num)
+    if words is None:
+        return jax.random.split(key, num)
+    k1, k2, typed = words
+    y1, y2 = threefry_2x32(k1, k2, *_counters((num,)))
+    data = jnp.stack([y1, y2], axis=-1)
+    return jax.random.wrap_key_data(data, impl="threefry2x32") if typed else data
+
+
+# ------------------------------------------------------------------ PRNG implementations
+def _seed(seed):
+    """``jax.random.key(seed)``'s key data: a 64-bit seed as two words (high word zero for
+    32-bit seeds)."""
+    seed = jnp.asarray(seed)
+    low = seed.astype(jnp.uint32)
+    if seed.dtype.itemsize == 8:
+        return jnp.stack([(seed >> 32).astype(jnp.uint32), low])
+    return jnp.stack([jnp.zeros_like(low), low])
+
+
+def _hash(key_data, counters, fused: bool):
+    if fused:
+        return threefry_2x32(key_data[0], key_data[1], *counters)
+    return threefry2x32_p.bind(key_data[0], key_data[1], *counters)
+
+
+def _make_impl(name: str, fuse_small: bool):
+    def fused(shape) -> bool:
+        return fuse_small or math.prod(shape) > SMALL
+
+    def split(key_data, shape):
+        shape = tuple(shape)
+        y1, y2 = _hash(key_data, _counters(shape), fused(shape))
+        return jnp.stack([y1, y2], axis=-1)
+
+    def random_bits(key_data, bit_width, shape):
+        shape = tuple(shape)
+        b1, b2 = _hash(key_data, _counters(shape), fused(shape))
+        if bit_width == 64:
+            return (b1.astype(jnp.uint64) << jnp.uint64(32)) | b2.astype(jnp.uint64)
+        bits = b1 ^ b2
+        return bits if bit_width == 32 else bits.astype(f"uint{bit_width}")
+
+    def fold_in(key_data, data):
+        counters = (jnp.zeros((), jnp.uint32), jnp.asarray(data, jnp.uint32))
+        y1, y2 = _hash(key_data, counters, fuse_small)
+        return jnp.stack([y1, y2])
+
+    return define_prng_impl(
+        key_shape=(2,), seed=_seed, split=split, random_bits=random_bits, fold_in=fold_in,
+        name=name, tag="fry",
+    )  # fmt: skip
+
+
+PARTICLE_IMPL = _make_impl("threefry2x32_fused", fuse_small=True)
+POPULATION_IMPL = _make_impl("threefry2x32_fused_wide", fuse_small=False)
+
+
+def _typed_threefry(key) -> bool:
+    """A typed key of ``jax.random``'s Threefry-2x32 or of the implementations here."""
+    if not jax.config.jax_threefry_partitionable:
+        return False
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return False
+    impl = jax.random.key_impl(key)
+    return impl in (PARTICLE_IMPL, POPULATION_IMPL) or str(impl) == "threefry2x32"
+
+
+def particle_keys(key, num: int):
+    """``jax.random.split(key, num)`` (the same bits) as keys whose every draw is unrolled
+    and fused (``threefry2x32_fused``), for ``num`` per-particle functions; a legacy
+    ``uint32[2]`` key gives legacy keys (``split``), another implementation's key
+    ``jax.random.split``'s."""
+    if not _typed_threefry(key) or key.shape != () or num >= 2**32:
+        return split(key, num)
+    data = jax.random.key_data(key)
+    y1, y2 = threefry_2x32(data[0], data[1], *_counters((int(num),)))
+    return jax.random.wrap_key_data(jnp.stack([y1, y2], axis=-1), impl=PARTICLE_IMPL)
+
+
+def population_key(key):
+    """``key`` (the same bits) as a ``threefry2x32_fused_wide`` key, for a function that
+    draws for the whole population at once; any other key as it is."""
+    if not _typed_threefry(key) or key.shape != ():
+        return key
+    return jax.random.wrap_key_data(jax.random.key_data(key), impl=POPULATION_IMPL)

@@ -1,0 +1,130 @@
+"""particlekit.prng: the same keys as jax.random.split, without the rolled loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import particlekit as pk
+from particlekit import prng
+
+
+def _data(keys):
+    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(keys))
+    return np.asarray(keys)
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+@pytest.mark.parametrize("num", [1, 2, prng.SMALL, prng.SMALL + 1, 1000, 4097])
+def test_split_is_bit_identical_to_jax_random(make_key, num):
+    for seed in (0, 1, 2**31 - 1):
+        key = make_key(seed)
+        expected = _data(jax.random.split(key, num))
+        assert (_data(prng.split(key, num)) == expected).all()
+        jitted = jax.jit(prng.split, static_argnums=1)(key, num)
+        assert jitted.dtype == key.dtype and (_data(jitted) == expected).all()
+
+
+def test_split_under_vmap_and_of_split_keys():
+    keys = jax.random.split(jax.random.key(3), 5)
+    ours = jax.vmap(lambda k: prng.split(k, 300))(keys)
+    theirs = jax.vmap(lambda k: jax.random.split(k, 300))(keys)
+    assert ours.shape == (5, 300)
+    assert (_data(ours) == _data(theirs)).all()
+
+
+def test_other_implementations_and_modes_go_to_jax_random():
+    key = jax.random.key(0, impl="rbg")
+    assert (_data(prng.split(key, 500)) == _data(jax.random.split(key, 500))).all()
+    with jax.threefry_partitionable(False):
+        key = jax.random.key(0)
+        assert (_data(prng.split(key, 500)) == _data(jax.random.split(key, 500))).all()
+
+
+def _num_while_loops(fn, *args):
+    return jax.jit(fn).lower(*args).compile().as_text().count(" while(")
+
+
+def test_move_derives_particle_keys_without_a_loop():
+    """The per-particle keys of ``pk.move`` come from the unrolled hash: its compiled code
+    has no while loop (``jax.random.split(key, N)`` is a rolled loop on CPU)."""
+    n = 1000
+    state = pk.init(jax.random.key(0), lambda k: jnp.zeros(()), n)
+    move = pk.move(lambda k, x, t: x + jax.random.key_data(k)[0].astype(x.dtype))
+    # the keys are jax.random.split's bits (see below), of the fused implementation
+    moved_particles = jax.jit(lambda k, s: move(k, s, None)[0].particles)
+    assert _num_while_loops(moved_particles, jax.random.key(1), state) == 0
+    assert _num_while_loops(lambda k: jax.random.split(k, n), jax.random.key(1)) >= 1
+    # and the particles are the same as with jax.random's keys
+    moved = move(jax.random.key(1), state, None)[0].particles
+    expected = jax.random.key_data(jax.random.split(jax.random.key(1), n))[:, 0]
+    assert (np.asarray(moved) == np.asarray(expected, np.float32)).all()
+
+
+DRAWS = {
+    "normal": lambda k: jax.random.normal(k, (300,)),
+    "normal_scalar": lambda k: jax.random.normal(k),
+    "uniform_2d": lambda k: jax.random.uniform(k, (7, 13)),
+    "bits8": lambda k: jax.random.bits(k, (100,), jnp.uint8),
+    "bits16": lambda k: jax.random.bits(k, (100,), jnp.uint16),
+    "randint": lambda k: jax.random.randint(k, (100,), 0, 10),
+    "gamma": lambda k: jax.random.gamma(k, 2.5, (50,)),
+    "categorical": lambda k: jax.random.categorical(k, jnp.log(jnp.arange(1.0, 6.0)), shape=(80,)),
+    "permutation": lambda k: jax.random.permutation(k, 100),
+    "split_data": lambda k: jax.random.key_data(jax.random.split(k, 100)),
+    "split_small": lambda k: jax.random.key_data(jax.random.split(k, 3)),
+    "fold_in": lambda k: jax.random.key_data(jax.random.fold_in(k, 12345)),
+    "numpyro": lambda k: __import__("numpyro").distributions.Normal(1.0, 2.0).sample(k, (100,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DRAWS))
+def test_fused_keys_draw_the_same_bits(name):
+    """The same random bits: integer results are equal; float results too, up to the
+    rounding of arithmetic that XLA compiles differently around the fused hash (a gamma
+    sampler's rejection loop, NumPyro's affine transform): a few float32 ulps."""
+    draw = DRAWS[name]
+    key = jax.random.key(7)
+
+    def check(actual, expected):
+        actual, expected = np.asarray(actual), np.asarray(expected)
+        if np.issubdtype(expected.dtype, np.floating):
+            np.testing.assert_allclose(actual, expected, rtol=4e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(actual, expected)
+
+    expected = jax.jit(draw)(key)
+    check(jax.jit(draw)(prng.population_key(key)), expected)
+    check(draw(prng.population_key(key)), expected)
+    # per-particle keys, under vmap, against jax.random.split's keys
+    ours = jax.jit(jax.vmap(draw))(prng.particle_keys(key, 5))
+    check(ours, jax.jit(jax.vmap(draw))(jax.random.split(key, 5)))
+
+
+def test_fused_keys_only_for_typed_threefry_keys():
+    legacy = jax.random.PRNGKey(0)
+    assert prng.population_key(legacy) is legacy
+    assert prng.particle_keys(legacy, 100).dtype == jnp.uint32
+    rbg = jax.random.key(0, impl="rbg")
+    assert prng.population_key(rbg) is rbg
+    assert str(jax.random.key_impl(prng.particle_keys(rbg, 100))) == "rbg"
+    key = jax.random.key(0)
+    assert jax.random.key_impl(prng.particle_keys(key, 100)) == prng.PARTICLE_IMPL
+    assert jax.random.key_impl(prng.population_key(key)) == prng.POPULATION_IMPL
+    # keys of the implementations here are recognised again (no double wrapping)
+    twice = prng.particle_keys(prng.population_key(key), 100)
+    assert (_data(twice) == _data(jax.random.split(key, 100))).all()
+
+
+def test_population_key_leaves_small_draws_to_the_rolled_loop():
+    """A scalar drawn once and broadcast over the population stays a rolled loop (XLA
+    would recompute an unrolled hash for every element); a population-wide draw and every
+    per-particle draw are unrolled (no loop)."""
+    xs = jnp.zeros(10_000)
+    key = prng.population_key(jax.random.key(0))
+    assert _num_while_loops(lambda k, x: x + jax.random.uniform(k), key, xs) >= 1
+    assert _num_while_loops(lambda k, x: x + jax.random.normal(k, x.shape), key, xs) == 0
+    keys = prng.particle_keys(jax.random.key(0), xs.shape[0])
+    draw = jax.vmap(lambda k, x: x + jax.random.normal(k))
+    assert _num_while_loops(draw, keys, xs) == 0

@@ -260,6 +260,8 @@ def move(fn: Callable, *, vectorized: bool = False, batch_size: int | None = Non
 
     Weights and evidence are unchanged; ``previous_particles`` becomes the particles
     before the move. With ``vectorized=True``, ``fn(key, xs, inputs)`` receives the batch.
+    The per-particle keys are ``jax.random.split(key, N)``'s bits; from a typed Threefry key
+    they are keys of ``particlekit.prng``'s fused implementation (the same draws, faster).
     ``batch_size`` evaluates ``fn`` on that many particles at a time (``per_particle``).
 
     Examples

@@ -25,11 +25,15 @@ in a gamma sampler's rejection loop; the filters' results came out identical):
   which XLA cannot fuse: an unrolled scalar hash would be recomputed for each of the ``N``
   elements that broadcast it.
 
-On the 1-D bootstrap filter this brings both the vectorized and the default per-particle
-path to the speed of the tuned hand-written JAX filter (``benchmarks/README.md``, issue
-#19). Keys of other implementations (``rbg``, ``unsafe_rbg``, custom), legacy
-``uint32[2]`` keys (user code may index them) and the non-partitionable mode are left as
-they are (the per-particle split is still unrolled for legacy keys).
+Only the draws are unrolled: keys (``split``, ``fold_in``, and the per-particle split
+itself) are derived by ``jax.random``'s rolled loop, whose output XLA cannot fuse, because
+an unrolled hash keyed by another unrolled hash in the same fusion made XLA (jax 0.12) take
+minutes to compile. On the 1-D bootstrap filter the vectorized path runs at 0.85-0.9x and
+the default per-particle path at 1.2-1.3x a tuned hand-written JAX filter
+(``benchmarks/README.md``, issue #19). Keys of other implementations (``rbg``,
+``unsafe_rbg``, custom), legacy ``uint32[2]`` keys (user code may index them) and the
+non-partitionable mode are left as they are (a legacy key's per-particle split is
+unrolled by ``split``; the draws made with legacy keys are ``jax.random``'s).
 
 Examples
 --------
@@ -144,9 +148,12 @@ def _make_impl(name: str, fuse_small: bool):
     def fused(shape) -> bool:
         return fuse_small or math.prod(shape) > SMALL
 
+    # Keys are always derived by jax.random's rolled loop, whose output XLA cannot fuse:
+    # an unrolled hash whose key words come from another unrolled hash in the same fusion
+    # made XLA (jax 0.12) take minutes to compile a per-particle draw.
     def split(key_data, shape):
         shape = tuple(shape)
-        y1, y2 = _hash(key_data, _counters(shape), fused(shape))
+        y1, y2 = _hash(key_data, _counters(shape), False)
         return jnp.stack([y1, y2], axis=-1)
 
     def random_bits(key_data, bit_width, shape):
@@ -159,7 +166,7 @@ def _make_impl(name: str, fuse_small: bool):
 
     def fold_in(key_data, data):
         counters = (jnp.zeros((), jnp.uint32), jnp.asarray(data, jnp.uint32))
-        y1, y2 = _hash(key_data, counters, fuse_small)
+        y1, y2 = _hash(key_data, counters, False)
         return jnp.stack([y1, y2])
 
     return define_prng_impl(
@@ -190,7 +197,7 @@ def particle_keys(key, num: int):
     if not _typed_threefry(key) or key.shape != () or num >= 2**32:
         return split(key, num)
     data = jax.random.key_data(key)
-    y1, y2 = threefry_2x32(data[0], data[1], *_counters((int(num),)))
+    y1, y2 = _hash(data, _counters((int(num),)), False)  # rolled: see _make_impl
     return jax.random.wrap_key_data(jnp.stack([y1, y2], axis=-1), impl=PARTICLE_IMPL)
 
 

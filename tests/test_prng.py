@@ -46,18 +46,30 @@ def _num_while_loops(fn, *args):
     return jax.jit(fn).lower(*args).compile().as_text().count(" while(")
 
 
-def test_move_derives_particle_keys_without_a_loop():
-    """The per-particle keys of ``pk.move`` come from the unrolled hash: its compiled code
-    has no while loop (``jax.random.split(key, N)`` is a rolled loop on CPU)."""
+def test_move_draws_without_a_loop():
+    """The draws made with ``pk.move``'s per-particle keys are unrolled: a move that draws a
+    normal per particle compiles to no more while loops than one that only reads its key
+    (the one rolled loop that derives the keys), while the same draws with
+    ``jax.random.split``'s keys add one."""
     n = 1000
     state = pk.init(jax.random.key(0), lambda k: jnp.zeros(()), n)
-    move = pk.move(lambda k, x, t: x + jax.random.key_data(k)[0].astype(x.dtype))
-    # the keys are jax.random.split's bits (see below), of the fused implementation
-    moved_particles = jax.jit(lambda k, s: move(k, s, None)[0].particles)
-    assert _num_while_loops(moved_particles, jax.random.key(1), state) == 0
-    assert _num_while_loops(lambda k: jax.random.split(k, n), jax.random.key(1)) >= 1
-    # and the particles are the same as with jax.random's keys
-    moved = move(jax.random.key(1), state, None)[0].particles
+    read = pk.move(lambda k, x, t: x + jax.random.key_data(k)[0].astype(x.dtype))
+    draw = pk.move(lambda k, x, t: x + jax.random.normal(k))
+
+    def loops(move):
+        moved = jax.jit(lambda k, s: move(k, s, None)[0].particles)
+        return _num_while_loops(moved, jax.random.key(1), state)
+
+    assert loops(draw) == loops(read)
+    plain = jax.vmap(lambda k, x: x + jax.random.normal(k))
+    assert (
+        _num_while_loops(
+            lambda k, x: plain(jax.random.split(k, n), x), jax.random.key(1), state.particles
+        )
+        == loops(read) + 1
+    )
+    # and the keys are jax.random.split's
+    moved = read(jax.random.key(1), state, None)[0].particles
     expected = jax.random.key_data(jax.random.split(jax.random.key(1), n))[:, 0]
     assert (np.asarray(moved) == np.asarray(expected, np.float32)).all()
 
@@ -125,6 +137,6 @@ def test_population_key_leaves_small_draws_to_the_rolled_loop():
     key = prng.population_key(jax.random.key(0))
     assert _num_while_loops(lambda k, x: x + jax.random.uniform(k), key, xs) >= 1
     assert _num_while_loops(lambda k, x: x + jax.random.normal(k, x.shape), key, xs) == 0
-    keys = prng.particle_keys(jax.random.key(0), xs.shape[0])
+    keys = prng.particle_keys(jax.random.key(0), xs.shape[0])  # made outside: no loop below
     draw = jax.vmap(lambda k, x: x + jax.random.normal(k))
     assert _num_while_loops(draw, keys, xs) == 0

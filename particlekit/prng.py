@@ -196,9 +196,8 @@ def particle_keys(key, num: int):
     ``jax.random.split``'s."""
     if not _typed_threefry(key) or key.shape != () or num >= 2**32:
         return split(key, num)
-    data = jax.random.key_data(key)
-    y1, y2 = _hash(data, _counters((int(num),)), False)  # rolled: see _make_impl
-    return jax.random.wrap_key_data(jnp.stack([y1, y2], axis=-1), impl=PARTICLE_IMPL)
+    keys = jax.random.split(key, num)  # the rolled loop: see _make_impl
+    return jax.random.wrap_key_data(jax.random.key_data(keys), impl=PARTICLE_IMPL)
 
 
 def population_key(key):

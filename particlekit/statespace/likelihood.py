@@ -24,6 +24,7 @@ import numpy as np
 
 from particlekit import kernels, resampling
 from particlekit.filters import _observation_term
+from particlekit.run import advance
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState
 
@@ -88,17 +89,14 @@ def filter_step(
     ess_threshold: float = 0.5,
 ):  # fmt: skip
     """Advance the filter from step ``t - 1`` to step ``t`` (``t >= 1``, traced) with
-    ``ys[t]``; the key of the step is ``fold_in(key, t)``. Returns the new carry and the
+    ``ys[t]`` through ``particlekit.run.advance`` (the key of the step is
+    ``fold_in(key, t)``, the evidence a compensated sum). Returns the new carry and the
     ``StepInfo`` of the step."""
     t = jnp.asarray(t, jnp.int32)
     y = jax.tree.map(lambda a: a[t], ys)
-    state, info = _step_kernel(ssm, scheme, ess_threshold)(
-        jax.random.fold_in(key, t), carry.state, (y, t)
-    )
-    log_evidence, compensation = kernels.compensated_add(
-        carry.state.log_evidence, carry.compensation, info.log_evidence_increment
-    )
-    return FilterCarry(state._replace(log_evidence=log_evidence), compensation), info
+    step = _step_kernel(ssm, scheme, ess_threshold)
+    state, compensation, info = advance(key, step, carry.state, carry.compensation, t, (y, t), None)
+    return FilterCarry(state, compensation), info
 
 
 def filter_prefix(

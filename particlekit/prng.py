@@ -193,7 +193,18 @@ def particle_keys(key, num: int):
     """``jax.random.split(key, num)`` (the same bits) as keys whose every draw is unrolled
     and fused (``threefry2x32_fused``), for ``num`` per-particle functions; a legacy
     ``uint32[2]`` key gives legacy keys (``split``), another implementation's key
-    ``jax.random.split``'s."""
+    ``jax.random.split``'s.
+
+    Examples
+    --------
+    >>> import jax
+    >>> from particlekit import prng
+    >>> keys = prng.particle_keys(jax.random.key(0), 4)
+    >>> x = jax.vmap(lambda k: jax.random.normal(k))(keys)
+    >>> bool((x == jax.vmap(lambda k: jax.random.normal(k))(
+    ...     jax.random.split(jax.random.key(0), 4))).all())
+    True
+    """
     if not _typed_threefry(key) or key.shape != () or num >= 2**32:
         return split(key, num)
     keys = jax.random.split(key, num)  # the rolled loop: see _make_impl
@@ -202,7 +213,17 @@ def particle_keys(key, num: int):
 
 def population_key(key):
     """``key`` (the same bits) as a ``threefry2x32_fused_wide`` key, for a function that
-    draws for the whole population at once; any other key as it is."""
+    draws for the whole population at once; any other key as it is.
+
+    Examples
+    --------
+    >>> import jax
+    >>> from particlekit import prng
+    >>> key = jax.random.key(0)
+    >>> bool((jax.random.uniform(prng.population_key(key), (500,))
+    ...       == jax.random.uniform(key, (500,))).all())
+    True
+    """
     if not _typed_threefry(key) or key.shape != ():
         return key
     return jax.random.wrap_key_data(jax.random.key_data(key), impl=POPULATION_IMPL)

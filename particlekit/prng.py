@@ -25,15 +25,19 @@ in a gamma sampler's rejection loop; the filters' results came out identical):
   which XLA cannot fuse: an unrolled scalar hash would be recomputed for each of the ``N``
   elements that broadcast it.
 
-Only the draws are unrolled: keys (``split``, ``fold_in``, and the per-particle split
-itself) are derived by ``jax.random``'s rolled loop, whose output XLA cannot fuse, because
-an unrolled hash keyed by another unrolled hash in the same fusion made XLA (jax 0.12) take
-minutes to compile. On the 1-D bootstrap filter the vectorized path runs at 0.85-0.9x and
-the default per-particle path at 1.2-1.3x a tuned hand-written JAX filter
-(``benchmarks/README.md``, issue #19). Keys of other implementations (``rbg``,
-``unsafe_rbg``, custom), legacy ``uint32[2]`` keys (user code may index them) and the
-non-partitionable mode are left as they are (a legacy key's per-particle split is
-unrolled by ``split``; the draws made with legacy keys are ``jax.random``'s).
+Keys derived *inside* a function (``split``, ``fold_in``) use ``jax.random``'s rolled
+loop, whose output XLA cannot fuse, because an unrolled hash keyed by another unrolled
+hash in the same fusion made XLA (jax 0.12) take minutes to compile. The per-particle
+split of ``particle_keys`` is unrolled too, but computed in a branch of a conditional
+(``_materialized``), which XLA keeps out of the draws' fusions: the keys are an array in
+memory, as with the rolled loop, without its carries. On the 1-D bootstrap filter both
+the vectorized path (0.85-0.9x) and the default per-particle path (1.0-1.1x) run at about
+the speed of a tuned hand-written JAX filter (``benchmarks/README.md``, issue #19).
+
+Keys of other implementations (``rbg``, ``unsafe_rbg``, custom), legacy ``uint32[2]`` keys
+(user code may index them) and the non-partitionable mode are left as they are (a legacy
+key's per-particle split is unrolled by ``split``; the draws made with legacy keys are
+``jax.random``'s).
 
 Examples
 --------
@@ -148,9 +152,9 @@ def _make_impl(name: str, fuse_small: bool):
     def fused(shape) -> bool:
         return fuse_small or math.prod(shape) > SMALL
 
-    # Keys are always derived by jax.random's rolled loop, whose output XLA cannot fuse:
-    # an unrolled hash whose key words come from another unrolled hash in the same fusion
-    # made XLA (jax 0.12) take minutes to compile a per-particle draw.
+    # Keys derived inside a function use jax.random's rolled loop, whose output XLA cannot
+    # fuse: an unrolled hash whose key words come from another unrolled hash in the same
+    # fusion made XLA (jax 0.12) take minutes to compile a per-particle draw.
     def split(key_data, shape):
         shape = tuple(shape)
         y1, y2 = _hash(key_data, _counters(shape), False)
@@ -191,7 +195,9 @@ def _typed_threefry(key) -> bool:
 
 def particle_keys(key, num: int):
     """``jax.random.split(key, num)`` (the same bits) as keys whose every draw is unrolled
-    and fused (``threefry2x32_fused``), for ``num`` per-particle functions; a legacy
+    and fused (``threefry2x32_fused``), for ``num`` per-particle functions. More than
+    ``SMALL`` keys are derived by the unrolled hash in a conditional of their own
+    (``_materialized``), fewer by ``jax.random``'s loop. A legacy
     ``uint32[2]`` key gives legacy keys (``split``), another implementation's key
     ``jax.random.split``'s.
 
@@ -207,8 +213,32 @@ def particle_keys(key, num: int):
     """
     if not _typed_threefry(key) or key.shape != () or num >= 2**32:
         return split(key, num)
-    keys = jax.random.split(key, num)  # the rolled loop: see _make_impl
-    return jax.random.wrap_key_data(jax.random.key_data(keys), impl=PARTICLE_IMPL)
+    data = jax.random.key_data(key)
+    if num <= SMALL:
+        data = jax.random.key_data(jax.random.split(key, num))  # the rolled loop
+    else:
+        data = _materialized(lambda d: _split_words(d, num), data, (num, 2))
+    return jax.random.wrap_key_data(data, impl=PARTICLE_IMPL)
+
+
+def _split_words(key_data, num: int):
+    """``jax.random.split``'s key data, by the unrolled hash."""
+    y1, y2 = threefry_2x32(key_data[0], key_data[1], *_counters((num,)))
+    return jnp.stack([y1, y2], axis=-1)
+
+
+def _materialized(fn, key_data, shape):
+    """``fn(key_data)`` (``uint32`` words of ``shape``) computed in a branch of a
+    conditional, which XLA does not fuse with the code that uses the words: the per-particle
+    keys are then an array in memory, not an unrolled hash recomputed inside each draw's
+    unrolled hash (a nesting that made XLA on jax 0.12 take minutes to compile). The
+    predicate is always true, but not a constant XLA can fold."""
+    return jax.lax.cond(
+        (key_data[0] | jnp.uint32(1)) != 0,
+        fn,
+        lambda d: jnp.zeros(shape, jnp.uint32),
+        key_data,
+    )
 
 
 def population_key(key):

@@ -166,6 +166,27 @@ class StateSpaceModel:
         return xs, ys
 
     # ---------------------------------------------------------------- validation
+    def _shapes(self) -> dict:
+        """Event shapes of the three distributions and the shape of one observation, read
+        by tracing them abstractly (``jax.eval_shape``: no array is computed, so checking a
+        model compiles nothing); raises ``ValueError`` if one is not a distribution."""
+        shapes = {}
+
+        def probe():
+            init_dist = _expect_distribution(self.initial(), "initial()")
+            x0 = jnp.zeros_like(init_dist.sample(jax.random.key(0)))
+            if self.vectorized:
+                x0 = x0[None]
+            trans = _expect_distribution(self.transition(x0, jnp.int32(1)), "transition(x_prev, t)")
+            obs = _expect_distribution(self.observation(x0, jnp.int32(0)), "observation(x, t)")
+            batch = obs.batch_shape[1:] if self.vectorized else obs.batch_shape
+            shapes["initial_event"] = tuple(init_dist.event_shape)
+            shapes["transition_event"] = tuple(trans.event_shape)
+            shapes["observation"] = tuple(batch) + tuple(obs.event_shape)
+
+        jax.eval_shape(probe)
+        return shapes
+
     def validate(self, ys, num_particles: int | None = None):
         """Check the model and the data before tracing; raise ``ValueError`` naming what
         to fix. Returns ``ys`` as an array."""
@@ -176,21 +197,13 @@ class StateSpaceModel:
         ys = jnp.asarray(ys)
         if ys.ndim == 0 or ys.shape[0] == 0:
             raise ValueError(f"ys must have a leading time axis of length >= 1, got {ys.shape}")
-        init_dist = _expect_distribution(self.initial(), "initial()")
-        x0 = jax.eval_shape(lambda k: init_dist.sample(k), jax.random.key(0))
-        x0 = jnp.zeros(x0.shape, x0.dtype)
-        if self.vectorized:
-            x0 = x0[None]
-        trans = _expect_distribution(self.transition(x0, jnp.int32(1)), "transition(x_prev, t)")
-        obs = _expect_distribution(self.observation(x0, jnp.int32(0)), "observation(x, t)")
-        if trans.event_shape != init_dist.event_shape:
+        shapes = self._shapes()
+        if shapes["transition_event"] != shapes["initial_event"]:
             raise ValueError(
-                f"transition event shape {trans.event_shape} differs from the initial "
-                f"distribution's {init_dist.event_shape}"
+                f"transition event shape {shapes['transition_event']} differs from the initial "
+                f"distribution's {shapes['initial_event']}"
             )
-        expected = tuple(obs.batch_shape[1:] if self.vectorized else obs.batch_shape) + tuple(
-            obs.event_shape
-        )
+        expected = shapes["observation"]
         if tuple(ys.shape[1:]) != expected:
             raise ValueError(
                 f"ys has shape {ys.shape}: each observation y_t must have shape {expected} "

@@ -101,6 +101,28 @@ def test_validate_errors():
         mismatch.validate(ys)
 
 
+def test_validate_compiles_nothing(caplog):
+    """Checking a model traces its distributions abstractly: no eager operation is
+    compiled (a first call's latency), whatever the state's shape, and a callable that does
+    not return a distribution is still named."""
+    ssm = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(jnp.zeros(13), 1.0).to_event(1),
+        transition=lambda x_prev, t: dist.Normal(0.37 * x_prev - 1.3, 0.7).to_event(1),
+        observation=lambda x, t: dist.Normal(2.1 * x[:3], 0.3).to_event(1),
+    )
+    ys = jnp.zeros((4, 3))
+    with jax.log_compiles(True), caplog.at_level("DEBUG"):
+        assert ssm.validate(ys, 10).shape == (4, 3)
+    assert not [r for r in caplog.records if "ompil" in r.getMessage()]
+    bad = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: 0.9 * x_prev,
+        observation=lambda x, t: dist.Normal(x, 1.0),
+    )
+    with pytest.raises(ValueError, match=r"transition\(x_prev, t\) must return"):
+        bad.validate(jnp.zeros(3))
+
+
 def test_partly_missing_vector_observation_is_nan_not_skipped():
     """observation_log_prob read a partly missing vector y_t (one NaN coordinate) as fully
     missing (0, the observed coordinate silently dropped); it is now NaN, which the filters

@@ -18,8 +18,13 @@ Two exact samplers, and one consistent MCMC sampler for PaRIS:
   half its size with twice the proposals per draw per round, so each round's work
   follows the number of pending draws instead of the slowest draw, and the sequential
   loop stays a few rounds long (``buffer_levels``). The buffers stop where a round would
-  cost about as much as exact draws for its pending draws; the few draws left then are
-  made exactly (``categorical_row``), so every draw is exact whatever the bound's quality.
+  cost about as much as exact draws for its pending draws, and a stage stops as soon as
+  a round accepts fewer draws than an exact draw costs in proposals (``EXACT_DRAW_RATIO``;
+  the acceptance rates have a heavy tail, so the last rounds of a stage would otherwise
+  spend most of the work on a few hard draws). The draws left then are made exactly
+  (``categorical_row``), so every draw is exact whatever the bound's quality. (Stopping on
+  the *number* of acceptances keeps every draw exact: an accepted proposal's value is
+  independent of when, and of how many, proposals were accepted.)
 
 - ``mcmc`` (PaRIS only; Dau & Chopin 2023, "On backward smoothing algorithms"): each draw
   is the target's own ancestor moved by ``MCMC_STEPS`` independent Metropolis–Hastings
@@ -72,6 +77,10 @@ FIRST_PROPOSALS = 2
 # an exact draw (a row of N log-densities) costs about as much as N / EXACT_ROW_RATIO
 # proposals: the proposals per draw per round stop growing there
 EXACT_ROW_RATIO = 64
+# an exact draw costs about as much as N / EXACT_DRAW_RATIO proposals (a row of N transition
+# densities at 1-2 ns each against 8-10 ns per proposal on CPU): a stage stops when its last
+# round accepted fewer draws than that many proposals per draw
+EXACT_DRAW_RATIO = 16
 # draws finished exactly per pass of the fallback
 FALLBACK_CHUNK = 32
 # the flattened proposal's floor ``c``, in units of the mean weight ``1 / N``
@@ -492,23 +501,29 @@ def backward_indices(
     proposal = flattened_proposal(log_w, log_bound)
     k_rounds, k_fallback = jax.random.split(key)
     levels = buffer_levels(num_items, max_trials, n)
+    exact_cost = n / EXACT_DRAW_RATIO  # an exact draw's cost, in proposals
 
     def rounds(k, buffer: Pending, level: BufferLevel, leave_at: int):
         """Accept–reject on the draws of ``buffer``, ``level.proposals`` proposals per
         draw per round (the first accepted one is kept: the same law as one proposal per
-        round), until at most ``leave_at`` are pending or ``level.max_rounds`` rounds ran.
+        round), until at most ``leave_at`` are pending, ``level.max_rounds`` rounds ran,
+        or a round accepted too few draws to be worth its cost (fewer than one per
+        ``exact_cost`` proposals: exact draws are then cheaper for the draws left).
         Returns the buffer's indices, accepted flags and proposal counts (all zero and
         false at empty slots)."""
         size, per_round = buffer.slots.shape[0], level.proposals
         draw_target = item_target[jnp.minimum(buffer.slots, num_items - 1)]
         item_x = take(targets, jnp.repeat(draw_target, per_round))
 
+        round_cost = size * per_round  # proposals per round, empty slots included
+
         def cond(carry):
-            r, _, done, _ = carry
-            return (r < level.max_rounds) & (jnp.sum(~done) > leave_at)
+            r, _, done, _, last_accepted = carry
+            worth_it = (r == 0) | (last_accepted.astype(jnp.float32) * exact_cost >= round_cost)
+            return (r < level.max_rounds) & (jnp.sum(~done) > leave_at) & worth_it
 
         def body(carry):
-            r, idx, done, trials = carry
+            r, idx, done, trials, _ = carry
             bits_j, bits_u = round_bits(k, r, size * per_round)
             cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
             log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
@@ -524,11 +539,11 @@ def backward_indices(
                 used = jnp.where(accept, first + 1, per_round)
             trials = trials + jnp.where(done, 0, used)
             idx = jnp.where(accept, picked, idx)
-            return r + 1, idx, done | accept, trials
+            return r + 1, idx, done | accept, trials, jnp.sum(accept)
 
         init = (jnp.zeros((), jnp.int32), jnp.zeros(size, jnp.int32), ~buffer.valid,
-                jnp.zeros(size, jnp.int32))  # fmt: skip
-        _, idx, done, trials = jax.lax.while_loop(cond, body, init)
+                jnp.zeros(size, jnp.int32), jnp.zeros((), jnp.int32))  # fmt: skip
+        _, idx, done, trials, _ = jax.lax.while_loop(cond, body, init)
         return idx, done & buffer.valid, trials
 
     idx = jnp.zeros(num_items, jnp.int32)

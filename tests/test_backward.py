@@ -104,6 +104,37 @@ def test_rejection_draws_have_the_backward_kernel_law(n, max_trials, log_bound_s
         assert p_value > 1e-4, (target_id, counts, probs * k)
 
 
+def test_unproductive_rounds_stop_for_exact_draws_with_the_same_law():
+    """With rounds to spare (``max_trials`` large), a stage still stops once a round accepts
+    fewer draws than an exact draw costs in proposals: a target in the tail of the
+    predictive (acceptance rate ~1e-4) gets exact draws, and the law stays the backward
+    kernel's for the hard and the easy target alike."""
+    n, k = 1024, 3000
+    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+    xs_prev = 2.0 * jax.random.normal(k1, (n,))
+    log_w = jax.random.normal(k2, (n,))
+    targets = jnp.asarray([0.3, 7.5])
+    idx, info = jax.jit(
+        lambda key: backward.backward_indices(
+            key,
+            SSM,
+            log_w,
+            xs_prev,
+            targets,
+            1,
+            num_draws=k,
+            log_bound=LOG_BOUND,
+            max_trials=4000,
+        )  # fmt: skip
+    )(k3)
+    idx = np.asarray(idx)
+    assert int(info.num_exact) > k // 2  # most of the hard target's draws, made exactly
+    assert int(info.num_exact) < 2 * k
+    for target_id in range(2):
+        probs = _exact_backward_probs(log_w, xs_prev, targets[target_id])
+        assert _chi_square_p_value(idx[target_id], probs) > 1e-4
+
+
 def test_buffer_levels_halve_with_doubling_proposals_up_to_the_cost_of_an_exact_draw():
     n = 16384
     levels = backward.buffer_levels(2 * n, 32, n)

@@ -644,7 +644,7 @@ def mcmc_backward_indices(
 
     def step(carry, k):
         current, log_f_current, accepted = carry
-        k_prop, k_acc = jax.random.split(k)
+        k_prop, k_acc = jax.random.split(prng.population_key(k))  # draws unrolled, same bits
         proposal = guided_inverse_cdf(table, jax.random.uniform(k_prop, (num_items,), cdf.dtype))
         log_f_proposal = log_f(proposal)
         log_u = jnp.log(jax.random.uniform(k_acc, (num_items,), cdf.dtype))

@@ -393,14 +393,22 @@ class Pending(NamedTuple):
     valid: jax.Array
 
 
+def compact(mask: jax.Array, values: jax.Array, size: int, fill) -> jax.Array:
+    """``values[mask]``, in order, packed at the front of an array of ``size`` entries (the
+    rest ``fill``; entries beyond ``size`` left out): ranks by a blocked prefix sum
+    (``resampling.cumulative_sum``) and one scatter, several times cheaper on CPU than
+    ``jnp.nonzero``'s long cumulative sum."""
+    rank = resampling.cumulative_sum(mask.astype(jnp.int32)) - 1
+    dest = jnp.where(mask & (rank < size), rank, size)
+    return jnp.full(size, fill, values.dtype).at[dest].set(values, mode="drop")
+
+
 def next_buffer(buffer: Pending, accepted: jax.Array, size: int, num_items: int) -> Pending:
     """The draws of ``buffer`` still pending (valid and not accepted), packed into a buffer
     of ``size`` slots; the rest of it empty (slot ``num_items``). Pending draws beyond
     ``size`` are left out (they stay pending and are made exactly)."""
-    (pos,) = jnp.nonzero(buffer.valid & ~accepted, size=size, fill_value=buffer.slots.shape[0])
-    valid = pos < buffer.slots.shape[0]
-    slots = jnp.where(valid, buffer.slots[jnp.minimum(pos, buffer.slots.shape[0] - 1)], num_items)
-    return Pending(slots, valid)
+    slots = compact(buffer.valid & ~accepted, buffer.slots, size, num_items)
+    return Pending(slots, slots < num_items)
 
 
 def write_back(
@@ -546,50 +554,41 @@ def backward_indices(
         _, idx, done, trials, _ = jax.lax.while_loop(cond, body, init)
         return idx, done & buffer.valid, trials
 
-    idx = jnp.zeros(num_items, jnp.int32)
-    done = jnp.zeros(num_items, bool)
-    trials = jnp.zeros(num_items, jnp.int32)
+    idx = jnp.full(num_items, -1, jnp.int32)  # -1: pending
+    total_trials = jnp.zeros((), jnp.float32)
     buffer = Pending(jnp.arange(num_items, dtype=jnp.int32), jnp.ones(num_items, bool))
     for i, level in enumerate(levels):
         last = i == len(levels) - 1
         leave_at = 0 if last else levels[i + 1].size
         idx_b, acc_b, trials_b = rounds(jax.random.fold_in(k_rounds, i), buffer, level, leave_at)
-        idx = write_back(idx, buffer.slots, idx_b, acc_b)
-        done = write_back(done, buffer.slots, acc_b, acc_b)
-        trials = write_back(trials, buffer.slots, trials_b, buffer.valid, add=True)
+        if i == 0:  # the first buffer holds every draw, in order
+            idx = jnp.where(acc_b, idx_b, -1)
+        else:
+            idx = write_back(idx, buffer.slots, idx_b, acc_b)
+        total_trials = total_trials + jnp.sum(trials_b.astype(jnp.float32))
         if not last:  # the pending draws move to a smaller buffer (any overflow: exact)
             buffer = next_buffer(buffer, acc_b, leave_at, num_items)
-    num_pending = jnp.sum(~done).astype(jnp.int32)
+    pending = idx < 0
+    num_pending = jnp.sum(pending).astype(jnp.int32)
 
-    # ---- exact fallback, ``fallback_chunk`` draws per pass: first the draws pending in the
-    # last buffer, then (only if a stage ran out of rounds with too many pending) the others
-    def exact_pass(idx, done, draws, p):
-        """Exact draws for ``draws`` (``num_items``: an empty entry, dropped)."""
+    # ---- exact fallback: every pending draw queued once, ``fallback_chunk`` per pass
+    num_passes = -(-num_items // fallback_chunk)
+    queue = compact(
+        pending, jnp.arange(num_items, dtype=jnp.int32), num_passes * fallback_chunk, num_items
+    )
+
+    def exact_pass(carry):
+        """Exact draws for the queue's pass ``p`` (``num_items``: an empty entry, dropped)."""
+        idx, p = carry
+        draws = jax.lax.dynamic_slice(queue, (p * fallback_chunk,), (fallback_chunk,))
         target_ids = item_target[jnp.minimum(draws, num_items - 1)]
         new = exact_rows(jax.random.fold_in(k_fallback, p), target_ids)
-        keep = draws < num_items
-        return write_back(idx, draws, new, keep), write_back(done, draws, keep, keep)
+        return write_back(idx, draws, new, draws < num_items), p + 1
 
-    num_passes = -(-buffer.slots.shape[0] // fallback_chunk)
-    queue = next_buffer(buffer, acc_b, num_passes * fallback_chunk, num_items).slots
-    queue = queue.reshape(num_passes, fallback_chunk)
-    num_queued = jnp.sum(buffer.valid & ~acc_b)
-
-    def queued_body(carry):
-        idx, done, p = carry
-        idx, done = exact_pass(idx, done, queue[p], p)
-        return idx, done, p + 1
-
-    def left_body(carry):
-        idx, done, p = carry
-        (draws,) = jnp.nonzero(~done, size=fallback_chunk, fill_value=num_items)
-        idx, done = exact_pass(idx, done, draws, p)
-        return idx, done, p + 1
-
-    carry = (idx, done, jnp.zeros((), jnp.int32))
-    carry = jax.lax.while_loop(lambda c: c[2] * fallback_chunk < num_queued, queued_body, carry)
-    idx, _, _ = jax.lax.while_loop(lambda c: ~jnp.all(c[1]), left_body, carry)
-    stats = BackwardStats(jnp.mean(trials.astype(jnp.float32)), num_pending)
+    idx, _ = jax.lax.while_loop(
+        lambda c: c[1] * fallback_chunk < num_pending, exact_pass, (idx, jnp.zeros((), jnp.int32))
+    )
+    stats = BackwardStats(total_trials / num_items, num_pending)
     return idx.reshape(m, num_draws), stats
 
 

@@ -320,6 +320,18 @@ def test_write_back_and_next_buffer_drop_empty_slots():
     np.testing.assert_array_equal(nxt.valid, [True, False, False])
 
 
+@pytest.mark.parametrize("n", [5, 5000])  # below and above the blocked prefix sum's threshold
+def test_compact_packs_the_selected_values_in_order(n):
+    rng = np.random.default_rng(0)
+    mask = rng.random(n) < 0.3
+    values = rng.integers(0, 1000, n).astype(np.int32)
+    for size in (1, int(mask.sum()), n):
+        out = np.asarray(backward.compact(jnp.asarray(mask), jnp.asarray(values), size, -7))
+        kept = values[mask][:size]
+        np.testing.assert_array_equal(out[: kept.size], kept)
+        assert (out[kept.size :] == -7).all()
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 100, 1000, 4099])
 @pytest.mark.parametrize("kind", ["uniform", "zeros", "spike", "lognormal"])
 def test_row_inverse_cdf_is_the_two_stage_inverse_cdf(n, kind):

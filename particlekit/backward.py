@@ -393,12 +393,31 @@ class Pending(NamedTuple):
     valid: jax.Array
 
 
+# lanes of ``compact``'s prefix sum: a scan over ``len / COMPACT_LANES`` rows of this width
+COMPACT_LANES = 128
+
+
 def compact(mask: jax.Array, values: jax.Array, size: int, fill) -> jax.Array:
-    """``values[mask]``, in order, packed at the front of an array of ``size`` entries (the
-    rest ``fill``; entries beyond ``size`` left out): ranks by a blocked prefix sum
-    (``resampling.cumulative_sum``) and one scatter, several times cheaper on CPU than
-    ``jnp.nonzero``'s long cumulative sum."""
-    rank = resampling.cumulative_sum(mask.astype(jnp.int32)) - 1
+    """``values[mask]`` packed at the front of an array of ``size`` entries (the rest
+    ``fill``; entries beyond ``size`` left out), in a fixed order that depends on ``mask``
+    only: the entries seen as a ``(len / COMPACT_LANES, COMPACT_LANES)`` array, taken
+    column by column. The ranks come from a ``lax.scan`` down the rows (a running sum of
+    ``COMPACT_LANES``-wide vectors) and the column totals' prefix sum, with no transpose:
+    on CPU that is 2x cheaper than a prefix sum in row order and 4x cheaper than
+    ``jnp.nonzero`` (the order of the pending draws does not change their law)."""
+    n = mask.shape[0]
+    rows = -(-n // COMPACT_LANES)
+    counts = jnp.pad(mask.astype(jnp.int32), (0, rows * COMPACT_LANES - n))
+
+    def running_sum(total, row):
+        total = total + row
+        return total, total
+
+    _, within = jax.lax.scan(
+        running_sum, jnp.zeros(COMPACT_LANES, jnp.int32), counts.reshape(rows, COMPACT_LANES)
+    )
+    column_totals = within[-1]
+    rank = (within + (jnp.cumsum(column_totals) - column_totals)).reshape(-1)[:n] - 1
     dest = jnp.where(mask & (rank < size), rank, size)
     return jnp.full(size, fill, values.dtype).at[dest].set(values, mode="drop")
 

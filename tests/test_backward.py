@@ -320,14 +320,18 @@ def test_write_back_and_next_buffer_drop_empty_slots():
     np.testing.assert_array_equal(nxt.valid, [True, False, False])
 
 
-@pytest.mark.parametrize("n", [5, 5000])  # below and above the blocked prefix sum's threshold
-def test_compact_packs_the_selected_values_in_order(n):
+@pytest.mark.parametrize("n", [5, 128, 5000])  # one row, one full row, rows and a padded one
+def test_compact_packs_the_selected_values(n):
+    """Every selected value exactly once, at the front, in the column-by-column order of
+    the ``(rows, COMPACT_LANES)`` view; a smaller output keeps a prefix of that order."""
     rng = np.random.default_rng(0)
     mask = rng.random(n) < 0.3
-    values = rng.integers(0, 1000, n).astype(np.int32)
+    values = np.arange(n, dtype=np.int32)
+    lanes = backward.COMPACT_LANES
+    order = sorted(np.flatnonzero(mask), key=lambda i: (i % lanes, i // lanes))
     for size in (1, int(mask.sum()), n):
         out = np.asarray(backward.compact(jnp.asarray(mask), jnp.asarray(values), size, -7))
-        kept = values[mask][:size]
+        kept = np.asarray(order[:size], np.int32)
         np.testing.assert_array_equal(out[: kept.size], kept)
         assert (out[kept.size :] == -7).all()
 

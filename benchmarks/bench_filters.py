@@ -356,6 +356,8 @@ def main(argv=None):
                 rel_p = f"{ns / by['particles']:.2f}" if "particles" in by else "-"
                 rel_c = f"{comp / tuned_compile:.2f}" if label != "particles" else "-"
                 rel_a = f"{aot / tuned_aot:.2f}" if label != "particles" else "-"
+                if not tuned_compile > 0:  # the first call was faster than the median
+                    rel_c = "-"
                 print(
                     f"| {model} | {n:.0e} | {label} | {ns:.1f} | {best:.1f} | {cpu:.1f} | "
                     f"{rel_p} | {ns / hand_best:.2f} | {comp:.1f} | {rel_c} | {aot:.2f} | "

@@ -74,12 +74,12 @@ AUTO_EXACT_BELOW = 256
 # the smallest accept-reject buffer; the proposals per draw per round of the first one
 SMALLEST_BUFFER = 32
 FIRST_PROPOSALS = 2
-# an exact draw (a row of N log-densities) costs about as much as N / EXACT_ROW_RATIO
-# proposals: the proposals per draw per round stop growing there
+# the proposals per draw per round of the accept-reject stages stop growing at
+# N / EXACT_ROW_RATIO (the stages stop there)
 EXACT_ROW_RATIO = 64
-# an exact draw costs about as much as N / EXACT_DRAW_RATIO proposals (a row of N transition
-# densities at 1-2 ns each against 8-10 ns per proposal on CPU): a stage stops when its last
-# round accepted fewer draws than that many proposals per draw
+# an exact draw (a row of N transition densities, 1-2 ns each on CPU, against 8-10 ns per
+# proposal) costs about as much as N / EXACT_DRAW_RATIO proposals: a stage stops once a
+# round accepts fewer than one draw per that many proposals (16 measured best of 4..32)
 EXACT_DRAW_RATIO = 16
 # draws finished exactly per pass of the fallback
 FALLBACK_CHUNK = 32
@@ -371,10 +371,11 @@ def buffer_levels(num_items: int, max_trials: int, num_particles: int) -> list[B
     twice as many, four times as many, ... proposals per draw per round (the draws left
     for the later stages are the hard ones, with low acceptance rates), so that each
     round's work ``size * proposals`` stays ``FIRST_PROPOSALS * M``. The stages stop at
-    ``SMALLEST_BUFFER`` draws, or when a round would give each draw more proposals than
-    an exact draw costs (``N / EXACT_ROW_RATIO``): the draws still pending then are made
-    exactly, ``O(N)`` each. Each stage runs until its pending draws fit the next buffer,
-    or for at most ``max_trials // 4`` rounds. Few rounds keep the sequential loop short
+    ``SMALLEST_BUFFER`` draws, or when a round would give each draw more than
+    ``N / EXACT_ROW_RATIO`` proposals: the draws still pending then are made exactly,
+    ``O(N)`` each. Each stage runs until its pending draws fit the next buffer, for at
+    most ``max_trials // 4`` rounds, or until a round accepts too few draws to be worth
+    its cost (``backward_indices``, ``EXACT_DRAW_RATIO``). Few rounds keep the sequential loop short
     (each iteration has a fixed cost, and the heavy tail of the acceptance rates would
     otherwise keep it going for the slowest draw)."""
     budget = max(FIRST_PROPOSALS, num_particles // EXACT_ROW_RATIO)

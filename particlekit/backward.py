@@ -375,9 +375,9 @@ def buffer_levels(num_items: int, max_trials: int, num_particles: int) -> list[B
     ``N / EXACT_ROW_RATIO`` proposals: the draws still pending then are made exactly,
     ``O(N)`` each. Each stage runs until its pending draws fit the next buffer, for at
     most ``max_trials // 4`` rounds, or until a round accepts too few draws to be worth
-    its cost (``backward_indices``, ``EXACT_DRAW_RATIO``). Few rounds keep the sequential loop short
-    (each iteration has a fixed cost, and the heavy tail of the acceptance rates would
-    otherwise keep it going for the slowest draw)."""
+    its cost (``backward_indices``, ``EXACT_DRAW_RATIO``). Few rounds keep the sequential
+    loop short (each iteration has a fixed cost, and the heavy tail of the acceptance rates
+    would otherwise keep it going for the slowest draw)."""
     budget = max(FIRST_PROPOSALS, num_particles // EXACT_ROW_RATIO)
     rounds = max(1, max_trials // 4)
     levels = [BufferLevel(num_items, FIRST_PROPOSALS, rounds)]
@@ -552,7 +552,7 @@ def backward_indices(
 
         def body(carry):
             r, idx, done, trials, _ = carry
-            bits_j, bits_u = round_bits(k, r, size * per_round)
+            bits_j, bits_u = round_bits(k, r, round_cost)
             cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
             log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
             log_u = jnp.log(unit_uniform(bits_u))

@@ -126,8 +126,7 @@ def split(key, num: int = 2):
     if words is None:
         return jax.random.split(key, num)
     k1, k2, typed = words
-    y1, y2 = threefry_2x32(k1, k2, *_counters((num,)))
-    data = jnp.stack([y1, y2], axis=-1)
+    data = _split_words(k1, k2, num)
     return jax.random.wrap_key_data(data, impl="threefry2x32") if typed else data
 
 
@@ -217,13 +216,14 @@ def particle_keys(key, num: int):
     if num <= SMALL:
         data = jax.random.key_data(jax.random.split(key, num))  # the rolled loop
     else:
-        data = _materialized(lambda d: _split_words(d, num), data, (num, 2))
+        data = _materialized(lambda d: _split_words(d[0], d[1], num), data, (num, 2))
     return jax.random.wrap_key_data(data, impl=PARTICLE_IMPL)
 
 
-def _split_words(key_data, num: int):
-    """``jax.random.split``'s key data, by the unrolled hash."""
-    y1, y2 = threefry_2x32(key_data[0], key_data[1], *_counters((num,)))
+def _split_words(k1, k2, num: int):
+    """``jax.random.split``'s key data ``(num, 2)`` for the key words ``(k1, k2)``, by the
+    unrolled hash."""
+    y1, y2 = threefry_2x32(k1, k2, *_counters((num,)))
     return jnp.stack([y1, y2], axis=-1)
 
 

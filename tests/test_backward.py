@@ -62,18 +62,13 @@ def _exact_backward_probs(log_w, xs_prev, target):
     return probs / probs.sum()
 
 
-@pytest.mark.parametrize(
-    "n, max_trials, log_bound_shift",
-    # N = 7: one stage; few rounds and a loose bound: exact fallbacks; N = 1024: 4 stages
-    [(7, 32, 0.0), (7, 1, 6.0), (1024, 32, 0.0), (1024, 1, 3.0)],
-)
-def test_rejection_draws_have_the_backward_kernel_law(n, max_trials, log_bound_shift):
-    m, k = 3, 3000  # 3 targets, 3000 draws each: M = 9000 draws
-    key = jax.random.key(0)
-    k1, k2, k3 = jax.random.split(key, 3)
+def _draws_from_a_random_cloud(seed, n, targets, k, log_bound, max_trials):
+    """``k`` accept-reject backward draws per target from a random weighted cloud of ``n``
+    particles (``xs_prev ~ N(0, 2^2)``, ``log_w ~ N(0, 1)``, keys from ``seed``). Returns
+    ``(log_w, xs_prev, idx, info)`` with ``idx`` a NumPy array."""
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
     xs_prev = 2.0 * jax.random.normal(k1, (n,))
     log_w = jax.random.normal(k2, (n,))
-    targets = jnp.asarray([-2.5, 0.3, 3.0])
     idx, info = jax.jit(
         lambda key: backward.backward_indices(
             key,
@@ -83,25 +78,30 @@ def test_rejection_draws_have_the_backward_kernel_law(n, max_trials, log_bound_s
             targets,
             1,
             num_draws=k,
-            log_bound=LOG_BOUND + log_bound_shift,
+            log_bound=log_bound,
             max_trials=max_trials,
         )  # fmt: skip
     )(k3)
-    idx = np.asarray(idx)
+    return log_w, xs_prev, np.asarray(idx), info
+
+
+@pytest.mark.parametrize(
+    "n, max_trials, log_bound_shift",
+    # N = 7: one stage; few rounds and a loose bound: exact fallbacks; N = 1024: 4 stages
+    [(7, 32, 0.0), (7, 1, 6.0), (1024, 32, 0.0), (1024, 1, 3.0)],
+)
+def test_rejection_draws_have_the_backward_kernel_law(n, max_trials, log_bound_shift):
+    m, k = 3, 3000  # 3 targets, 3000 draws each: M = 9000 draws
+    targets = jnp.asarray([-2.5, 0.3, 3.0])
+    log_w, xs_prev, idx, info = _draws_from_a_random_cloud(
+        0, n, targets, k, LOG_BOUND + log_bound_shift, max_trials
+    )
     assert idx.shape == (m, k) and idx.min() >= 0 and idx.max() < n
     if log_bound_shift > 0:
         assert int(info.num_exact) > 0  # the fallback was exercised
     for target_id in range(m):
         probs = _exact_backward_probs(log_w, xs_prev, targets[target_id])
-        counts = np.bincount(idx[target_id], minlength=n)
-        keep = probs * k >= 5  # chi-square cells with enough expected counts
-        observed = np.append(counts[keep], counts[~keep].sum())
-        expected = np.append(probs[keep] * k, probs[~keep].sum() * k)
-        if expected[-1] == 0:
-            observed, expected = observed[:-1], expected[:-1]
-        expected *= observed.sum() / expected.sum()
-        _, p_value = stats.chisquare(observed, expected)
-        assert p_value > 1e-4, (target_id, counts, probs * k)
+        assert _chi_square_p_value(idx[target_id], probs) > 1e-4, target_id
 
 
 def test_unproductive_rounds_stop_for_exact_draws_with_the_same_law():
@@ -110,24 +110,8 @@ def test_unproductive_rounds_stop_for_exact_draws_with_the_same_law():
     predictive (acceptance rate ~1e-4) gets exact draws, and the law stays the backward
     kernel's for the hard and the easy target alike."""
     n, k = 1024, 3000
-    k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
-    xs_prev = 2.0 * jax.random.normal(k1, (n,))
-    log_w = jax.random.normal(k2, (n,))
     targets = jnp.asarray([0.3, 7.5])
-    idx, info = jax.jit(
-        lambda key: backward.backward_indices(
-            key,
-            SSM,
-            log_w,
-            xs_prev,
-            targets,
-            1,
-            num_draws=k,
-            log_bound=LOG_BOUND,
-            max_trials=4000,
-        )  # fmt: skip
-    )(k3)
-    idx = np.asarray(idx)
+    log_w, xs_prev, idx, info = _draws_from_a_random_cloud(1, n, targets, k, LOG_BOUND, 4000)
     assert int(info.num_exact) > k // 2  # most of the hard target's draws, made exactly
     assert int(info.num_exact) < 2 * k
     for target_id in range(2):

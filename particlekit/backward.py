@@ -36,8 +36,10 @@ Proposals use an inverse CDF accelerated by a guide table (Chen & Asau 1974): a 
 number of equal buckets of ``[0, 1)``, each knowing the first particle its interval can map
 to, leaves a short binary search (``log2`` of the widest bucket's particle count) instead of
 ``log2 N`` steps. It returns exactly ``searchsorted(cdf, u)``. The flattened proposal gives
-every particle a probability of at least ``c / (1 + FLATTEN_FLOOR)``, so a bucket holds at
-most a few particles and the search takes one or two steps whatever the weights.
+every particle a probability of at least ``c / (1 + FLATTEN_FLOOR) = 1 / (2 N)``, so with
+``2 N`` buckets or more (``PROPOSAL_BUCKETS``) no bucket holds two boundaries of its CDF and
+a lookup is ``first[b] + (cdf[first[b]] <= u)``, two independent loads and no search,
+whatever the weights.
 
 Random numbers: one 64-bit Threefry block (two 32-bit words) per proposal, counter
 ``(round, proposal)`` under the stage's key, hashed by an unrolled Threefry-2x32 that is
@@ -85,6 +87,9 @@ EXACT_DRAW_RATIO = 16
 FALLBACK_CHUNK = 32
 # the flattened proposal's floor ``c``, in units of the mean weight ``1 / N``
 FLATTEN_FLOOR = 1.0
+# guide-table buckets per particle of the flattened proposal: its probabilities are at
+# least 1 / (2 N), so with 2 N buckets or more a lookup needs no search
+PROPOSAL_BUCKETS = 2
 # binary-search steps of the guide table unrolled (the rare extra steps run in a loop)
 UNROLLED_STEPS = 2
 
@@ -212,58 +217,77 @@ class GuideTable(NamedTuple):
     num_steps : Array of shape (), int32
         Binary-search steps that resolve any bucket: the bit length of the largest
         ``first[b + 1] - first[b]``.
+    threshold : Array of shape (B,)
+        ``cdf[first[b]]``: when ``num_steps <= 1`` (no bucket holds two boundaries of the
+        CDF), the draw of a ``u`` of bucket ``b`` is ``first[b] + (threshold[b] <= u)``,
+        two independent lookups and no search.
     """
 
     cdf: jax.Array
     first: jax.Array
     num_steps: jax.Array
+    threshold: jax.Array
 
 
-def guide_table(cdf: jax.Array) -> GuideTable:
+def guide_table(cdf: jax.Array, buckets_per_particle: int = 1) -> GuideTable:
     """Build the guide table of a normalised CDF in ``O(N)`` (a histogram and a cumulative
-    sum). With ``B`` a power of two, ``cdf[j] * B`` and ``b / B`` are exact in floating
-    point, so ``cdf[j] <= b / B`` iff ``ceil(cdf[j] * B) <= b``. The CDF is first made
-    nondecreasing (a parallel cumulative sum may step down by a rounding error across
-    zero weights; the running maximum only runs when it does)."""
+    sum), with ``B = buckets_per_particle * 2**ceil(log2 N)`` buckets. With ``B`` a power
+    of two, ``cdf[j] * B`` and ``b / B`` are exact in floating point, so
+    ``cdf[j] <= b / B`` iff ``ceil(cdf[j] * B) <= b``. The CDF is first made nondecreasing
+    (a parallel cumulative sum may step down by a rounding error across zero weights; the
+    running maximum only runs when it does). When every probability is at least ``1 / B``,
+    no bucket holds two boundaries and a lookup needs no search (``guided_inverse_cdf``)."""
     n = cdf.shape[0]
     cdf = jax.lax.cond(jnp.all(cdf[1:] >= cdf[:-1]), lambda c: c, lambda c: jax.lax.cummax(c), cdf)
-    num_buckets = 1 << max(n - 1, 1).bit_length()
+    num_buckets = buckets_per_particle << max(n - 1, 1).bit_length()
     scaled = jnp.ceil(cdf * num_buckets)
     bins = jnp.clip(scaled, 0, num_buckets + 1).astype(jnp.int32)
     counts = jnp.zeros(num_buckets + 2, jnp.int32).at[bins].add(1)
     first = jnp.minimum(resampling.cumulative_sum(counts)[: num_buckets + 1], n - 1)
     widest = jnp.max(first[1:] - first[:-1]).astype(jnp.uint32)
     num_steps = (32 - jax.lax.clz(widest)).astype(jnp.int32)
-    return GuideTable(cdf, first, num_steps)
+    return GuideTable(cdf, first, num_steps, cdf[first[:-1]])
 
 
 def guided_inverse_cdf(table: GuideTable, uniforms: jax.Array, unrolled: int = 0) -> jax.Array:
     """``searchsorted(cdf, u, side="right")`` (clipped to ``N - 1``) for ``u`` in ``[0, 1)``:
     the bucket of ``u`` bounds the answer to ``[first[b], first[b + 1]]``, a binary search
-    of ``table.num_steps`` steps finishes it. The first ``unrolled`` steps are unrolled
-    (a search step past convergence changes nothing), the others run in a loop."""
+    of ``table.num_steps`` steps finishes it. When one step does (no bucket holds two
+    boundaries), the answer is ``first[b] + (threshold[b] <= u)``: two independent lookups
+    instead of a chain of dependent ones. Otherwise the first ``unrolled`` steps are
+    unrolled (a search step past convergence changes nothing) and the others run in a
+    loop."""
     num_buckets = table.first.shape[0] - 1
+    n = table.cdf.shape[0]
     bucket = jnp.clip(jnp.floor(uniforms * num_buckets).astype(jnp.int32), 0, num_buckets - 1)
-    lo, hi = table.first[bucket], table.first[bucket + 1]
 
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = (lo + hi) >> 1
-        right = table.cdf[mid] <= uniforms
-        return jnp.where(right, mid + 1, lo), jnp.where(right, hi, mid)
+    def one_step(_):
+        lo = table.first[bucket] + (table.threshold[bucket] <= uniforms).astype(jnp.int32)
+        return jnp.minimum(lo, n - 1)
 
-    for step in range(unrolled):
-        lo, hi = halve(step, (lo, hi))
-    if unrolled:
-        lo, _ = jax.lax.cond(
-            table.num_steps > unrolled,
-            lambda b: jax.lax.fori_loop(unrolled, table.num_steps, halve, b),
-            lambda b: b,
-            (lo, hi),
-        )
-    else:
-        lo, _ = jax.lax.fori_loop(0, table.num_steps, halve, (lo, hi))
-    return jnp.minimum(lo, table.cdf.shape[0] - 1)  # cdf[-1] may round below 1
+    def search(_):
+        lo, hi = table.first[bucket], table.first[bucket + 1]
+
+        def halve(_, bounds):
+            lo, hi = bounds
+            mid = (lo + hi) >> 1
+            right = table.cdf[mid] <= uniforms
+            return jnp.where(right, mid + 1, lo), jnp.where(right, hi, mid)
+
+        for step in range(unrolled):
+            lo, hi = halve(step, (lo, hi))
+        if unrolled:
+            lo, _ = jax.lax.cond(
+                table.num_steps > unrolled,
+                lambda b: jax.lax.fori_loop(unrolled, table.num_steps, halve, b),
+                lambda b: b,
+                (lo, hi),
+            )
+        else:
+            lo, _ = jax.lax.fori_loop(0, table.num_steps, halve, (lo, hi))
+        return jnp.minimum(lo, n - 1)  # cdf[-1] may round below 1
+
+    return jax.lax.cond(table.num_steps <= 1, one_step, search, None)
 
 
 def max_log_density(d) -> jax.Array | None:
@@ -352,7 +376,7 @@ def flattened_proposal(log_w: jax.Array, log_bound, floor: float = FLATTEN_FLOOR
     log_c = math.log(floor / n)
     q = jnp.exp(jnp.maximum(log_w, log_c))
     cdf = resampling.cumulative_sum(q)
-    table = guide_table(cdf / cdf[-1])
+    table = guide_table(cdf / cdf[-1], PROPOSAL_BUCKETS)
     log_accept = jnp.minimum(log_w - log_c, 0.0) - log_bound
     return Proposal(table, log_accept.astype(q.dtype))
 

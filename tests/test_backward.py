@@ -31,15 +31,20 @@ def _weights(kind, n, key):
     return jnp.exp(3.0 * jax.random.normal(key, (n,)))
 
 
-@pytest.mark.parametrize("unrolled", [0, 2])
+@pytest.mark.parametrize("unrolled,buckets", [(0, 1), (2, 1), (2, 2)])
 @pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 1025])
-@pytest.mark.parametrize("kind", ["uniform", "zeros", "spike", "lognormal"])
-def test_guided_inverse_cdf_is_searchsorted(n, kind, unrolled):
+@pytest.mark.parametrize("kind", ["uniform", "flattened", "zeros", "spike", "lognormal"])
+def test_guided_inverse_cdf_is_searchsorted(n, kind, unrolled, buckets):
     key_w, key_u = jax.random.split(jax.random.key(n))
-    w = _weights(kind, n, key_w)
-    cdf = jnp.cumsum(w)
-    cdf = cdf / cdf[-1]
-    table = backward.guide_table(cdf)
+    if kind == "flattened":  # the accept-reject proposal: every probability >= 1 / (2 N)
+        log_w, _ = pk.resampling.log_normalize(3.0 * jax.random.normal(key_w, (n,)))
+        table = backward.flattened_proposal(log_w, 0.0).table
+        # no bucket holds two boundaries: the lookup without a search is the one tested
+        assert int(table.num_steps) <= 1
+    else:
+        w = _weights(kind, n, key_w)
+        cdf = jnp.cumsum(w)
+        table = backward.guide_table(cdf / cdf[-1], buckets)
     cdf = table.cdf  # made nondecreasing
     num_buckets = table.first.shape[0] - 1
     edges = jnp.arange(num_buckets) / num_buckets  # bucket boundaries, exact in float32

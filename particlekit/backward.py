@@ -6,7 +6,8 @@ the step shared by FFBS, PaRIS and particle Gibbs with backward sampling.
 
 Two exact samplers, and one consistent MCMC sampler for PaRIS:
 
-- ``exact``: one row of ``N`` log-densities and an inverse-CDF draw per draw, ``O(N)``
+- ``exact``: one row of ``N`` log-densities per target (shared by its ``K`` draws) and an
+  inverse-CDF draw per draw, ``O(N)``
   (``categorical_row``: the row's cumulative sums in blocks, so a draw costs one pass over
   the row and two short cumulative sums instead of one long one);
 - accept–reject (Douc, Garivier, Moulines & Olsson 2011, Alg. 1), ``O(1)`` on average,
@@ -22,7 +23,8 @@ Two exact samplers, and one consistent MCMC sampler for PaRIS:
   a round accepts fewer draws than an exact draw costs in proposals (``EXACT_DRAW_RATIO``;
   the acceptance rates have a heavy tail, so the last rounds of a stage would otherwise
   spend most of the work on a few hard draws). The draws left then are made exactly
-  (``categorical_row``), so every draw is exact whatever the bound's quality. (Stopping on
+  (``categorical_row``; one row of densities per target serves all its pending draws), so
+  every draw is exact whatever the bound's quality. (Stopping on
   the *number* of acceptances keeps every draw exact: an accepted proposal's value is
   independent of when, and of how many, proposals were accepted.)
 
@@ -45,7 +47,8 @@ Random numbers: one 64-bit Threefry block (two 32-bit words) per proposal, count
 ``(round, proposal)`` under the stage's key, hashed by an unrolled Threefry-2x32 that is
 bit-identical to ``jax.random``'s (``round_bits``; other PRNG implementations use
 ``jax.random.bits``): the first word's top 24 bits are the inverse-CDF uniform, the
-second's the acceptance uniform (``unit_uniform``).
+second's the acceptance uniform (``unit_uniform``). A round's words are computed once into
+memory (``prng.in_memory``), not re-hashed inside each fusion that reads them.
 """
 
 from __future__ import annotations
@@ -179,28 +182,30 @@ def row_inverse_cdf(mass: jax.Array, u_block: jax.Array, u_within: jax.Array) ->
     CDF over its cumulative sums with ``u_within``. Its law is ``mass / sum(mass)``
     (``P(b) P(j | b)``, up to rounding); entries of zero mass are never drawn (the
     cumulative sums are exactly flat over them and the scaled uniform stays below the
-    total)."""
+    total). The uniforms may be arrays (of one shape): one draw per pair, sharing the
+    block totals."""
     n = mass.shape[0]
     size = row_block_size(n)
     num_blocks = -(-n // size)
     blocks = jnp.pad(mass, (0, num_blocks * size - n)).reshape(num_blocks, size)
     block_cdf = flat_cumulative_sum(jnp.sum(blocks, axis=1))
-    b = jnp.sum(block_cdf <= u_block * block_cdf[-1]).astype(jnp.int32)
+    b = jnp.sum(block_cdf <= (u_block * block_cdf[-1])[..., None], axis=-1).astype(jnp.int32)
     b = jnp.minimum(b, num_blocks - 1)
     within_cdf = flat_cumulative_sum(blocks[b])
-    j = jnp.sum(within_cdf <= u_within * within_cdf[-1]).astype(jnp.int32)
-    return jnp.minimum(b * size + jnp.minimum(j, size - 1), n - 1)
+    j = jnp.sum(within_cdf <= (u_within * within_cdf[..., -1])[..., None], axis=-1)
+    return jnp.minimum(b * size + jnp.minimum(j.astype(jnp.int32), size - 1), n - 1)
 
 
-def categorical_row(key, logits):
-    """One draw from ``softmax(logits)`` by ``row_inverse_cdf`` (one pass over the row and
-    two cumulative sums of about ``sqrt N``, no normalisation). ``NaN`` and ``+inf``
-    logits count as zero probability; an all-zero row falls back to uniform."""
+def categorical_row(key, logits, num: int | None = None):
+    """One draw (``num`` i.i.d. draws, shape ``(num,)``) from ``softmax(logits)`` by
+    ``row_inverse_cdf`` (one pass over the row and two cumulative sums of about
+    ``sqrt N`` per draw, no normalisation). ``NaN`` and ``+inf`` logits count as zero
+    probability; an all-zero row falls back to uniform."""
     logits = jnp.where(jnp.isnan(logits) | (logits == jnp.inf), -jnp.inf, logits)
     top = jnp.max(logits)
     mass = jnp.exp(logits - jnp.where(jnp.isfinite(top), top, 0.0))
     mass = jnp.where(jnp.isfinite(top), mass, 1.0)
-    u = unit_uniform(jax.random.bits(key, (2,), jnp.uint32))
+    u = unit_uniform(jax.random.bits(key, (2,) if num is None else (2, num), jnp.uint32))
     return row_inverse_cdf(mass, u[0], u[1])
 
 
@@ -530,25 +535,28 @@ def backward_indices(
     num_items = m * num_draws
     log_w, _ = resampling.log_normalize(log_weights_prev)
     item_target = jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_draws)
-    # exact passes: all draws at once (memory-bounded) in exact mode; small chunks for the
-    # few rejection fallbacks
-    chunk = exact_chunk or max(1, min(num_items, (1 << 22) // max(n, 1)))
-    fallback_chunk = exact_chunk or max(1, min(chunk, FALLBACK_CHUNK, num_items))
+    # exact passes (one row of densities per target, shared by its draws): all targets at
+    # once (memory-bounded) in exact mode; small chunks for the few rejection fallbacks
+    chunk = exact_chunk or max(1, min(m, (1 << 22) // max(n, 1)))
+    fallback_chunk = exact_chunk or max(1, min(chunk, FALLBACK_CHUNK, m))
 
-    def one_exact(kk, tid):
-        return categorical_row(kk, log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t))
+    def exact_draws(kk, tid):
+        """The ``num_draws`` draws of target ``tid``, exact, from one row of densities."""
+        row = log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t)
+        return categorical_row(kk, row, num_draws)
 
     def exact_rows(k, target_ids):
-        return jax.vmap(one_exact)(jax.random.split(k, target_ids.shape[0]), target_ids)
+        return jax.vmap(exact_draws)(jax.random.split(k, target_ids.shape[0]), target_ids)
 
     if log_bound is None:
-        keys = jax.random.split(key, num_items)
-        if chunk >= num_items:
-            idx = jax.vmap(one_exact)(keys, item_target)
-        else:  # bound the memory of the (items x N) log-density rows
-            idx = jax.lax.map(lambda a: one_exact(*a), (keys, item_target), batch_size=chunk)
+        keys = jax.random.split(key, m)
+        target_ids = jnp.arange(m, dtype=jnp.int32)
+        if chunk >= m:
+            idx = jax.vmap(exact_draws)(keys, target_ids)
+        else:  # bound the memory of the (targets x N) log-density rows
+            idx = jax.lax.map(lambda a: exact_draws(*a), (keys, target_ids), batch_size=chunk)
         stats = BackwardStats(jnp.zeros(()), jnp.asarray(num_items, jnp.int32))
-        return idx.reshape(m, num_draws), stats
+        return idx, stats
 
     proposal = flattened_proposal(log_w, log_bound)
     k_rounds, k_fallback = jax.random.split(key)
@@ -568,6 +576,7 @@ def backward_indices(
         item_x = take(targets, jnp.repeat(draw_target, per_round))
 
         round_cost = size * per_round  # proposals per round, empty slots included
+        kd = jax.random.key_data(k)
 
         def cond(carry):
             r, _, done, _, last_accepted = carry
@@ -576,7 +585,9 @@ def backward_indices(
 
         def body(carry):
             r, idx, done, trials, _ = carry
-            bits_j, bits_u = round_bits(k, r, round_cost)
+            # the random words in memory, computed once: fused, XLA would recompute the
+            # unrolled hash in each of the gathers that read them
+            bits_j, bits_u = prng.in_memory(lambda r: round_bits(k, r, round_cost), kd, r)
             cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
             log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
             log_u = jnp.log(unit_uniform(bits_u))
@@ -615,22 +626,27 @@ def backward_indices(
     pending = idx < 0
     num_pending = jnp.sum(pending).astype(jnp.int32)
 
-    # ---- exact fallback: every pending draw queued once, ``fallback_chunk`` per pass
-    num_passes = -(-num_items // fallback_chunk)
-    queue = compact(
-        pending, jnp.arange(num_items, dtype=jnp.int32), num_passes * fallback_chunk, num_items
-    )
+    # ---- exact fallback: every target with a pending draw queued once, ``fallback_chunk``
+    # per pass; one row of densities per target draws all its pending draws
+    pending_targets = jnp.any(pending.reshape(m, num_draws), axis=1)
+    num_pending_targets = jnp.sum(pending_targets).astype(jnp.int32)
+    num_passes = -(-m // fallback_chunk)
+    queue = compact(pending_targets, jnp.arange(m, dtype=jnp.int32), num_passes * fallback_chunk, m)
+    draw_offsets = jnp.arange(num_draws, dtype=jnp.int32)
 
     def exact_pass(carry):
-        """Exact draws for the queue's pass ``p`` (``num_items``: an empty entry, dropped)."""
+        """Exact draws for the queue's pass ``p`` (``m``: an empty entry, dropped)."""
         idx, p = carry
-        draws = jax.lax.dynamic_slice(queue, (p * fallback_chunk,), (fallback_chunk,))
-        target_ids = item_target[jnp.minimum(draws, num_items - 1)]
-        new = exact_rows(jax.random.fold_in(k_fallback, p), target_ids)
-        return write_back(idx, draws, new, draws < num_items), p + 1
+        target_ids = jax.lax.dynamic_slice(queue, (p * fallback_chunk,), (fallback_chunk,))
+        new = exact_rows(jax.random.fold_in(k_fallback, p), jnp.minimum(target_ids, m - 1))
+        draws = (target_ids[:, None] * num_draws + draw_offsets).reshape(-1)
+        keep = (draws < num_items) & (idx[jnp.minimum(draws, num_items - 1)] < 0)
+        return write_back(idx, draws, new.reshape(-1), keep), p + 1
 
     idx, _ = jax.lax.while_loop(
-        lambda c: c[1] * fallback_chunk < num_pending, exact_pass, (idx, jnp.zeros((), jnp.int32))
+        lambda c: c[1] * fallback_chunk < num_pending_targets,
+        exact_pass,
+        (idx, jnp.zeros((), jnp.int32)),
     )
     stats = BackwardStats(total_trials / num_items, num_pending)
     return idx.reshape(m, num_draws), stats

@@ -403,3 +403,26 @@ def test_unit_uniform_is_in_the_unit_interval():
     u = np.asarray(backward.unit_uniform(bits))
     assert u.dtype == np.float32
     np.testing.assert_array_equal(u, [0.0, 0.0, 2.0**-24, 1.0 - 2.0**-24])
+
+
+@pytest.mark.parametrize("log_bound", [None, 30.0])
+def test_draws_of_one_target_share_a_row_but_are_independent(log_bound):
+    """The exact draws of one target come from one row of densities (exact mode, and the
+    accept-reject fallback, forced here by a bound so loose that nothing is accepted):
+    each pair of draws of a target must follow the product law, not repeat one uniform."""
+    n, m, k = 6, 20_000, 2
+    xs_prev = jnp.linspace(-1.5, 1.5, n)
+    log_w = jnp.log(jnp.arange(1.0, n + 1.0))
+    targets = jnp.full(m, 0.3)
+    idx, info = jax.jit(
+        lambda key: backward.backward_indices(
+            key, SSM, log_w, xs_prev, targets, 1, num_draws=k, log_bound=log_bound
+        )
+    )(jax.random.key(11))
+    assert int(info.num_exact) == m * k  # every draw made exactly
+    probs = _exact_backward_probs(log_w, xs_prev, 0.3)
+    idx = np.asarray(idx)
+    assert _chi_square_p_value(idx[:, 0], probs) > 1e-4
+    assert _chi_square_p_value(idx[:, 1], probs) > 1e-4
+    pairs = idx[:, 0] * n + idx[:, 1]
+    assert _chi_square_p_value(pairs, np.outer(probs, probs).reshape(-1)) > 1e-4

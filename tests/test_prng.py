@@ -143,3 +143,10 @@ def test_population_key_leaves_small_draws_to_the_rolled_loop():
     keys = prng.particle_keys(jax.random.key(0), xs.shape[0])  # made outside: no loop below
     draw = jax.vmap(lambda k, x: x + jax.random.normal(k))
     assert _num_while_loops(draw, keys, xs) == 0
+
+
+def test_in_memory_returns_the_function_values():
+    key_data = jax.random.key_data(jax.random.key(3))
+    got = jax.jit(lambda x: prng.in_memory(lambda a: (a + 1, a * 2), key_data, x))(jnp.arange(4))
+    np.testing.assert_array_equal(got[0], np.arange(1, 5))
+    np.testing.assert_array_equal(got[1], np.arange(4) * 2)

@@ -233,16 +233,18 @@ def _materialized(fn, key_data, shape):
     keys are then an array in memory, not an unrolled hash recomputed inside each draw's
     unrolled hash (a nesting that made XLA on jax 0.12 take minutes to compile). The
     predicate is always true, but not a constant XLA can fold."""
-    return in_memory(fn, key_data, key_data)
+    return in_memory(fn, key_data, key_data, shapes=jax.ShapeDtypeStruct(shape, jnp.uint32))
 
 
-def in_memory(fn, key_data, *operands):
+def in_memory(fn, key_data, *operands, shapes=None):
     """``fn(*operands)`` computed in a branch of a conditional whose predicate is always
     true but not a constant XLA can fold (it reads ``key_data``, a key's words): XLA does
     not fuse the branch with the code that uses its results, so they are arrays in memory,
     computed once, instead of an unrolled hash (and what depends on it) recomputed inside
-    every fusion that reads them."""
-    shapes = jax.eval_shape(fn, *operands)
+    every fusion that reads them. ``shapes``: the results' shapes and dtypes when known
+    (else ``fn`` is traced once more to find them)."""
+    if shapes is None:
+        shapes = jax.eval_shape(fn, *operands)
     return jax.lax.cond(
         (jnp.ravel(key_data)[0] | jnp.uint32(1)) != 0,
         fn,

@@ -237,20 +237,26 @@ def _materialized(fn, key_data, shape):
 
 
 def in_memory(fn, key_data, *operands, shapes=None):
-    """``fn(*operands)`` computed in a branch of a conditional whose predicate is always
-    true but not a constant XLA can fold (it reads ``key_data``, a key's words): XLA does
-    not fuse the branch with the code that uses its results, so they are arrays in memory,
-    computed once, instead of an unrolled hash (and what depends on it) recomputed inside
-    every fusion that reads them. ``shapes``: the results' shapes and dtypes when known
+    """``fn(*operands)``, computed on CPU in a branch of a conditional whose predicate is
+    always true but not a constant XLA can fold (it reads ``key_data``, a key's words): XLA
+    does not fuse the branch with the code that uses its results, so they are arrays in
+    memory, computed once, instead of an unrolled hash (and what depends on it) recomputed
+    inside every fusion that reads them. Other platforms compute ``fn(*operands)`` as it
+    is (``lax.platform_dependent``, resolved when lowering): a GPU conditional reads its
+    predicate back to the host. ``shapes``: the results' shapes and dtypes when known
     (else ``fn`` is traced once more to find them)."""
     if shapes is None:
         shapes = jax.eval_shape(fn, *operands)
-    return jax.lax.cond(
-        (jnp.ravel(key_data)[0] | jnp.uint32(1)) != 0,
-        fn,
-        lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-        *operands,
-    )
+
+    def on_cpu(*operands):
+        return jax.lax.cond(
+            (jnp.ravel(key_data)[0] | jnp.uint32(1)) != 0,
+            fn,
+            lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+            *operands,
+        )
+
+    return jax.lax.platform_dependent(*operands, cpu=on_cpu, default=fn)
 
 
 def population_key(key):

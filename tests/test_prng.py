@@ -150,3 +150,15 @@ def test_in_memory_returns_the_function_values():
     got = jax.jit(lambda x: prng.in_memory(lambda a: (a + 1, a * 2), key_data, x))(jnp.arange(4))
     np.testing.assert_array_equal(got[0], np.arange(1, 5))
     np.testing.assert_array_equal(got[1], np.arange(4) * 2)
+
+
+def test_in_memory_is_a_conditional_on_cpu_only():
+    """On CPU the results come from a conditional on the key's words (kept out of the
+    fusions that read them); lowered for a GPU there is none (a GPU conditional reads its
+    predicate back to the host)."""
+    key_data = jax.random.key_data(jax.random.key(3))
+    traced = jax.jit(lambda x: prng.in_memory(lambda a: a + 1, key_data, x)).trace(jnp.arange(4))
+    on_cpu = traced.lower(lowering_platforms=("cpu",)).as_text()
+    on_gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
+    assert "stablehlo.compare" in on_cpu
+    assert "stablehlo.compare" not in on_gpu

@@ -48,7 +48,7 @@ Random numbers: one 64-bit Threefry block (two 32-bit words) per proposal, count
 bit-identical to ``jax.random``'s (``round_bits``; other PRNG implementations use
 ``jax.random.bits``): the first word's top 24 bits are the inverse-CDF uniform, the
 second's the acceptance uniform (``unit_uniform``). A round's words are computed once into
-memory (``prng.in_memory``), not re-hashed inside each fusion that reads them.
+memory on CPU (``prng.in_memory``), not re-hashed inside each fusion that reads them.
 """
 
 from __future__ import annotations
@@ -585,8 +585,8 @@ def backward_indices(
 
         def body(carry):
             r, idx, done, trials, _ = carry
-            # the random words in memory, computed once: fused, XLA would recompute the
-            # unrolled hash in each of the gathers that read them
+            # the random words in memory, computed once (on CPU): fused, XLA recomputed the
+            # unrolled hash in each of the fusions that read them
             bits_j, bits_u = prng.in_memory(lambda r: round_bits(k, r, round_cost), kd, r)
             cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
             log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)

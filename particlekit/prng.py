@@ -233,22 +233,24 @@ def _materialized(fn, key_data, shape):
     keys are then an array in memory, not an unrolled hash recomputed inside each draw's
     unrolled hash (a nesting that made XLA on jax 0.12 take minutes to compile). The
     predicate is always true, but not a constant XLA can fold."""
-    return in_memory(fn, key_data, key_data, shapes=jax.ShapeDtypeStruct(shape, jnp.uint32))
+    shapes = jax.ShapeDtypeStruct(shape, jnp.uint32)
+    # on every platform: inline, the nesting of hashes could compile as slowly anywhere
+    return in_memory(fn, key_data, key_data, shapes=shapes, only_cpu=False)
 
 
-def in_memory(fn, key_data, *operands, shapes=None):
-    """``fn(*operands)``, computed on CPU in a branch of a conditional whose predicate is
-    always true but not a constant XLA can fold (it reads ``key_data``, a key's words): XLA
-    does not fuse the branch with the code that uses its results, so they are arrays in
-    memory, computed once, instead of an unrolled hash (and what depends on it) recomputed
-    inside every fusion that reads them. Other platforms compute ``fn(*operands)`` as it
-    is (``lax.platform_dependent``, resolved when lowering): a GPU conditional reads its
-    predicate back to the host. ``shapes``: the results' shapes and dtypes when known
-    (else ``fn`` is traced once more to find them)."""
+def in_memory(fn, key_data, *operands, shapes=None, only_cpu: bool = True):
+    """``fn(*operands)``, computed in a branch of a conditional whose predicate is always
+    true but not a constant XLA can fold (it reads ``key_data``, a key's words): XLA does
+    not fuse the branch with the code that uses its results, so they are arrays in memory,
+    computed once, instead of an unrolled hash (and what depends on it) recomputed inside
+    every fusion that reads them. With ``only_cpu``, other platforms compute
+    ``fn(*operands)`` as it is (``lax.platform_dependent``, resolved when lowering): a GPU
+    conditional reads its predicate back to the host. ``shapes``: the results' shapes and
+    dtypes when known (else ``fn`` is traced once more to find them)."""
     if shapes is None:
         shapes = jax.eval_shape(fn, *operands)
 
-    def on_cpu(*operands):
+    def conditional(*operands):
         return jax.lax.cond(
             (jnp.ravel(key_data)[0] | jnp.uint32(1)) != 0,
             fn,
@@ -256,7 +258,9 @@ def in_memory(fn, key_data, *operands, shapes=None):
             *operands,
         )
 
-    return jax.lax.platform_dependent(*operands, cpu=on_cpu, default=fn)
+    if not only_cpu:
+        return conditional(*operands)
+    return jax.lax.platform_dependent(*operands, cpu=conditional, default=fn)
 
 
 def population_key(key):

@@ -152,7 +152,7 @@ def test_in_memory_returns_the_function_values():
     np.testing.assert_array_equal(got[1], np.arange(4) * 2)
 
 
-def test_in_memory_is_a_conditional_on_cpu_only():
+def test_in_memory_is_a_conditional_on_cpu_only_by_default():
     """On CPU the results come from a conditional on the key's words (kept out of the
     fusions that read them); lowered for a GPU there is none (a GPU conditional reads its
     predicate back to the host)."""
@@ -162,3 +162,7 @@ def test_in_memory_is_a_conditional_on_cpu_only():
     on_gpu = traced.lower(lowering_platforms=("cuda",)).as_text()
     assert "stablehlo.compare" in on_cpu
     assert "stablehlo.compare" not in on_gpu
+    everywhere = jax.jit(
+        lambda x: prng.in_memory(lambda a: a + 1, key_data, x, only_cpu=False)
+    ).trace(jnp.arange(4))
+    assert "stablehlo.compare" in everywhere.lower(lowering_platforms=("cuda",)).as_text()

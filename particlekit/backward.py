@@ -701,12 +701,17 @@ def mcmc_backward_indices(
 
     current = jnp.repeat(jnp.asarray(ancestors, jnp.int32), num_draws)
 
+    def uniforms(k):
+        k_prop, k_acc = jax.random.split(prng.population_key(k))  # draws unrolled, same bits
+        return tuple(jax.random.uniform(kk, (num_items,), cdf.dtype) for kk in (k_prop, k_acc))
+
     def step(carry, k):
         current, log_f_current, accepted = carry
-        k_prop, k_acc = jax.random.split(prng.population_key(k))  # draws unrolled, same bits
-        proposal = guided_inverse_cdf(table, jax.random.uniform(k_prop, (num_items,), cdf.dtype))
+        # the uniforms in memory, computed once (on CPU; see ``prng.in_memory``)
+        u_prop, u_acc = prng.in_memory(uniforms, jax.random.key_data(k), k)
+        proposal = guided_inverse_cdf(table, u_prop)
         log_f_proposal = log_f(proposal)
-        log_u = jnp.log(jax.random.uniform(k_acc, (num_items,), cdf.dtype))
+        log_u = jnp.log(u_acc)
         accept = log_u < log_f_proposal - log_f_current
         # a current state of zero density (-inf) accepts any proposal of positive density
         accept = accept | (jnp.isneginf(log_f_current) & (log_f_proposal > -jnp.inf))

@@ -524,9 +524,10 @@ def backward_indices(
     ... )
     >>> xs_prev = jax.random.normal(jax.random.key(0), (1000,))
     >>> targets = 0.9 * xs_prev + jax.random.normal(jax.random.key(1), (1000,))
-    >>> idx, stats = backward_indices(
-    ...     jax.random.key(2), ssm, jnp.zeros(1000), xs_prev, targets, 1, num_draws=2,
-    ...     log_bound=max_log_density(dist.Normal(0.0, 1.0)))
+    >>> draw = jax.jit(lambda key: backward_indices(
+    ...     key, ssm, jnp.zeros(1000), xs_prev, targets, 1, num_draws=2,
+    ...     log_bound=max_log_density(dist.Normal(0.0, 1.0))))  # jit: its loops run compiled
+    >>> idx, stats = draw(jax.random.key(2))
     >>> idx.shape
     (1000, 2)
     """

@@ -641,7 +641,7 @@ def backward_indices(
         target_ids = jax.lax.dynamic_slice(queue, (p * fallback_chunk,), (fallback_chunk,))
         new = exact_rows(jax.random.fold_in(k_fallback, p), jnp.minimum(target_ids, m - 1))
         draws = (target_ids[:, None] * num_draws + draw_offsets).reshape(-1)
-        keep = (draws < num_items) & (idx[jnp.minimum(draws, num_items - 1)] < 0)
+        keep = (draws < num_items) & pending[jnp.minimum(draws, num_items - 1)]
         return write_back(idx, draws, new.reshape(-1), keep), p + 1
 
     idx, _ = jax.lax.while_loop(

@@ -241,7 +241,15 @@ def guide_table(cdf: jax.Array, buckets_per_particle: int = 1) -> GuideTable:
     ``cdf[j] <= b / B`` iff ``ceil(cdf[j] * B) <= b``. The CDF is first made nondecreasing
     (a parallel cumulative sum may step down by a rounding error across zero weights; the
     running maximum only runs when it does). When every probability is at least ``1 / B``,
-    no bucket holds two boundaries and a lookup needs no search (``guided_inverse_cdf``)."""
+    no bucket holds two boundaries and a lookup needs no search (``guided_inverse_cdf``).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> table = guide_table(jnp.asarray([0.25, 0.5, 0.75, 1.0]), buckets_per_particle=2)
+    >>> int(table.num_steps), guided_inverse_cdf(table, jnp.asarray([0.1, 0.3, 0.99])).tolist()
+    (1, [0, 1, 3])
+    """
     n = cdf.shape[0]
     cdf = jax.lax.cond(jnp.all(cdf[1:] >= cdf[:-1]), lambda c: c, lambda c: jax.lax.cummax(c), cdf)
     num_buckets = buckets_per_particle << max(n - 1, 1).bit_length()

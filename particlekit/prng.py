@@ -246,7 +246,17 @@ def in_memory(fn, key_data, *operands, shapes=None, only_cpu: bool = True):
     every fusion that reads them. With ``only_cpu``, other platforms compute
     ``fn(*operands)`` as it is (``lax.platform_dependent``, resolved when lowering): a GPU
     conditional reads its predicate back to the host. ``shapes``: the results' shapes and
-    dtypes when known (else ``fn`` is traced once more to find them)."""
+    dtypes when known (else ``fn`` is traced once more to find them).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> key = jax.random.key(0)
+    >>> bits = jax.jit(lambda k: in_memory(
+    ...     lambda k: jax.random.bits(k, (4,)), jax.random.key_data(k), k))(key)
+    >>> bool((bits == jax.random.bits(key, (4,))).all())
+    True
+    """
     if shapes is None:
         shapes = jax.eval_shape(fn, *operands)
 

@@ -109,12 +109,10 @@ def test_page_code_runs(page: Path, tmp_path: Path):
         pytest.skip(f"{page.name} has no runnable python blocks")
     spec = tmp_path / "blocks.json"
     spec.write_text(json.dumps([str(page), blocks]), encoding="utf-8")
-    # LLVM's lighter optimisation level: the pages are dominated by compilation, not by running
-    xla_flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=1".strip()
+    # XLA_FLAGS (LLVM's lighter optimisation level) comes from conftest.py
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=xla_flags,
         MPLBACKEND="Agg",
         PYTHONWARNINGS="ignore",
     )

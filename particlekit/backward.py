@@ -586,6 +586,7 @@ def backward_indices(
 
         round_cost = size * per_round  # proposals per round, empty slots included
         kd = jax.random.key_data(k)
+        words = (jax.ShapeDtypeStruct((round_cost,), jnp.uint32),) * 2  # round_bits' output
 
         def cond(carry):
             r, _, done, _, last_accepted = carry
@@ -596,7 +597,9 @@ def backward_indices(
             r, idx, done, trials, _ = carry
             # the random words in memory, computed once (on CPU): fused, XLA recomputed the
             # unrolled hash in each of the fusions that read them
-            bits_j, bits_u = prng.in_memory(lambda r: round_bits(k, r, round_cost), kd, r)
+            bits_j, bits_u = prng.in_memory(
+                lambda r: round_bits(k, r, round_cost), kd, r, shapes=words
+            )
             cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
             log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
             log_u = jnp.log(unit_uniform(bits_u))
@@ -714,10 +717,12 @@ def mcmc_backward_indices(
         k_prop, k_acc = jax.random.split(prng.population_key(k))  # draws unrolled, same bits
         return tuple(jax.random.uniform(kk, (num_items,), cdf.dtype) for kk in (k_prop, k_acc))
 
+    uniforms_shape = (jax.ShapeDtypeStruct((num_items,), cdf.dtype),) * 2
+
     def step(carry, k):
         current, log_f_current, accepted = carry
         # the uniforms in memory, computed once (on CPU; see ``prng.in_memory``)
-        u_prop, u_acc = prng.in_memory(uniforms, jax.random.key_data(k), k)
+        u_prop, u_acc = prng.in_memory(uniforms, jax.random.key_data(k), k, shapes=uniforms_shape)
         proposal = guided_inverse_cdf(table, u_prop)
         log_f_proposal = log_f(proposal)
         log_u = jnp.log(u_acc)

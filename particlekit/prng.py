@@ -234,7 +234,8 @@ def _materialized(fn, key_data, shape):
     unrolled hash (a nesting that made XLA on jax 0.12 take minutes to compile). The
     predicate is always true, but not a constant XLA can fold."""
     shapes = jax.ShapeDtypeStruct(shape, jnp.uint32)
-    # on every platform: inline, the nesting of hashes could compile as slowly anywhere
+    # a conditional on every platform, not only on CPU: computed inline, the nesting of
+    # hashes could compile as slowly anywhere
     return in_memory(fn, key_data, key_data, shapes=shapes, only_cpu=False)
 
 

@@ -69,6 +69,13 @@ SMALL = 64
 """Outputs of at most this many words (splits, draws) of a ``population_key`` use
 ``jax.random``'s rolled loop, which XLA does not fuse into its consumers."""
 
+ROLLED_SPLIT_MAX = SMALL
+"""``particle_keys`` derives at most this many keys with ``jax.random``'s rolled loop, more
+by the unrolled hash in a conditional (``_materialized``). Where the two cross depends on
+the model (``benchmarks/bench_small_filters.py``, CPU: with the rolled loop up to 256
+particles the 1-D filter is 1.1-1.4x faster at 128-256 particles, the 4-D one 0.8-0.97x
+as fast), so the threshold stays ``SMALL``."""
+
 
 def threefry_2x32(k1, k2, x1, x2):
     """The Threefry-2x32 block cipher (20 rounds) of the counters ``(x1, x2)`` under the key
@@ -195,8 +202,8 @@ def _typed_threefry(key) -> bool:
 def particle_keys(key, num: int):
     """``jax.random.split(key, num)`` (the same bits) as keys whose every draw is unrolled
     and fused (``threefry2x32_fused``), for ``num`` per-particle functions. More than
-    ``SMALL`` keys are derived by the unrolled hash in a conditional of their own
-    (``_materialized``), fewer by ``jax.random``'s loop. A legacy
+    ``ROLLED_SPLIT_MAX`` keys are derived by the unrolled hash in a conditional of their
+    own (``_materialized``), fewer by ``jax.random``'s loop. A legacy
     ``uint32[2]`` key gives legacy keys (``split``), another implementation's key
     ``jax.random.split``'s.
 
@@ -213,7 +220,7 @@ def particle_keys(key, num: int):
     if not _typed_threefry(key) or key.shape != () or num >= 2**32:
         return split(key, num)
     data = jax.random.key_data(key)
-    if num <= SMALL:
+    if num <= ROLLED_SPLIT_MAX:
         data = jax.random.key_data(jax.random.split(key, num))  # the rolled loop
     else:
         data = _materialized(lambda d: _split_words(d[0], d[1], num), data, (num, 2))

@@ -26,6 +26,24 @@ def test_split_is_bit_identical_to_jax_random(make_key, num):
         assert jitted.dtype == key.dtype and (_data(jitted) == expected).all()
 
 
+@pytest.mark.parametrize(
+    "num", [1, prng.SMALL + 1, prng.ROLLED_SPLIT_MAX, prng.ROLLED_SPLIT_MAX + 1, 1000]
+)
+def test_particle_keys_are_jax_random_split_on_both_sides_of_the_rolled_loop(num):
+    """Up to ``ROLLED_SPLIT_MAX`` keys come from ``jax.random``'s loop, more from the
+    unrolled hash in a conditional: the same key data either way, under ``jit`` and
+    ``vmap`` too."""
+    key = jax.random.key(7)
+    expected = _data(jax.random.split(key, num))
+    keys = jax.jit(prng.particle_keys, static_argnums=1)(key, num)
+    assert jax.random.key_impl(keys) == prng.PARTICLE_IMPL
+    assert (_data(keys) == expected).all()
+    batch = jax.random.split(key, 3)
+    ours = jax.jit(jax.vmap(lambda k: prng.particle_keys(k, num)))(batch)
+    theirs = jax.vmap(lambda k: jax.random.split(k, num))(batch)
+    assert (_data(ours) == _data(theirs)).all()
+
+
 def test_split_under_vmap_and_of_split_keys():
     keys = jax.random.split(jax.random.key(3), 5)
     ours = jax.vmap(lambda k: prng.split(k, 300))(keys)

@@ -207,6 +207,7 @@ def from_smc(smc):
     from numpyro.infer.util import log_likelihood
 
     from particlekit.infer.log_density import LogDensityModel
+    from particlekit.infer.numpyro_adapter import observed_values
 
     result = smc.diagnostics
     model_args, model_kwargs = smc._args
@@ -259,9 +260,12 @@ def from_smc(smc):
         loglik = {k: np.asarray(v).reshape((c, n) + np.shape(v)[1:]) for k, v in loglik.items()}
     if loglik:
         groups["log_likelihood"] = _dataset(loglik, ["chain", "draw"], attrs)
-    if info.observed:
+    # the last run's data (``info`` is cached per data shape, its values from the first)
+    observed = {} if isinstance(smc.model, LogDensityModel) else info.observed
+    if observed:
+        observed = observed_values(smc.model, model_args, model_kwargs)
         groups["observed_data"] = _dataset(
-            {k: np.asarray(v) for k, v in info.observed.items()}, [], attrs
+            {k: np.asarray(v) for k, v in observed.items()}, [], attrs
         )
     return wrap_groups(groups, attrs)
 

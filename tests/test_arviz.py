@@ -35,6 +35,12 @@ def test_inference_data():
     idata = smc.to_inference_data()
     check_groups_and_dims(smc, idata)
     check_arviz_diagnostics(idata)
+    # a second run on other data of the same shape (the compiled sampler is reused):
+    # observed_data is that run's data, not the first run's
+    y2 = jnp.array([5.0, 6.0, 7.0, 5.5, 6.5, 4.0])
+    smc.run(jax.random.key(1), y2)
+    obs = _group(smc.to_inference_data(), "observed_data")
+    np.testing.assert_allclose(obs["y"].values, y2, rtol=1e-6)
 
 
 def check_groups_and_dims(smc, idata):

@@ -96,3 +96,55 @@ def test_log_density_model_errors():
         )
     with pytest.raises(ValueError, match="NumPyro model"):
         pk.infer.SMC("model")
+
+
+def test_log_density_model_nested_and_tuple_theta():
+    """A tuple or nested-dict ``theta`` ("any pytree of floating arrays"): one named site
+    per leaf (``site_names``) in the samples, the summary and ArviZ, with the conjugate
+    posterior mean of ``mu = w + b[0]`` (``y_i ~ N(mu, 1)``, independent ``N(0, 1)``
+    priors, so ``mu ~ N(0, 2)``, ``E[mu | y] = sum(y) / (n + 1/2)`` and by symmetry
+    ``E[w | y] = E[b0 | y] = sum(y) / (2 n + 1)``; posterior sd of each 0.76)."""
+    y = jnp.array([0.5, 1.0, 1.5])
+    model = pk.infer.LogDensityModel(
+        log_prior=lambda th, y: norm.logpdf(th[0]["w"]) + jnp.sum(norm.logpdf(th[1])),
+        log_likelihood=lambda th, y: jnp.sum(norm.logpdf(y, th[0]["w"] + th[1][0])),
+        sample_prior=lambda key, y: (
+            {"w": jax.random.normal(key)},
+            jax.random.normal(jax.random.fold_in(key, 1), (2,)),
+        ),
+    )
+    smc = pk.infer.SMC(model, num_particles=500, num_chains=2)
+    smc.run(jax.random.key(0), y)
+    samples = smc.get_samples()
+    assert set(samples) == {"theta.0.w", "theta.1"}
+    assert samples["theta.0.w"].shape == (1000,) and samples["theta.1"].shape == (1000, 2)
+    exact = float(jnp.sum(y)) / 7  # standard error about 0.76 / sqrt(500) = 0.034
+    assert abs(float(samples["theta.0.w"].mean()) - exact) < 0.15
+    assert abs(float(samples["theta.1"][:, 0].mean()) - exact) < 0.15
+    assert "theta.1" in smc.to_inference_data().posterior
+    assert pk.infer.log_density.site_names({"a": {"w": 0.0}, "b": 1.0}) == ("a.w", "b")
+
+
+def test_log_density_model_densities_must_be_scalars():
+    def lp(theta, y):
+        return norm.logpdf(theta)
+
+    def sample(key, y):
+        return jax.random.normal(key)
+
+    y = jnp.array([0.5, 1.0, 1.5])
+    for bad in (
+        pk.infer.LogDensityModel(lp, lambda theta, y: norm.logpdf(y, theta), sample),
+        pk.infer.LogDensityModel(lambda theta, y: norm.logpdf(y, theta), lp, sample),
+    ):
+        with pytest.raises(ValueError, match=r"must return a scalar .* got shape \(3,\)"):
+            pk.infer.SMC(bad, num_particles=10).run(jax.random.key(0), y)
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.0, 1.0, 1.5, float("nan")])
+def test_target_acceptance_outside_the_unit_interval_is_a_value_error(value):
+    model = pk.infer.LogDensityModel(
+        lambda theta: norm.logpdf(theta), lambda theta: 0.0 * theta, lambda key: 0.0 * key
+    )
+    with pytest.raises(ValueError, match="target_acceptance must be in"):
+        pk.infer.SMC(model, num_particles=10, target_acceptance=value)

@@ -107,10 +107,48 @@ def population_size(model: LogDensityModel) -> int | None:
     return int(jnp.shape(jax.tree.leaves(model.initial_population)[0])[0])
 
 
+def _key_part(key) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def site_names(theta) -> tuple[str, ...]:
+    """One name per leaf of ``theta``, in ``jax.tree`` order: ``"theta"`` for an array, the
+    keys of a dict of arrays, and the path joined by dots otherwise (``"a.w"`` for
+    ``{"a": {"w": ...}}``, ``"theta.0"`` for a tuple's first entry).
+
+    Examples
+    --------
+    >>> site_names({"a": {"w": 0.0}, "b": 1.0}), site_names((0.0, 1.0))
+    (('a.w', 'b'), ('theta.0', 'theta.1'))
+    """
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(theta)[0]]
+    if paths == [()]:
+        return ("theta",)
+    prefix = [] if isinstance(theta, dict) else ["theta"]
+    return tuple(".".join(prefix + [_key_part(k) for k in path]) for path in paths)
+
+
+def _check_scalar_densities(model: LogDensityModel, structure, args, kwargs) -> None:
+    """``log_prior`` and ``log_likelihood`` must return one number per particle."""
+    for name in ("log_prior", "log_likelihood"):
+        fn = getattr(model, name)
+        out = jax.eval_shape(lambda theta, fn=fn: fn(theta, *args, **kwargs), structure)
+        shapes = [leaf.shape for leaf in jax.tree.leaves(out)]
+        if shapes != [()]:
+            raise ValueError(
+                f"LogDensityModel.{name} must return a scalar for one particle theta, got "
+                f"shape {shapes[0] if len(shapes) == 1 else shapes} (sum the terms, e.g. "
+                "jnp.sum(norm.logpdf(y, mu)))"
+            )
+
+
 def inspect_log_density_model(model: LogDensityModel, args=(), kwargs=None) -> ModelInfo:
-    """The ``ModelInfo`` of a
-    ``LogDensityModel``: its one latent ``"theta"`` (or the keys of a dict ``theta``)
-    and the flattening of ``theta``. Raises ``ValueError`` on a malformed model."""
+    """The ``ModelInfo`` of a ``LogDensityModel``: one latent site per leaf of ``theta``
+    (``site_names``) and the flattening of ``theta``. Raises ``ValueError`` on a malformed
+    model (no floating ``theta``, log-densities that are not scalars)."""
     _check(model)
     kwargs = {} if kwargs is None else kwargs
     structure = _one_particle_structure(model, args, kwargs)
@@ -118,8 +156,8 @@ def inspect_log_density_model(model: LogDensityModel, args=(), kwargs=None) -> M
     flat, unravel_fn = ravel_pytree(zeros)
     if not jnp.issubdtype(flat.dtype, jnp.floating):
         raise ValueError(f"theta must be floating point, got {flat.dtype}")
-    names = tuple(zeros) if isinstance(zeros, dict) else ("theta",)
-    return ModelInfo(names, {}, unravel_fn, int(flat.shape[0]))
+    _check_scalar_densities(model, structure, args, kwargs)
+    return ModelInfo(site_names(zeros), {}, unravel_fn, int(flat.shape[0]))
 
 
 def make_log_density_target(model: LogDensityModel, args, kwargs, info: ModelInfo):
@@ -147,8 +185,8 @@ def make_log_density_target(model: LogDensityModel, args, kwargs, info: ModelInf
         return rows(pick)
 
     def constrain(u):
-        theta = info.unravel_fn(u)
-        return dict(theta) if isinstance(theta, dict) else {"theta": theta}
+        leaves = jax.tree.leaves(info.unravel_fn(u))
+        return dict(zip(info.latent_names, leaves, strict=True))
 
     return NumPyroTarget(
         log_prior_and_likelihood, sample_prior, constrain, info.dim, initial_positions

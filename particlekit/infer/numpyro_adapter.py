@@ -115,6 +115,20 @@ def inspect_model(
     return ModelInfo(tuple(latent), observed, unravel_fn, int(flat.shape[0]))
 
 
+def observed_values(model, model_args=(), model_kwargs=None) -> dict:
+    """The values of ``model``'s observed sample sites (``numpyro.factor`` sites excluded)
+    for the data ``model_args, model_kwargs``, from one eager host-side trace."""
+    model_kwargs = {} if model_kwargs is None else model_kwargs
+    tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(
+        *model_args, **model_kwargs
+    )
+    return {
+        name: site["value"]
+        for name, site in tr.items()
+        if site["type"] == "sample" and site["is_observed"] and not _is_factor(site)
+    }
+
+
 def _site_log_prob(site):
     value = site["value"]
     intermediates = site.get("intermediates")

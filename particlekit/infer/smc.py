@@ -495,7 +495,7 @@ class SMC:
     min_increment : float
         Minimum temperature increment (guards against a stalled schedule).
     target_acceptance : float, optional
-        Acceptance rate the move scale is tuned to (defaults: RWM 0.3, MALA 0.574,
+        Acceptance rate in ``(0, 1)`` the move scale is tuned to (defaults: RWM 0.3, MALA 0.574,
         HMC 0.65, NUTS 0.8).
     num_integration_steps : int, optional
         Mean leapfrog steps of ``kernel="hmc"`` (jittered by ``U(0.5, 1.5)``); ``None``
@@ -624,6 +624,11 @@ class SMC:
             )
         if target_acceptance is None:
             target_acceptance = moves.TARGET_ACCEPTANCE.get(kernel, 0.5)
+        elif not 0.0 < float(target_acceptance) < 1.0:
+            raise ValueError(
+                f"target_acceptance must be in (0, 1), got {target_acceptance} (the move's "
+                "tuning aims its acceptance rate there)"
+            )
         if isinstance(model, log_density.LogDensityModel):
             size = log_density.population_size(model)
             if size is not None and size < n:

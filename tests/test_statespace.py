@@ -110,6 +110,13 @@ def test_bad_input():
     with pytest.raises(ValueError, match="support"):
         pk.statespace.pmmh(jax.random.key(0), MODEL, YS, num_particles=8, init_params={"rho": 2.0})
 
+    def prior_with_x():  # "x" names the latent paths: it overwrote the parameter's draws
+        numpyro.sample("x", dist.Uniform(-1.0, 1.0))
+
+    x_model = pk.statespace.ParametricSSM(prior_with_x, lambda th: model_fn({"rho": th["x"]}))
+    with pytest.raises(ValueError, match="site named 'x'"):
+        pk.statespace.pmmh(jax.random.key(0), x_model, YS, num_particles=8)
+
 
 def test_impossible_data_is_flagged():
     def impossible(theta):

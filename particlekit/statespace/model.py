@@ -19,6 +19,9 @@ from particlekit.ssm import StateSpaceModel
 
 __all__ = ["ParametricSSM", "check_model_and_data", "draws_with_paths"]
 
+#: the latent paths' name among the parameters' draws (a prior site may not take it)
+PATHS_NAME = "x"
+
 
 @dataclass(frozen=True)
 class ParametricSSM:
@@ -68,6 +71,11 @@ class ParametricSSM:
         from particlekit.infer.numpyro_adapter import inspect_model
 
         info = inspect_model(self.prior, purpose="a ParametricSSM prior")
+        if PATHS_NAME in info.latent_names:
+            raise ValueError(
+                f"the prior has a site named {PATHS_NAME!r}, the name of the latent paths in "
+                "get_samples() and ArviZ: rename the parameter (e.g. 'rho')"
+            )
         if info.observed:
             raise ValueError(
                 f"the prior has observed sites {sorted(info.observed)}: it should only draw "
@@ -122,12 +130,12 @@ class ParametricSSM:
 
 
 def draws_with_paths(theta: dict, paths, group_by_chain: bool = False) -> dict:
-    """``{site: draws}`` plus ``"x"`` for latent paths (if any), leading axes ``(chain,
-    draw)``; chains concatenated unless ``group_by_chain``: the ``get_samples`` of every
-    result of this family."""
+    """``{site: draws}`` plus ``"x"`` (``PATHS_NAME``) for latent paths (if any), leading
+    axes ``(chain, draw)``; chains concatenated unless ``group_by_chain``: the
+    ``get_samples`` of every result of this family."""
     out = dict(theta)
     if paths is not None:
-        out["x"] = paths
+        out[PATHS_NAME] = paths
     if group_by_chain:
         return out
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)

@@ -54,10 +54,12 @@ memory on CPU (``prng.in_memory``), not re-hashed inside each fusion that reads 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
 from particlekit import kernels, prng, resampling
@@ -95,6 +97,11 @@ FLATTEN_FLOOR = 1.0
 PROPOSAL_BUCKETS = 2
 # binary-search steps of the guide table unrolled (the rare extra steps run in a loop)
 UNROLLED_STEPS = 2
+
+# ``BackwardStats.num_above_bound`` counts acceptance probabilities above
+# ``exp(ABOVE_BOUND_TOLERANCE)``: a bound equal to the density's maximum, rounded
+# differently, is not reported
+ABOVE_BOUND_TOLERANCE = 1e-4
 
 METHODS = ("auto", "exact", "rejection")
 #: PaRIS also takes the MCMC backward kernel
@@ -352,6 +359,9 @@ class BackwardStats(NamedTuple):
 
     mean_trials: jax.Array  # mean number of rejection proposals per draw (0 if exact)
     num_exact: jax.Array  # number of draws made exactly (all of them in exact mode)
+    # accept-reject proposals whose acceptance probability exceeded 1: the bound given is
+    # below the transition density there, and the draws are not exact (0 if exact / mcmc)
+    num_above_bound: jax.Array = 0
 
 
 class Proposal(NamedTuple):
@@ -564,7 +574,9 @@ def backward_indices(
             idx = jax.vmap(exact_draws)(keys, target_ids)
         else:  # bound the memory of the (targets x N) log-density rows
             idx = jax.lax.map(lambda a: exact_draws(*a), (keys, target_ids), batch_size=chunk)
-        stats = BackwardStats(jnp.zeros(()), jnp.asarray(num_items, jnp.int32))
+        stats = BackwardStats(
+            jnp.zeros(()), jnp.asarray(num_items, jnp.int32), jnp.zeros((), jnp.int32)
+        )
         return idx, stats
 
     proposal = flattened_proposal(log_w, log_bound)
@@ -589,12 +601,12 @@ def backward_indices(
         words = (jax.ShapeDtypeStruct((round_cost,), jnp.uint32),) * 2  # round_bits' output
 
         def cond(carry):
-            r, _, done, _, last_accepted = carry
+            r, _, done, _, last_accepted, _ = carry
             worth_it = (r == 0) | (last_accepted.astype(jnp.float32) * exact_cost >= round_cost)
             return (r < level.max_rounds) & (jnp.sum(~done) > leave_at) & worth_it
 
         def body(carry):
-            r, idx, done, trials, _ = carry
+            r, idx, done, trials, _, above = carry
             # the random words in memory, computed once (on CPU): fused, XLA recomputed the
             # unrolled hash in each of the fusions that read them
             bits_j, bits_u = prng.in_memory(
@@ -603,7 +615,11 @@ def backward_indices(
             cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
             log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
             log_u = jnp.log(unit_uniform(bits_u))
-            ok = log_u < log_f + proposal.log_accept[cand]  # NaN densities: rejected
+            log_a = log_f + proposal.log_accept[cand]
+            ok = log_u < log_a  # NaN densities: rejected
+            # an acceptance probability above 1: the bound is too small (counted, reported)
+            too_high = (log_a > ABOVE_BOUND_TOLERANCE).reshape(size, per_round)
+            above = above + jnp.sum(too_high & ~done[:, None])
             if per_round == 1:
                 accept, picked, used = ~done & ok, cand, 1
             else:
@@ -614,20 +630,24 @@ def backward_indices(
                 used = jnp.where(accept, first + 1, per_round)
             trials = trials + jnp.where(done, 0, used)
             idx = jnp.where(accept, picked, idx)
-            return r + 1, idx, done | accept, trials, jnp.sum(accept)
+            return r + 1, idx, done | accept, trials, jnp.sum(accept), above
 
         init = (jnp.zeros((), jnp.int32), jnp.zeros(size, jnp.int32), ~buffer.valid,
-                jnp.zeros(size, jnp.int32), jnp.zeros((), jnp.int32))  # fmt: skip
-        _, idx, done, trials, _ = jax.lax.while_loop(cond, body, init)
-        return idx, done & buffer.valid, trials
+                jnp.zeros(size, jnp.int32), jnp.zeros((), jnp.int32),
+                jnp.zeros((), jnp.int32))  # fmt: skip
+        _, idx, done, trials, _, above = jax.lax.while_loop(cond, body, init)
+        return idx, done & buffer.valid, trials, above
 
     idx = jnp.full(num_items, -1, jnp.int32)  # -1: pending
     total_trials = jnp.zeros((), jnp.float32)
+    num_above_bound = jnp.zeros((), jnp.int32)
     buffer = Pending(jnp.arange(num_items, dtype=jnp.int32), jnp.ones(num_items, bool))
     for i, level in enumerate(levels):
         last = i == len(levels) - 1
         leave_at = 0 if last else levels[i + 1].size
-        idx_b, acc_b, trials_b = rounds(jax.random.fold_in(k_rounds, i), buffer, level, leave_at)
+        k_level = jax.random.fold_in(k_rounds, i)
+        idx_b, acc_b, trials_b, above_b = rounds(k_level, buffer, level, leave_at)
+        num_above_bound = num_above_bound + above_b
         if i == 0:  # the first buffer holds every draw, in order
             idx = jnp.where(acc_b, idx_b, -1)
         else:
@@ -660,7 +680,7 @@ def backward_indices(
         exact_pass,
         (idx, jnp.zeros((), jnp.int32)),
     )
-    stats = BackwardStats(total_trials / num_items, num_pending)
+    stats = BackwardStats(total_trials / num_items, num_pending, num_above_bound)
     return idx.reshape(m, num_draws), stats
 
 
@@ -736,7 +756,8 @@ def mcmc_backward_indices(
     init = (current, log_f(current), jnp.zeros(num_items, jnp.int32))
     (idx, _, accepted), _ = jax.lax.scan(step, init, jax.random.split(key, num_steps))
     rate = jnp.mean(accepted.astype(jnp.float32)) / max(num_steps, 1)
-    return idx.reshape(m, num_draws), BackwardStats(rate, jnp.zeros((), jnp.int32))
+    no_bound = jnp.zeros((), jnp.int32)
+    return idx.reshape(m, num_draws), BackwardStats(rate, jnp.zeros((), jnp.int32), no_bound)
 
 
 def resolve_bound(ssm, xs_prev, t, method, log_transition_bound):
@@ -751,6 +772,46 @@ def resolve_bound(ssm, xs_prev, t, method, log_transition_bound):
             "log_transition_bound=..., or use a Normal / MultivariateNormal transition"
         )
     return bound
+
+
+def check_log_transition_bound(value):
+    """A number given as ``log_transition_bound`` must be a finite scalar or ``+inf`` (a
+    callable of ``t`` is checked when called, by its use: not here). Returns ``value``."""
+    if value is None or callable(value) or isinstance(value, jax.core.Tracer):
+        return value
+    array = np.asarray(value)  # NumPy: under an outer jit jnp would stage the checks
+    if array.shape != () or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"log_transition_bound must be a number, got {value!r}")
+    if bool(np.isnan(array)) or bool(array == -np.inf):
+        raise ValueError(
+            f"log_transition_bound must be log sup_x f_t(x | x_prev), a number above -inf, "
+            f"got {value!r} (-inf would accept every proposal, NaN none)"
+        )
+    return value
+
+
+def warn_if_above_bound(num_above_bound, where: str, log_transition_bound) -> None:
+    """After a run (also traced: ``jax.debug.callback``, once per call), a
+    ``RuntimeWarning`` when accept-reject proposals had an acceptance probability above 1
+    (``BackwardStats.num_above_bound``): the bound given is too small and the draws are
+    not exact. Nothing when no bound was given (the derived ones are the densities'
+    maxima)."""
+    if log_transition_bound is None:
+        return
+
+    def emit(count):
+        count = int(np.sum(count))
+        if count > 0:
+            warnings.warn(
+                f"{where}: {count} accept-reject backward proposals had an acceptance "
+                "probability above 1, so log_transition_bound is below the transition "
+                "density and the backward draws are not exact. Pass a bound of log sup_x "
+                "f_t(x | x_prev) (it may depend on t), or method='exact'",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    jax.debug.callback(emit, num_above_bound)
 
 
 def check_method(method, allowed=METHODS):

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels, resampling
+from particlekit.backward import check_log_transition_bound
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.smoothing import (
     _check_method,
@@ -350,7 +351,8 @@ def csmc(
     result = _csmc(
         key, ys, reference, ssm=ssm, num_particles=num_particles,
         backward_sampling=bool(backward_sampling), ancestor_sampling=bool(ancestor_sampling),
-        scheme=scheme, method=method, log_transition_bound=log_transition_bound,
+        scheme=scheme, method=method,
+        log_transition_bound=check_log_transition_bound(log_transition_bound),
         max_trials=_check_trials(max_trials), progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
     return result if return_info else result.trajectory

@@ -44,8 +44,10 @@ from particlekit.backward import (
     backward_indices,
     max_log_density,
     mcmc_backward_indices,
+    warn_if_above_bound,
 )
 from particlekit.backward import categorical as _categorical
+from particlekit.backward import check_log_transition_bound as _check_log_transition_bound
 from particlekit.backward import check_method as _check_method
 from particlekit.backward import check_trials as _check_trials
 from particlekit.backward import log_f_rows as _log_f_rows
@@ -74,34 +76,41 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 def backward_trajectories(
     key, ssm, particles, log_weights, num_samples, *, method, log_transition_bound, max_trials,
-    tick=None,
+    tick=None, with_count=False,
 ):  # fmt: skip
     """FFBS on a stored particle history: ``(num_samples, T, ...)`` trajectories (traced).
-    ``tick``: a ``progress_bar_callback`` over the ``T - 1`` backward steps, or None."""
+    ``tick``: a ``progress_bar_callback`` over the ``T - 1`` backward steps, or None. With
+    ``with_count``: ``(trajectories, num_above_bound)``, the accept-reject proposals whose
+    acceptance probability exceeded 1 (``BackwardStats``)."""
     num_steps, n = log_weights.shape
     k_last, k_back = jax.random.split(key)
     idx_last = _categorical(k_last, log_weights[-1], num_samples)
     x_last = _take(_take(particles, num_steps - 1), idx_last)
+    above = jnp.zeros((), jnp.int32)
     if num_steps == 1:
-        return jax.tree.map(lambda a: a[:, None], x_last)
+        paths = jax.tree.map(lambda a: a[:, None], x_last)
+        return (paths, above) if with_count else paths
 
-    def body(x_next, inp):
+    def body(carry, inp):
+        x_next, above = carry
         xs_t, lw_t, t = inp
         bound = _resolve_bound(ssm, xs_t, t + 1, method, log_transition_bound)
-        idx, _ = backward_indices(
+        idx, stats = backward_indices(
             jax.random.fold_in(k_back, t), ssm, lw_t, xs_t, x_next, t + 1,
             num_draws=1, log_bound=bound, max_trials=max_trials,
         )  # fmt: skip
+        above = above + getattr(stats, "num_above_bound", 0)  # (older modules: none)
         x_t = _take(xs_t, idx[:, 0])
         if tick is not None:
             tick(num_steps - 2 - t)  # the backward steps done so far, minus one
-        return x_t, x_t
+        return (x_t, above), x_t
 
     ts = jnp.arange(num_steps - 1, dtype=jnp.int32)
     inputs = (_take(particles, slice(0, num_steps - 1)), log_weights[:-1], ts)
-    _, xs = jax.lax.scan(body, x_last, inputs, reverse=True)
+    (_, above), xs = jax.lax.scan(body, (x_last, above), inputs, reverse=True)
     out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), xs, x_last)
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+    paths = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
+    return (paths, above) if with_count else paths
 
 
 @partial(
@@ -114,11 +123,13 @@ def _ffbs(key, particles, log_weights, *, ssm, num_samples, method, log_transiti
           max_trials, progress_bar):  # fmt: skip
     num_steps = log_weights.shape[0]
     tick = progress_bar_callback(num_steps - 1, desc="ffbs") if progress_bar else None
-    return backward_trajectories(
+    paths, above = backward_trajectories(
         key, ssm, particles, log_weights, num_samples,
         method=method, log_transition_bound=log_transition_bound, max_trials=max_trials,
-        tick=tick,
+        tick=tick, with_count=True,
     )  # fmt: skip
+    warn_if_above_bound(above, "ffbs", log_transition_bound)
+    return paths
 
 
 def ffbs(
@@ -165,7 +176,13 @@ def ffbs(
     -------
     Array, shape (num_samples, T, ...)
         Smoothing trajectories (unweighted); ``particlekit.arviz.from_trajectories`` puts
-        them in an ArviZ ``posterior`` group with dims ``(chain, draw, time, ...)``.
+        them in an ArviZ ``posterior`` group with dims ``(chain, draw, time, ...)``. All
+        NaN when ``filter_result.failed`` is traced and true (an eager call raises).
+
+    Raises
+    ------
+    ValueError
+        If ``filter_result`` has no history or the filter failed (``failed`` true).
 
     Examples
     --------
@@ -184,19 +201,36 @@ def ffbs(
     kernels.check_key(key)
     if not isinstance(filter_result, FilterResult) or filter_result.particles is None:
         raise ValueError("ffbs needs a FilterResult computed with keep_history=True")
+    failed = filter_result.failed
+    if not isinstance(failed, jax.core.Tracer) and bool(jnp.any(failed)):
+        raise ValueError(
+            "ffbs of a failed filter (filter_result.failed: every weight was zero at some "
+            "step, log_evidence is -inf): its weights carry no smoothing law. Check the data "
+            "and the observation model"
+        )
     num_samples = kernels.check_num_particles(num_samples, "num_samples")
     _check_method(method)
-    return _ffbs(
+    paths = _ffbs(
         key,
         filter_result.particles,
         filter_result.log_weights,
         ssm=ssm,
         num_samples=num_samples,
         method=method,
-        log_transition_bound=log_transition_bound,
+        log_transition_bound=_check_log_transition_bound(log_transition_bound),
         max_trials=_check_trials(max_trials),
         progress_bar=resolve_progress_bar(progress_bar),
     )
+    if isinstance(failed, jax.core.Tracer):  # traced: NaN paths flag a failed filter
+        paths = jax.tree.map(lambda a: _nan_if(jnp.any(failed), a), paths)
+    return paths
+
+
+def _nan_if(flag, a):
+    """``a`` set to NaN where ``flag`` (floating arrays; others as they are)."""
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        return a
+    return jnp.where(flag, jnp.nan, a)
 
 
 # --------------------------------------------------------------------------------------
@@ -243,6 +277,8 @@ class PaRISInfo(NamedTuple):
     num_nonfinite: jax.Array
     mean_trials: jax.Array
     num_exact: jax.Array
+    # accept-reject proposals with an acceptance probability above 1 (a bound too small)
+    num_above_bound: jax.Array = 0
 
 
 class PaRISResult(NamedTuple):
@@ -479,7 +515,7 @@ def _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, res
         scheme=resampling.get_scheme(resampling_),
         ess_threshold=float(ess_threshold),
         method=method,
-        log_transition_bound=log_transition_bound,
+        log_transition_bound=_check_log_transition_bound(log_transition_bound),
         max_trials=_check_trials(max_trials),
     )
 
@@ -499,6 +535,7 @@ def paris_init_state(key, y0, ref0=None, *, cfg, conditional=False):
         num_nonfinite=info.num_nonfinite,
         mean_trials=jnp.zeros(()),
         num_exact=jnp.zeros((), jnp.int32),
+        num_above_bound=jnp.zeros((), jnp.int32),
     )
     compensation = jnp.zeros_like(state.log_evidence)
     tau_compensation = jax.tree.map(jnp.zeros_like, tau)
@@ -534,6 +571,8 @@ def paris_update_state(
         num_nonfinite=info.num_nonfinite,
         mean_trials=stats.mean_trials,
         num_exact=stats.num_exact,
+        # (getattr: bench_backward_revisions swaps in older modules without the field)
+        num_above_bound=jnp.asarray(getattr(stats, "num_above_bound", 0), jnp.int32),
     )
     # the evidence as a compensated sum of the increments (plain float32 drifts over 1e5 steps)
     log_evidence, compensation = kernels.compensated_add(
@@ -641,6 +680,7 @@ def _paris(key, ys, *, cfg_items, progress_bar):
     ps = final.particle_state
     log_evidence = ps.log_evidence
     failed = ~jnp.isfinite(log_evidence)
+    warn_if_above_bound(jnp.sum(infos.num_above_bound), "paris", cfg["log_transition_bound"])
     return PaRISResult(
         estimate=final.estimate,
         estimates=ests,

@@ -247,3 +247,67 @@ def test_paris_additive_functional_has_no_float32_drift():
     scalar, vector = res.estimate
     assert abs(float(scalar) / exact - 1.0) < 1e-6
     np.testing.assert_allclose(np.asarray(vector), [exact, 2 * exact], rtol=1e-6)
+
+
+def test_ffbs_of_a_failed_filter_raises_or_is_nan_under_jit():
+    """Impossible data (an observation no particle explains): the filter fails; FFBS of it
+    is a ValueError eagerly and NaN paths under ``jit`` (it returned finite-looking
+    trajectories)."""
+    ssm = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+        observation=lambda x, t: dist.Uniform(x - 1.0, x + 1.0),
+    )
+    ys = jnp.array([0.1, 0.3, 50.0, 0.2])
+    res = pk.filters.bootstrap(jax.random.key(1), ssm, ys, num_particles=64)
+    assert bool(res.failed)
+    with pytest.raises(ValueError, match="failed filter"):
+        pk.smoothing.ffbs(jax.random.key(2), ssm, res, 3)
+    traced = jax.jit(lambda r: pk.smoothing.ffbs(jax.random.key(2), ssm, r, 3))
+    assert np.isnan(np.asarray(traced(res))).all()
+    ok = pk.filters.bootstrap(jax.random.key(1), ssm, jnp.zeros(4), num_particles=64)
+    assert np.isfinite(np.asarray(traced(ok))).all()
+
+
+def _tight_transition_model():
+    """Transition ``N(x, 0.1^2)``: ``log sup f = -log(0.1) - log(2 pi) / 2 = 1.38``."""
+    return pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(x_prev, 0.1),
+        observation=lambda x, t: dist.Normal(x, 0.1),
+    )
+
+
+def test_a_transition_bound_below_the_density_is_reported():
+    """A ``log_transition_bound`` below ``sup f`` makes accept–reject accept too often (the
+    smoothers were ~30 % off with no sign): FFBS and PaRIS warn after the run (also
+    under ``jit``), count it per step (``PaRISResult``'s info), and stay silent with a
+    valid bound; NaN and -inf bounds are ValueErrors before tracing."""
+    import warnings
+
+    ssm = _tight_transition_model()
+    _, ys = ssm.simulate(jax.random.key(0), 12)
+    res = pk.filters.bootstrap(jax.random.key(1), ssm, ys, num_particles=300)
+    h = lambda xp, x, t: x  # noqa: E731
+    call = dict(method="rejection", log_transition_bound=0.0)
+    with pytest.warns(RuntimeWarning, match="acceptance probability above 1"):
+        pk.smoothing.ffbs(jax.random.key(2), ssm, res, 300, **call)
+    with pytest.warns(RuntimeWarning, match="paris: .* above 1"):
+        jax.jit(lambda k: pk.smoothing.paris(k, ssm, ys, additive_fn=h, num_particles=300, **call))(
+            jax.random.key(3)
+        )
+    online = pk.smoothing.paris_online(ssm, additive_fn=h, num_particles=300, **call)
+    state = online.init(jax.random.key(4), ys[0])
+    _, info = online.update(jax.random.key(5), state, ys[1])
+    assert int(info.num_above_bound) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a valid bound (the default, derived): no warning
+        pk.smoothing.ffbs(jax.random.key(2), ssm, res, 300, method="rejection")
+    for bad in (float("nan"), -float("inf")):
+        with pytest.raises(ValueError, match="log_transition_bound"):
+            pk.smoothing.ffbs(jax.random.key(2), ssm, res, 3, log_transition_bound=bad)
+        with pytest.raises(ValueError, match="log_transition_bound"):
+            pk.smoothing.paris(
+                jax.random.key(3), ssm, ys, additive_fn=h, num_particles=8,
+                log_transition_bound=bad,
+            )  # fmt: skip

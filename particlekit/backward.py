@@ -500,6 +500,7 @@ def backward_indices(
     log_bound=None,
     max_trials: int = 32,
     exact_chunk: int | None = None,
+    count_above_bound: bool = False,
 ):
     """Draw ancestors from the backward kernel ``Lambda(m, j) ∝ W^j f_t(targets_m | xs_prev^j)``.
 
@@ -526,6 +527,10 @@ def backward_indices(
         the draws still pending after them are made exactly (see ``buffer_levels``).
     exact_chunk : int, optional
         Number of pending draws finished exactly per pass (memory ``exact_chunk * N``).
+    count_above_bound : bool
+        Count the proposals whose acceptance probability exceeds 1 (``stats``), to check
+        a bound that may be too small (a reduction per round; the smoothers turn it on for
+        a ``log_transition_bound`` given by the user).
 
     Returns
     -------
@@ -618,8 +623,9 @@ def backward_indices(
             log_a = log_f + proposal.log_accept[cand]
             ok = log_u < log_a  # NaN densities: rejected
             # an acceptance probability above 1: the bound is too small (counted, reported)
-            too_high = (log_a > ABOVE_BOUND_TOLERANCE).reshape(size, per_round)
-            above = above + jnp.sum(too_high & ~done[:, None])
+            if count_above_bound:
+                too_high = (log_a > ABOVE_BOUND_TOLERANCE).reshape(size, per_round)
+                above = above + jnp.sum(too_high & ~done[:, None])
             if per_round == 1:
                 accept, picked, used = ~done & ok, cand, 1
             else:

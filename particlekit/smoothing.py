@@ -74,6 +74,12 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # FFBS
 # --------------------------------------------------------------------------------------
+def _bound_check(log_transition_bound) -> dict:
+    """``backward_indices``' keyword that counts a user bound's violations (none for the
+    derived bounds, so that ``bench_backward_revisions`` can swap in older modules)."""
+    return {} if log_transition_bound is None else {"count_above_bound": True}
+
+
 def backward_trajectories(
     key, ssm, particles, log_weights, num_samples, *, method, log_transition_bound, max_trials,
     tick=None, with_count=False,
@@ -98,6 +104,7 @@ def backward_trajectories(
         idx, stats = backward_indices(
             jax.random.fold_in(k_back, t), ssm, lw_t, xs_t, x_next, t + 1,
             num_draws=1, log_bound=bound, max_trials=max_trials,
+            **_bound_check(log_transition_bound),
         )  # fmt: skip
         above = above + getattr(stats, "num_above_bound", 0)  # (older modules: none)
         x_t = _take(xs_t, idx[:, 0])
@@ -448,6 +455,7 @@ def _tau_update(
         idx, stats = backward_indices(
             key, ssm, log_w_prev, prev, xs, t,
             num_draws=num_backward, log_bound=bound, max_trials=max_trials,
+            **_bound_check(log_transition_bound),
         )  # fmt: skip
     x_back = _take(prev, idx)  # (N, K, ...)
     h = jax.vmap(lambda xb, x: jax.vmap(lambda a: additive_fn(a, x, t))(xb))(x_back, xs)

@@ -109,6 +109,10 @@ def test_bad_input():
         pk.statespace.pmmh(jax.random.key(0), model_fn, YS, num_particles=8)
     with pytest.raises(ValueError, match="support"):
         pk.statespace.pmmh(jax.random.key(0), MODEL, YS, num_particles=8, init_params={"rho": 2.0})
+    with pytest.raises(ValueError, match="does not draw"):
+        pk.statespace.pmmh(
+            jax.random.key(0), MODEL, YS, num_particles=8, init_params={"rho": 0.5, "rh0": 0.5}
+        )
 
     def prior_with_x():  # "x" names the latent paths: it overwrote the parameter's draws
         numpyro.sample("x", dist.Uniform(-1.0, 1.0))

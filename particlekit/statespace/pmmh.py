@@ -383,9 +383,9 @@ def pmmh(
     num_chains : int
         Independent chains (default 4, so that R-hat can be read).
     init_params : dict, optional
-        Starting ``theta`` (constrained values of every site) for all chains. Default: per
-        chain, the best (highest prior times likelihood estimate) of ``NUM_INIT_CANDIDATES``
-        prior draws.
+        Starting ``theta`` (constrained values of every site, and no other key) for all
+        chains. Default: per chain, the best (highest prior times likelihood estimate) of
+        ``NUM_INIT_CANDIDATES`` prior draws.
     target_acceptance : float
         Acceptance rate the warm-up steers the random-walk scale to.
     latent_paths : bool
@@ -480,6 +480,12 @@ def _unconstrain(model: ParametricSSM, params: dict) -> jax.Array:
     missing = set(model.names) - set(params)
     if missing:
         raise ValueError(f"init_params lacks the sites {sorted(missing)}")
+    unknown = set(params) - set(model.names)
+    if unknown:  # a misspelt site would otherwise be ignored
+        raise ValueError(
+            f"init_params has sites {sorted(unknown)} the prior does not draw (its sites: "
+            f"{list(model.names)})"
+        )
     params = {name: jnp.asarray(params[name]) for name in model.names}
     u = unconstrain_fn(model.prior, (), {}, params)
     flat, _ = ravel_pytree({name: u[name] for name in model.names})

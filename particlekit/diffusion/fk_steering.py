@@ -19,9 +19,15 @@ and at the last step the *final correction* ``phi_0 = r(x_0) - sum_j phi_j`` (th
 the particle's ancestral path), so the product of potentials along every path is
 ``exp(lmbda r(x_0))`` and the weighted particles target ``p(x_0) exp(lmbda r(x_0)) / Z``
 exactly, whatever the potential (for ``"difference"`` the correction is
-``r(x_0) - r_prev``: the potentials telescope). Weights are carried forward between
-resampling events (the engine's ``reweight``), never dropped, so adaptive (ESS-triggered)
-resampling stays unbiased, and ``log_evidence`` estimates ``log E_p[exp(lmbda r(x_0))]``.
+``r(x_0) - r_prev``: the potentials telescope), provided the intermediate potentials are
+positive (finite ``lmbda phi_k``) wherever the final target can still be reached: a path
+killed at an intermediate step cannot be revived by the final correction. A hard
+constraint (a reward ``-inf`` or NaN outside a region) applied to the noisy Tweedie
+prediction (``"x0"``) breaks this; such particle-steps are counted in
+``num_nonfinite_intermediate`` and warned about after an eager call. Weights are carried
+forward between resampling events (the engine's ``reweight``), never dropped, so adaptive
+(ESS-triggered) resampling stays unbiased, and ``log_evidence`` estimates
+``log E_p[exp(lmbda r(x_0))]``.
 
 Intermediate rewards ``r_phi``: ``"x0"``: ``r(x0_hat(x_t, t))`` (Tweedie);
 ``"many_sample"``: ``(1 / lmbda) log mean_j exp(lmbda r(x0^(j)))`` with
@@ -90,6 +96,13 @@ class FKSteeringResult(NamedTuple):
         Particles whose log-potential was NaN / ``+inf``, or whose move gave a non-finite
         state, at each step (zero weight). A particle is counted once, at the step it dies,
         not again at later steps while it stays dead.
+    num_nonfinite_intermediate : Array (K,) int32
+        Live particles whose *intermediate* reward ``r_phi`` was non-finite (``-inf``, NaN
+        or ``+inf``) at each intermediate potential step (0 at the other steps and at the
+        last, where ``-inf`` simply means outside the target). Positive means the potential
+        vanished where the final target may still be reached (e.g. a hard constraint on
+        the noisy Tweedie prediction): the run is then biased, and an eager call warns
+        (``RuntimeWarning``).
     failed : Array () bool
         True if every weight became zero (then ``log_evidence = -inf``; ``samples`` are
         finite but not usable).
@@ -103,6 +116,7 @@ class FKSteeringResult(NamedTuple):
     rewards: jax.Array
     intermediate_rewards: jax.Array
     num_nonfinite: jax.Array
+    num_nonfinite_intermediate: jax.Array
     failed: jax.Array
 
     def mean(self, fn: Callable = lambda x: x):
@@ -147,10 +161,12 @@ class _Particle(NamedTuple):
 
 
 class _Info(NamedTuple):
-    """Per-step diagnostics: the engine's StepInfo plus the weighted mean reward."""
+    """Per-step diagnostics: the engine's StepInfo plus the weighted mean reward and the
+    count of live particles with a non-finite intermediate reward."""
 
     info: StepInfo
     mean_reward: jax.Array
+    num_nonfinite_intermediate: jax.Array
 
     @property
     def log_evidence_increment(self):
@@ -387,6 +403,10 @@ def _fk_steering(
         state, info = move_and_weight(k_mw, state, (inputs, dead))
         w = resampling.normalize(state.log_weights)
         mean_reward = jnp.where(is_pot, jnp.nansum(w * state.particles.reward), jnp.nan)
+        # the particles alive before this step and after its move (``alive``) whose
+        # intermediate reward is non-finite: their potential vanishes (or is invalid)
+        bad = ~dead & state.particles.alive & ~jnp.isfinite(state.particles.reward)
+        num_bad = jnp.where(is_pot & ~is_final, jnp.sum(bad), 0).astype(jnp.int32)
         n = state.log_weights.shape[0]
 
         def skip(st):
@@ -397,7 +417,7 @@ def _fk_steering(
             is_pot & ~is_final, lambda st: resample_kernel(k_res, st, inputs), skip, state
         )
         info = info.merge(res_info)._replace(ess=info.ess)  # ESS before resampling
-        return state, _Info(info, mean_reward)
+        return state, _Info(info, mean_reward, num_bad)
 
     k_init, k_run = jax.random.split(key)
     state = constrain_particles(kernels.init(k_init, sample_init, num_particles), sharding)
@@ -420,6 +440,7 @@ def _fk_steering(
         rewards=final.particles.reward,
         intermediate_rewards=trace.info.mean_reward,
         num_nonfinite=info.num_nonfinite,
+        num_nonfinite_intermediate=trace.info.num_nonfinite_intermediate,
         failed=failed,
     )
 
@@ -456,23 +477,37 @@ def fk_steering(
     model : DiffusionModel
         The pretrained model (any prediction type).
     reward_fn : callable
-        ``r(x_0) -> scalar`` for ONE sample. NaN or ``-inf`` rewards give zero weight.
+        ``r(x_0) -> scalar`` for ONE sample. NaN or ``-inf`` rewards give zero weight
+        (NaN counted in ``num_nonfinite``). A reward that is ``-inf`` or NaN on a region
+        (a hard constraint) also makes the default ``"x0"`` intermediate reward vanish
+        on noisy predictions that leave it, which biases the run: see
+        ``intermediate_reward``.
     num_particles : int
         ``N``.
     num_steps : int, optional
         ``K`` reverse steps of a named ``grid`` (default 100); with an array ``grid`` it is
         ``len(grid) - 1`` and may be left out.
     lmbda : float
-        Tilt strength ``lambda`` (``0`` = unsteered).
+        Tilt strength ``lambda`` (``0`` = unsteered); a concrete value must be finite
+        (``ValueError`` otherwise, before tracing).
     potential : {"difference", "max", "sum", "immediate"}
         Intermediate potential (see the module docstring); the final correction makes
-        the target exact for all four.
+        the target exact for all four, as long as the intermediate potentials are
+        positive (finite ``lmbda phi_k``) wherever the final target can still be reached.
     intermediate_reward : {"x0", "many_sample", "rollout"} or callable
         ``r_phi(x_t, t)``: reward of the Tweedie prediction, a soft maximum over
         ``num_reward_samples`` draws around it (``"many_sample"``: Gaussian around the
         Tweedie mean; ``"rollout"``: from the model's own reverse kernel in
         ``ROLLOUT_STEPS`` DDPM steps, ``ROLLOUT_STEPS`` network evaluations per draw), or
-        a user function of one particle.
+        a user function of one particle. It must be finite wherever the final target can
+        still be reached: a particle whose intermediate reward is ``-inf`` or NaN dies
+        and the final correction cannot bring its path back. A hard-constraint reward
+        evaluated on the noisy Tweedie prediction kills paths that would have ended
+        inside the constraint (counted in ``num_nonfinite_intermediate``, with a
+        ``RuntimeWarning`` after an eager call); give a finite intermediate reward
+        instead, e.g. a floored one, ``lambda x, t: jnp.maximum(reward_fn(model.x0(x,
+        t)), -1.0)`` (a lower floor stays exact but raises the variance), or ``lambda x,
+        t: 0.0`` (the final correction then weights by the reward alone).
     num_reward_samples : int
         Draws for ``"many_sample"`` and ``"rollout"``.
     resample_every : int, optional
@@ -566,10 +601,12 @@ def fk_steering(
     lmbda = _as_scalar(lmbda)
     if lmbda.ndim != 0:
         raise ValueError(f"lmbda must be a scalar, got shape {lmbda.shape}")
+    if not isinstance(lmbda, jax.core.Tracer) and not np.isfinite(np.asarray(lmbda)):
+        raise ValueError(f"lmbda must be finite, got {float(lmbda)}")
     mask = _potential_mask(num_steps, resample_every, (lo, hi), grid)
     _warn_over_tilt(potential, mask)
     # the reward checks (check_reward) run inside, while tracing: see _fk_steering
-    return _fk_steering(
+    result = _fk_steering(
         key, model, reward_fn, lmbda, mask,
         np.asarray(POTENTIALS.index(potential), np.int32), grid,
         num_particles=num_particles, intermediate=intermediate_reward,
@@ -577,6 +614,8 @@ def fk_steering(
         scheme=resampling_scheme(resampling), proposal=proposal, sampler=sampler,
         eta=float(eta), sharding=sharding, progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
+    _warn_nonfinite_intermediate(result.num_nonfinite_intermediate)
+    return result
 
 
 def _as_scalar(lmbda):
@@ -602,6 +641,33 @@ def _warn_over_tilt(potential: str, mask) -> None:
             "docs/steering.md.",
             UserWarning,
             stacklevel=3,
+        )
+
+
+_NONFINITE_INTERMEDIATE_WARNING = (
+    "fk_steering: the intermediate reward was -inf, NaN or +inf for {count} live "
+    "particle-steps (see num_nonfinite_intermediate). The intermediate potentials must be "
+    "positive wherever the final target can still be reached: a particle killed at an "
+    "intermediate step cannot be brought back by the final correction, so log_evidence "
+    "and the samples are biased (e.g. a hard-constraint reward, -inf or NaN outside a "
+    "region, evaluated on the noisy Tweedie predictions of intermediate_reward='x0'). "
+    "Give a finite intermediate reward, e.g. intermediate_reward=lambda x, t: "
+    "jnp.maximum(reward_fn(model.x0(x, t)), -1.0) (a floor of a nat or two) or "
+    "lambda x, t: 0.0; see "
+    "docs/steering.md"
+)
+
+
+def _warn_nonfinite_intermediate(counts) -> None:
+    """``RuntimeWarning`` after an eager run with non-finite intermediate rewards at live
+    particles (under ``jit`` / ``vmap`` the counts are traced: no warning, the result's
+    ``num_nonfinite_intermediate`` reports it)."""
+    if isinstance(counts, jax.core.Tracer) or not getattr(counts, "is_fully_addressable", True):
+        return
+    count = int(jnp.sum(counts))
+    if count > 0:
+        warnings.warn(
+            _NONFINITE_INTERMEDIATE_WARNING.format(count=count), RuntimeWarning, stacklevel=3
         )
 
 

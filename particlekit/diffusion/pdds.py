@@ -16,7 +16,13 @@ or ``grid=`` any decreasing times ending at 0, see ``schedules.sampling_grid``;
 
 The product telescopes to ``N(x_K) prod p_ref * g_0(x_0)``, the reference path tilted by
 ``g_0``, whose mass is ``Z = int gamma``: the evidence estimate is unbiased for any
-guidance ``g_hat`` (only its variance depends on ``g_hat``).
+guidance ``g_hat`` that is positive (finite ``log g_hat_t``) wherever the target can still
+be reached (only its variance depends on ``g_hat``). Where an intermediate ``g_hat_t``
+vanishes the particle is killed, and paths that would have ended inside the support are
+lost: e.g. the naive guidance of a target with bounded support (``log gamma = -inf``
+outside it) is ``-inf`` at intermediate times where ``sqrt(alpha_bar_t) x`` leaves the
+support. Such particle-steps are counted in ``num_nonfinite_intermediate`` (and warned
+about after an eager call).
 
 Non-uniform grids. Nothing above assumes equal steps: every step uses its own pair of
 times, ``lambda_k = 1 - alpha_bar(t_k) / alpha_bar(t_{k-1})`` (the exact OU transition
@@ -30,6 +36,7 @@ strictly decreasing grid that ends at ``t_0 = 0`` (where ``g_hat_0 = g_0``, the 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -43,7 +50,7 @@ from particlekit import kernels, resampling
 from particlekit.diffusion.potentials import NaivePotential, log_g0
 from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
-from particlekit.types import ParticleState, RunTrace
+from particlekit.types import ParticleState, RunTrace, StepInfo
 
 __all__ = ["PDDSParticle", "PDDSResult", "pdds"]
 
@@ -79,7 +86,16 @@ class PDDSResult(NamedTuple):
         Mean MALA acceptance rate of each step (the last one targets ``pi`` itself);
         NaN without MCMC.
     num_nonfinite : Array of shape (num_steps + 1,), int32
-        Particles whose weight was NaN / +inf (a NaN log-density), set to zero weight.
+        Particles whose weight was NaN / +inf (a NaN or ``+inf`` log-density), set to zero
+        weight; also those that a MALA step moved to a NaN / ``+inf`` log-density (they
+        die at the next weighting, uncounted there).
+    num_nonfinite_intermediate : Array of shape (num_steps + 1,), int32
+        Particles of non-zero weight whose *intermediate* guidance ``log g_hat_t`` was
+        non-finite (``-inf``, NaN or ``+inf``) at ``t_K`` and after each step (always 0
+        at the last step, where ``g_0`` is the target and ``-inf`` is simply outside its
+        support). Positive means the guidance vanished where the target may still be
+        reached (e.g. a target with bounded support under the naive guidance): the
+        estimate is then biased, and an eager call warns (``RuntimeWarning``).
     failed : Array of shape (), bool
         True if every weight became zero (then ``log_evidence = -inf``).
     trace : RunTrace
@@ -94,8 +110,21 @@ class PDDSResult(NamedTuple):
     resampled: jax.Array
     acceptance_rate: jax.Array
     num_nonfinite: jax.Array
+    num_nonfinite_intermediate: jax.Array
     failed: jax.Array
     trace: RunTrace
+
+
+class _Info(NamedTuple):
+    """A step's ``StepInfo`` and its count of live particles whose intermediate guidance
+    became non-finite (``run`` reads only ``log_evidence_increment``)."""
+
+    info: StepInfo
+    num_nonfinite_intermediate: jax.Array
+
+    @property
+    def log_evidence_increment(self):
+        return self.info.log_evidence_increment
 
 
 class _StepInputs(NamedTuple):
@@ -258,20 +287,34 @@ def _pdds_run(key, log_density, potential, grid, config):
 
     def step(k, state, inp):
         """Move, weight, resample on ESS, optionally MALA at ``t_{k-1}`` (as in the paper);
-        the recorded ESS is that of the weights before resampling."""
+        the recorded ESS is that of the weights before resampling. Also counts the live
+        particles whose intermediate guidance became non-finite."""
         k_move, k_res, k_mcmc = jax.random.split(k, 3)
+        alive = state.log_weights > -jnp.inf
         state, _ = move(k_move, state, inp)
         state, info_w = reweight(None, state, inp)
+        intermediate = ~inp.is_last
+        bad = alive & ~jnp.isfinite(state.particles.log_potential) & intermediate
         state, info_r = resample(k_res, state, inp)
         info = info_w.merge(info_r)
         if num_mcmc_steps > 0:
             state, info_c = mala(k_mcmc, state, inp)
             info = info.merge(info_c)
-        return state, info._replace(ess=info_w.ess)
+            # MALA accepts moves to a NaN / +inf log-density (never to -inf): such a
+            # particle keeps its weight until the next weighting kills it; count it now
+            moved_bad = (state.log_weights > -jnp.inf) & resampling.invalid_log_weights(
+                state.particles.log_potential
+            )
+            info = info._replace(num_nonfinite=info.num_nonfinite + jnp.sum(moved_bad))
+            bad_count = jnp.sum(bad) + jnp.sum(moved_bad & intermediate)
+        else:
+            bad_count = jnp.sum(bad)
+        return state, _Info(info._replace(ess=info_w.ess), bad_count.astype(jnp.int32))
 
     # t = 1: draw from the reference, weight by g_hat_1, resample on ESS
     state = constrain_particles(kernels.init(k_init, sample_ref, num_particles), sharding)
     state, info0 = kernels.reweight(lambda _, p, __: p.log_potential)(None, state, None)
+    bad0 = jnp.sum(~jnp.isfinite(state.particles.log_potential)).astype(jnp.int32)
     state, info0_r = resample(k_first, state, None)
     final, trace = run(
         k_run,
@@ -282,7 +325,8 @@ def _pdds_run(key, log_density, potential, grid, config):
         progress_bar=progress_bar,
         sharding=sharding,
     )
-    info = trace.info
+    info, num_bad = trace.info
+    trace = trace._replace(info=info)
     log_evidence = final.log_evidence
     return PDDSResult(
         samples=final.particles.x,
@@ -292,6 +336,7 @@ def _pdds_run(key, log_density, potential, grid, config):
         resampled=jnp.concatenate([info0_r.resampled[None], info.resampled]),
         acceptance_rate=info.acceptance_rate,
         num_nonfinite=jnp.concatenate([info0.num_nonfinite[None], info.num_nonfinite]),
+        num_nonfinite_intermediate=jnp.concatenate([bad0[None], num_bad]),
         failed=~jnp.isfinite(log_evidence) | jnp.all(final.log_weights == -jnp.inf),
         trace=trace,
     )
@@ -330,8 +375,10 @@ def pdds(
     key : PRNG key
     log_density : callable
         ``log gamma(x)``, unnormalised, for one particle ``x`` of shape ``(dim,)``.
-        Differentiable with JAX. ``NaN`` values give zero weight (counted in
-        ``num_nonfinite``); ``-inf`` means outside the support.
+        Differentiable with JAX. ``NaN`` and ``+inf`` values give zero weight (counted
+        in ``num_nonfinite``); ``-inf`` means outside the support. With a bounded support
+        the naive guidance is ``-inf`` at intermediate times too, which biases the run
+        (see ``potential``).
     dim : int
         Dimension of ``x``.
     num_particles : int
@@ -359,8 +406,15 @@ def pdds(
         ``LearnedPotential`` returned by
         ``fit_pdds_potential`` (passed as a traced PyTree: no
         recompilation when its weights change). ``None``: the naive guidance
-        ``g_0(sqrt(alpha_bar_t) x)``. Any potential gives an unbiased evidence; the
-        final step always uses ``g_0`` exactly.
+        ``g_0(sqrt(alpha_bar_t) x)``. Any potential whose ``log g_hat_t`` is finite
+        wherever the target can still be reached gives an unbiased evidence; the final
+        step always uses ``g_0`` exactly (for a plain function; a potential with
+        ``exact_at_zero = True`` is used as it is at ``t = 0``). Where the potential is
+        non-finite at an intermediate time the particle dies: those particle-steps are
+        counted in ``num_nonfinite_intermediate`` and an eager call gives a
+        ``RuntimeWarning``. For a target with bounded support pass a plain function of a
+        floored density, e.g. ``lambda t, x: NaivePotential(lambda y:
+        jnp.maximum(log_density(y), -20.0), sigma, schedule)(t, x)``.
     ess_threshold : float in [0, 1]
         Resample (after weighting) when ``ESS < ess_threshold * N``.
     num_mcmc_steps : int
@@ -441,4 +495,31 @@ def pdds(
         resolve_progress_bar(progress_bar),
         sharding,
     )
-    return _pdds_run(key, log_density, potential, grid, config)
+    result = _pdds_run(key, log_density, potential, grid, config)
+    _warn_nonfinite_intermediate(result.num_nonfinite_intermediate)
+    return result
+
+
+_NONFINITE_GUIDANCE_WARNING = (
+    "PDDS: the intermediate guidance log g_hat_t was -inf, NaN or +inf for {count} live "
+    "particle-steps before t = 0 (see num_nonfinite_intermediate). The intermediate "
+    "potentials must be positive and finite wherever the target can still be reached; "
+    "where they vanish, particles that could still end inside the support are killed and "
+    "log_evidence and the samples are biased (e.g. a target with bounded support under "
+    "the naive guidance g_0(sqrt(alpha_bar_t) x)). Pass a potential that stays finite, "
+    "e.g. potential=lambda t, x: NaivePotential(floored, sigma, schedule)(t, x) with "
+    "floored(x) = jnp.maximum(log_density(x), floor) (a plain function, so the last step "
+    "still uses log_density exactly), or a potential learned on such a floored density; "
+    "see docs/diffusion.md"
+)
+
+
+def _warn_nonfinite_intermediate(counts) -> None:
+    """``RuntimeWarning`` after an eager run whose intermediate guidance was non-finite
+    for some live particle (under ``jit`` / ``vmap`` the counts are traced: no warning,
+    the result's ``num_nonfinite_intermediate`` reports it)."""
+    if isinstance(counts, jax.core.Tracer) or not getattr(counts, "is_fully_addressable", True):
+        return
+    count = int(jnp.sum(counts))
+    if count > 0:
+        warnings.warn(_NONFINITE_GUIDANCE_WARNING.format(count=count), RuntimeWarning, stacklevel=3)

@@ -10,7 +10,12 @@ reference process gives marginals ``pi_t(x) = N(x; 0, sigma^2 I) g_t(x) / Z`` wi
     X_0 | x_t ~ N(sqrt(alpha_bar_t) x_t, sigma^2 (1 - alpha_bar_t) I)
 
 (``sqrt(alpha_bar_t) = sqrt(1 - lambda_t)`` in the paper's notation). Any approximation
-``g_hat_t`` gives a valid (unbiased) sampler; a better one gives lower variance.
+``g_hat_t`` that is positive (finite ``log g_hat_t``) wherever the target can still be
+reached gives a valid (unbiased) sampler; a better one gives lower variance. The naive
+potential of a target with bounded support is ``-inf`` at intermediate times where
+``sqrt(alpha_bar_t) x`` leaves the support although ``x`` may still end inside it: it
+biases ``pdds`` (which counts and warns about it); build it on a floored log-density
+instead, passed as a plain function so that the last step still uses ``g_0``.
 
 - ``NaivePotential``: ``g_hat_t(x) = g_0(sqrt(alpha_bar_t) x)`` (the paper's
   training-free guidance, ``potential=None`` in ``pdds``).

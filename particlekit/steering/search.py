@@ -18,6 +18,7 @@ distribution; their final population is read with ``best_of`` or a vote.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -146,7 +147,10 @@ def beam_search(
     SteeringResult
         The final population; ``log_weights`` and ``log_potentials`` hold the reward of
         each final sequence. Read the answer with ``best_of`` or ``weighted_vote``; the
-        ``log_evidence`` of a greedy search estimates nothing.
+        ``log_evidence`` of a greedy search estimates nothing. A NaN (or ``+inf``) reward
+        ranks as ``-inf`` (its prefix is kept only when too few others are) and is
+        counted in ``num_nonfinite``; when every prefix has a NaN or ``-inf`` reward, ``failed``
+        is True (``best_of`` then warns that its pick is arbitrary).
 
     Examples
     --------
@@ -192,7 +196,9 @@ def beam_search(
 def best_of(result: SteeringResult, scores=None) -> jax.Array:
     """Index of the best final sequence: the highest ``scores`` (default: the final
     reward ``log_potentials``, i.e. best-of-N with an outcome reward), ties to the first.
-    Works on a batch of results (leading axes) too.
+    Works on a batch of results (leading axes) too. NaN scores count as ``-inf`` (never
+    picked while another score is not NaN); when every score of a result is NaN the pick
+    (index 0) is arbitrary, and an eager call warns (``RuntimeWarning``).
 
     Examples
     --------
@@ -201,7 +207,18 @@ def best_of(result: SteeringResult, scores=None) -> jax.Array:
     1
     """
     scores = result.log_potentials if scores is None else jnp.asarray(scores)
-    return jnp.argmax(jnp.where(jnp.isnan(scores), -jnp.inf, scores), axis=-1)
+    nan = jnp.isnan(scores)
+    if not isinstance(scores, jax.core.Tracer):
+        num_all_nan = int(jnp.sum(jnp.all(nan, axis=-1)))
+        if num_all_nan:
+            warnings.warn(
+                f"best_of: every score is NaN in {num_all_nan} result(s) (e.g. a NaN reward "
+                "for every sequence; see the result's num_nonfinite and failed): the index "
+                "returned there (0) is arbitrary",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return jnp.argmax(jnp.where(nan, -jnp.inf, scores), axis=-1)
 
 
 def weighted_vote(answers, weights=None, valid=None) -> tuple[jax.Array, jax.Array]:

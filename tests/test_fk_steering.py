@@ -239,6 +239,9 @@ def test_best_of_n_and_svdd_improve_reward():
     # picking the best of 8 children at every step must raise the mean reward a lot
     se = jnp.std(bon.rewards) / 8.0
     assert float(jnp.mean(sv.rewards)) > float(base) + 5 * float(se)
+    # every reward NaN: the pick is arbitrary, and an eager call says so
+    with pytest.warns(RuntimeWarning, match="every reward is NaN"):
+        pk.diffusion.best_of_n(key, MODEL, lambda x: jnp.nan * x[0], num_samples=64, num_steps=50)
 
 
 @pytest.mark.parametrize("potential", ["difference", "max"])

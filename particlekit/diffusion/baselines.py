@@ -12,6 +12,7 @@ lmbda`` SVDD approximates ``p exp(lmbda r)`` only heuristically (no final correc
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -114,7 +115,15 @@ def best_of_n(
     _check(model, reward_fn, sampler, eta)
     num_samples = kernels.check_num_particles(num_samples, "num_samples")
     grid = sampling_grid(grid, num_steps, schedule=model.schedule)
-    return _best_of_n(key, model, reward_fn, num_samples, grid, sampler, float(eta))
+    result = _best_of_n(key, model, reward_fn, num_samples, grid, sampler, float(eta))
+    if not isinstance(result.rewards, jax.core.Tracer) and bool(jnp.all(jnp.isnan(result.rewards))):
+        warnings.warn(
+            "best_of_n: every reward is NaN, so the pick (sample 0) is arbitrary and "
+            "best_reward is NaN; check reward_fn",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return result
 
 
 @eqx.filter_jit

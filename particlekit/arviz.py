@@ -349,9 +349,21 @@ def _with_chain(variables: dict, batched: bool) -> dict:
     return variables if batched else {k: v[None] for k, v in variables.items()}
 
 
+def _observations(ys):
+    """``ys`` as the filters read it: a list or tuple of observations (``[0.1, 0.4]``)
+    is one array, as ``jnp.asarray`` makes it, not a pytree of scalar leaves (a ragged
+    one, which no filter takes, stays a pytree)."""
+    if isinstance(ys, list | tuple):
+        try:
+            return np.asarray(jax.device_get(ys))
+        except ValueError:
+            return ys
+    return ys
+
+
 def _observed(groups: dict, ys, attrs: dict) -> None:
     if ys is not None:
-        groups["observed_data"] = _group(_named(ys, "y"), ["time"], attrs)
+        groups["observed_data"] = _group(_named(_observations(ys), "y"), ["time"], attrs)
 
 
 def _normalised(log_weights) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.distributions import Distribution
 
 from particlekit import kernels, resampling
 from particlekit.run import check_sharding, constrain_particles, run
@@ -74,15 +75,15 @@ class FilterResult(NamedTuple):
     def filtering_mean(self, fn: Callable = lambda x: x) -> PyTree:
         """Weighted filtering expectations ``E[fn(x_t) | y_{0:t}]`` for every ``t``.
 
-        ``fn`` acts on one particle; the result has leading axis ``T``.
+        ``fn`` acts on one particle; the result has leading axis ``T``. Particles of zero
+        weight do not contribute, even where they are NaN or infinite (a model whose
+        transition drew a non-finite state: the filter gave it zero weight).
         """
         if self.particles is None:
             raise ValueError("filtering_mean needs the history: run with keep_history=True")
         weights = jax.vmap(resampling.normalize)(self.log_weights)
         values = jax.vmap(jax.vmap(fn))(self.particles)
-        return jax.tree.map(
-            lambda v: jnp.einsum("tn,tn...->t...", weights, v.astype(weights.dtype)), values
-        )
+        return jax.tree.map(lambda v: _weighted_sum(weights, v), values)
 
     def filtering_variance(self, fn: Callable = lambda x: x) -> PyTree:
         """Weighted filtering variances ``Var[fn(x_t) | y_{0:t}]`` (elementwise)."""
@@ -123,6 +124,15 @@ class FilterResult(NamedTuple):
 
 
 # ------------------------------------------------------------------------------ helpers
+def _weighted_sum(weights: jax.Array, values: jax.Array) -> jax.Array:
+    """``sum_n W[t, n] values[t, n, ...]`` over particles, with ``weights`` of shape
+    ``(T, N)`` and ``values`` of shape ``(T, N, ...)``. A zero-weight particle contributes
+    exactly zero, whatever its value (``0 * NaN`` would be NaN)."""
+    values = values.astype(weights.dtype)
+    alive = (weights > 0).reshape(weights.shape + (1,) * (values.ndim - 2))
+    return jnp.einsum("tn,tn...->t...", weights, jnp.where(alive, values, 0.0))
+
+
 def _observation_term(ssm: StateSpaceModel):
     def log_g(x_prev, x, inputs):
         y, t = inputs
@@ -228,6 +238,107 @@ def resolve_keep_history(keep_history, ssm: StateSpaceModel, ys, num_particles: 
         stacklevel=3,
     )
     return False
+
+
+def _probe_inputs(ssm: StateSpaceModel, ys):
+    """Abstract ``(x_prev, y, t)`` of one particle (a batch of one if ``ssm.vectorized``),
+    as the proposals see them, and the shape of one state."""
+    state = jax.eval_shape(lambda k: ssm.sample_initial(k), jax.random.key(0))
+    lead = (1,) if ssm.vectorized else ()
+    x_prev = jax.ShapeDtypeStruct(lead + tuple(state.shape), state.dtype)
+    y = jax.ShapeDtypeStruct(tuple(ys.shape[1:]), ys.dtype)
+    t = jax.ShapeDtypeStruct((), jnp.int32)
+    return (x_prev, y, t), tuple(state.shape)
+
+
+def _describe(value) -> str:
+    """What a user callable returned, for an error message."""
+    if isinstance(value, jax.Array | np.ndarray):
+        return f"an array of shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
+def _check_law_of_state(law, what: str, state_shape: tuple, lead: tuple, example: str) -> None:
+    """A ``ValueError`` unless ``law`` (what a user callable ``what`` returned) is a NumPyro
+    distribution of one state: samples of shape ``lead + state_shape`` and, for a
+    per-particle model (``lead == ()``), batch shape ``()`` (a scalar ``log_prob``)."""
+    if not isinstance(law, Distribution):
+        raise ValueError(
+            f"{what} must return a numpyro.distributions.Distribution of x_t, got "
+            f"{_describe(law)}; e.g. `{example}`"
+        )
+    got = tuple(law.batch_shape) + tuple(law.event_shape)
+    if got != lead + state_shape:
+        raise ValueError(
+            f"{what} returned {type(law).__name__} with samples of shape {got} "
+            f"(batch {tuple(law.batch_shape)} + event {tuple(law.event_shape)}); the state "
+            f"x_t has shape {state_shape}, so expected {lead + state_shape}"
+        )
+    if not lead and tuple(law.batch_shape):
+        raise ValueError(
+            f"{what} returned {type(law).__name__} with batch shape "
+            f"{tuple(law.batch_shape)}: it must be the law of one whole state (batch shape (), "
+            "a scalar log_prob); declare the coordinates as one event with .to_event(1) "
+            "(numpyro's Independent)"
+        )
+
+
+def _check_proposals(ssm: StateSpaceModel, ys, proposal=None, initial_proposal=None) -> None:
+    """Trace ``proposal(x_prev, y, t)`` and ``initial_proposal(y0)`` abstractly on one
+    particle (``jax.eval_shape``: nothing is computed) and raise a ``ValueError`` before
+    tracing the filter if one does not return a NumPyro distribution of one state."""
+    (x_prev, y, t), state_shape = _probe_inputs(ssm, ys)
+    lead = (1,) if ssm.vectorized else ()
+    if proposal is not None:
+        jax.eval_shape(
+            lambda xp, y, t: _check_law_of_state(
+                proposal(xp, y, t), "proposal(x_prev, y, t)", state_shape, lead,
+                "lambda x_prev, y, t: dist.Normal(0.9 * x_prev, 1.0)",
+            ),
+            x_prev, y, t,
+        )  # fmt: skip
+    if initial_proposal is not None:
+        if not callable(initial_proposal):
+            raise ValueError("initial_proposal must be a function y0 -> Distribution")
+        jax.eval_shape(
+            lambda y: _check_law_of_state(
+                initial_proposal(y), "initial_proposal(y0)", state_shape, (),
+                "lambda y0: dist.Normal(y0, 1.0)",
+            ),
+            y,
+        )  # fmt: skip
+
+
+def _check_log_predictive(ssm: StateSpaceModel, ys, log_predictive) -> None:
+    """Trace ``log_predictive(x_prev, y, t)`` abstractly on one particle and raise a
+    ``ValueError`` before tracing the filter unless it returns a real scalar (a batch of one
+    if ``ssm.vectorized``): a log-weight, not a distribution."""
+    (x_prev, y, t), _ = _probe_inputs(ssm, ys)
+    expected = (1,) if ssm.vectorized else ()
+
+    def probe(xp, y, t):
+        value = log_predictive(xp, y, t)
+        if isinstance(value, Distribution):
+            raise ValueError(
+                "log_predictive(x_prev, y, t) must return a log-weight (a real scalar per "
+                f"particle), got a {type(value).__name__} distribution; return its log "
+                "density of y, e.g. `dist.Normal(0.9 * x_prev, 1.2).log_prob(y)`"
+            )
+        try:
+            value = jnp.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                "log_predictive(x_prev, y, t) must return a log-weight (a real scalar per "
+                f"particle), got {_describe(value)}"
+            ) from err
+        if value.shape != expected or not jnp.issubdtype(value.dtype, jnp.floating):
+            raise ValueError(
+                "log_predictive(x_prev, y, t) must return a log-weight (a real scalar per "
+                f"particle): expected shape {expected}, got {value.dtype} of shape "
+                f"{value.shape}"
+            )
+
+    jax.eval_shape(probe, x_prev, y, t)
 
 
 def _check_common(ssm, ys, num_particles, ess_threshold):
@@ -532,6 +643,7 @@ def guided(
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     if not callable(proposal):
         raise ValueError("proposal must be a function (x_prev, y, t) -> Distribution")
+    _check_proposals(ssm, ys, proposal, initial_proposal)
     return _guided(
         key,
         ys,
@@ -658,6 +770,7 @@ def auxiliary(
     ys = _check_common(ssm, ys, num_particles, ess_threshold)
     if not callable(log_predictive):
         raise ValueError("log_predictive must be a function (x_prev, y, t) -> log weight")
+    _check_log_predictive(ssm, ys, log_predictive)
     return _auxiliary(
         key,
         ys,

@@ -327,16 +327,22 @@ def _state_shape(ssm: StateSpaceModel, who: str = "sqmc") -> tuple:
             f"with samples of shape {shape}"
         )
     _check_law(init, (2, *shape), "initial()", who)
-    x0 = jnp.zeros(shape, jax.eval_shape(lambda k: init.sample(k), jax.random.key(0)).dtype)
+    dtype = jax.eval_shape(lambda k: init.sample(k), jax.random.key(0)).dtype
     batch = (1,) if ssm.vectorized else ()
-    trans = ssm.transition(jnp.zeros(batch + shape, x0.dtype), jnp.int32(1))
-    got = tuple(trans.batch_shape) + tuple(trans.event_shape)
-    if got != batch + shape:
-        raise ValueError(
-            f"{who}: transition(x_prev, t) = {type(trans).__name__} draws shape {got}, "
-            f"expected {batch + shape}"
-        )
-    _check_law(trans, batch + shape, "transition(x_prev, t)", who)
+
+    def check_transition(x_prev):
+        # traced abstractly: the law is never built on concrete zeros, which NumPyro's
+        # argument validation may reject outside the state's support (a scale 0.1 * x_prev)
+        trans = ssm.transition(x_prev, jnp.int32(1))
+        got = tuple(trans.batch_shape) + tuple(trans.event_shape)
+        if got != batch + shape:
+            raise ValueError(
+                f"{who}: transition(x_prev, t) = {type(trans).__name__} draws shape {got}, "
+                f"expected {batch + shape}"
+            )
+        _check_law(trans, batch + shape, "transition(x_prev, t)", who)
+
+    jax.eval_shape(check_transition, jax.ShapeDtypeStruct(batch + shape, dtype))
     return shape
 
 

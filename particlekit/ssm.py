@@ -66,6 +66,22 @@ def _expect_distribution(value, what: str) -> Distribution:
     return value
 
 
+def _check_no_batch_shape(batch_shapes: dict) -> None:
+    """A ``ValueError`` naming the first of a per-particle model's distributions that has a
+    batch shape: each must be the law of one whole state (or observation), so that its
+    ``log_prob`` is a scalar; a vector of independent coordinates is an ``Independent``
+    (``.to_event(1)``), not a batch."""
+    for what, batch in batch_shapes.items():
+        if batch:
+            raise ValueError(
+                f"{what} returned a distribution with batch shape {batch}: for a "
+                "per-particle (vectorized=False) model it must describe one whole state or "
+                "observation, with batch shape () and a scalar log_prob. Declare the "
+                "coordinates as one event with .to_event(1) (numpyro's Independent), e.g. "
+                "`dist.Normal(jnp.zeros(2), 1.0).to_event(1)`"
+            )
+
+
 @dataclass(frozen=True)
 class StateSpaceModel:
     """A state-space (hidden Markov) model written with NumPyro distributions.
@@ -167,7 +183,8 @@ class StateSpaceModel:
 
     # ---------------------------------------------------------------- validation
     def _shapes(self) -> dict:
-        """Event shapes of the three distributions and the shape of one observation, read
+        """Event shapes of the three distributions, the shape of one observation and (under
+        ``"batch"``) each distribution's per-particle batch shape, read
         by tracing them abstractly (``jax.eval_shape``: no array is computed, so checking a
         model compiles nothing); raises ``ValueError`` if one is not a distribution."""
         shapes = {}
@@ -183,13 +200,21 @@ class StateSpaceModel:
             shapes["initial_event"] = tuple(init_dist.event_shape)
             shapes["transition_event"] = tuple(trans.event_shape)
             shapes["observation"] = tuple(batch) + tuple(obs.event_shape)
+            shapes["batch"] = {
+                "initial()": tuple(init_dist.batch_shape),
+                "transition(x_prev, t)": tuple(
+                    trans.batch_shape[1:] if self.vectorized else trans.batch_shape
+                ),
+                "observation(x, t)": tuple(batch),
+            }
 
         jax.eval_shape(probe)
         return shapes
 
     def validate(self, ys, num_particles: int | None = None):
         """Check the model and the data before tracing; raise ``ValueError`` naming what
-        to fix. Returns ``ys`` as an array."""
+        to fix (for a per-particle model, also a batch-shaped law: use ``.to_event(1)``).
+        Returns ``ys`` as an array."""
         from particlekit.kernels import check_num_particles
 
         if num_particles is not None:
@@ -198,6 +223,8 @@ class StateSpaceModel:
         if ys.ndim == 0 or ys.shape[0] == 0:
             raise ValueError(f"ys must have a leading time axis of length >= 1, got {ys.shape}")
         shapes = self._shapes()
+        if not self.vectorized:
+            _check_no_batch_shape(shapes["batch"])
         if shapes["transition_event"] != shapes["initial_event"]:
             raise ValueError(
                 f"transition event shape {shapes['transition_event']} differs from the initial "

@@ -331,7 +331,8 @@ def _reweight(fn, *, vectorized, batch_size, normalized_input) -> Kernel:
         if log_g.shape != state.log_weights.shape:
             raise ValueError(
                 f"the log-potential must be a scalar per particle; got shape {log_g.shape} "
-                f"for {num_particles_of(state)} particles"
+                f"for {num_particles_of(state)} particles (a log_prob of a batch of "
+                "distributions? declare vector coordinates as one event with .to_event(1))"
             )
         nonfinite = resampling.invalid_log_weights(log_g)
         log_g = jnp.where(nonfinite, -jnp.inf, log_g)

@@ -121,6 +121,12 @@ def test_bad_input():
     with pytest.raises(ValueError, match="site named 'x'"):
         pk.statespace.pmmh(jax.random.key(0), x_model, YS, num_particles=8)
 
+    def observed_prior():  # said "no latent sample sites" when it was the only site
+        numpyro.sample("rho", dist.Uniform(-1.0, 1.0), obs=0.5)
+
+    with pytest.raises(ValueError, match=r"observed sites \['rho'\]"):
+        pk.statespace.ParametricSSM(observed_prior, model_fn).validate(YS)
+
 
 def test_impossible_data_is_flagged():
     def impossible(theta):

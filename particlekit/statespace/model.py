@@ -68,18 +68,22 @@ class ParametricSSM:
     # ------------------------------------------------------------------ the prior
     @cached_property
     def _info(self):
-        from particlekit.infer.numpyro_adapter import inspect_model
+        from particlekit.infer.numpyro_adapter import inspect_model, observed_values
 
+        try:  # before inspect_model, which needs latent sites
+            observed = observed_values(self.prior)
+        except NotImplementedError:  # an improper prior: inspect_model says so
+            observed = {}
+        if observed:
+            raise ValueError(
+                f"the prior has observed sites {sorted(observed)}: it should only draw "
+                "the parameters; the data go to pmmh / smc2 as ys"
+            )
         info = inspect_model(self.prior, purpose="a ParametricSSM prior")
         if PATHS_NAME in info.latent_names:
             raise ValueError(
                 f"the prior has a site named {PATHS_NAME!r}, the name of the latent paths in "
                 "get_samples() and ArviZ: rename the parameter (e.g. 'rho')"
-            )
-        if info.observed:
-            raise ValueError(
-                f"the prior has observed sites {sorted(info.observed)}: it should only draw "
-                "the parameters; the data go to pmmh / smc2 as ys"
             )
         return info
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels, resampling
-from particlekit.backward import check_log_transition_bound
+from particlekit.backward import check_log_transition_bound, warn_if_above_bound
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.smoothing import (
     _check_method,
@@ -422,19 +422,23 @@ class PPGResult(NamedTuple):
         return from_ppg(self, ys, burn_in=burn_in)
 
 
-def ppg_sweep(key, ys, reference, *, cfg, conditional=True):
+def ppg_sweep(key, ys, reference, *, cfg, conditional=True, with_count=False):
     """One PPG iteration (traced): conditional PaRIS with ``reference`` pinned, then a new
-    reference by backward simulation. Returns ``(estimate, new_reference, log_evidence)``."""
+    reference by backward simulation. Returns ``(estimate, new_reference, log_evidence)``,
+    and with ``with_count`` the accept–reject proposals whose acceptance probability
+    exceeded 1 (a user bound too small; ``BackwardStats.num_above_bound``)."""
     k_fwd, k_back = jax.random.split(key)
-    final, _, _, (particles, log_weights) = paris_forward(
+    final, infos, _, (particles, log_weights) = paris_forward(
         k_fwd, ys, reference if conditional else None, cfg=cfg, conditional=conditional,
         keep_history=True,
     )  # fmt: skip
-    new_ref = backward_trajectories(
+    new_ref, above = backward_trajectories(
         k_back, cfg["ssm"], particles, log_weights, 1, method=cfg["method"],
         log_transition_bound=cfg["log_transition_bound"], max_trials=cfg["max_trials"],
+        with_count=True,
     )  # fmt: skip
-    return final.estimate, _take(new_ref, 0), final.particle_state.log_evidence
+    out = final.estimate, _take(new_ref, 0), final.particle_state.log_evidence
+    return (*out, above + jnp.sum(infos.num_above_bound)) if with_count else out
 
 
 def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in, tick=None):
@@ -446,14 +450,15 @@ def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in, tick=None):
 
     def body(ref, inp):
         i, k = inp
-        est, new_ref, log_z = ppg_sweep(k, ys, ref, cfg=cfg)
+        est, new_ref, log_z, above = ppg_sweep(k, ys, ref, cfg=cfg, with_count=True)
         if tick is not None:
             tick(i)
-        return new_ref, (est, log_z)
+        return new_ref, (est, log_z, above)
 
     keys = jax.random.split(k_iter, num_iterations)
     steps = jnp.arange(num_iterations)
-    final_ref, (estimates, log_z) = jax.lax.scan(body, reference, (steps, keys))
+    final_ref, (estimates, log_z, above) = jax.lax.scan(body, reference, (steps, keys))
+    warn_if_above_bound(jnp.sum(above), "ppg", cfg["log_transition_bound"])
     estimate = jax.tree.map(lambda a: jnp.mean(a[burn_in:], axis=0), estimates)
     return PPGResult(estimate, estimates, final_ref, log_z)
 

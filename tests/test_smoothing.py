@@ -280,7 +280,7 @@ def _tight_transition_model():
 
 def test_a_transition_bound_below_the_density_is_reported():
     """A ``log_transition_bound`` below ``sup f`` makes accept–reject accept too often (the
-    smoothers were ~30 % off with no sign): FFBS and PaRIS warn after the run (also
+    smoothers were ~30 % off with no sign): FFBS, PaRIS and PPG warn after the run (also
     under ``jit``), count it per step (``PaRISResult``'s info), and stay silent with a
     valid bound; NaN and -inf bounds are ValueErrors before tracing."""
     import warnings
@@ -296,6 +296,11 @@ def test_a_transition_bound_below_the_density_is_reported():
         jax.jit(lambda k: pk.smoothing.paris(k, ssm, ys, additive_fn=h, num_particles=300, **call))(
             jax.random.key(3)
         )
+    with pytest.warns(RuntimeWarning, match="ppg: .* above 1"):
+        pk.pgibbs.ppg(
+            jax.random.key(6), ssm, ys, additive_fn=h, num_particles=300, num_iterations=2,
+            burn_in=0, **call,
+        )  # fmt: skip
     online = pk.smoothing.paris_online(ssm, additive_fn=h, num_particles=300, **call)
     state = online.init(jax.random.key(4), ys[0])
     _, info = online.update(jax.random.key(5), state, ys[1])

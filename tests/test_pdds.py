@@ -252,3 +252,15 @@ def test_learned_potential_fixes_narrow_target():
     assert np.all(naive < -3.0)
     assert abs(learned.mean()) < 0.1
     assert np.all(np.abs(learned) < 0.3)
+
+
+def test_jit_after_an_eager_call_with_the_same_grid():
+    """An eager call caches its named grid (``sampling_grid``); the same grid then reaches
+    ``pdds`` as a concrete array inside a ``jit``, where its end check indexed it with jnp
+    (staged into a tracer: a ConcretizationTypeError that depended on test order)."""
+    target = lambda x: -0.5 * jnp.sum(x**2)  # noqa: E731
+    run = lambda k: pk.diffusion.pdds(k, target, 2, num_particles=16, num_steps=11)  # noqa: E731
+    eager = run(jax.random.key(0))
+    traced = jax.jit(lambda k: run(k).log_evidence)(jax.random.key(0))
+    assert np.isfinite(float(traced))
+    np.testing.assert_allclose(float(traced), float(eager.log_evidence), rtol=1e-4, atol=1e-4)

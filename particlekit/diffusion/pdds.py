@@ -44,6 +44,7 @@ import blackjax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
 from particlekit import kernels, resampling
@@ -158,7 +159,9 @@ def _check_grid_ends_at_zero(grid) -> None:
     under ``jit``, a tracer, cannot be checked and is taken as it is)."""
     if isinstance(grid, jax.core.Tracer):
         return
-    last = float(grid[-1])
+    # NumPy: a concrete grid (``sampling_grid``'s cache) indexed with jnp under an outer
+    # jit would be staged into a tracer
+    last = float(np.asarray(grid)[-1])
     if last != 0.0:
         raise ValueError(
             f"the PDDS grid must end at t = 0 (the target), got a last time of {last:.3g}; "

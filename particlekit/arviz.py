@@ -98,6 +98,8 @@ import jax
 import numpy as np
 import xarray as xr
 
+from particlekit.types import path_key_name
+
 __all__ = [
     "from_smc",
     "from_draws",
@@ -283,13 +285,6 @@ def _attrs(result_name: str, **extra) -> dict:
     return attrs
 
 
-def _key_name(key) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def _named(tree, default: str) -> dict:
     """``{name: np.ndarray}`` of the leaves of ``tree``: keys / attribute names / indices
     joined by ``_``; a bare array is ``default``; a name starting with a digit (a tuple
@@ -299,7 +294,7 @@ def _named(tree, default: str) -> dict:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     out = {}
     for path, leaf in flat:
-        name = "_".join(_key_name(k) for k in path) or default
+        name = "_".join(path_key_name(k) for k in path) or default
         if name[0].isdigit():
             name = f"{default}_{name}"
         out[name] = np.asarray(jax.device_get(leaf))

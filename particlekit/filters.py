@@ -26,7 +26,7 @@ from numpyro.distributions import Distribution
 
 from particlekit import kernels, resampling
 from particlekit.run import check_sharding, constrain_particles, run
-from particlekit.ssm import StateSpaceModel, is_missing
+from particlekit.ssm import StateSpaceModel, check_no_batch_shape, is_missing
 from particlekit.types import ParticleState, PyTree, RunTrace, StepInfo
 
 __all__ = ["FilterResult", "bootstrap", "guided", "auxiliary"]
@@ -274,13 +274,8 @@ def _check_law_of_state(law, what: str, state_shape: tuple, lead: tuple, example
             f"(batch {tuple(law.batch_shape)} + event {tuple(law.event_shape)}); the state "
             f"x_t has shape {state_shape}, so expected {lead + state_shape}"
         )
-    if not lead and tuple(law.batch_shape):
-        raise ValueError(
-            f"{what} returned {type(law).__name__} with batch shape "
-            f"{tuple(law.batch_shape)}: it must be the law of one whole state (batch shape (), "
-            "a scalar log_prob); declare the coordinates as one event with .to_event(1) "
-            "(numpyro's Independent)"
-        )
+    if not lead:
+        check_no_batch_shape({what: tuple(law.batch_shape)})
 
 
 def _check_proposals(ssm: StateSpaceModel, ys, proposal=None, initial_proposal=None) -> None:

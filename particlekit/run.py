@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -67,6 +68,17 @@ def progress_bar_callback(num_steps: int, desc: str = "particlekit"):
         jax.lax.cond(due, lambda: jax.debug.callback(_update, i, ordered=True), lambda: None)
 
     return callback
+
+
+def warn_if_counted(counts, message: str) -> None:
+    """A ``RuntimeWarning`` (``message.format(count=...)``) after an eager run whose
+    ``counts`` sum to more than zero; nothing for traced counts (under ``jit`` / ``vmap``
+    the result's field reports them) or counts spread over other processes."""
+    if isinstance(counts, jax.core.Tracer) or not getattr(counts, "is_fully_addressable", True):
+        return
+    count = int(jnp.sum(counts))
+    if count > 0:
+        warnings.warn(message.format(count=count), RuntimeWarning, stacklevel=3)
 
 
 def check_sharding(sharding, num_particles: int | None = None, **same_on_every_process):

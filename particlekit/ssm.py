@@ -66,7 +66,7 @@ def _expect_distribution(value, what: str) -> Distribution:
     return value
 
 
-def _check_no_batch_shape(batch_shapes: dict) -> None:
+def check_no_batch_shape(batch_shapes: dict) -> None:
     """A ``ValueError`` naming the first of a per-particle model's distributions that has a
     batch shape: each must be the law of one whole state (or observation), so that its
     ``log_prob`` is a scalar; a vector of independent coordinates is an ``Independent``
@@ -224,7 +224,7 @@ class StateSpaceModel:
             raise ValueError(f"ys must have a leading time axis of length >= 1, got {ys.shape}")
         shapes = self._shapes()
         if not self.vectorized:
-            _check_no_batch_shape(shapes["batch"])
+            check_no_batch_shape(shapes["batch"])
         if shapes["transition_event"] != shapes["initial_event"]:
             raise ValueError(
                 f"transition event shape {shapes['transition_event']} differs from the initial "

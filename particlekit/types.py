@@ -127,3 +127,12 @@ class Kernel(Protocol):
 def num_particles_of(state: ParticleState) -> int:
     """Number of particles ``N`` of a state (a static Python int)."""
     return state.log_weights.shape[0]
+
+
+def path_key_name(key) -> str:
+    """The name of one entry of a ``jax.tree_util`` key path: a dict key, an attribute
+    name or a sequence index, as a string."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)

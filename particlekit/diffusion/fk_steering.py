@@ -51,7 +51,13 @@ from jax.scipy.special import logsumexp
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
 from particlekit.diffusion.schedules import sampling_grid
-from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
+from particlekit.run import (
+    check_sharding,
+    constrain_particles,
+    resolve_progress_bar,
+    run,
+    warn_if_counted,
+)
 from particlekit.types import StepInfo
 
 __all__ = [
@@ -614,7 +620,7 @@ def fk_steering(
         scheme=resampling_scheme(resampling), proposal=proposal, sampler=sampler,
         eta=float(eta), sharding=sharding, progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
-    _warn_nonfinite_intermediate(result.num_nonfinite_intermediate)
+    warn_if_counted(result.num_nonfinite_intermediate, _NONFINITE_INTERMEDIATE_WARNING)
     return result
 
 
@@ -656,19 +662,6 @@ _NONFINITE_INTERMEDIATE_WARNING = (
     "lambda x, t: 0.0; see "
     "docs/steering.md"
 )
-
-
-def _warn_nonfinite_intermediate(counts) -> None:
-    """``RuntimeWarning`` after an eager run with non-finite intermediate rewards at live
-    particles (under ``jit`` / ``vmap`` the counts are traced: no warning, the result's
-    ``num_nonfinite_intermediate`` reports it)."""
-    if isinstance(counts, jax.core.Tracer) or not getattr(counts, "is_fully_addressable", True):
-        return
-    count = int(jnp.sum(counts))
-    if count > 0:
-        warnings.warn(
-            _NONFINITE_INTERMEDIATE_WARNING.format(count=count), RuntimeWarning, stacklevel=3
-        )
 
 
 def resampling_scheme(scheme):

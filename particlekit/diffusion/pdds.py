@@ -36,7 +36,6 @@ strictly decreasing grid that ends at ``t_0 = 0`` (where ``g_hat_0 = g_0``, the 
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -50,7 +49,13 @@ import numpyro.distributions as dist
 from particlekit import kernels, resampling
 from particlekit.diffusion.potentials import NaivePotential, log_g0
 from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
-from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
+from particlekit.run import (
+    check_sharding,
+    constrain_particles,
+    resolve_progress_bar,
+    run,
+    warn_if_counted,
+)
 from particlekit.types import ParticleState, RunTrace, StepInfo
 
 __all__ = ["PDDSParticle", "PDDSResult", "pdds"]
@@ -499,7 +504,7 @@ def pdds(
         sharding,
     )
     result = _pdds_run(key, log_density, potential, grid, config)
-    _warn_nonfinite_intermediate(result.num_nonfinite_intermediate)
+    warn_if_counted(result.num_nonfinite_intermediate, _NONFINITE_GUIDANCE_WARNING)
     return result
 
 
@@ -515,14 +520,3 @@ _NONFINITE_GUIDANCE_WARNING = (
     "still uses log_density exactly), or a potential learned on such a floored density; "
     "see docs/diffusion.md"
 )
-
-
-def _warn_nonfinite_intermediate(counts) -> None:
-    """``RuntimeWarning`` after an eager run whose intermediate guidance was non-finite
-    for some live particle (under ``jit`` / ``vmap`` the counts are traced: no warning,
-    the result's ``num_nonfinite_intermediate`` reports it)."""
-    if isinstance(counts, jax.core.Tracer) or not getattr(counts, "is_fully_addressable", True):
-        return
-    count = int(jnp.sum(counts))
-    if count > 0:
-        warnings.warn(_NONFINITE_GUIDANCE_WARNING.format(count=count), RuntimeWarning, stacklevel=3)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from particlekit.infer.numpyro_adapter import ModelInfo, NumPyroTarget
+from particlekit.types import path_key_name
 
 __all__ = ["LogDensityModel", "inspect_log_density_model", "make_log_density_target"]
 
@@ -107,13 +108,6 @@ def population_size(model: LogDensityModel) -> int | None:
     return int(jnp.shape(jax.tree.leaves(model.initial_population)[0])[0])
 
 
-def _key_part(key) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
 def site_names(theta) -> tuple[str, ...]:
     """One name per leaf of ``theta``, in ``jax.tree`` order: ``"theta"`` for an array, the
     keys of a dict of arrays, and the path joined by dots otherwise (``"a.w"`` for
@@ -128,7 +122,7 @@ def site_names(theta) -> tuple[str, ...]:
     if paths == [()]:
         return ("theta",)
     prefix = [] if isinstance(theta, dict) else ["theta"]
-    return tuple(".".join(prefix + [_key_part(k) for k in path]) for path in paths)
+    return tuple(".".join(prefix + [path_key_name(k) for k in path]) for path in paths)
 
 
 def _check_scalar_densities(model: LogDensityModel, structure, args, kwargs) -> None:

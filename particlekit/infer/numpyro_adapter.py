@@ -74,13 +74,9 @@ def inspect_model(
     def draw(key):
         tr = handlers.trace(handlers.seed(model, key)).get_trace(*model_args, **model_kwargs)
         latent.clear()
-        observed, unconstrained = {}, {}
+        unconstrained = {}
         for name, site in tr.items():
-            if site["type"] != "sample":
-                continue
-            if site["is_observed"]:
-                if not _is_factor(site):
-                    observed[name] = site["value"]
+            if site["type"] != "sample" or site["is_observed"]:
                 continue
             fn = site["fn"]
             if getattr(fn.support, "is_discrete", False) or getattr(fn, "is_discrete", False):
@@ -91,7 +87,7 @@ def inspect_model(
                 )
             latent.append(name)
             unconstrained[name] = biject_to(fn.support).inv(site["value"])
-        return observed, unconstrained
+        return _observed_sites(tr), unconstrained
 
     try:
         observed, unconstrained = draw(key)
@@ -110,7 +106,10 @@ def inspect_model(
             )
         ) from err
     if not latent:
-        raise ValueError("the model has no latent sample sites: nothing to infer")
+        raise ValueError(
+            "the model has no latent sample sites: nothing to infer"
+            + (f" (its observed sites {sorted(observed)} are data)" if observed else "")
+        )
     flat, unravel_fn = ravel_pytree(unconstrained)
     return ModelInfo(tuple(latent), observed, unravel_fn, int(flat.shape[0]))
 
@@ -122,9 +121,14 @@ def observed_values(model, model_args=(), model_kwargs=None) -> dict:
     tr = handlers.trace(handlers.seed(model, jax.random.key(0))).get_trace(
         *model_args, **model_kwargs
     )
+    return _observed_sites(tr)
+
+
+def _observed_sites(trace) -> dict:
+    """``{name: value}`` of a trace's observed sample sites, ``numpyro.factor`` excluded."""
     return {
         name: site["value"]
-        for name, site in tr.items()
+        for name, site in trace.items()
         if site["type"] == "sample" and site["is_observed"] and not _is_factor(site)
     }
 

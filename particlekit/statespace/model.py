@@ -68,18 +68,15 @@ class ParametricSSM:
     # ------------------------------------------------------------------ the prior
     @cached_property
     def _info(self):
-        from particlekit.infer.numpyro_adapter import inspect_model, observed_values
+        from particlekit.infer.numpyro_adapter import inspect_model
 
-        try:  # before inspect_model, which needs latent sites
-            observed = observed_values(self.prior)
-        except NotImplementedError:  # an improper prior: inspect_model says so
-            observed = {}
-        if observed:
+        # (an observed-only prior: inspect_model names its observed sites)
+        info = inspect_model(self.prior, purpose="a ParametricSSM prior")
+        if info.observed:
             raise ValueError(
-                f"the prior has observed sites {sorted(observed)}: it should only draw "
+                f"the prior has observed sites {sorted(info.observed)}: it should only draw "
                 "the parameters; the data go to pmmh / smc2 as ys"
             )
-        info = inspect_model(self.prior, purpose="a ParametricSSM prior")
         if PATHS_NAME in info.latent_names:
             raise ValueError(
                 f"the prior has a site named {PATHS_NAME!r}, the name of the latent paths in "

@@ -55,8 +55,9 @@ named by its dict keys / attribute names joined by ``_`` (a bare array is ``x`` 
 axis is chains, two are ``(chain, draw)``):
 
 - ``posterior``: the new trajectory ``<x>``, ``(chain, draw, time, ...)``;
-- ``sample_stats``: ``log_evidence`` (of the conditional sweep, a diagnostic), ``failed``
-  and the total ``num_nonfinite``, ``(chain, draw)``;
+- ``sample_stats``: ``log_evidence`` (of the conditional sweep, a diagnostic), ``failed``,
+  the total ``num_nonfinite`` and ``num_above_bound`` (backward proposals above a too-small
+  ``log_transition_bound``), ``(chain, draw)``;
 - ``filtering``: ``ess`` and ``num_nonfinite`` per step, ``(chain, draw, time)``.
 
 ``from_ppg`` (``PPGResult``):
@@ -116,6 +117,7 @@ __all__ = [
     "from_mcmc_draws",
     "from_fk_steering",
     "from_fk_corrector",
+    "from_pdds",
     "from_svdd",
     "from_best_of_n",
     "from_rollover",
@@ -590,6 +592,9 @@ def from_csmc(result, ys=None):
         "log_evidence": np.asarray(result.log_evidence),
         "failed": np.asarray(result.failed),
         "num_nonfinite": num_nonfinite.sum(axis=-1),
+        "num_above_bound": np.broadcast_to(
+            np.asarray(result.num_above_bound), np.shape(result.log_evidence)
+        ),
     }
     groups["sample_stats"] = _group(lead(stats), ["chain", "draw"], attrs)
     per_time = {"ess": np.asarray(result.ess), "num_nonfinite": num_nonfinite}
@@ -869,7 +874,7 @@ def _resampled_draws(variables, log_weights, failed, batched, key, num_draws) ->
 
 
 def _weighted_steering(result, name, per_step, rewards, key, num_draws):
-    """The groups of ``from_fk_steering`` and ``from_fk_corrector``."""
+    """The groups of ``from_fk_steering``, ``from_fk_corrector`` and ``from_pdds``."""
     batched = _is_batched(result.log_evidence, 0, name)
     attrs = _attrs(name, num_particles=int(np.shape(result.log_weights)[-1]))
     samples = _named(result.samples, "x")
@@ -918,8 +923,8 @@ def from_fk_steering(result, *, key=None, num_draws: int | None = None):
       ``log E_p[exp(lmbda r(x_0))]``) and ``failed``, dims ``(chain,)``; with ``key`` also
       the ``reward`` of each posterior draw, ``(chain, draw)``;
     - ``steps``: ``ess`` (after each step's reweighting), ``resampled``,
-      ``intermediate_reward`` (weighted mean at potential steps, NaN elsewhere) and
-      ``num_nonfinite``, dims ``(chain, step)``;
+      ``intermediate_reward`` (weighted mean at potential steps, NaN elsewhere),
+      ``num_nonfinite`` and ``num_nonfinite_intermediate``, dims ``(chain, step)``;
     - ``posterior`` (only with ``key``): ``num_draws`` equally weighted draws ``x``,
       ``(chain, draw, ...)``, by systematic resampling of the weighted particles (NaN for
       a failed chain). Without ``key`` there is no ``posterior``: the particles are
@@ -952,8 +957,43 @@ def from_fk_steering(result, *, key=None, num_draws: int | None = None):
         ("resampled", "resampled"),
         ("intermediate_reward", "intermediate_rewards"),
         ("num_nonfinite", "num_nonfinite"),
+        ("num_nonfinite_intermediate", "num_nonfinite_intermediate"),
     ]
     return _weighted_steering(result, "FKSteeringResult", per_step, result.rewards, key, num_draws)
+
+
+def from_pdds(result, *, key=None, num_draws: int | None = None):
+    """Convert a ``PDDSResult`` (``particlekit.diffusion.pdds``; one run or a ``jax.vmap``
+    batch of runs, one chain each) to ArviZ.
+
+    Groups as ``from_fk_corrector``: ``weighted_particles`` (the final ``x`` and normalised
+    ``log_weight``; ``(chain, particle, ...)``), ``sample_stats``
+    (``log_marginal_likelihood``, the estimate of ``log Z``, and ``failed``; ``(chain,)``),
+    ``steps`` (``ess``, ``resampled``, ``acceptance_rate``, ``num_nonfinite`` and
+    ``num_nonfinite_intermediate``; ``(chain, step)``, step 0 being the initial weighting,
+    where ``acceptance_rate`` is NaN) and, with ``key``, ``posterior`` (``num_draws``
+    equally weighted draws ``x`` by systematic resampling; ``(chain, draw, ...)``).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, particlekit as pk
+    >>> res = pk.diffusion.pdds(jax.random.key(0), lambda x: -0.5 * jnp.sum((x - 1.0) ** 2),
+    ...                         dim=1, num_particles=64, num_steps=8)
+    >>> data = pk.arviz.from_pdds(res, key=jax.random.key(1))
+    >>> data["steps"]["acceptance_rate"].shape, data["posterior"]["x"].dims
+    ((1, 9), ('chain', 'draw', 'x_dim_0'))
+    """
+    rates = np.asarray(result.acceptance_rate, dtype=np.float32)
+    nan_first = np.full(rates.shape[:-1] + (1,), np.nan, np.float32)
+    padded = result._replace(acceptance_rate=np.concatenate([nan_first, rates], axis=-1))
+    per_step = [
+        ("ess", "ess"),
+        ("resampled", "resampled"),
+        ("acceptance_rate", "acceptance_rate"),
+        ("num_nonfinite", "num_nonfinite"),
+        ("num_nonfinite_intermediate", "num_nonfinite_intermediate"),
+    ]
+    return _weighted_steering(padded, "PDDSResult", per_step, None, key, num_draws)
 
 
 def from_fk_corrector(result, *, key=None, num_draws: int | None = None):

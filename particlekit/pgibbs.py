@@ -112,6 +112,11 @@ class CSMCResult(NamedTuple):
         True if every weight, the reference's included, became zero at some step
         (impossible data or a reference outside the model's support); the trajectory is
         then not a draw of the smoothing law.
+    num_above_bound : Array of shape (), int32
+        With ``backward_sampling`` and a user ``log_transition_bound``: the accept-reject
+        backward proposals whose acceptance probability exceeded 1 (the bound is below the
+        transition density and the new trajectory is not an exact draw; ``csmc`` warns).
+        0 otherwise.
     """
 
     trajectory: jax.Array
@@ -119,6 +124,7 @@ class CSMCResult(NamedTuple):
     ess: jax.Array
     num_nonfinite: jax.Array
     failed: jax.Array
+    num_above_bound: jax.Array = 0
 
     def to_inference_data(self, ys=None):
         """The sweep for ArviZ (``particlekit.arviz.from_csmc``): ``posterior`` (the new
@@ -185,21 +191,24 @@ def csmc_traced(
     # a step whose weights all vanished adds -inf (or NaN) to the evidence
     failed = ~jnp.isfinite(log_evidence)
 
-    def result(path):
+    def result(path, num_above_bound=None):
+        if num_above_bound is None:
+            num_above_bound = jnp.zeros((), jnp.int32)
         return CSMCResult(
             trajectory=path,
             log_evidence=kernels.reported_log_evidence(log_evidence),
             ess=jnp.concatenate([info0.ess[None], ess]),
             num_nonfinite=jnp.concatenate([info0.num_nonfinite[None], num_nonfinite]),
             failed=failed,
+            num_above_bound=num_above_bound,
         )
 
     if backward_sampling:
-        paths = backward_trajectories(
+        paths, above = backward_trajectories(
             k_back, ssm, particles, log_weights, 1, method=method,
-            log_transition_bound=log_transition_bound, max_trials=max_trials,
+            log_transition_bound=log_transition_bound, max_trials=max_trials, with_count=True,
         )  # fmt: skip
-        return result(_take(paths, 0))
+        return result(_take(paths, 0), above)
     # trace the genealogy of one particle drawn from the final weights
     last = resampling.multinomial(k_back, log_weights[-1], 1)[0]
 
@@ -223,7 +232,9 @@ def csmc_traced(
 )  # fmt: skip
 def _csmc(key, ys, reference, **kw):
     tick = progress_bar_callback(ys.shape[0] - 1, desc="csmc") if kw.pop("progress_bar") else None
-    return csmc_traced(key, kw.pop("ssm"), ys, reference, tick=tick, **kw)
+    result = csmc_traced(key, kw.pop("ssm"), ys, reference, tick=tick, **kw)
+    warn_if_above_bound(result.num_above_bound, "csmc", kw["log_transition_bound"])
+    return result
 
 
 def _check_finite_reference(reference):

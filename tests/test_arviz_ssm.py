@@ -182,6 +182,8 @@ def test_csmc_one_sweep_and_batches(capsys):
     assert stats["log_evidence"].dims == ("chain", "draw")
     np.testing.assert_allclose(stats["log_evidence"].values, [[res.log_evidence]])
     assert int(stats["num_nonfinite"].values.sum()) == int(res.num_nonfinite.sum())
+    assert stats["num_above_bound"].dims == ("chain", "draw")
+    assert stats["num_above_bound"].values.tolist() == [[0]]  # the derived bound is exact
     assert group(data, "filtering")["ess"].dims == ("chain", "draw", "time")
     # one batch axis (a vmap over sweeps) is chains; two (chains of iterated sweeps) are
     # (chain, draw)

@@ -1,6 +1,6 @@
 """ArviZ converters of the diffusion steering results (``pk.arviz.from_fk_steering``,
-``from_fk_corrector``, ``from_svdd``, ``from_best_of_n``): groups, dims and values equal to
-the result's fields, batches of runs as chains, equally weighted posterior draws.
+``from_fk_corrector``, ``from_pdds``, ``from_svdd``, ``from_best_of_n``): groups, dims and
+values equal to the result's fields, batches of runs as chains, equally weighted posterior draws.
 
 Small analytic models (a 2-D Gaussian mixture), a few particles and steps. Each check runs on
 the installed ArviZ (``InferenceData`` for arviz < 1) and, with ``arviz_major_version``
@@ -83,6 +83,7 @@ def test_fk_steering_groups_dims_and_values(api):
         ("resampled", res.resampled),
         ("intermediate_reward", res.intermediate_rewards),
         ("num_nonfinite", res.num_nonfinite),
+        ("num_nonfinite_intermediate", res.num_nonfinite_intermediate),
     ]:
         assert steps[name].dims == ("chain", "step")
         assert steps[name].shape == (1, K)
@@ -191,6 +192,43 @@ def test_fk_corrector_groups_dims_and_values(api):
     assert group(drawn, "posterior")["x"].shape == (2, 5, 2)
     assert "reward" not in group(drawn, "sample_stats")
     assert group(drawn, "steps")["ess"].shape == (2, K)
+
+
+# ------------------------------------------------------------------------------ PDDS
+def test_pdds_groups_dims_and_values(api):
+    def log_density(x):  # an unnormalised 2-D Gaussian mixture
+        return jnp.logaddexp(-jnp.sum((x - 1.5) ** 2), -jnp.sum((x + 1.5) ** 2))
+
+    res = pk.diffusion.pdds(jax.random.key(3), log_density, dim=2, num_particles=N,
+                            num_steps=K, num_mcmc_steps=1, progress_bar=False)  # fmt: skip
+    data = res.to_inference_data()
+    check_container(data, api)
+    assert groups(data) == {"sample_stats", "weighted_particles", "steps"}
+    weighted = group(data, "weighted_particles")
+    assert weighted["x"].dims == ("chain", "particle", "x_dim_0")
+    np.testing.assert_array_equal(weighted["x"].values[0], res.samples)
+    np.testing.assert_allclose(weighted["log_weight"].values[0], normalised(res.log_weights),
+                               atol=1e-5)  # fmt: skip
+    steps = group(data, "steps")
+    names = {"ess", "resampled", "acceptance_rate", "num_nonfinite", "num_nonfinite_intermediate"}
+    assert set(steps.data_vars) == names
+    for name in names - {"acceptance_rate"}:
+        assert steps[name].dims == ("chain", "step") and steps[name].shape == (1, K + 1)
+        np.testing.assert_array_equal(steps[name].values[0], getattr(res, name))
+    # step 0 is the initial weighting (no MCMC), step k the k-th reverse step
+    rates = steps["acceptance_rate"].values[0]
+    assert np.isnan(rates[0])
+    np.testing.assert_array_equal(rates[1:], res.acceptance_rate)
+    assert np.all((rates[1:] > 0) & (rates[1:] <= 1))
+    stats = group(data, "sample_stats")
+    np.testing.assert_array_equal(stats["log_marginal_likelihood"].values, [res.log_evidence])
+    assert data.attrs["particlekit_result"] == "PDDSResult"
+    # equally weighted draws are particles, and a batch of runs is chains
+    drawn = pk.arviz.from_pdds(stack([res, res]), key=jax.random.key(1), num_draws=5)
+    post = group(drawn, "posterior")["x"].values
+    assert post.shape == (2, 5, 2)
+    assert np.all(np.any(np.all(post[0][:, None] == np.asarray(res.samples)[None], -1), 1))
+    assert group(drawn, "steps")["acceptance_rate"].shape == (2, K + 1)
 
 
 # ------------------------------------------------------------------------------ baselines

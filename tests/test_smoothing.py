@@ -280,7 +280,8 @@ def _tight_transition_model():
 
 def test_a_transition_bound_below_the_density_is_reported():
     """A ``log_transition_bound`` below ``sup f`` makes accept–reject accept too often (the
-    smoothers were ~30 % off with no sign): FFBS, PaRIS and PPG warn after the run (also
+    smoothers were ~30 % off with no sign): FFBS, PaRIS, PPG and conditional SMC with
+    backward sampling warn after the run (also
     under ``jit``), count it per step (``PaRISResult``'s info), and stay silent with a
     valid bound; NaN and -inf bounds are ValueErrors before tracing."""
     import warnings
@@ -301,6 +302,13 @@ def test_a_transition_bound_below_the_density_is_reported():
             jax.random.key(6), ssm, ys, additive_fn=h, num_particles=300, num_iterations=2,
             burn_in=0, **call,
         )  # fmt: skip
+    xs_ref, _ = ssm.simulate(jax.random.key(7), 12)
+    with pytest.warns(RuntimeWarning, match="csmc: .* above 1"):
+        new = pk.pgibbs.csmc(
+            jax.random.key(8), ssm, ys, xs_ref, num_particles=300, backward_sampling=True,
+            return_info=True, **call,
+        )  # fmt: skip
+    assert int(new.num_above_bound) > 0
     online = pk.smoothing.paris_online(ssm, additive_fn=h, num_particles=300, **call)
     state = online.init(jax.random.key(4), ys[0])
     _, info = online.update(jax.random.key(5), state, ys[1])

@@ -120,6 +120,25 @@ class PDDSResult(NamedTuple):
     failed: jax.Array
     trace: RunTrace
 
+    def to_inference_data(self, *, key=None, num_draws: int | None = None):
+        """The run for ArviZ (``particlekit.arviz.from_pdds``): weighted final particles,
+        ``log_marginal_likelihood`` and ``failed``, and per-step ``ess`` / ``resampled`` /
+        ``acceptance_rate`` / ``num_nonfinite`` / ``num_nonfinite_intermediate``; with a
+        ``key``, also a ``posterior`` of ``num_draws`` equally weighted draws.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp, particlekit as pk
+        >>> res = pk.diffusion.pdds(jax.random.key(0), lambda x: -0.5 * jnp.sum(x**2), dim=2,
+        ...                         num_particles=32, num_steps=8)
+        >>> data = res.to_inference_data()  # InferenceData (arviz < 1) or DataTree (arviz 1.x)
+        >>> data["weighted_particles"]["x"].dims
+        ('chain', 'particle', 'x_dim_0')
+        """
+        from particlekit.arviz import from_pdds
+
+        return from_pdds(self, key=key, num_draws=num_draws)
+
 
 class _Info(NamedTuple):
     """A step's ``StepInfo`` and its count of live particles whose intermediate guidance

@@ -1,7 +1,8 @@
 """Regressions from user reports on the state-space filters.
 
 - A transition that draws NaN states (a model bug) gave those particles zero weight, but
-  ``filtering_mean`` (and ArviZ's ``x_mean``) was NaN: ``0 * NaN`` in the weighted sum.
+  ``filtering_mean`` (and ArviZ's ``x_mean``) was NaN: ``0 * NaN`` in the weighted sum. The
+  PaRIS and PPG estimates were NaN the same way (a dead particle's statistic is NaN).
 - SQMC and correlated PMMH built the transition on concrete zeros, which NumPyro's argument
   validation rejects outside the state's support (``Normal(x, 0.1 * x)``).
 - A per-particle model with a batch-shaped law (``Normal(jnp.zeros(2), 1.0)`` without
@@ -74,6 +75,22 @@ def test_zero_weight_nan_particles_do_not_poison_filtering_mean(run, seed):
     assert np.all(np.asarray(res.filtering_variance()) >= -1e-5)
     x_mean = np.asarray(res.to_inference_data(YS)["filtering"]["x_mean"])
     np.testing.assert_allclose(x_mean[0], mean, rtol=1e-6)
+
+
+def test_zero_weight_nan_particles_do_not_poison_paris_and_ppg():
+    h, h0 = (lambda x_prev, x, t: x), (lambda x: x)  # the sum of the states
+    res = pk.smoothing.paris(jax.random.key(0), NAN_SSM, YS, additive_fn=h, initial_fn=h0,
+                             num_particles=N)  # fmt: skip
+    assert int(res.num_nonfinite.sum()) > 0 and not bool(res.failed)
+    assert np.all(np.isnan(np.asarray(res.tau)) <= np.isneginf(np.asarray(res.log_weights)))
+    assert np.all(np.isfinite(np.asarray(res.estimates)))
+    w = np.exp(np.asarray(res.log_weights, np.float64))
+    w = np.where(np.isnan(w), 0.0, w) / np.nansum(w)
+    reference = np.sum(np.where(w > 0, w * np.asarray(res.tau, np.float64), 0.0))
+    np.testing.assert_allclose(float(res.estimate), reference, rtol=1e-4, atol=1e-5)
+    ppg = pk.pgibbs.ppg(jax.random.key(1), NAN_SSM, YS, additive_fn=h, initial_fn=h0,
+                        num_particles=N, num_iterations=4, burn_in=1)  # fmt: skip
+    assert np.all(np.isfinite(np.asarray(ppg.estimates)))
 
 
 # ------------------------------------------------------------------------- SQMC support

@@ -79,7 +79,8 @@ parameters and ``x``), and ``sample_stats`` with ``acceptance_rate``, ``failed``
 - ``score_trace``: the score estimates, ``(chain, iteration, ...)``;
 - ``theta`` and ``theta_average``: the final iterate and the Polyak–Ruppert average,
   ``(chain, ...)``;
-- ``iteration_stats``: ``log_evidence`` at each iterate, ``(chain, iteration)``.
+- ``iteration_stats``: ``log_evidence`` at each iterate, ``(chain, iteration)``, and
+  ``failed`` / ``num_failed`` (iterations whose failed sweep was skipped), ``(chain,)``.
 
 ``from_score_climbing`` (``learning.ScoreClimbingResult``):
 
@@ -752,10 +753,17 @@ def from_mle(result, ys=None):
     groups["score_trace"] = _group(
         _with_chain(_named(result.scores, "theta"), batched), ["chain", "iteration"], attrs
     )
+    per_run = np.shape(result.log_evidence)[:-1]
+    stats = {
+        "log_evidence": np.asarray(result.log_evidence),
+        "failed": np.broadcast_to(np.asarray(result.failed), per_run),
+        "num_failed": np.broadcast_to(np.asarray(result.num_failed), per_run),
+    }
     groups["iteration_stats"] = _group(
-        _with_chain({"log_evidence": np.asarray(result.log_evidence)}, batched),
+        _with_chain(stats, batched),
         ["chain", "iteration"],
         attrs,
+        dims={"failed": ["chain"], "num_failed": ["chain"]},
     )
     _observed(groups, ys, attrs)
     return wrap_groups(groups, attrs)

@@ -38,7 +38,8 @@ __all__ = ["num_shards", "spans_processes", "check_same_on_every_process", "to_h
 def num_shards(sharding) -> int:
     """The number of pieces a ``NamedSharding`` cuts the particle (leading) axis into: the
     product of the mesh sizes of the axes its first ``PartitionSpec`` entry names (1 for
-    other shardings, which place whole arrays).
+    other shardings, which place whole arrays, and for an unsharded or
+    ``PartitionSpec.UNCONSTRAINED`` leading axis).
 
     Examples
     --------
@@ -51,10 +52,11 @@ def num_shards(sharding) -> int:
     if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.spec) == 0:
         return 1
     first = sharding.spec[0]
-    if first is None:
+    if first is None or first is jax.sharding.PartitionSpec.UNCONSTRAINED:
+        # not sharded, or left to the compiler (which pads uneven pieces): no constraint
         return 1
     names = (first,) if isinstance(first, str) else tuple(first)
-    return int(np.prod([sharding.mesh.shape[name] for name in names], dtype=int))
+    return int(np.prod([sharding.mesh.shape[name] for name in names if name is not None]))
 
 
 def spans_processes(sharding) -> bool:

@@ -33,7 +33,7 @@ from particlekit import kernels
 from particlekit import resampling as _rs
 from particlekit.backward import PARIS_METHODS
 from particlekit.pgibbs import ppg_sweep, resampling_scheme_for_csmc
-from particlekit.run import progress_bar_callback, resolve_progress_bar
+from particlekit.run import progress_bar_callback, resolve_progress_bar, warn_if_counted
 from particlekit.smoothing import _check_method, _check_trials, _take, paris_forward
 from particlekit.ssm import StateSpaceModel, is_missing, missing_mask
 from particlekit.types import PyTree
@@ -105,6 +105,101 @@ DEFAULT_OPTIMIZER = optax.sgd(default_learning_rate)
 run (the optimizer is a static argument) is reused by the next call instead of recompiled."""
 
 
+# --------------------------------------------------------------------------------------
+# checks before tracing and failure-safe updates
+# --------------------------------------------------------------------------------------
+_USER_ERRORS = (KeyError, IndexError, TypeError, AttributeError)
+
+
+def _all_finite(tree) -> jax.Array:
+    """Whether every entry of every leaf of ``tree`` is finite (a traced bool)."""
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _keep_if(failed, old, new):
+    """``old`` where ``failed``, else ``new`` (leaf by leaf)."""
+    return jax.tree.map(lambda a, b: jnp.where(failed, a, b), old, new)
+
+
+def _skipping_update(optimizer, failed, grads, opt_state, params):
+    """One optimiser step, or none at all (parameters and optimiser state kept) where
+    ``failed``: no NaN from a failed sweep ever reaches them."""
+    updates, new_state = optimizer.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: jnp.where(failed, jnp.zeros_like(u), u), updates)
+    return optax.apply_updates(params, updates), _keep_if(failed, opt_state, new_state)
+
+
+def _as_params(params, name: str):
+    """``params`` with float leaves; a ``ValueError`` before tracing for an empty pytree, a
+    non-numeric leaf or a non-finite value (concrete leaves only)."""
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError(f"{name} must be a non-empty pytree of arrays, got {params!r}")
+    try:
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(float)), params)
+    except TypeError as err:
+        raise ValueError(f"{name} must be a pytree of numeric arrays: {err}") from err
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not isinstance(leaf, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(leaf))):
+            where = jax.tree_util.keystr(path) or "(the array)"
+            raise ValueError(f"{name} must be finite, got a NaN or infinite value at {name}{where}")
+    return params
+
+
+@partial(jax.jit, static_argnames=("optimizer", "num_iterations"))
+def _optimizer_probe(params, *, optimizer, num_iterations):
+    """Run ``optimizer`` for ``num_iterations`` steps on the constant loss gradient 1 (the
+    parameters held at ``params``): whether every update was finite, the sum of the
+    updates' inner products with the gradient (negative for a descent method) and the
+    largest absolute update."""
+    grads = jax.tree.map(jnp.ones_like, params)
+
+    def one(state, _):
+        updates, state = optimizer.update(grads, state, params)
+        leaves = jax.tree.leaves(updates)
+        dot = sum(jnp.sum(u) for u in leaves)
+        size = jnp.max(jnp.stack([jnp.max(jnp.abs(u)) for u in leaves]))
+        return state, (_all_finite(updates), dot, size)
+
+    _, (finite, dots, sizes) = jax.lax.scan(one, optimizer.init(params), None, num_iterations)
+    return jnp.all(finite), jnp.sum(dots), jnp.max(sizes)
+
+
+def _check_optimizer(optimizer, params, num_iterations: int):
+    """A ``ValueError`` before tracing for an optimizer that cannot descend: NaN or infinite
+    updates (a NaN learning rate), updates along the loss gradient (a negative learning
+    rate: it would descend the likelihood) or none at all (a zero learning rate). Checked
+    on the constant gradient 1 over the run's ``num_iterations`` steps, so schedules that
+    warm up from zero pass. The default optimizer is not probed."""
+    if optimizer is None:
+        return DEFAULT_OPTIMIZER
+    if not isinstance(optimizer, optax.GradientTransformation) and not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise ValueError(f"optimizer must be an optax.GradientTransformation, got {optimizer!r}")
+    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(params)):
+        params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), params)
+    finite, dot, size = _optimizer_probe(params, optimizer=optimizer, num_iterations=num_iterations)
+    if not bool(finite):
+        raise ValueError(
+            "the optimizer's updates are not finite on a unit gradient (a NaN or infinite "
+            "learning rate?): every iterate would be NaN"
+        )
+    if float(size) == 0.0:
+        raise ValueError(
+            f"the optimizer never moves the parameters over {num_iterations} iterations (a "
+            "zero learning rate?)"
+        )
+    if float(dot) > 0.0:
+        raise ValueError(
+            "the optimizer moves the parameters along the loss gradient (a negative learning "
+            "rate?): it would descend the objective instead of ascending it. Pass a positive "
+            "learning rate (the recipes minimise -score / T)"
+        )
+    return optimizer
+
+
 class MLEResult(NamedTuple):
     """Output of ``mle``.
 
@@ -122,6 +217,13 @@ class MLEResult(NamedTuple):
     log_evidence : Array of shape (num_iterations,)
         Particle estimate of ``log p_theta(y)`` at each iterate (PaRIS) or the conditional
         sweep's value (PPG, diagnostic only).
+    num_failed : Array of shape (), int32
+        Iterations whose sweep failed (every weight zero at some step, e.g. impossible data,
+        or a non-finite score estimate): their update was skipped (``theta``, the optimiser
+        state and the PPG reference kept as they were), so no NaN reaches ``theta``.
+    failed : Array of shape (), bool
+        ``num_failed > 0``: some score estimates were meaningless; with every iteration
+        failed, ``theta`` is ``theta_init``.
     """
 
     theta: PyTree
@@ -129,6 +231,8 @@ class MLEResult(NamedTuple):
     trace: PyTree
     scores: PyTree
     log_evidence: jax.Array
+    num_failed: jax.Array = 0
+    failed: jax.Array = False
 
     def to_inference_data(self, ys=None):
         """The run for ArviZ (``particlekit.arviz.from_mle``): ``theta_trace`` and
@@ -186,20 +290,24 @@ def _mle(key, theta_init, ys, *, model_fn, num_particles, num_iterations, optimi
             score, log_z = final.estimate, final.particle_state.log_evidence
         else:
             score, ref, log_z = ppg_sweep(k, ys, ref, cfg=cfg)
-        grads = jax.tree.map(lambda g: -g / num_steps, score)
-        updates, opt_state = optimizer.update(grads, opt_state, theta)
-        theta = optax.apply_updates(theta, updates)
+        # a failed sweep (every weight zero at some step: log_z = -inf, or a non-finite
+        # score) leaves theta, the optimiser state and the reference as they were
+        failed = ~jnp.isfinite(log_z) | ~_all_finite(score)
+        ref = _keep_if(failed, carry[2], ref)
+        grads = jax.tree.map(lambda g: jnp.where(failed, 0.0, -g / num_steps), score)
+        theta, opt_state = _skipping_update(optimizer, failed, grads, opt_state, theta)
         if tick is not None:
             tick(i)
-        return (theta, opt_state, ref), (theta, score, log_z)
+        return (theta, opt_state, ref), (theta, score, log_z, failed)
 
     init = (theta_init, optimizer.init(theta_init), ref0)
     keys = jax.random.split(k_iter, num_iterations)
     steps = jnp.arange(num_iterations)
-    (theta, _, _), (trace, scores, log_z) = jax.lax.scan(step, init, (steps, keys))
+    (theta, _, _), (trace, scores, log_z, failed) = jax.lax.scan(step, init, (steps, keys))
     half = num_iterations // 2
     average = jax.tree.map(lambda a: jnp.mean(a[half:], axis=0), trace)
-    return MLEResult(theta, average, trace, scores, log_z)
+    num_failed = jnp.sum(failed).astype(jnp.int32)
+    return MLEResult(theta, average, trace, scores, log_z, num_failed, num_failed > 0)
 
 
 def mle(
@@ -257,7 +365,16 @@ def mle(
     Returns
     -------
     MLEResult
-        ``.to_inference_data()`` gives an ArviZ object.
+        ``.to_inference_data()`` gives an ArviZ object. Check ``failed``: an iteration
+        whose sweep failed (impossible data, a non-finite score) is skipped, counted in
+        ``num_failed`` and warned about after an eager call.
+
+    Raises
+    ------
+    ValueError
+        Before tracing, for a non-finite ``theta_init``, a ``theta_init`` that ``model_fn``
+        cannot read, and an ``optimizer`` whose updates are NaN, zero throughout or along
+        the loss gradient (a NaN, zero or negative learning rate).
 
     Examples
     --------
@@ -280,20 +397,26 @@ def mle(
     num_iterations = kernels.check_num_particles(num_iterations, "num_iterations")
     num_backward = kernels.check_num_particles(num_backward, "num_backward")
     _check_method(method, PARIS_METHODS)
-    theta_init = jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(float)), theta_init)
-    ssm = model_fn(theta_init)
-    if not isinstance(ssm, StateSpaceModel):
-        raise ValueError("model_fn(theta) must return a particlekit.StateSpaceModel")
-    ys = ssm.validate(ys, num_particles)
+    theta_init = _as_params(theta_init, "theta_init")
+    try:
+        ssm = model_fn(theta_init)
+        if not isinstance(ssm, StateSpaceModel):
+            raise ValueError("model_fn(theta) must return a particlekit.StateSpaceModel")
+        ys = ssm.validate(ys, num_particles)
+    except _USER_ERRORS as err:
+        raise ValueError(
+            f"model_fn(theta_init) failed ({type(err).__name__}: {str(err)[:120]}): "
+            f"theta_init (structure {jax.tree.structure(theta_init)}) does not match the "
+            "parameters model_fn reads"
+        ) from err
     if estimator == "ppg":
         if num_particles < 2:
             raise ValueError("the PPG estimator needs num_particles >= 2")
         resampling_scheme_for_csmc(resampling)
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
-    if optimizer is None:
-        optimizer = DEFAULT_OPTIMIZER
-    return _mle(
+    optimizer = _check_optimizer(optimizer, theta_init, num_iterations)
+    result = _mle(
         key, theta_init, ys, model_fn=model_fn, num_particles=num_particles,
         num_iterations=num_iterations, optimizer=optimizer, estimator=estimator,
         num_backward=num_backward, scheme=_rs.get_scheme(resampling),
@@ -301,6 +424,12 @@ def mle(
         method=method, max_trials=_check_trials(max_trials),
         progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
+    warn_if_counted(
+        result.num_failed,
+        "mle: {count} iteration(s) failed (every weight zero at some step, or a non-finite "
+        "score) and were skipped; see MLEResult.failed",
+    )
+    return result
 
 
 # --------------------------------------------------------------------------------------
@@ -454,6 +583,46 @@ def _guided_csmc(key, ssm, ys, ref, *, proposal, initial_proposal, num_particles
     return jnp.concatenate([path, x_last[None]]), num_nonfinite, failed
 
 
+def _check_proposals(ssm, ys, proposal_fn, initial_proposal_fn, phi) -> None:
+    """A ``ValueError`` before tracing unless ``initial_proposal_fn(phi)(y0)`` and
+    ``proposal_fn(phi)(x_prev, y, t)`` are distributions of one state (the shape and dtype
+    of ``ssm.initial()``'s draws) with a scalar ``log_prob``; an error inside them (a
+    ``phi`` that does not match, ...) is reported as such."""
+    state = jax.eval_shape(lambda k: ssm.initial().sample(k), jax.random.key(0))
+    y = jax.ShapeDtypeStruct(ys.shape[1:], ys.dtype)
+
+    def law_shape(make, args, what):
+        try:
+            draw, log_prob = jax.eval_shape(lambda *a: _law_summary(make(*a)), *args)
+        except _USER_ERRORS as err:
+            raise ValueError(
+                f"{what} failed ({type(err).__name__}: {str(err)[:120]}): check that it "
+                "returns a numpyro Distribution of one state and that phi_init matches it"
+            ) from err
+        if draw.shape != state.shape or log_prob.shape != ():
+            raise ValueError(
+                f"{what} must be the law of one state (draws of shape {state.shape}, a "
+                f"scalar log_prob), got draws of shape {draw.shape} and log_prob of shape "
+                f"{log_prob.shape}"
+            )
+
+    t = jax.ShapeDtypeStruct((), jnp.int32)
+    law_shape(lambda p, yy: initial_proposal_fn(p)(yy), (phi, y), "initial_proposal_fn(phi)(y0)")
+    law_shape(
+        lambda p, xp, yy, tt: proposal_fn(p)(xp, yy, tt),
+        (phi, state, y, t),
+        "proposal_fn(phi)(x_prev, y, t)",
+    )
+
+
+def _law_summary(law):
+    """One draw and its ``log_prob`` (for shape checks under ``eval_shape``)."""
+    if not hasattr(law, "sample") or not hasattr(law, "log_prob"):
+        raise TypeError(f"got {type(law).__name__}, not a Distribution")
+    draw = law.sample(jax.random.key(0))
+    return draw, law.log_prob(draw)
+
+
 def score_climbing(
     key: jax.Array,
     ssm: StateSpaceModel,
@@ -512,6 +681,13 @@ def score_climbing(
         data (every weight zero at some step of a sweep) give finite but meaningless
         ``phi`` and paths.
 
+    Raises
+    ------
+    ValueError
+        Before tracing, for a non-finite ``phi_init``, proposals that fail on ``phi_init``
+        or are not the law of one state, and an ``optimizer`` whose updates are NaN, zero
+        throughout or along the loss gradient (a NaN, zero or negative learning rate).
+
     Examples
     --------
     >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, particlekit as pk
@@ -538,9 +714,9 @@ def score_climbing(
         raise ValueError("score_climbing needs num_particles >= 2 (one is the reference)")
     num_iterations = kernels.check_num_particles(num_iterations, "num_iterations")
     scheme = resampling_scheme_for_csmc(resampling)
-    if optimizer is None:
-        optimizer = DEFAULT_OPTIMIZER
-    phi_init = jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(float)), phi_init)
+    phi_init = _as_params(phi_init, "phi_init")
+    _check_proposals(ssm, ys, proposal_fn, initial_proposal_fn, phi_init)
+    optimizer = _check_optimizer(optimizer, phi_init, num_iterations)
     return _score_climbing(
         key, ys, phi_init, ssm=ssm, proposal_fn=proposal_fn,
         initial_proposal_fn=initial_proposal_fn, num_particles=num_particles,
@@ -583,13 +759,10 @@ def _score_climbing(key, ys, phi_init, *, ssm, proposal_fn, initial_proposal_fn,
         )  # fmt: skip
         # a failed sweep (impossible data) keeps the previous reference and leaves phi
         # and the optimiser state as they were: no NaN gradient ever reaches them
-        ref = jax.tree.map(lambda a, b: jnp.where(failed, b, a), new_ref, ref)
+        ref = _keep_if(failed, ref, new_ref)
         grads = jax.tree.map(lambda g: -g / num_steps, jax.grad(log_q)(phi, ref))
         grads = jax.tree.map(lambda g: jnp.where(failed, jnp.zeros_like(g), g), grads)
-        updates, new_opt_state = optimizer.update(grads, opt_state, phi)
-        updates = jax.tree.map(lambda u: jnp.where(failed, jnp.zeros_like(u), u), updates)
-        opt_state = jax.tree.map(lambda a, b: jnp.where(failed, b, a), new_opt_state, opt_state)
-        phi = optax.apply_updates(phi, updates)
+        phi, opt_state = _skipping_update(optimizer, failed, grads, opt_state, phi)
         if tick is not None:
             tick(i)
         return (phi, opt_state, ref), (phi, ref, num_nonfinite, failed)

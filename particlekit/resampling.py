@@ -583,7 +583,9 @@ def _size_biased_uniform(key, scaled0, dtype):
     whole = jnp.floor(scaled0)
     frac = scaled0 - whole
     key_branch, key_u = jax.random.split(key)
-    p_low = jnp.where(scaled0 > 0, frac * (whole + 1.0) / jnp.maximum(scaled0, 1e-30), 1.0)
+    # no floor on the denominator: clamping it at 1e-30 made p_low ~ N W_0 / 1e-30 for a
+    # reference weight W_0 below 1e-30 / N, so U was drawn unconditionally
+    p_low = jnp.where(scaled0 > 0, frac * (whole + 1.0) / jnp.where(scaled0 > 0, scaled0, 1.0), 1.0)
     low = jax.random.uniform(key_branch, (), dtype=dtype) < p_low
     v = jax.random.uniform(key_u, (), dtype=dtype)
     return jnp.where(low, v * frac, frac + v * (1.0 - frac)), whole, low

@@ -297,6 +297,8 @@ def test_mle_traces(capsys):
     stats = group(data, "iteration_stats")
     assert stats["log_evidence"].dims == ("chain", "iteration")
     np.testing.assert_allclose(stats["log_evidence"].values[0], res.log_evidence)
+    assert stats["failed"].dims == ("chain",) and stats["failed"].values.tolist() == [False]
+    assert stats["num_failed"].values.tolist() == [0]
     check_observed(data, YS)
 
 

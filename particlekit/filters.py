@@ -83,7 +83,7 @@ class FilterResult(NamedTuple):
             raise ValueError("filtering_mean needs the history: run with keep_history=True")
         weights = jax.vmap(resampling.normalize)(self.log_weights)
         values = jax.vmap(jax.vmap(fn))(self.particles)
-        return jax.tree.map(lambda v: jax.vmap(weighted_sum)(weights, v), values)
+        return jax.tree.map(lambda v: jax.vmap(resampling.weighted_sum)(weights, v), values)
 
     def filtering_variance(self, fn: Callable = lambda x: x) -> PyTree:
         """Weighted filtering variances ``Var[fn(x_t) | y_{0:t}]`` (elementwise)."""
@@ -124,20 +124,6 @@ class FilterResult(NamedTuple):
 
 
 # ------------------------------------------------------------------------------ helpers
-def weighted_sum(weights: jax.Array, values: jax.Array) -> jax.Array:
-    """``sum_n W[n] values[n, ...]`` over particles, with ``weights`` of shape ``(N,)`` and
-    ``values`` of shape ``(N, ...)``. A zero-weight particle contributes exactly zero,
-    whatever its value (``0 * NaN`` would be NaN), and so does its gradient.
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp
-    >>> weighted_sum(jnp.array([1.0, 0.0]), jnp.array([2.0, jnp.nan]))
-    Array(2., dtype=float32)
-    """
-    values = values.astype(weights.dtype)
-    alive = (weights > 0).reshape(weights.shape + (1,) * (values.ndim - 1))
-    return jnp.tensordot(weights, jnp.where(alive, values, 0.0), axes=(0, 0))
 
 
 def _observation_term(ssm: StateSpaceModel):

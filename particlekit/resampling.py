@@ -161,6 +161,22 @@ def normalize(log_weights: jax.Array) -> jax.Array:
     return weights / jnp.sum(weights)
 
 
+def weighted_sum(weights: jax.Array, values: jax.Array) -> jax.Array:
+    """``sum_n W[n] values[n, ...]`` over particles, with ``weights`` of shape ``(N,)`` and
+    ``values`` of shape ``(N, ...)``. A zero-weight particle contributes exactly zero,
+    whatever its value (``0 * NaN`` would be NaN), and so does its gradient.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> weighted_sum(jnp.array([1.0, 0.0]), jnp.array([2.0, jnp.nan]))
+    Array(2., dtype=float32)
+    """
+    values = values.astype(weights.dtype)
+    alive = (weights > 0).reshape(weights.shape + (1,) * (values.ndim - 1))
+    return jnp.tensordot(weights, jnp.where(alive, values, 0.0), axes=(0, 0))
+
+
 def log_sum_and_ess(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``logsumexp(log_weights)`` and ``ess`` together, from one max-subtraction and
     one ``exp`` pass (the engine's ``reweight`` needs both every step).

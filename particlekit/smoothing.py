@@ -53,7 +53,7 @@ from particlekit.backward import check_trials as _check_trials
 from particlekit.backward import log_f_rows as _log_f_rows
 from particlekit.backward import resolve_bound as _resolve_bound
 from particlekit.backward import take as _take
-from particlekit.filters import FilterResult, weighted_sum
+from particlekit.filters import FilterResult
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState, PyTree
@@ -374,7 +374,7 @@ def _weighted_mean(log_weights, tree):
     """``sum_i W^i tree^i``; a zero-weight particle (e.g. a NaN state the filter killed,
     whose statistic is NaN) contributes nothing."""
     w = resampling.normalize(log_weights)
-    return jax.tree.map(lambda a: weighted_sum(w, a), tree)
+    return jax.tree.map(lambda a: resampling.weighted_sum(w, a), tree)
 
 
 def _zeros_like_h(additive_fn, x, t):

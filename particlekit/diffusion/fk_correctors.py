@@ -105,9 +105,7 @@ class FKCResult(NamedTuple):
         """Weighted estimate of ``E[fn(x)]`` under the combined target (zero-weight
         particles are left out, so a dead non-finite particle cannot make it NaN)."""
         w = resampling.normalize(self.log_weights)
-        values = jax.vmap(fn)(self.samples)
-        keep = (w > 0).reshape((-1,) + (1,) * (values.ndim - 1))
-        return jnp.tensordot(w, jnp.where(keep, values, 0.0), axes=1)
+        return resampling.weighted_sum(w, jax.vmap(fn)(self.samples))
 
 
 def _is_finite(x) -> jax.Array:

@@ -130,9 +130,7 @@ class FKSteeringResult(NamedTuple):
         particles are left out, so ``fn`` being NaN at a dead particle cannot make it
         NaN)."""
         w = resampling.normalize(self.log_weights)
-        values = jax.vmap(fn)(self.samples)
-        keep = (w > 0).reshape((-1,) + (1,) * (values.ndim - 1))
-        return jnp.tensordot(w, jnp.where(keep, values, 0.0), axes=1)
+        return resampling.weighted_sum(w, jax.vmap(fn)(self.samples))
 
     def to_inference_data(self, *, key=None, num_draws: int | None = None):
         """The run for ArviZ (``particlekit.arviz.from_fk_steering``): weighted final

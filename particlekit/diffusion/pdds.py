@@ -241,8 +241,9 @@ def _mala_kernel(potential, exact_g0, sigma, num_mcmc_steps, step_scale):
     def kernel(key, state: ParticleState, inp: _StepInputs):
         xs = state.particles.x
         w = resampling.normalize(state.log_weights)
-        mean = jnp.einsum("n,nd->d", w, xs)
-        var = jnp.einsum("n,nd->d", w, (xs - mean) ** 2)
+        # over live particles only: a dead one may hold a NaN state
+        mean = resampling.weighted_sum(w, xs)
+        var = resampling.weighted_sum(w, (xs - mean) ** 2)
         step = step_scale * jnp.clip(jnp.mean(var), 1e-8 * sigma**2, 4.0 * sigma**2)
 
         def log_g(x):

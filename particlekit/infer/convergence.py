@@ -27,8 +27,9 @@ NumPy, at negligible cost):
   ``benchmarks/bench_posteriors.py``), and what matters is whether the final sample holds
   enough independent draws and agrees across chains.
 
-Any of these raises a ``UserWarning`` that names the likely fix. ``print_summary``
-shows all of them.
+Any of these, or a run whose R-hat and ESS cannot be computed (fewer than 4 particles per
+chain, non-finite positions), raises a ``UserWarning`` that names the likely fix.
+``print_summary`` shows all of them.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ class ConvergenceReport(NamedTuple):
     Attributes
     ----------
     r_hat : ndarray, (D,)
-        Rank-normalised split R-hat of each unconstrained coordinate (NaN for one chain
-        with fewer than 4 particles).
+        Rank-normalised split R-hat of each unconstrained coordinate. NaN, like
+        ``ess_bulk``, when a chain has fewer than 4 particles or a final position is not
+        finite; that is a failed check (a message), since nothing then vouches for the
+        sample.
     ess_bulk : ndarray, (D,)
         Bulk effective sample size of each coordinate, over all chains.
     log_evidence : ndarray, (C,)
@@ -203,6 +206,13 @@ def assess(
     final_capped = capped[np.arange(c), last] if capped.shape[1] else np.zeros(c, bool)
 
     messages = []
+    if not (finite and n >= 4):
+        reason = (
+            f"only {n} particle(s) per chain, at least 4 are needed"
+            if n < 4
+            else "some final particle positions are NaN or infinite"
+        )
+        messages.append(f"R-hat and the bulk ESS cannot be computed: {reason}")
     if np.any(r_hat > RHAT_THRESHOLD):
         worst = float(np.nanmax(r_hat))
         messages.append(

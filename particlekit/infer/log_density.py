@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from particlekit.infer.numpyro_adapter import ModelInfo, NumPyroTarget
+from particlekit.infer.numpyro_adapter import ModelInfo, NumPyroTarget, check_dimension
 from particlekit.types import path_key_name
 
 __all__ = ["LogDensityModel", "inspect_log_density_model", "make_log_density_target"]
@@ -142,7 +142,8 @@ def _check_scalar_densities(model: LogDensityModel, structure, args, kwargs) -> 
 def inspect_log_density_model(model: LogDensityModel, args=(), kwargs=None) -> ModelInfo:
     """The ``ModelInfo`` of a ``LogDensityModel``: one latent site per leaf of ``theta``
     (``site_names``) and the flattening of ``theta``. Raises ``ValueError`` on a malformed
-    model (no floating ``theta``, log-densities that are not scalars)."""
+    model (no floating ``theta``, a ``theta`` with no elements, log-densities that are not
+    scalars)."""
     _check(model)
     kwargs = {} if kwargs is None else kwargs
     structure = _one_particle_structure(model, args, kwargs)
@@ -150,8 +151,13 @@ def inspect_log_density_model(model: LogDensityModel, args=(), kwargs=None) -> M
     flat, unravel_fn = ravel_pytree(zeros)
     if not jnp.issubdtype(flat.dtype, jnp.floating):
         raise ValueError(f"theta must be floating point, got {flat.dtype}")
+    names = site_names(zeros)
+    check_dimension(
+        int(flat.shape[0]),
+        dict(zip(names, (s.shape for s in jax.tree.leaves(structure)), strict=True)),
+    )
     _check_scalar_densities(model, structure, args, kwargs)
-    return ModelInfo(site_names(zeros), {}, unravel_fn, int(flat.shape[0]))
+    return ModelInfo(names, {}, unravel_fn, int(flat.shape[0]))
 
 
 def make_log_density_target(model: LogDensityModel, args, kwargs, info: ModelInfo):

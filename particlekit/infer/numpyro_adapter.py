@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from numpyro import handlers
+from numpyro.distributions.distribution import MaskedDistribution
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.util import _unconstrain_reparam, constrain_fn
 
-__all__ = ["NumPyroTarget", "inspect_model", "make_target", "ModelInfo"]
+__all__ = ["NumPyroTarget", "inspect_model", "make_target", "ModelInfo", "check_dimension"]
 
 
 class ModelInfo(NamedTuple):
@@ -41,12 +42,16 @@ class ModelInfo(NamedTuple):
         Maps a flat unconstrained vector ``(D,)`` back to the dict of unconstrained sites.
     dim : int
         ``D``, the dimension of the unconstrained space.
+    has_likelihood : bool
+        The model has an observed sample site or a ``numpyro.factor`` (``False``: the
+        posterior is the prior, which ``SMC.run`` warns about).
     """
 
     latent_names: tuple
     observed: dict
     unravel_fn: Callable
     dim: int
+    has_likelihood: bool = True
 
 
 def _is_factor(site) -> bool:
@@ -63,20 +68,27 @@ def inspect_model(
     ------
     ValueError
         If a latent sample site is discrete (it names the site), or there are no latent
-        sites.
+        sites, or they have no elements (``D = 0``).
     """
     model_kwargs = {} if model_kwargs is None else model_kwargs
     key = jax.random.key(0) if key is None else key
     latent: list = []
+    likelihood_sites: list = []
 
     # One jitted trace (an eager trace of e.g. an LKJ prior dispatches hundreds of ops).
     @jax.jit
     def draw(key):
         tr = handlers.trace(handlers.seed(model, key)).get_trace(*model_args, **model_kwargs)
         latent.clear()
+        likelihood_sites.clear()
         unconstrained = {}
         for name, site in tr.items():
-            if site["type"] != "sample" or site["is_observed"]:
+            if site["type"] == "plate":
+                _check_not_subsampled(name, site, purpose)
+            if site["type"] != "sample":
+                continue
+            if site["is_observed"]:
+                likelihood_sites.append(name)
                 continue
             fn = site["fn"]
             if getattr(fn.support, "is_discrete", False) or getattr(fn, "is_discrete", False):
@@ -111,7 +123,44 @@ def inspect_model(
             + (f" (its observed sites {sorted(observed)} are data)" if observed else "")
         )
     flat, unravel_fn = ravel_pytree(unconstrained)
-    return ModelInfo(tuple(latent), observed, unravel_fn, int(flat.shape[0]))
+    check_dimension(int(flat.shape[0]), {name: jnp.shape(unconstrained[name]) for name in latent})
+    return ModelInfo(
+        tuple(latent), observed, unravel_fn, int(flat.shape[0]), bool(likelihood_sites)
+    )
+
+
+def _check_not_subsampled(name: str, site, purpose: str) -> None:
+    """A ``ValueError`` for ``numpyro.plate(name, size, subsample_size=m)`` with ``m < size``:
+    the log-likelihood would be a random mini-batch estimate, redrawn at every evaluation
+    (tempering, reweighting and Metropolis–Hastings all need the exact one). NumPyro itself
+    fails later, inside the compiled sampler, with a message about a missing random key that
+    points to SVI or HMCECS."""
+    size, subsample_size = site["args"][:2]
+    if subsample_size is not None and subsample_size != size:
+        raise ValueError(
+            f"plate {name!r} subsamples {subsample_size} of {size} elements; {purpose} needs "
+            "the exact likelihood of all the data: drop subsample_size (or set it to the "
+            "plate's size)"
+        )
+
+
+def check_dimension(dim: int, shapes: dict) -> None:
+    """A ``ValueError`` for latent sites with no elements at all (``D = 0``, e.g. a weight
+    vector sized by an empty design matrix): there is nothing to infer, and the move's tuning
+    (scales ``D^(-1/4)``, covariances ``(D, D)``) would fail inside the trace with an
+    unrelated error (it raised ``ZeroDivisionError``).
+
+    Examples
+    --------
+    >>> check_dimension(0, {"w": (0,)})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: the latent sites have no elements (unconstrained shapes {'w': (0,)}): ...
+    """
+    if dim == 0:
+        raise ValueError(
+            f"the latent sites have no elements (unconstrained shapes {shapes}): nothing to infer"
+        )
 
 
 def observed_values(model, model_args=(), model_kwargs=None) -> dict:
@@ -170,8 +219,35 @@ class NumPyroTarget(NamedTuple):
     initial_positions: Callable
 
 
-def make_target(model, model_args, model_kwargs, info: ModelInfo) -> NumPyroTarget:
+def _draw_log_prob(site):
+    """The log-density of the distribution a latent (or log-Jacobian) site is *drawn* from,
+    summed, or ``None`` when it equals the site's density in the model (no
+    ``numpyro.handlers.scale`` and no mask on the site: the usual case, with no extra
+    evaluation). Handlers change a site's density but not its draws."""
+    fn = site["fn"]
+    if site["scale"] is None and not isinstance(fn, MaskedDistribution):
+        return None
+    while isinstance(fn, MaskedDistribution):
+        fn = fn.base_dist
+    value = site["value"]
+    intermediates = site.get("intermediates")
+    log_prob = fn.log_prob(value, intermediates) if intermediates else fn.log_prob(value)
+    return jnp.sum(log_prob)
+
+
+def make_target(
+    model, model_args, model_kwargs, info: ModelInfo, *, prior_of_draws: bool = False
+) -> NumPyroTarget:
     """Build the ``NumPyroTarget`` of ``model`` at the given (possibly traced) data.
+
+    ``prior_of_draws=True`` (what tempered SMC needs) makes the log-prior the density of
+    the prior *draws*: a latent site under ``numpyro.handlers.scale`` (or a mask) is drawn
+    from its unscaled distribution, so only that goes into the prior, and the handler's
+    change of density, ``(scale - 1) log p`` (with the log-Jacobian's), into the
+    likelihood. The sum, ``-potential_fn``, is the same either way. With the default
+    ``False`` the scaled density stays in the prior (a prior's density in MCMC). Without
+    the split, tempered SMC started from draws of ``p`` but weighted them as draws of
+    ``p^scale``: the evidence was that of the unscaled model.
 
     Examples
     --------
@@ -201,7 +277,12 @@ def make_target(model, model_args, model_kwargs, info: ModelInfo) -> NumPyroTarg
             # Jacobian factors and latent sites belong to the prior; observed sites and
             # user factors to the likelihood.
             if name in latent or name in jacobian_names:
-                log_prior = log_prior + lp
+                drawn = _draw_log_prob(site) if prior_of_draws else None
+                if drawn is None:
+                    log_prior = log_prior + lp
+                else:  # a scaled or masked site: the handler's change is a likelihood term
+                    log_prior = log_prior + drawn
+                    log_lik = log_lik + jnp.where(jnp.isfinite(drawn), lp - drawn, 0.0)
             else:
                 log_lik = log_lik + lp
         return log_prior, log_lik

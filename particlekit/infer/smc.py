@@ -74,6 +74,8 @@ class SMCResult(NamedTuple):
     ----------
     positions : Array, (C, N, D)
         Final unconstrained particles, equally weighted (after a final resample + move).
+        Waste-free SMC orders them chain major: the ``N / P`` states of each of its ``P``
+        MCMC chains are adjacent.
     log_prior, log_likelihood : Array, (C, N)
         At ``positions``; ``log_prior`` includes the log-Jacobians.
     log_evidence : Array, (C,)
@@ -354,10 +356,13 @@ def _run_chain(key, particles, target, cfg: _Config, progress, invalid_start):
 
     c = jax.lax.while_loop(cond, body, carry)
     log_evidence = jnp.where(c.failed, -jnp.inf, c.state.log_evidence)
+    final = c.state.particles
+    if cfg.waste_free:
+        final = _chain_major(final, cfg.num_resampled, c.stage > 0)
     return SMCResult(
-        positions=c.state.particles["u"],
-        log_prior=c.state.particles["log_prior"],
-        log_likelihood=c.state.particles["log_lik"],
+        positions=final["u"],
+        log_prior=final["log_prior"],
+        log_likelihood=final["log_lik"],
         log_evidence=log_evidence,
         stages=c.stages,
         num_stages=c.stage,
@@ -368,6 +373,25 @@ def _run_chain(key, particles, target, cfg: _Config, progress, invalid_start):
         failed=c.failed,
         num_nonfinite=c.num_nonfinite,
     )
+
+
+def _chain_major(particles, num_resampled: int, moved):
+    """A waste-free population ``(N, ...)`` in chain-major order: the ``M = N / P`` states of
+    each of the ``P`` MCMC chains adjacent (``moves.mutate_waste_free`` returns them step
+    major, ``P`` apart), when ``moved`` (the population came from a move, not the prior).
+
+    The final sample is read as a sequence of draws by the bulk ESS of ``convergence`` and
+    by ArviZ: in step-major order a chain's correlated states were never neighbours, so a
+    population of ``P`` barely-moving chains had its ESS reported near ``N`` instead of
+    ``P`` (and the low-ESS warning never fired). The stages keep the step-major order, on
+    which the cross-fitted ``"imh"`` proposal's parity split relies."""
+
+    def reorder(a):
+        m = a.shape[0] // num_resampled
+        chain_major = jnp.swapaxes(a.reshape((m, num_resampled) + a.shape[1:]), 0, 1)
+        return jnp.where(moved, chain_major.reshape(a.shape), a)
+
+    return jax.tree.map(reorder, particles)
 
 
 def _split_args(args, kwargs):
@@ -574,6 +598,14 @@ class SMC:
         self.num_chains = check_num_particles(num_chains, "num_chains")
         if not (isinstance(kernel, str) and kernel in moves.KERNELS) and not callable(kernel):
             raise ValueError(f"kernel must be one of {moves.KERNELS} or a factory, got {kernel!r}")
+        for flag, value in (("waste_free", waste_free), ("progress_bar", progress_bar)):
+            if not (
+                isinstance(value, (bool, np.bool_)) or (flag == "progress_bar" and value is None)
+            ):
+                raise ValueError(
+                    f"{flag} must be True or False, got {value!r} (any non-empty string, "
+                    "'False' included, would have switched it on)"
+                )
         if not 0.0 < float(target_ess) < 1.0:
             raise ValueError(f"target_ess must be in (0, 1), got {target_ess}")
         if not 0.0 < float(decorrelation_threshold) < 1.0:
@@ -609,6 +641,12 @@ class SMC:
                     f"waste-free SMC needs num_resampled (P={num_resampled}) to divide "
                     f"num_particles (N={n}) with N / P >= 2"
                 )
+            if resampling == "killing":
+                raise ValueError(
+                    "waste-free SMC resamples num_resampled < num_particles starts, and "
+                    "resampling='killing' can only draw as many particles as it is given; "
+                    "choose another scheme (e.g. 'systematic', the default)"
+                )
         else:
             num_resampled = n
         if imh_components != 1 and kernel != "imh":
@@ -634,6 +672,16 @@ class SMC:
             if size is not None and size < n:
                 raise ValueError(
                     f"initial_population has {size} draws, fewer than num_particles={n}"
+                )
+            if size is not None and size < self.num_chains * n:
+                warnings.warn(
+                    f"initial_population has {size} draws for num_chains={self.num_chains} "
+                    f"chains of num_particles={n}: the chains start from overlapping subsets, "
+                    "so they share their initial Monte Carlo error and their agreement "
+                    "(R-hat, the spread of log_evidence) understates it. Give at least "
+                    f"{self.num_chains * n} draws (many more for nearly independent chains)",
+                    UserWarning,
+                    stacklevel=2,
                 )
         elif not callable(model):
             raise ValueError(
@@ -690,7 +738,7 @@ class SMC:
             build_target = log_density.make_log_density_target
         else:
             info = inspect_model(model, args, kwargs)
-            build_target = make_target
+            build_target = functools.partial(make_target, prior_of_draws=True)
         progress = self._bar.update if self.progress_bar else None
 
         def target_of(dyn):
@@ -746,6 +794,14 @@ class SMC:
         if across_processes:  # every process keeps the whole population (host copies)
             result, problems = jax.tree.map(jnp.asarray, distributed.to_host((result, problems)))
         _check_initial(np.asarray(problems), self.num_particles, info)
+        if not info.has_likelihood:
+            warnings.warn(
+                "the model has no observed sample site and no numpyro.factor: its likelihood "
+                "is 1, so the samples are prior draws and log_evidence is 0. Were the "
+                "observations passed to run (an obs=None argument makes that site latent)?",
+                UserWarning,
+                stacklevel=2,
+            )
         self._result = result
         self._args = (args, kwargs)
         self._info = info

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from particlekit import kernels
 from particlekit.kernels import check_key
@@ -34,10 +35,14 @@ def resolve_progress_bar(progress_bar: bool | None) -> bool:
     --------
     >>> resolve_progress_bar(True), resolve_progress_bar(False)
     (True, False)
+
+    Anything else is a ``ValueError`` (``bool("False")`` would show the bar).
     """
     if progress_bar is None:
         isatty = getattr(sys.stderr, "isatty", None)
         return bool(isatty and isatty())
+    if not isinstance(progress_bar, (bool, np.bool_)):
+        raise ValueError(f"progress_bar must be True, False or None, got {progress_bar!r}")
     return bool(progress_bar)
 
 

@@ -158,3 +158,21 @@ def test_progress_bar_calls_the_host_about_100_times(capsys, monkeypatch):
     pk.run(jax.random.key(2), _toy_step(), state, jnp.zeros(1000))
     jax.effects_barrier()
     assert not calls
+
+
+def test_progress_bar_must_be_a_bool_or_none():
+    """``bool("False")`` is True: a string switch would show the bar it was meant to hide."""
+    from particlekit.run import resolve_progress_bar
+
+    assert resolve_progress_bar(np.bool_(True)) is True
+    for bad in ("False", 0, 1.0):
+        with pytest.raises(ValueError, match="progress_bar must be True, False or None"):
+            resolve_progress_bar(bad)
+    ssm = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(x_prev, 1.0),
+        observation=lambda x, t: dist.Normal(x, 1.0),
+    )
+    with pytest.raises(ValueError, match="progress_bar"):
+        pk.smoothing.paris(jax.random.key(0), ssm, jnp.zeros(3), additive_fn=lambda a, b, t: b,
+                           num_particles=4, progress_bar="False")  # fmt: skip

@@ -13,6 +13,9 @@ longer prefix, and each verdict only has to judge one new token.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -33,7 +36,15 @@ class ProcessRewardModel(eqx.Module):
     start : int
         The first position judged (the prompt length): the prompt is taken as right.
     strength : float
-        The tilt ``lambda``: the potential is ``P(right) ** lambda`` (a traced value).
+        The tilt ``lambda > 0`` (finite): the potential is ``P(right) ** lambda`` (a traced
+        value).
+
+    Raises
+    ------
+    ValueError
+        For a model whose ``output_size`` is not its vocabulary, a ``start`` that is not an
+        integer in ``[1, context_length]``, or a ``strength`` that is not a positive finite
+        number.
 
     Examples
     --------
@@ -58,8 +69,18 @@ class ProcessRewardModel(eqx.Module):
                 f"the PRM scores every candidate token: output_size must be the vocabulary "
                 f"size {cfg.vocab_size}, got {cfg.output_size}"
             )
-        if not 1 <= int(start) <= cfg.context_length:
-            raise ValueError(f"start must be in [1, {cfg.context_length}], got {start}")
+        if (
+            isinstance(start, bool)
+            or not isinstance(start, numbers.Integral)
+            or not 1 <= int(start) <= cfg.context_length
+        ):
+            raise ValueError(
+                f"start must be an integer in [1, {cfg.context_length}], got {start!r}"
+            )
+        if not isinstance(strength, jax.core.Tracer) and not 0 < float(strength) < math.inf:
+            # NaN would give every particle zero weight, a negative value would favour the
+            # prefixes the PRM judges wrong, inf would make every imperfect prefix -inf
+            raise ValueError(f"strength must be a positive finite number, got {strength!r}")
         self.model = model
         self.strength = jnp.asarray(strength, jnp.float32)
         self.start = int(start)

@@ -15,6 +15,8 @@ Everything acts on ONE sequence; ``jax.vmap`` batches it.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from typing import NamedTuple
 
 import equinox as eqx
@@ -324,6 +326,22 @@ def _step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache
     return logits, KVCache(keys, values, pos + 1)
 
 
+def _check_token_id(value, vocab_size: int, name: str) -> int:
+    """``value`` as a token id in ``[0, vocab_size)``, else a ``ValueError`` (a traced id
+    cannot be checked and is returned as it is)."""
+    if isinstance(value, jax.core.Tracer):
+        return value
+    try:
+        if isinstance(value, bool | np.bool_) or np.dtype(getattr(value, "dtype", "i")).kind == "b":
+            raise TypeError
+        index = operator.index(value)  # Python / NumPy / concrete JAX integer scalars
+    except TypeError:
+        raise ValueError(f"{name} must be a concrete integer token id, got {value!r}") from None
+    if not 0 <= index < vocab_size:
+        raise ValueError(f"{name} must be in [0, {vocab_size}) (the vocabulary), got {index}")
+    return index
+
+
 def generate(model: Transformer, key, prompt, max_new_tokens: int, *, eos_id: int,
              temperature: float = 1.0):  # fmt: skip
     """Continue ONE prompt by ancestral sampling (or greedy decoding), with the cache.
@@ -337,9 +355,12 @@ def generate(model: Transformer, key, prompt, max_new_tokens: int, *, eos_id: in
     max_new_tokens : int
         ``P + max_new_tokens <= context_length``.
     eos_id : int
-        Generation stops after this token; the rest of the buffer holds it too.
+        Generation stops after this token; the rest of the buffer holds it too. In
+        ``[0, vocab_size)`` (else a ``ValueError``: an id the model never emits would
+        silently never stop the generation).
     temperature : float or Array of shape ()
-        ``0`` for greedy decoding (may be traced: one compilation serves both).
+        Finite, ``>= 0``; ``0`` for greedy decoding (may be traced: one compilation serves
+        both).
 
     Returns
     -------
@@ -362,13 +383,19 @@ def generate(model: Transformer, key, prompt, max_new_tokens: int, *, eos_id: in
     p = prompt.shape[0]
     if p < 1:
         raise ValueError("generate needs a prompt of at least one token")
-    if max_new_tokens < 1 or p + max_new_tokens > cfg.context_length:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, numbers.Integral)
+        or max_new_tokens < 1
+        or p + max_new_tokens > cfg.context_length
+    ):
         raise ValueError(
             f"prompt ({p}) + max_new_tokens ({max_new_tokens}) must be at most the context "
             f"({cfg.context_length}), with max_new_tokens >= 1"
         )
-    if not isinstance(temperature, jax.core.Tracer) and not float(temperature) >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    eos_id = _check_token_id(eos_id, cfg.vocab_size, "eos_id")
+    if not isinstance(temperature, jax.core.Tracer) and not 0 <= float(temperature) < math.inf:
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
     temperature = jnp.asarray(temperature, jnp.float32)
     greedy = temperature <= 0
 
@@ -406,6 +433,8 @@ class SteeringLM(eqx.Module):
     model : Transformer
     temperature : Array of shape ()
         The logits are divided by it (a traced value: changing it does not recompile).
+        Finite and ``> 0`` (checked when concrete; ``inf`` would silently make the
+        generator uniform).
 
     Examples
     --------
@@ -425,8 +454,8 @@ class SteeringLM(eqx.Module):
     temperature: jax.Array
 
     def __init__(self, model: Transformer, temperature: float = 1.0):
-        if not float(temperature) > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not isinstance(temperature, jax.core.Tracer) and not 0 < float(temperature) < math.inf:
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         self.model = model
         self.temperature = jnp.asarray(temperature, jnp.float32)
 

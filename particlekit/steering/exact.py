@@ -195,6 +195,10 @@ def sequence_frequencies(enumeration: Enumeration, sequences, log_weights=None) 
             f"{sequences.shape}"
         )
     n = sequences.shape[0]
+    if log_weights is not None and jnp.shape(log_weights) != (n,):
+        raise ValueError(
+            f"log_weights must have shape ({n},), one per sequence, got {jnp.shape(log_weights)}"
+        )
     weights = jnp.full((n,), 1.0 / n) if log_weights is None else normalize(log_weights)
     match = jnp.all(sequences[:, None, :] == enumeration.sequences[None, :, :], axis=-1)
     return weights @ match.astype(weights.dtype)

@@ -14,6 +14,8 @@ language model does so by construction when it reads position ``length - 1``).
 
 from __future__ import annotations
 
+import numbers
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -62,8 +64,18 @@ class MarkovGenerator(eqx.Module):
                 "initial_logits must have shape (V,) and transition_logits (V, V); got "
                 f"{initial_logits.shape} and {transition_logits.shape}"
             )
+        if isinstance(eos_id, bool) or not isinstance(eos_id, numbers.Integral):
+            raise ValueError(f"eos_id must be an integer token id, got {eos_id!r}")
         if not 0 <= int(eos_id) < v:
             raise ValueError(f"eos_id must be in [0, {v}), got {eos_id}")
+        for name, table in (("initial_logits", initial_logits),
+                            ("transition_logits", transition_logits)):  # fmt: skip
+            if not isinstance(table, jax.core.Tracer) and bool(
+                jnp.any(jnp.isnan(table) | (table == jnp.inf))
+            ):
+                # NaN / +inf logits are no distribution: steering would silently treat the
+                # NaN ones as impossible tokens
+                raise ValueError(f"{name} must be finite or -inf (impossible), got {table}")
         self.initial_logits = initial_logits
         self.transition_logits = transition_logits
         self.eos_id = int(eos_id)
@@ -93,8 +105,10 @@ def markov_generator(initial_probs, transition_probs, *, eos_id: int) -> MarkovG
     """
     initial = np.asarray(initial_probs, dtype=np.float64)
     transition = np.asarray(transition_probs, dtype=np.float64)
-    if np.any(initial < 0) or np.any(transition < 0):
-        raise ValueError("probabilities must be non-negative")
+    if not (np.all(initial >= 0) and np.all(transition >= 0)):  # NaN fails too
+        raise ValueError("probabilities must be non-negative numbers (no NaN)")
+    if not (np.all(np.isfinite(initial)) and np.all(np.isfinite(transition))):
+        raise ValueError("probabilities must be finite")
     with np.errstate(divide="ignore"):
         return MarkovGenerator(np.log(initial), np.log(transition), eos_id=eos_id)
 

@@ -197,8 +197,9 @@ def best_of(result: SteeringResult, scores=None) -> jax.Array:
     """Index of the best final sequence: the highest ``scores`` (default: the final
     reward ``log_potentials``, i.e. best-of-N with an outcome reward), ties to the first.
     Works on a batch of results (leading axes) too. NaN scores count as ``-inf`` (never
-    picked while another score is not NaN); when every score of a result is NaN the pick
-    (index 0) is arbitrary, and an eager call warns (``RuntimeWarning``).
+    picked while another score is not NaN), and so does a final reward of ``+inf`` (an
+    invalid reward, which the samplers give zero weight); when every score of a result is
+    NaN the pick (index 0) is arbitrary, and an eager call warns (``RuntimeWarning``).
 
     Examples
     --------
@@ -206,7 +207,11 @@ def best_of(result: SteeringResult, scores=None) -> jax.Array:
     >>> int(pk.steering.best_of(None, scores=jnp.array([0.1, 0.7, jnp.nan, 0.7])))
     1
     """
-    scores = result.log_potentials if scores is None else jnp.asarray(scores)
+    if scores is None:
+        # a reward of +inf is invalid (zero weight, counted in num_nonfinite), like NaN
+        scores = jnp.where(result.log_potentials == jnp.inf, jnp.nan, result.log_potentials)
+    else:
+        scores = jnp.asarray(scores)
     nan = jnp.isnan(scores)
     if not isinstance(scores, jax.core.Tracer):
         num_all_nan = int(jnp.sum(jnp.all(nan, axis=-1)))
@@ -221,6 +226,18 @@ def best_of(result: SteeringResult, scores=None) -> jax.Array:
     return jnp.argmax(jnp.where(nan, -jnp.inf, scores), axis=-1)
 
 
+def _vote_weights(w, valid):
+    """The voting weights: NaN and negative weights count as 0, those of invalid
+    sequences too; if some weight is ``+inf`` (e.g. ``exp`` of a large log-reward), the
+    infinite ones count as 1 and the finite ones as 0 (the limit of ``w / max(w)``), so
+    that the share is never ``inf / inf = NaN``."""
+    w = jnp.where(jnp.isnan(w) | (w < 0), 0.0, w)
+    if valid is not None:
+        w = jnp.where(valid, w, 0.0)
+    infinite = w == jnp.inf
+    return jnp.where(jnp.any(infinite), infinite.astype(w.dtype), w)
+
+
 def weighted_vote(answers, weights=None, valid=None) -> tuple[jax.Array, jax.Array]:
     """The answer with the largest total weight among ``N`` candidates (majority vote
     when ``weights`` is None; weighted majority vote with, e.g., the final reward
@@ -231,7 +248,8 @@ def weighted_vote(answers, weights=None, valid=None) -> tuple[jax.Array, jax.Arr
     answers : Array of shape (N,), int
         The answer of each sequence (e.g. ``pk.lm.task.final_answer``).
     weights : Array of shape (N,), optional
-        Non-negative weights (NaN counts as 0); default 1 each.
+        Non-negative weights (NaN and negative weights count as 0; when some weights are
+        ``+inf``, only those vote, equally); default 1 each.
     valid : Array of shape (N,), bool, optional
         Sequences with an answer; the others do not vote.
 
@@ -258,9 +276,14 @@ def weighted_vote(answers, weights=None, valid=None) -> tuple[jax.Array, jax.Arr
     w = jnp.ones(answers.shape) if weights is None else jnp.asarray(weights, jnp.float32)
     if w.shape != answers.shape:
         raise ValueError(f"weights must have the shape of answers {answers.shape}, got {w.shape}")
-    w = jnp.where(jnp.isnan(w) | (w < 0), 0.0, w)
     if valid is not None:
-        w = jnp.where(jnp.asarray(valid), w, 0.0)
+        valid = jnp.asarray(valid)
+        if valid.shape != answers.shape:
+            # an (N, 1) mask would broadcast against (N,) into an (N, N) vote
+            raise ValueError(
+                f"valid must have the shape of answers {answers.shape}, got {valid.shape}"
+            )
+    w = _vote_weights(w, valid)
     totals = jnp.sum(jnp.where(answers[:, None] == answers[None, :], w[None, :], 0.0), axis=1)
     totals = jnp.where(w > 0, totals, -1.0)
     best = jnp.argmax(totals)

@@ -94,11 +94,18 @@ def _prompt_array(prompt):
         if prompt.ndim != 1 or not jnp.issubdtype(prompt.dtype, jnp.integer):
             raise ValueError(f"prompt must be a 1-D integer array, got {prompt.shape}")
         return prompt.astype(jnp.int32)
-    arr = np.asarray(prompt)
+    batch_hint = (
+        "; for a batch of prompts, pad them to one length and jax.vmap over them, or run "
+        "them one at a time"
+    )
+    try:
+        arr = np.asarray(prompt)
+    except ValueError:  # a ragged nested list: numpy's "inhomogeneous shape"
+        raise ValueError(f"prompt must be a 1-D integer array of token ids{batch_hint}") from None
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(
             f"prompt must be a 1-D integer array of token ids, got shape {arr.shape} "
-            f"and dtype {arr.dtype}"
+            f"and dtype {arr.dtype}" + (batch_hint if arr.ndim > 1 else "")
         )
     return jnp.asarray(arr, jnp.int32)
 
@@ -122,7 +129,8 @@ def check_config(
     Raises ``ValueError`` for a non-callable ``step_fn`` / ``reward_fn``, a non-positive
     ``num_particles`` or ``max_length``, an ``eos_id`` outside the vocabulary, a prompt
     that is not 1-D integer ids in the vocabulary, logits that are not of shape ``(V,)``,
-    a reward that is not a scalar, an unknown variant, a ``separator_id`` outside the
+    a reward that is not a real (non-bool) scalar, a new cache whose structure, shapes or
+    dtypes differ from ``init_cache``, an unknown variant, a ``separator_id`` outside the
     vocabulary or equal to ``eos_id``, non-positive ``max_step_tokens`` / ``max_steps``,
     or either of these without ``separator_id``.
     """
@@ -142,23 +150,28 @@ def check_config(
     length = jax.ShapeDtypeStruct((), jnp.int32)
     has_cache = init_cache is not None
     if has_cache:
-        out = jax.eval_shape(step_fn, tokens, length, init_cache)
+        out = _eval_step(step_fn, (tokens, length, init_cache), "step_fn(tokens, length, cache)")
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ValueError("with init_cache, step_fn must return (logits, new_cache)")
         logits, cache_out = out
         cache_in = jax.eval_shape(lambda c: c, init_cache)
         if jax.tree.structure(cache_out) != jax.tree.structure(cache_in) or any(
-            a.shape != b.shape
+            a.shape != b.shape or a.dtype != b.dtype
             for a, b in zip(jax.tree.leaves(cache_out), jax.tree.leaves(cache_in), strict=True)
         ):
-            raise ValueError("step_fn must return a new cache with the structure of init_cache")
+            raise ValueError(
+                "step_fn must return a new cache with the structure, shapes and dtypes of "
+                f"init_cache; got {_describe(cache_out)} for {_describe(cache_in)}"
+            )
     else:
-        logits = jax.eval_shape(step_fn, tokens, length)
+        logits = _eval_step(step_fn, (tokens, length), "step_fn(tokens, length)")
     if not hasattr(logits, "shape") or len(logits.shape) != 1 or logits.shape[0] < 2:
         raise ValueError(
             "step_fn must return next-token logits of shape (V,) with V >= 2 for one "
             f"sequence; got {getattr(logits, 'shape', type(logits))}"
         )
+    if jnp.issubdtype(logits.dtype, jnp.complexfloating):
+        raise ValueError(f"step_fn must return real logits, got {logits.dtype}")
     vocab = int(logits.shape[0])
     if isinstance(eos_id, bool) or not isinstance(eos_id, numbers.Integral):
         raise ValueError(f"eos_id must be an integer token id, got {eos_id!r}")
@@ -174,12 +187,41 @@ def check_config(
             "reward_fn must return a scalar log potential for one sequence; got shape "
             f"{getattr(reward, 'shape', type(reward))}"
         )
+    if reward.dtype == jnp.bool_:
+        # True / False would be read as log phi = 1 / 0, i.e. phi = e / 1: a tilt of e, not
+        # the hard constraint an indicator usually means
+        raise ValueError(
+            "reward_fn must return the log potential log phi, got a bool (an indicator?); "
+            "for a hard constraint return jnp.where(ok, 0.0, -jnp.inf)"
+        )
+    if jnp.issubdtype(reward.dtype, jnp.complexfloating):
+        # cast to a real weight, its imaginary part would be dropped without an error
+        raise ValueError(f"reward_fn must return a real log potential, got {reward.dtype}")
     step_options = _check_step_level(
         separator_id, max_step_tokens, max_steps, vocab=vocab, eos_id=int(eos_id),
         max_length=max_length,
     )  # fmt: skip
     config = Config(total, int(prompt.shape[0]), vocab, int(eos_id), has_cache, *step_options)
     return config, prompt
+
+
+def _eval_step(step_fn, args, call: str):
+    """``jax.eval_shape(step_fn, *args)``; a ``TypeError`` (most often a step function with a
+    cache called without ``init_cache``, or the other way round) becomes a ``ValueError``
+    that says which protocol was used."""
+    try:
+        return jax.eval_shape(step_fn, *args)
+    except TypeError as err:
+        raise ValueError(
+            f"calling {call} raised TypeError: {err}. A step function that carries a cache "
+            "takes (tokens, length, cache) and needs init_cache=...; without init_cache it "
+            "takes (tokens, length)"
+        ) from err
+
+
+def _describe(tree) -> str:
+    """A short description of a pytree of arrays: its leaves' dtypes and shapes."""
+    return str(jax.tree.map(lambda a: f"{a.dtype}{list(a.shape)}", tree))
 
 
 def _check_step_level(separator_id, max_step_tokens, max_steps, *, vocab, eos_id, max_length):

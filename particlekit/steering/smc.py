@@ -152,7 +152,7 @@ def sweep(
         return _previous_without_cache(state), info
 
     step = kernels.chain(
-        kernels.resample(scheme, ess_threshold), move, kernels.reweight(potential(variant))
+        kernels.resample(scheme, ess_threshold), move, _reweight_until_failure(potential(variant))
     )
     if variant == "exact" or config.step_level:
         final, info = _run_until_all_finished(
@@ -169,6 +169,30 @@ def sweep(
         sharding=sharding,
     )
     return final, info0, trace.info
+
+
+def _reweight_until_failure(log_g):
+    """``particlekit.reweight(log_g)``, except that once every weight has been zero (the
+    run's ``log_evidence`` is ``-inf``) the weights stay zero and the ESS is 0.
+
+    The engine's ``reweight`` normalises the previous weights first, and an all-zero
+    population normalises to uniform weights; its particles whose previous reward is finite
+    again (a reward that was ``-inf`` / NaN on one prefix only, or a resampled all-zero
+    population) would then come back with finite weights, so that a run reported as
+    ``failed`` (``log_evidence = -inf``) ended with a seemingly valid weighted population
+    and ESS > 0, and conditional SMC drew its next reference from it without reporting the
+    failure.
+    """
+    base = kernels.reweight(log_g)
+
+    def kernel(key, state: ParticleState, inputs=None):
+        new, info = base(key, state, inputs)
+        failed = ~jnp.isfinite(new.log_evidence)
+        log_weights = jnp.where(failed, -jnp.inf, new.log_weights)
+        info = info._replace(ess=jnp.where(failed, jnp.zeros_like(info.ess), info.ess))
+        return new._replace(log_weights=log_weights), info
+
+    return kernel
 
 
 def _previous_without_cache(state: ParticleState) -> ParticleState:
@@ -415,6 +439,6 @@ def smc(
         variant=variant,
         scheme=scheme,
         ess_threshold=threshold,
-        progress_bar=bool(progress_bar),
+        progress_bar=resolve_progress_bar(progress_bar),  # None: shown on a terminal
         sharding=sharding,
     )

@@ -190,6 +190,17 @@ def svdd(
     )  # fmt: skip
 
 
+def _soft_logits(values, alpha):
+    """Logits ``v / alpha`` of the soft pick, with its limit where a value is ``+inf``: the
+    children of value ``+inf`` share all the mass (``inf / alpha`` gave NaN weights, and the
+    pick then never took an infinitely better child). Where every value is ``-inf`` (NaN
+    rewards count as ``-inf``) the pick is uniform instead of undefined."""
+    logits = values / jnp.where(alpha > 0, alpha, 1.0)
+    top = values == jnp.inf
+    logits = jnp.where(jnp.any(top), jnp.where(top, 0.0, -jnp.inf), logits)
+    return jnp.where(jnp.all(values == -jnp.inf), jnp.zeros_like(logits), logits)
+
+
 @eqx.filter_jit
 def _svdd(
     key, model, reward_fn, alpha, grid, *, num_particles, num_children, sampler, eta,
@@ -213,7 +224,7 @@ def _svdd(
             children,
         )
         values = jnp.where(jnp.isnan(values), -jnp.inf, values)
-        soft = resampling.multinomial(k_pick, values / jnp.where(alpha > 0, alpha, 1.0), 1)[0]
+        soft = resampling.multinomial(k_pick, _soft_logits(values, alpha), 1)[0]
         idx = jnp.where(alpha > 0, soft, jnp.argmax(values))
         return children[idx]
 

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from particlekit.diffusion.model import DiffusionModel, _mixture_arrays
+from particlekit.diffusion.model import DiffusionModel, _mixture_arrays, sample_shape
 from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
 from particlekit.kernels import check_key, check_num_particles, init, move
 from particlekit.run import run
@@ -112,13 +112,16 @@ class FlowModel(eqx.Module):
         if not callable(fn):
             raise ValueError("fn must be a callable fn(x, t) -> velocity")
         self.fn = fn
-        self.shape = tuple(int(s) for s in ((shape,) if isinstance(shape, int) else shape))
+        self.shape = sample_shape(shape)
 
     # ------------------------------------------------------------------ conversions
     def velocity(self, x, t):
         """Velocity ``v(x, t) = E[eps - x_0 | x_t = x]``, shape ``shape``."""
         _check_shape(x, self.shape)
-        return self.fn(x, jnp.asarray(t, jnp.result_type(float)))
+        v = self.fn(x, jnp.asarray(t, jnp.result_type(float)))
+        # a scalar (or other) output was silently broadcast against x: wrong samples
+        _check_shape(v, self.shape, "the velocity fn(x, t)")
+        return v
 
     def eps(self, x, t):
         """Predicted noise ``E[eps | x_t = x] = x + (1 - t) v(x, t)``."""

@@ -26,6 +26,7 @@ With ``s = 0`` the DDPM / DDIM kernels are deterministic (``var = 0``, ``x_0 = x
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import equinox as eqx
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
-from particlekit.kernels import check_num_particles, init, move
+from particlekit.kernels import check_key, check_num_particles, init, move
 from particlekit.run import run
 
 __all__ = [
@@ -67,6 +68,20 @@ def check_reward(model, fn, what: str = "reward_fn(x_0)", with_time: bool = Fals
             f"{what} must return a scalar for ONE sample of shape {shape}, got "
             f"{getattr(out, 'shape', type(out).__name__)}"
         )
+
+
+def sample_shape(shape) -> tuple:
+    """``shape`` (an int or a sequence of ints) as a tuple of non-negative ints; a
+    ``ValueError`` otherwise (a negative size was accepted and failed much later, in
+    ``sample``, with a JAX error)."""
+    try:
+        one = isinstance(shape, numbers.Integral)
+        dims = tuple(int(s) for s in ((shape,) if one else shape))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"shape must be a tuple of ints, got {shape!r}") from err
+    if any(s < 0 for s in dims):
+        raise ValueError(f"shape must have non-negative sizes, got {dims}")
+    return dims
 
 
 def check_sampler(sampler: str, eta: float) -> None:
@@ -122,16 +137,29 @@ class DiffusionModel(eqx.Module):
         self.fn = fn
         self.schedule = get_schedule(schedule)
         self.prediction = prediction
-        self.shape = tuple(int(s) for s in ((shape,) if isinstance(shape, int) else shape))
+        self.shape = sample_shape(shape)
 
     # ------------------------------------------------------------------ conversions
+    def _network(self, x, t):
+        """``fn(x, t)``, checked (while tracing, shapes are static) to have the shape of
+        ``x``: a network returning a scalar or another shape was silently broadcast
+        against ``x`` (every coordinate then got the same prediction: wrong samples, no
+        error)."""
+        out = self.fn(x, t)
+        if jnp.shape(out) != jnp.shape(x):
+            raise ValueError(
+                f"the network fn(x, t) (prediction={self.prediction!r}) must return an array "
+                f"of the shape of x, {jnp.shape(x)}, got {jnp.shape(out)}"
+            )
+        return out
+
     def _coefs(self, t):
         ab = self.schedule.alpha_bar(t)
         return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
 
     def eps(self, x, t):
         """Predicted noise ``eps_hat(x_t, t)``."""
-        out = self.fn(x, t)
+        out = self._network(x, t)
         a, s = self._coefs(t)
         if self.prediction == "eps":
             return out
@@ -142,14 +170,14 @@ class DiffusionModel(eqx.Module):
     def score(self, x, t):
         """Score ``grad_x log p_t(x)`` (Tweedie: ``-eps_hat / sqrt(1 - ab_t)``)."""
         if self.prediction == "score":
-            return self.fn(x, t)
+            return self._network(x, t)
         _, s = self._coefs(t)
         return -self.eps(x, t) / s
 
     def x0(self, x, t):
         """Tweedie prediction ``x0_hat = E[x_0 | x_t = x]``."""
         if self.prediction == "x0":
-            return self.fn(x, t)
+            return self._network(x, t)
         a, s = self._coefs(t)
         return (x - s * self.eps(x, t)) / a
 
@@ -224,6 +252,7 @@ class DiffusionModel(eqx.Module):
         >>> model.sample(jax.random.key(0), 3, num_steps=10, grid="karras").shape
         (3, 2)
         """
+        check_key(key)
         num_samples = check_num_particles(num_samples, "num_samples")
         check_sampler(sampler, eta)
         grid = sampling_grid(grid, num_steps, schedule=self.schedule)
@@ -300,6 +329,20 @@ def _require(ok, message: str) -> None:
         raise ValueError(message)
 
 
+def _require_positive_definite(covs) -> None:
+    """``covs`` (K, d, d) must be symmetric positive definite: a negative eigenvalue gave
+    NaN samples (the log of a negative noised variance), and the eigendecomposition reads
+    only the lower triangle, so a non-symmetric matrix was silently another covariance
+    (``distribution(t)`` another still)."""
+    scale = jnp.max(jnp.abs(covs), axis=(-2, -1), keepdims=True)
+    tol = 100 * jnp.finfo(covs.dtype).eps * scale
+    _require(jnp.all(jnp.abs(covs - jnp.swapaxes(covs, -1, -2)) <= tol), "covs must be symmetric")
+    _require(
+        jnp.all(jnp.linalg.eigvalsh(covs) > 0),
+        "covs must be positive definite (every eigenvalue > 0)",
+    )
+
+
 def _as_covs(means, stds, covs):
     k, d = means.shape
     if (stds is None) == (covs is None):
@@ -309,6 +352,7 @@ def _as_covs(means, stds, covs):
         if covs.shape != (k, d, d):
             raise ValueError(f"covs must have shape {(k, d, d)}, got {covs.shape}")
         _require(jnp.all(jnp.isfinite(covs)), "covs must be finite (no NaN or inf)")
+        _require_positive_definite(covs)
         return covs
     stds = jnp.asarray(stds, jnp.result_type(float))
     if stds.ndim == 0:
@@ -388,6 +432,10 @@ def tilted_gaussian_mixture(weights, means, stds=None, covs=None, *, direction, 
     """
     weights, means, covs = _mixture_arrays(weights, means, stds, covs)
     a = jnp.asarray(direction, means.dtype)
+    if a.shape != means.shape[1:]:
+        raise ValueError(f"direction must have shape {means.shape[1:]}, got {a.shape}")
+    _require(jnp.all(jnp.isfinite(a)), "direction must be finite (no NaN or inf)")
+    _require(jnp.isfinite(jnp.asarray(lmbda)), f"lmbda must be finite, got {lmbda}")
     s_a = jnp.einsum("kij,j->ki", covs, a)
     log_terms = jnp.log(weights) + lmbda * means @ a + 0.5 * lmbda**2 * s_a @ a
     log_z = jax.scipy.special.logsumexp(log_terms)

@@ -71,6 +71,9 @@ class NoiseSchedule:
     s: float = 0.008
     min_alpha_bar: float = 1e-5
 
+    def __post_init__(self):
+        _check_schedule_parameters(self)
+
     def alpha_bar(self, t):
         """Signal fraction ``alpha_bar(t)``: 1 at ``t = 0``, near 0 at ``t = 1``."""
         t = jnp.asarray(t, jnp.result_type(float))
@@ -130,6 +133,27 @@ class NoiseSchedule:
         return np.clip(t, 0.0, 1.0)
 
 
+def _check_schedule_parameters(schedule: NoiseSchedule) -> None:
+    """A ``ValueError`` for a schedule outside its domain: an unknown ``kind``, a NaN or
+    infinite parameter (``beta_max = inf`` made every ``alpha_bar`` 0 and the samples NaN,
+    a NaN cosine offset ``s`` made them silently NaN), ``beta_min > beta_max``, a cosine
+    offset ``s <= 0`` or a floor ``min_alpha_bar`` outside ``(0, 1)`` (0 divides by
+    ``sqrt(alpha_bar) = 0`` at ``t = 1``; a floor of 1 or more removes all noise)."""
+    if schedule.kind not in ("linear", "cosine"):
+        raise ValueError(f"unknown schedule kind {schedule.kind!r}; use 'linear' or 'cosine'")
+    values = (schedule.beta_min, schedule.beta_max, schedule.s, schedule.min_alpha_bar)
+    if not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
+        raise ValueError(f"schedule parameters must be finite numbers, got {schedule}")
+    if not 0.0 <= schedule.beta_min <= schedule.beta_max:
+        raise ValueError(
+            f"need 0 <= beta_min <= beta_max, got {schedule.beta_min}, {schedule.beta_max}"
+        )
+    if not schedule.s > 0.0:
+        raise ValueError(f"the cosine offset s must be positive, got {schedule.s}")
+    if not 0.0 < schedule.min_alpha_bar < 1.0:
+        raise ValueError(f"min_alpha_bar must lie in (0, 1), got {schedule.min_alpha_bar}")
+
+
 def linear_schedule(beta_min: float = 0.1, beta_max: float = 20.0) -> NoiseSchedule:
     """The VP-SDE linear schedule ``beta(t) = beta_min + t (beta_max - beta_min)``
     (Song et al. 2021). ``alpha_bar(1) = exp(-(beta_min + beta_max) / 2)``.
@@ -140,16 +164,12 @@ def linear_schedule(beta_min: float = 0.1, beta_max: float = 20.0) -> NoiseSched
     >>> float(sched.alpha_bar(0.0))
     1.0
     """
-    if not 0 <= beta_min <= beta_max:
-        raise ValueError(f"need 0 <= beta_min <= beta_max, got {beta_min}, {beta_max}")
     return NoiseSchedule(kind="linear", beta_min=float(beta_min), beta_max=float(beta_max))
 
 
 def cosine_schedule(s: float = 0.008, min_alpha_bar: float = 1e-5) -> NoiseSchedule:
     """The cosine schedule ``alpha_bar(t) ∝ cos^2((t + s) / (1 + s) * pi / 2)`` (Nichol &
-    Dhariwal 2021), clipped below at ``min_alpha_bar``."""
-    if s <= 0:
-        raise ValueError(f"the cosine offset s must be positive, got {s}")
+    Dhariwal 2021), clipped below at ``min_alpha_bar`` (in ``(0, 1)``)."""
     return NoiseSchedule(kind="cosine", s=float(s), min_alpha_bar=float(min_alpha_bar))
 
 

@@ -133,6 +133,11 @@ def particle_gibbs(
     step = jnp.asarray(step_size, jnp.float32)
     if step.ndim > 2 or not bool(jnp.all(jnp.isfinite(step))) or not bool(jnp.all(step >= 0)):
         raise ValueError("step_size must be a finite non-negative scalar, vector or matrix")
+    if step.shape not in ((), (model.dim,), (model.dim, model.dim)):
+        raise ValueError(
+            f"step_size has shape {step.shape}: a scalar, a ({model.dim},) vector or a "
+            f"({model.dim}, {model.dim}) matrix for the {model.dim} unconstrained parameters"
+        )
     key_init, key_run = jax.random.split(key)
     u0 = model.sample_prior(key_init, 1)[0]
     res = pgibbs.particle_gibbs(

@@ -26,6 +26,7 @@ from particlekit import kernels, resampling
 from particlekit.filters import _observation_term
 from particlekit.run import advance
 from particlekit.ssm import StateSpaceModel
+from particlekit.statespace.model import check_model_and_data, unconstrain_params
 from particlekit.types import ParticleState
 
 __all__ = [
@@ -204,8 +205,10 @@ def log_likelihood_sd(
     num_runs = kernels.check_num_particles(num_runs, "num_runs")
     if num_runs < 2:
         raise ValueError(f"num_runs must be >= 2 to estimate a spread, got {num_runs}")
-    ys = model.validate(ys, num_particles)
-    theta = jax.tree.map(jnp.asarray, dict(theta))
+    ys = check_model_and_data(model, ys, num_particles)
+    # every site, with its shape, inside the prior's support (a value outside it read as
+    # "the data are impossible at this theta"; a missing site was a KeyError)
+    theta = model.constrain(unconstrain_params(model, theta, "theta"))
     ssm = model.model_fn(theta)
     log_z = _log_likelihoods(
         jax.random.split(key, num_runs), ys, ssm=ssm, num_particles=num_particles
@@ -258,6 +261,9 @@ def choose_num_particles(
     initial = kernels.check_num_particles(initial, "initial")
     if not target_sd > 0:
         raise ValueError(f"target_sd must be positive, got {target_sd}")
+    max_num_particles = kernels.check_num_particles(max_num_particles, "max_num_particles")
+    if max_num_particles < initial:  # no count would be tried
+        raise ValueError(f"max_num_particles ({max_num_particles}) must be >= initial ({initial})")
     n = initial
     sds = []
     while n <= max_num_particles:

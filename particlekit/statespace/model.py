@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import jax
+import jax.numpy as jnp
 
 from particlekit.ssm import StateSpaceModel
 
-__all__ = ["ParametricSSM", "check_model_and_data", "draws_with_paths"]
+__all__ = ["ParametricSSM", "check_model_and_data", "draws_with_paths", "unconstrain_params"]
 
 #: the latent paths' name among the parameters' draws (a prior site may not take it)
 PATHS_NAME = "x"
@@ -33,7 +34,10 @@ class ParametricSSM:
         A NumPyro model without arguments whose sample sites are the parameters, e.g.
         ``numpyro.sample("rho", dist.Uniform(-1, 1))``. Sites must be continuous and
         proper (they are sampled to start the chains); ``numpyro.deterministic`` sites are
-        passed on to ``model_fn`` too.
+        passed on to ``model_fn`` too. ``numpyro.factor`` terms and sites under
+        ``numpyro.handlers.scale`` change the prior's density (``log_prior`` is NumPyro's
+        ``-potential_fn``); SMC² weights its prior draws by the change
+        (``log_draw_weight``).
     model_fn : callable
         ``model_fn(theta) -> StateSpaceModel`` where ``theta`` is the dict of the prior's
         site values (traceable: ``theta`` holds JAX arrays under ``jit`` / ``vmap``).
@@ -90,6 +94,12 @@ class ParametricSSM:
 
         return make_target(self.prior, (), {}, self._info)
 
+    @cached_property
+    def _draws_target(self):
+        from particlekit.infer.numpyro_adapter import make_target
+
+        return make_target(self.prior, (), {}, self._info, prior_of_draws=True)
+
     @property
     def names(self) -> tuple:
         """The prior's sample sites, in trace order."""
@@ -102,8 +112,17 @@ class ParametricSSM:
 
     def log_prior(self, u: jax.Array) -> jax.Array:
         """``log p(u)``: the prior of the unconstrained vector ``u`` (``(D,)``), log-Jacobian
-        included."""
-        return self._target.log_prior_and_likelihood(u)[0]
+        included, with the prior's ``numpyro.factor`` terms (and the change of density of
+        sites under ``numpyro.handlers.scale``): ``-potential_fn(u)`` of NumPyro."""
+        log_p, factors = self._target.log_prior_and_likelihood(u)
+        return log_p + factors
+
+    def log_draw_weight(self, u: jax.Array) -> jax.Array:
+        """``log p(u) - log q(u)`` where ``q`` is the law of ``sample_prior``'s draws: the
+        prior's ``numpyro.factor`` terms and the change of density of sites under
+        ``numpyro.handlers.scale`` or a mask (zero for a plain prior). Samplers that start
+        from prior draws (SMC²) weight them by it."""
+        return self._draws_target.log_prior_and_likelihood(u)[1]
 
     def constrain(self, u: jax.Array) -> dict:
         """``theta = T(u)``: the dict of constrained site values (and deterministic sites)."""
@@ -151,3 +170,47 @@ def check_model_and_data(model, ys, num_particles: int | None = None):
             f"{type(model).__name__}"
         )
     return model.validate(ys, num_particles)
+
+
+def unconstrain_params(model: ParametricSSM, params: dict, what: str = "init_params"):
+    """``u = T^-1(theta)`` (``(D,)``) for a dict of constrained site values, after checking
+    (before tracing) that it names every site of the prior and no other, with the site's
+    shape, inside the prior's support: a ``ValueError`` naming ``what`` otherwise.
+    Deterministic sites of the prior and ``"x"`` (the latent paths of ``get_samples()``)
+    are allowed and ignored."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro import handlers
+    from numpyro.infer.util import unconstrain_fn
+
+    if not isinstance(params, dict):
+        raise ValueError(f"{what} must be a dict {{site: value}}, got {type(params).__name__}")
+    missing = set(model.names) - set(params)
+    if missing:
+        raise ValueError(f"{what} lacks the sites {sorted(missing)}")
+    reference = model.constrain(model.sample_prior(jax.random.key(0), 1)[0])
+    unknown = set(params) - set(reference) - {PATHS_NAME}  # (a pilot run's mean has "x")
+    if unknown:  # a misspelt site would otherwise be ignored
+        raise ValueError(
+            f"{what} has sites {sorted(unknown)} the prior does not draw (its sites: "
+            f"{list(model.names)})"
+        )
+    params = {name: jnp.asarray(params[name]) for name in model.names}
+    for name in model.names:
+        expected = tuple(jnp.shape(reference[name]))
+        if params[name].shape != expected:  # a scalar was broadcast over a vector site
+            raise ValueError(
+                f"{what}[{name!r}] has shape {params[name].shape}, the prior's site has "
+                f"shape {expected}"
+            )
+    tr = handlers.trace(handlers.seed(model.prior, jax.random.key(0))).get_trace()
+    outside = [
+        name for name in model.names if not bool(jnp.all(tr[name]["fn"].support(params[name])))
+    ]  # (a finite unconstrained value does not tell: e.g. a Dirichlet's off the simplex)
+    u = unconstrain_fn(model.prior, (), {}, params)
+    flat, _ = ravel_pytree({name: u[name] for name in model.names})
+    if outside or not bool(jnp.all(jnp.isfinite(flat))):
+        raise ValueError(
+            f"{what} {params} is outside the prior's support"
+            + (f" (sites {outside})" if outside else "")
+        )
+    return flat

@@ -42,7 +42,12 @@ from particlekit import kernels, resampling
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.statespace import correlated
 from particlekit.statespace.likelihood import filter_history, filter_prefix, sample_path
-from particlekit.statespace.model import ParametricSSM, check_model_and_data, draws_with_paths
+from particlekit.statespace.model import (
+    ParametricSSM,
+    check_model_and_data,
+    draws_with_paths,
+    unconstrain_params,
+)
 from particlekit.types import PyTree
 
 __all__ = ["pmmh", "PMMHResult", "NUM_INIT_CANDIDATES"]
@@ -383,8 +388,9 @@ def pmmh(
     num_chains : int
         Independent chains (default 4, so that R-hat can be read).
     init_params : dict, optional
-        Starting ``theta`` (constrained values of every site, and no other key) for all
-        chains. Default: per chain, the best (highest prior times likelihood estimate) of
+        Starting ``theta`` (constrained values of every site, with its shape; the
+        prior's deterministic sites and ``"x"`` are ignored, any other key is an error) for
+        all chains. Default: per chain, the best (highest prior times likelihood estimate) of
         ``NUM_INIT_CANDIDATES`` prior draws.
     target_acceptance : float
         Acceptance rate the warm-up steers the random-walk scale to.
@@ -474,24 +480,7 @@ def pmmh(
 
 
 def _unconstrain(model: ParametricSSM, params: dict) -> jax.Array:
-    from jax.flatten_util import ravel_pytree
-    from numpyro.infer.util import unconstrain_fn
-
-    missing = set(model.names) - set(params)
-    if missing:
-        raise ValueError(f"init_params lacks the sites {sorted(missing)}")
-    unknown = set(params) - set(model.names)
-    if unknown:  # a misspelt site would otherwise be ignored
-        raise ValueError(
-            f"init_params has sites {sorted(unknown)} the prior does not draw (its sites: "
-            f"{list(model.names)})"
-        )
-    params = {name: jnp.asarray(params[name]) for name in model.names}
-    u = unconstrain_fn(model.prior, (), {}, params)
-    flat, _ = ravel_pytree({name: u[name] for name in model.names})
-    if not bool(jnp.all(jnp.isfinite(flat))):
-        raise ValueError(f"init_params {params} is outside the prior's support")
-    return flat
+    return unconstrain_params(model, params, "init_params")
 
 
 def _warn_if_untrustworthy(result: PMMHResult) -> None:

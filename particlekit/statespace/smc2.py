@@ -212,10 +212,14 @@ def _initial_state(key, ys, cfg: _Config, num_theta: int) -> _RunState:
     filters = jax.vmap(start)(jax.random.split(k_filters, num_theta), u)
     num_steps = ys.shape[0]
     history = _History(jnp.zeros(num_steps), jnp.full(num_steps, jnp.nan))
+    # the draws come from the prior's sample sites alone: its factors (and scaled sites)
+    # weight them, and their mean weight is the first factor of the evidence
+    log_w0 = jax.vmap(model.log_draw_weight)(u)
+    log_w0 = jnp.where(jnp.isnan(log_w0), -jnp.inf, log_w0)
+    log_z0 = jax.nn.logsumexp(log_w0) - jnp.log(num_theta)
     zero = jnp.zeros(())
     state = _RunState(
-        key, u, log_prior, jnp.zeros(num_theta), filters, jnp.zeros((), jnp.int32), zero, zero,
-        history,
+        key, u, log_prior, log_w0, filters, jnp.zeros((), jnp.int32), log_z0, zero, history,
     )  # fmt: skip
     return _add_evidence(state, _log_lik(filters), 0)
 

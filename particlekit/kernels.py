@@ -183,6 +183,36 @@ def _take(tree: PyTree, idx: jax.Array) -> PyTree:
     return jax.tree.map(lambda leaf: leaf[idx], tree)
 
 
+def _check_population(particles: PyTree, n: int, what: str) -> None:
+    """A ``ValueError`` at trace time (a static shape check, no work per step) when a leaf
+    of ``particles`` lacks the leading particle axis of length ``n``: the population would
+    silently change size, and the error surface later as a misleading shape error of
+    ``reweight`` or a scan carry mismatch."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(particles):
+        shape = jnp.shape(leaf)
+        if not shape or shape[0] != n:
+            where = f"the leaf {jax.tree_util.keystr(path)}" if path else "it"
+            raise ValueError(
+                f"{what} must return the population with leading axis {n} (one entry per "
+                f"particle; vectorized functions return the whole batch), but {where} has "
+                f"shape {shape}"
+            )
+
+
+def _check_log_potential_dtype(log_g) -> None:
+    """A ``ValueError`` at trace time for a boolean or complex log-potential: a boolean
+    (an indicator ``x > 0``) would be read as ``log G`` in ``{0, 1}`` instead of
+    ``{-inf, 0}``, and a complex one would lose its imaginary part, both silently."""
+    dtype = jnp.result_type(log_g)
+    if dtype == jnp.bool_:
+        raise ValueError(
+            "the log-potential is boolean; return a log-weight, e.g. "
+            "jnp.where(indicator, 0.0, -jnp.inf) for the potential 1{indicator}"
+        )
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise ValueError(f"the log-potential must be real, got dtype {dtype}")
+
+
 def init(
     key: jax.Array, sample_fn: Callable, num_particles: int, *, vectorized: bool = False
 ) -> ParticleState:
@@ -271,12 +301,14 @@ def move(fn: Callable, *, vectorized: bool = False, batch_size: int | None = Non
     """
 
     def kernel(key, state: ParticleState, inputs=None):
+        check_key(key)  # static (dtype and shape): a clear error, no work per step
         n = num_particles_of(state)
         if vectorized:
             new = fn(prng.population_key(key), state.particles, inputs)
         else:
             keys = prng.particle_keys(key, n)
             new = per_particle(fn, batch_size)(keys, state.particles, inputs)
+        _check_population(new, n, "the move function")
         state = state._replace(particles=new, previous_particles=state.particles)
         return state, StepInfo.neutral(state)
 
@@ -327,6 +359,7 @@ def _reweight(fn, *, vectorized, batch_size, normalized_input) -> Kernel:
             log_g = fn(state.previous_particles, state.particles, inputs)
         else:
             log_g = per_particle(fn, batch_size)(state.previous_particles, state.particles, inputs)
+        _check_log_potential_dtype(log_g)
         log_g = jnp.asarray(log_g, state.log_weights.dtype)
         if log_g.shape != state.log_weights.shape:
             raise ValueError(
@@ -356,7 +389,9 @@ def _reweight(fn, *, vectorized, batch_size, normalized_input) -> Kernel:
 
 
 def _resample_state(key, state: ParticleState, scheme, normalize: bool) -> ParticleState:
-    idx = scheme(key, state.log_weights)
+    n = num_particles_of(state)
+    # the documented scheme signature is (key, log_weights, num_samples) -> indices
+    idx = _check_indices(scheme(key, state.log_weights, n), n)
     equal = jnp.zeros_like(state.log_weights)
     if normalize:  # -log N exactly as reweight's log_normalize of zeros computes it
         equal, _ = resampling.log_normalize(equal)
@@ -366,6 +401,20 @@ def _resample_state(key, state: ParticleState, scheme, normalize: bool) -> Parti
         log_weights=equal,
         ancestors=idx,
     )
+
+
+def _check_indices(idx, n: int) -> jax.Array:
+    """The ancestor indices of a resampling scheme as ``int32[n]``; a ``ValueError`` at trace
+    time (static shape and dtype checks) for the wrong shape or a non-integer dtype. A custom
+    scheme may return any integer dtype (``jax.random.categorical`` gives int64 under
+    ``jax_enable_x64``): the cast is a no-op for the built-in schemes."""
+    idx = jnp.asarray(idx)
+    if idx.shape != (n,) or not jnp.issubdtype(idx.dtype, jnp.integer):
+        raise ValueError(
+            f"a resampling scheme must return {n} integer ancestor indices (shape ({n},)), "
+            f"got shape {idx.shape} and dtype {idx.dtype}"
+        )
+    return idx.astype(jnp.int32)
 
 
 def resample(scheme="systematic", ess_threshold: float = 0.5) -> Kernel:
@@ -400,10 +449,27 @@ def normalizing_resample(scheme="systematic", ess_threshold: float = 0.5) -> Ker
     return _resample(scheme, ess_threshold, normalize=True)
 
 
+def _check_ess_threshold(ess_threshold) -> float:
+    """``ess_threshold`` as a Python float in ``[0, 1]``: a real number (any real type, or a
+    concrete 0-d array); a ``ValueError`` before tracing for ``NaN``, values outside
+    ``[0, 1]``, and strings, booleans or ``None`` (``"0.5"`` used to pass the range check and
+    fail at trace time with a ``TypeError``)."""
+    if isinstance(ess_threshold, (str, bytes, bool)) or ess_threshold is None:
+        raise ValueError(f"ess_threshold must be a number in [0, 1], got {ess_threshold!r}")
+    try:
+        value = float(ess_threshold)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"ess_threshold must be a number in [0, 1], got {ess_threshold!r}"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    return value
+
+
 def _resample(scheme, ess_threshold: float, normalize: bool) -> Kernel:
     scheme_fn = resampling.get_scheme(scheme)
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = _check_ess_threshold(ess_threshold)
     if isinstance(scheme_fn, resampling.Islands):
         islands_kernel = _resample_islands(scheme_fn, float(ess_threshold))
         if not normalize:
@@ -533,6 +599,7 @@ def mcmc(kernel, num_steps: int = 1) -> Kernel:
     num_steps = check_num_particles(num_steps, "num_steps")
 
     def kernel_fn(key, state: ParticleState, inputs=None):
+        check_key(key)
         algorithm = kernel if hasattr(kernel, "step") else kernel(inputs)
         n = num_particles_of(state)
 
@@ -559,6 +626,22 @@ def mcmc(kernel, num_steps: int = 1) -> Kernel:
     return kernel_fn
 
 
+def _check_kernel(kern) -> None:
+    """A ``ValueError`` when building a ``chain`` from something that is not a kernel: a
+    primitive itself instead of the kernel it makes (``pk.resample`` for
+    ``pk.resample()``), which failed at the first step with a ``TypeError`` about its
+    arguments, or a non-callable."""
+    factories = {f.__name__: f for f in (init, move, reweight, resample, mcmc, chain)}
+    for name, factory in factories.items():
+        if kern is factory:
+            raise ValueError(
+                f"chain takes kernels; got the primitive pk.{name} itself: call it, e.g. "
+                f"pk.{name}(...)"
+            )
+    if not callable(kern):
+        raise ValueError(f"chain takes kernels (key, state, inputs) -> (state, info), got {kern!r}")
+
+
 def chain(*kernels: Kernel) -> Kernel:
     """Compose kernels left to right into one kernel; the infos are merged (ESS of the
     final weights, ``resampled`` if any resampled, evidence increments summed).
@@ -571,9 +654,11 @@ def chain(*kernels: Kernel) -> Kernel:
     """
     if not kernels:
         raise ValueError("chain needs at least one kernel")
+    for kern in kernels:
+        _check_kernel(kern)
 
     def kernel(key, state: ParticleState, inputs=None):
-        keys = jax.random.split(key, len(kernels))
+        keys = jax.random.split(check_key(key), len(kernels))
         info = StepInfo.neutral(state)
         for k, kern in zip(keys, kernels, strict=True):
             state, step_info = kern(k, state, inputs)

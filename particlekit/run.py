@@ -14,7 +14,7 @@ import numpy as np
 
 from particlekit import kernels
 from particlekit.kernels import check_key
-from particlekit.types import Kernel, ParticleState, PyTree, RunTrace
+from particlekit.types import Kernel, ParticleState, PyTree, RunTrace, StepInfo
 
 __all__ = [
     "run",
@@ -146,22 +146,73 @@ def constrain_particles(state: ParticleState, sharding) -> ParticleState:
     )
 
 
+def _time_axes(inputs) -> list[int]:
+    """The leading (time) axis length of every leaf of ``inputs``, with a ``ValueError``
+    before tracing for a leaf that has none (a scalar, or a Python number, e.g. a list of
+    temperatures ``[0.1, 0.5, 1.0]``, whose elements are separate scalar leaves) or for
+    leaves of different lengths, instead of an ``IndexError`` / ``AttributeError``."""
+    axes = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(inputs):
+        shape = np.shape(leaf)
+        if not shape:
+            where = jax.tree_util.keystr(path) or "inputs"
+            hint = "; a list or tuple of numbers is a PyTree of scalars: pass jnp.asarray(...)"
+            raise ValueError(
+                "every leaf of inputs needs a leading time axis (one slice per step), but "
+                f"{where} is the scalar {repr(leaf)[:40]}{hint if path else ''}"
+            )
+        axes.append(shape[0])
+    if len(set(axes)) > 1:
+        raise ValueError(
+            f"the leaves of inputs have different leading (time) axes {sorted(set(axes))}; "
+            "every leaf needs one slice per step"
+        )
+    return axes
+
+
 def _num_steps_of(inputs, num_steps):
-    leaves = jax.tree.leaves(inputs)
+    leaves = _time_axes(inputs)
     if num_steps is None:
         if not leaves:
             raise ValueError("run needs inputs with a leading time axis, or num_steps")
-        return leaves[0].shape[0]
+        return int(leaves[0])
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
     if num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps}")
     kernels.check_size(int(num_steps), "num_steps")  # a step index per step, int32
-    if leaves and leaves[0].shape[0] != num_steps:
+    if leaves and leaves[0] != num_steps:
         raise ValueError(
-            f"num_steps={num_steps} does not match the leading axis {leaves[0].shape[0]} of inputs"
+            f"num_steps={num_steps} does not match the leading axis {leaves[0]} of inputs"
         )
     return int(num_steps)
+
+
+def _check_state(state) -> None:
+    """A ``ValueError`` before tracing when ``state`` is not a ``ParticleState``; the usual
+    slip is passing a kernel's whole ``(state, info)`` output."""
+    if isinstance(state, ParticleState):
+        return
+    if isinstance(state, tuple) and state and isinstance(state[0], ParticleState):
+        raise ValueError(
+            "state must be a ParticleState, got a tuple starting with one: a kernel returns "
+            "(state, info); pass its first element"
+        )
+    raise ValueError(f"state must be a ParticleState (from pk.init), got {type(state).__name__}")
+
+
+def _evidence_increment(before, after, info):
+    """The evidence increment a driver adds for one step: ``info.log_evidence_increment``
+    (exact, which the compensated sum needs), unless the step reported the neutral ``0``
+    while changing ``state.log_evidence`` itself, as a hand-written kernel returning
+    ``StepInfo.neutral(state)`` after updating the evidence does: then that change
+    (``StepInfo.log_evidence_increment`` is by definition the change). The driver used to
+    overwrite such a kernel's evidence with the sum of the reported increments, silently.
+    Three scalar operations per step."""
+    reported = info.log_evidence_increment
+    changed = after - before  # NaN from a -inf evidence: then the reported one
+    forgot = (reported == 0) & (changed != 0) & ~jnp.isnan(changed)
+    return jnp.where(forgot, changed, reported)
 
 
 def advance(key, step: Kernel, state: ParticleState, compensation, t, inputs_t, sharding):
@@ -170,9 +221,19 @@ def advance(key, step: Kernel, state: ParticleState, compensation, t, inputs_t, 
     carried between steps), the particle axis pinned to ``sharding``. Returns
     ``(new_state, new_compensation, info)``; ``run``'s scan and loops that stop early (e.g.
     ``particlekit.steering``'s) share it."""
-    new_state, info = step(jax.random.fold_in(key, t), state, inputs_t)
+    out = step(jax.random.fold_in(key, t), state, inputs_t)
+    if isinstance(out, ParticleState):  # a static check at trace time
+        raise ValueError(
+            "step must return (state, info), as the kernels of pk.move / pk.reweight / "
+            "pk.chain do; it returned a ParticleState alone (for a step that returns the "
+            "state only, use run_until)"
+        )
+    new_state, info = out
+    increment = _evidence_increment(state.log_evidence, new_state.log_evidence, info)
+    if isinstance(info, StepInfo):  # recipes may wrap it (e.g. FK steering's info)
+        info = info._replace(log_evidence_increment=increment)
     log_evidence, compensation = kernels.compensated_add(
-        state.log_evidence, compensation, info.log_evidence_increment
+        state.log_evidence, compensation, increment
     )
     new_state = constrain_particles(new_state._replace(log_evidence=log_evidence), sharding)
     return new_state, compensation, info
@@ -196,7 +257,10 @@ def run(
     key : PRNG key
         Step ``t`` uses ``fold_in(key, t)``.
     step : kernel
-        ``(key, state, inputs_t) -> (state, info)``, e.g. built by ``chain``.
+        ``(key, state, inputs_t) -> (state, info)``, e.g. built by ``chain``. The
+        log-evidence is the compensated sum of the steps' ``info.log_evidence_increment``
+        (a hand-written kernel that reports ``0`` there but changes
+        ``state.log_evidence`` gets its own change).
     state : ParticleState
         Initial population.
     inputs : PyTree, optional
@@ -236,6 +300,7 @@ def run(
     """
     check_key(key)
     check_sharding(sharding)
+    _check_state(state)
     total_steps = _num_steps_of(inputs, num_steps)
     if inputs is None:
         inputs = jnp.arange(total_steps)
@@ -260,6 +325,20 @@ def run(
     return final_state, RunTrace(info=info, log_evidence=log_evidence, history=history)
 
 
+def _check_max_steps(max_steps) -> None:
+    """A ``ValueError`` before tracing unless ``max_steps`` is a non-negative integer (any
+    integral type) or an integer 0-d JAX array (possibly traced): ``"5"`` failed inside the
+    loop, and ``2.5`` or ``-1`` ran a number of steps nobody asked for."""
+    if isinstance(max_steps, jax.Array):
+        if max_steps.shape == () and jnp.issubdtype(max_steps.dtype, jnp.integer):
+            return
+    elif isinstance(max_steps, numbers.Integral) and not isinstance(max_steps, bool):
+        if max_steps >= 0:
+            kernels.check_size(int(max_steps), "max_steps")
+            return
+    raise ValueError(f"max_steps must be a non-negative integer, got {max_steps!r}")
+
+
 def run_until(
     key: jax.Array,
     step: Kernel,
@@ -275,13 +354,30 @@ def run_until(
     fields, e.g. a temperature); ``step`` returns the new state only.
     """
     check_key(key)
+    _check_max_steps(max_steps)
 
     def cond(carry):
         state, t = carry
-        return (t < max_steps) & ~done_fn(state)
+        done = jnp.asarray(done_fn(state))
+        if done.shape != ():  # static, at trace time
+            raise ValueError(f"done_fn must return a boolean scalar, got shape {done.shape}")
+        # ``~`` of a Python bool is an int (``~False == -1``): cast before negating
+        return (t < max_steps) & ~done.astype(bool)
 
     def body(carry):
         state, t = carry
-        return step(jax.random.fold_in(key, t), state, t), t + 1
+        new_state = step(jax.random.fold_in(key, t), state, t)
+        if jax.tree.structure(new_state) != jax.tree.structure(state):  # static, at trace
+            hint = (
+                " (a kernel's (state, info)? run_until's step returns the new state only)"
+                if isinstance(new_state, tuple) and len(new_state) == 2
+                else ""
+            )
+            raise ValueError(
+                "run_until's step must return a state of the same structure as the one it "
+                f"receives{hint}; got {jax.tree.structure(new_state)} for "
+                f"{jax.tree.structure(state)}"
+            )
+        return new_state, t + 1
 
     return jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))

@@ -57,7 +57,9 @@ class StepInfo(NamedTuple):
     log_evidence_increment : Array of shape ()
         ``log_evidence`` after the step minus before it.
     acceptance_rate : Array of shape ()
-        Mean MCMC acceptance rate of the step's ``mcmc`` kernels (NaN if none).
+        Mean MCMC acceptance rate (over particles and MCMC steps) of the step's last
+        ``mcmc`` kernel (NaN if none): ``merge`` keeps the later kernel's rate, so with
+        several ``mcmc`` kernels in one ``chain`` only the last one is reported.
     num_nonfinite : Array of shape (), int32
         Number of particles whose log-potential was NaN or ``+inf`` (counted as
         zero weight).

@@ -1022,7 +1022,7 @@ def from_fk_corrector(result, *, key=None, num_draws: int | None = None):
     >>> m1 = pk.diffusion.gaussian_mixture([1.0], [[-1.0]], stds=1.0)
     >>> m2 = pk.diffusion.gaussian_mixture([1.0], [[1.0]], stds=1.0)
     >>> res = pk.diffusion.product_of_experts(jax.random.key(0), m1, m2, num_particles=64,
-    ...                                       num_steps=20)
+    ...                                       num_steps=40)
     >>> pk.arviz.from_fk_corrector(res)["weighted_particles"]["x"].dims
     ('chain', 'particle', 'x_dim_0')
     """

@@ -167,6 +167,7 @@ def test_fk_steering_failed_run_and_bad_arguments():
 
 
 # ------------------------------------------------------------------------------ FK correctors
+@pytest.mark.filterwarnings("ignore:fk_corrector. the time steps are too coarse")  # K = 8
 def test_fk_corrector_groups_dims_and_values(api):
     res = fkc_run()
     data = pk.arviz.from_fk_corrector(res)

@@ -292,8 +292,8 @@ def fk_corrector(
     if not 0.0 <= float(ess_threshold) <= 1.0:
         raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
     noise_factor = _noise_factor(noise, total)
-    _warn_unstable_steps(models[0].schedule, grid, total, noise_factor)
     sharding = check_sharding(sharding, num_particles, key=key)
+    _warn_unstable_steps(models[0].schedule, grid, total, noise_factor)  # after every check
     dim = math.prod(models[0].shape)
     return _fk_corrector(
         key, models, jnp.asarray(betas_list, dtype), jnp.asarray(noise_factor, dtype),

@@ -1320,7 +1320,17 @@ def _check_eos_id(eos_id) -> None:
 
 def _ended(tokens, lengths, eos_id) -> np.ndarray:
     """1 where a sequence's last filled token is the end token (closed), 0 where it was
-    truncated; int8, not bool, so that ArviZ's summaries (quantiles) work on it."""
+    truncated; int8, not bool, so that ArviZ's summaries (quantiles) work on it. A
+    ``ValueError`` when the padding after ``length`` (which holds the run's end token) is
+    not ``eos_id``: a wrong id would report every sequence as truncated."""
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    padding = np.arange(tokens.shape[-1]) >= lengths[..., None]
+    wrong = padding & (tokens != int(eos_id))
+    if wrong.any():
+        raise ValueError(
+            f"eos_id={int(eos_id)} is not the run's end token: the padding after length "
+            f"holds {int(tokens[wrong][0])}"
+        )
     last = np.take_along_axis(tokens, np.clip(lengths - 1, 0, None)[..., None], -1)
     return (last[..., 0] == int(eos_id)).astype(np.int8)
 

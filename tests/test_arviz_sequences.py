@@ -404,6 +404,15 @@ def test_sequence_gibbs_burn_in_and_batch(api):
             pk.arviz.from_sequence_gibbs(runs[0], burn_in=bad)
     with pytest.raises(ValueError, match="eos_id"):
         pk.arviz.from_sequence_gibbs(runs[0], eos_id="$")
+    # an id that is not the run's end token would report every sequence as truncated: the
+    # padding after length tells (a run whose last position is padding)
+    short = runs[0]._replace(
+        sequences=jnp.asarray(runs[0].sequences).at[..., -1].set(EOS),
+        lengths=jnp.minimum(jnp.asarray(runs[0].lengths), MAX_LENGTH - 1),
+    )
+    pk.arviz.from_sequence_gibbs(short, eos_id=EOS)
+    with pytest.raises(ValueError, match="not the run's end token"):
+        pk.arviz.from_sequence_gibbs(short, eos_id=EOS + 99)
     with pytest.raises(ValueError, match="decode"):
         pk.arviz.from_sequence_gibbs(runs[0], decode=3)
     with pytest.raises(ValueError, match="batch"):

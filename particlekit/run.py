@@ -42,7 +42,10 @@ def resolve_progress_bar(progress_bar: bool | None) -> bool:
         isatty = getattr(sys.stderr, "isatty", None)
         return bool(isatty and isatty())
     if not isinstance(progress_bar, (bool, np.bool_)):
-        raise ValueError(f"progress_bar must be True, False or None, got {progress_bar!r}")
+        raise ValueError(
+            f"progress_bar must be True or False (or None: shown on a terminal), got "
+            f"{progress_bar!r}"
+        )
     return bool(progress_bar)
 
 

@@ -166,7 +166,7 @@ def test_progress_bar_must_be_a_bool_or_none():
 
     assert resolve_progress_bar(np.bool_(True)) is True
     for bad in ("False", 0, 1.0):
-        with pytest.raises(ValueError, match="progress_bar must be True, False or None"):
+        with pytest.raises(ValueError, match=r"progress_bar must be True or False \(or None"):
             resolve_progress_bar(bad)
     ssm = pk.StateSpaceModel(
         initial=lambda: dist.Normal(0.0, 1.0),

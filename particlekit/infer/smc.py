@@ -598,14 +598,11 @@ class SMC:
         self.num_chains = check_num_particles(num_chains, "num_chains")
         if not (isinstance(kernel, str) and kernel in moves.KERNELS) and not callable(kernel):
             raise ValueError(f"kernel must be one of {moves.KERNELS} or a factory, got {kernel!r}")
-        for flag, value in (("waste_free", waste_free), ("progress_bar", progress_bar)):
-            if not (
-                isinstance(value, (bool, np.bool_)) or (flag == "progress_bar" and value is None)
-            ):
-                raise ValueError(
-                    f"{flag} must be True or False, got {value!r} (any non-empty string, "
-                    "'False' included, would have switched it on)"
-                )
+        if not isinstance(waste_free, (bool, np.bool_)):  # (progress_bar: resolve_progress_bar)
+            raise ValueError(
+                f"waste_free must be True or False, got {waste_free!r} (any non-empty string, "
+                "'False' included, would have switched it on)"
+            )
         if not 0.0 < float(target_ess) < 1.0:
             raise ValueError(f"target_ess must be in (0, 1), got {target_ess}")
         if not 0.0 < float(decorrelation_threshold) < 1.0:

@@ -333,8 +333,7 @@ def _check_common(ssm, ys, num_particles, ess_threshold):
     if not isinstance(ssm, StateSpaceModel):
         raise ValueError(f"ssm must be a particlekit.StateSpaceModel, got {type(ssm).__name__}")
     ys = ssm.validate(ys, num_particles)
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    kernels.check_ess_threshold(ess_threshold)
     return ys
 
 
@@ -465,7 +464,7 @@ def bootstrap(
         progress_bar=progress_bar,
         sharding=sharding,
         batch_size=None
-        if batch_size is None
+        if batch_size is None or ssm.vectorized  # documented: ignored for vectorized models
         else kernels.check_num_particles(batch_size, "batch_size"),
     )
 

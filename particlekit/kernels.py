@@ -292,13 +292,15 @@ def move(fn: Callable, *, vectorized: bool = False, batch_size: int | None = Non
     before the move. With ``vectorized=True``, ``fn(key, xs, inputs)`` receives the batch.
     The per-particle keys are ``jax.random.split(key, N)``'s bits; from a typed Threefry key
     they are keys of ``particlekit.prng``'s fused implementation (the same draws, faster).
-    ``batch_size`` evaluates ``fn`` on that many particles at a time (``per_particle``).
+    ``batch_size`` evaluates ``fn`` on that many particles at a time (``per_particle``);
+    a ``vectorized`` function sees the whole batch, so the two together are a ``ValueError``.
 
     Examples
     --------
     >>> import jax, particlekit as pk
     >>> step = pk.move(lambda key, x, t: 0.9 * x + jax.random.normal(key))
     """
+    _check_batch_size(vectorized, batch_size)
 
     def kernel(key, state: ParticleState, inputs=None):
         check_key(key)  # static (dtype and shape): a clear error, no work per step
@@ -330,7 +332,8 @@ def reweight(fn: Callable, *, vectorized: bool = False, batch_size: int | None =
         before the most recent move. With ``vectorized=True`` it receives batches and
         returns shape ``(N,)``.
     batch_size : int, optional
-        Evaluate ``fn`` on that many particles at a time (``per_particle``).
+        Evaluate ``fn`` on that many particles at a time (``per_particle``); not with
+        ``vectorized=True`` (a ``ValueError``: the function sees the whole batch).
 
     Examples
     --------
@@ -352,7 +355,18 @@ def reweight_normalized(
     return _reweight(fn, vectorized=vectorized, batch_size=batch_size, normalized_input=True)
 
 
+def _check_batch_size(vectorized, batch_size) -> None:
+    """``batch_size`` chunks a per-particle function; a vectorized one would ignore it."""
+    if vectorized and batch_size is not None:
+        raise ValueError(
+            f"batch_size={batch_size!r} needs a per-particle function (vectorized=False): a "
+            "vectorized function receives the whole population at once"
+        )
+
+
 def _reweight(fn, *, vectorized, batch_size, normalized_input) -> Kernel:
+    _check_batch_size(vectorized, batch_size)
+
     def kernel(key, state: ParticleState, inputs=None):
         del key
         if vectorized:
@@ -449,7 +463,7 @@ def normalizing_resample(scheme="systematic", ess_threshold: float = 0.5) -> Ker
     return _resample(scheme, ess_threshold, normalize=True)
 
 
-def _check_ess_threshold(ess_threshold) -> float:
+def check_ess_threshold(ess_threshold) -> float:
     """``ess_threshold`` as a Python float in ``[0, 1]``: a real number (any real type, or a
     concrete 0-d array); a ``ValueError`` before tracing for ``NaN``, values outside
     ``[0, 1]``, and strings, booleans or ``None`` (``"0.5"`` used to pass the range check and
@@ -469,7 +483,7 @@ def _check_ess_threshold(ess_threshold) -> float:
 
 def _resample(scheme, ess_threshold: float, normalize: bool) -> Kernel:
     scheme_fn = resampling.get_scheme(scheme)
-    ess_threshold = _check_ess_threshold(ess_threshold)
+    ess_threshold = check_ess_threshold(ess_threshold)
     if isinstance(scheme_fn, resampling.Islands):
         islands_kernel = _resample_islands(scheme_fn, float(ess_threshold))
         if not normalize:

@@ -413,8 +413,7 @@ def mle(
         if num_particles < 2:
             raise ValueError("the PPG estimator needs num_particles >= 2")
         resampling_scheme_for_csmc(resampling)
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = kernels.check_ess_threshold(ess_threshold)
     optimizer = _check_optimizer(optimizer, theta_init, num_iterations)
     result = _mle(
         key, theta_init, ys, model_fn=model_fn, num_particles=num_particles,

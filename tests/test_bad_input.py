@@ -1027,3 +1027,94 @@ def test_run_rejects_impossible_num_steps(num_steps):
     """pk.run(num_steps=-3) ran 0 steps silently, and 10**10 ran out of memory."""
     with pytest.raises(ValueError, match="num_steps"):
         pk.run(KEY, RUN_STEP, _init(KEY, N), num_steps=num_steps)
+
+
+def _parametric():
+    return pk.statespace.ParametricSSM(
+        lambda: numpyro.sample("a", dist.Uniform(-1.0, 1.0)), lambda p: _model_fn(p["a"])
+    )
+
+
+def _ess_threshold_calls():
+    """Every public entry point with an ``ess_threshold`` argument, as ``f(threshold)``."""
+    ys = jnp.zeros(T)
+    return {
+        "resample": lambda e: pk.resample("systematic", e),
+        "bootstrap": lambda e: pk.filters.bootstrap(
+            KEY, SSM, ys, num_particles=N, ess_threshold=e
+        ),  # fmt: skip
+        "mle": lambda e: pk.learning.mle(
+            KEY,
+            _model_fn,
+            jnp.float32(0.5),
+            ys,
+            num_particles=N,
+            num_iterations=2,
+            ess_threshold=e,
+        ),  # fmt: skip
+        "pmmh": lambda e: pk.statespace.pmmh(
+            KEY,
+            _parametric(),
+            ys,
+            num_particles=N,
+            num_samples=2,
+            num_warmup=2,
+            ess_threshold=e,
+        ),  # fmt: skip
+        "smc2": lambda e: pk.statespace.smc2(
+            KEY, _parametric(), ys, num_theta_particles=N, num_x_particles=N, ess_threshold=e
+        ),
+        "fk_steering": lambda e: pk.diffusion.fk_steering(
+            KEY,
+            MIXTURE,
+            LinearReward(jnp.ones(2), jnp.float32(INF)),
+            num_particles=N,
+            num_steps=T,
+            ess_threshold=e,
+        ),  # fmt: skip
+        "fk_corrector": lambda e: pk.diffusion.fk_corrector(
+            KEY, [MIXTURE, MIXTURE2], [1.0, 1.0], num_particles=N, num_steps=T, ess_threshold=e
+        ),
+        "pdds": lambda e: pk.diffusion.pdds(
+            KEY,
+            GaussianDensity(jnp.zeros(2), jnp.float32(1.0), jnp.float32(INF)),
+            2,
+            num_particles=N,
+            num_steps=T,
+            ess_threshold=e,
+        ),  # fmt: skip
+        "steering.smc": lambda e: pk.steering.smc(
+            KEY, GEN, TOKEN_REWARD, num_particles=N, max_length=T, eos_id=EOS, ess_threshold=e
+        ),
+        "steering.particle_gibbs": lambda e: pk.steering.particle_gibbs(
+            KEY,
+            GEN,
+            TOKEN_REWARD,
+            num_particles=N,
+            num_iterations=2,
+            max_length=T,
+            eos_id=EOS,
+            ess_threshold=e,
+        ),  # fmt: skip
+        "steering.parallel_tempering": lambda e: pk.steering.parallel_tempering(
+            KEY,
+            GEN,
+            TOKEN_REWARD,
+            num_particles=N,
+            num_iterations=2,
+            temperatures=[1.0],
+            max_length=T,
+            eos_id=EOS,
+            ess_threshold=e,
+        ),  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_ess_threshold_calls()))
+@pytest.mark.parametrize("bad", ["0.5", True, float("nan"), 1.5])
+def test_every_ess_threshold_is_checked_the_same_way(name, bad):
+    """Ten entry points checked ``ess_threshold`` with ``float(x)`` inline (only
+    ``pk.resample`` had the strict check): the string ``"0.5"`` and ``True`` (read as 1.0)
+    passed. All now share ``kernels.check_ess_threshold`` and raise before tracing."""
+    with pytest.raises(ValueError, match="ess_threshold must be"):
+        _ess_threshold_calls()[name](bad)

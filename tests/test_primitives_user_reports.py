@@ -216,3 +216,12 @@ def test_float64_run_with_a_custom_categorical_scheme():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("make", [pk.move, pk.reweight])
+def test_batch_size_with_a_vectorized_function_is_a_value_error(make):
+    # was: batch_size silently ignored (the whole population evaluated at once, the memory
+    # the user asked to bound not bounded)
+    with pytest.raises(ValueError, match="batch_size=4 needs a per-particle function"):
+        make(lambda *args: args[1], vectorized=True, batch_size=4)
+    make(lambda *args: args[1], vectorized=False, batch_size=4)  # fine: chunked lax.map

@@ -289,8 +289,7 @@ def fk_corrector(
         )
     num_particles = kernels.check_num_particles(num_particles)
     grid = sampling_grid(grid, num_steps, schedule=models[0].schedule, default_num_steps=200)
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = kernels.check_ess_threshold(ess_threshold)
     noise_factor = _noise_factor(noise, total)
     sharding = check_sharding(sharding, num_particles, key=key)
     _warn_unstable_steps(models[0].schedule, grid, total, noise_factor)  # after every check

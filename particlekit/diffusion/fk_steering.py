@@ -596,8 +596,7 @@ def fk_steering(
     lo, hi = (float(v) for v in resample_window)
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"resample_window must satisfy 0 <= lo <= hi <= 1, got {resample_window}")
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = kernels.check_ess_threshold(ess_threshold)
     if proposal is not None and not callable(proposal):
         raise ValueError("proposal must be None or a callable (x_t, t, s) -> Distribution")
     check_sampler(sampler, eta)

@@ -501,8 +501,7 @@ def pdds(
         raise ValueError(f"num_mcmc_steps must be a non-negative integer, got {num_mcmc_steps!r}")
     if num_mcmc_steps < 0:
         raise ValueError(f"num_mcmc_steps must be a non-negative integer, got {num_mcmc_steps}")
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = kernels.check_ess_threshold(ess_threshold)
     if potential is not None and not callable(potential):
         raise ValueError("potential must be None or a callable (t, x) -> log g_hat_t(x)")
     if mcmc_step_size is None:

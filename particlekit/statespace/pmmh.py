@@ -448,8 +448,7 @@ def pmmh(
         raise ValueError(f"num_warmup must be a non-negative integer, got {num_warmup!r}")
     if not 0.0 < float(target_acceptance) < 1.0:
         raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance}")
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = kernels.check_ess_threshold(ess_threshold)
     state_shape = None
     if correlation is not None:
         if not 0.0 <= float(correlation) < 1.0:

@@ -489,7 +489,7 @@ def smc2(
         raise ValueError(f"max_num_x_particles ({max_num_x}) must be >= num_x_particles ({num_x})")
     num_mcmc_steps = kernels.check_num_particles(num_mcmc_steps, "num_mcmc_steps")
     num_chains = kernels.check_num_particles(num_chains, "num_chains")
-    if not 0.0 < float(ess_threshold) <= 1.0:
+    if kernels.check_ess_threshold(ess_threshold) == 0.0:
         raise ValueError(f"ess_threshold must be in (0, 1], got {ess_threshold}")
     if not 0.0 <= float(min_acceptance) < 1.0:
         raise ValueError(f"min_acceptance must be in [0, 1), got {min_acceptance}")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from particlekit.kernels import check_key, check_num_particles
+from particlekit.kernels import check_ess_threshold, check_key, check_num_particles
 from particlekit.resampling import get_conditional_scheme, get_scheme, sanitize_log_weights
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.steering.sequences import Config, SequenceState, check_config
@@ -317,8 +317,7 @@ def particle_gibbs(
     if int(num_particles) < 2:
         raise ValueError(f"particle_gibbs needs num_particles >= 2, got {num_particles}")
     num_iterations = check_num_particles(num_iterations, "num_iterations")
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = check_ess_threshold(ess_threshold)
     base = get_scheme(resampling)
     conditional = get_conditional_scheme(base)
     reference = _check_reference(reference, config)

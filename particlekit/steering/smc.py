@@ -287,10 +287,7 @@ def _smc(key, step_fn, reward_fn, prompt, init_cache, *, config, num_particles, 
 def _ess_threshold(ess_threshold, variant):
     if ess_threshold is None:
         return 0.5 if variant == "exact" else 1.0
-    value = float(ess_threshold)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
-    return value
+    return kernels.check_ess_threshold(ess_threshold)
 
 
 def smc(

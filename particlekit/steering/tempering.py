@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from particlekit.kernels import check_key, check_num_particles
+from particlekit.kernels import check_ess_threshold, check_key, check_num_particles
 from particlekit.resampling import get_conditional_scheme, get_scheme
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.steering.pgibbs import gibbs_iteration, initial_reference
@@ -331,8 +331,7 @@ def parallel_tempering(
             f"swap_every must be an integer in [1, num_iterations={num_iterations}], "
             f"got {swap_every!r}"
         )
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = check_ess_threshold(ess_threshold)
     base = get_scheme(resampling)
     conditional = get_conditional_scheme(base)
     return _parallel_tempering(

@@ -205,3 +205,27 @@ def test_a_cached_step_without_init_cache_is_a_value_error():
     with pytest.raises(ValueError, match="step_fn\\(tokens, length, cache\\)"):
         pk.steering.smc(jax.random.key(0), GEN, lambda t, n: 0.0, num_particles=2,
                         max_length=3, eos_id=3, init_cache=cache)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "tokens, length, message",
+    [
+        ([0, 0, 0, 0, 0, 0, 0, 3], 8, "must start with the prompt"),
+        ([1, 2, 0, 3, 0, 0, 0, 3], 8, "eos_id=3 at position 3, before its end"),
+        ([1, 2, 0, 0, 3, 0, 0, 0], 5, "padded with eos_id=3"),
+        ([1, 2, 0, 0, 1, 3, 3, 3], 5, "must end with eos_id=3"),
+    ],
+)
+def test_particle_gibbs_reference_the_model_cannot_produce_is_a_value_error(
+    tokens, length, message
+):
+    # was: an early eos_id silently replayed a shorter sequence (the chain's first state was
+    # not the reference given: `changed` True at the first sweep), another prompt's tokens
+    # were kept in the reference, and bad padding went unnoticed
+    gen = pk.steering.toy_generator()
+    with pytest.raises(ValueError, match=message):
+        pk.steering.particle_gibbs(
+            jax.random.key(1), gen, lambda t, n: 0.0 * n, num_particles=2, num_iterations=2,
+            max_length=6, eos_id=3, prompt=jnp.array([1, 2]),
+            reference=(jnp.array(tokens), length),
+        )  # fmt: skip

@@ -184,7 +184,7 @@ def _particle_gibbs(key, step_fn, reward_fn, prompt, init_cache, reference, *, c
     )
 
 
-def _check_reference(reference, config: Config):
+def _check_reference(reference, config: Config, prompt):
     if reference is None:
         return None
     if not (isinstance(reference, tuple) and len(reference) == 2):
@@ -210,7 +210,37 @@ def _check_reference(reference, config: Config):
         t = np.asarray(tokens)
         if t.min() < 0 or t.max() >= config.vocab_size:
             raise ValueError(f"reference token ids must be in [0, {config.vocab_size})")
+        if not isinstance(length, jax.core.Tracer):
+            _check_reference_sequence(t, int(length), prompt, config)
     return tokens.astype(jnp.int32), length.astype(jnp.int32)
+
+
+def _check_reference_sequence(tokens: np.ndarray, length: int, prompt, config: Config):
+    """A reference is a sequence the steering model can produce: the prompt, then tokens up
+    to ``length`` with ``eos_id`` only as the last one (or none at ``total_length``), then
+    ``eos_id`` padding. Anything else was replayed as a different sequence (an early
+    ``eos_id`` cut it) or reported with another prompt, silently."""
+    p, eos = config.prompt_length, config.eos_id
+    if p and not isinstance(prompt, jax.core.Tracer):
+        if not np.array_equal(tokens[:p], np.asarray(prompt)):
+            raise ValueError(
+                f"the reference must start with the prompt {np.asarray(prompt).tolist()}, "
+                f"got {tokens[:p].tolist()}"
+            )
+    body = tokens[p : length - 1]
+    if np.any(body == eos):
+        first = p + int(np.argmax(body == eos))
+        raise ValueError(
+            f"the reference has eos_id={eos} at position {first}, before its end "
+            f"(length={length}): a sequence stops at its first eos_id"
+        )
+    if length < config.total_length and tokens[length - 1] != eos:
+        raise ValueError(
+            f"a reference shorter than prompt + max_length ({config.total_length}) must end "
+            f"with eos_id={eos} at position length - 1 = {length - 1}, got {tokens[length - 1]}"
+        )
+    if np.any(tokens[length:] != eos):
+        raise ValueError(f"the reference must be padded with eos_id={eos} after its length")
 
 
 def particle_gibbs(
@@ -269,8 +299,10 @@ def particle_gibbs(
         steps and slot 0 replays the reference step by step.
     reference : tuple (tokens (L,), length), optional
         Starting sequence (with the prompt, padded with ``eos_id``), e.g.
-        ``(res.sequences[i], res.lengths[i])`` of an SMC result. Default: one sequence
-        drawn from an unconditional SMC run.
+        ``(res.sequences[i], res.lengths[i])`` of an SMC result: its only ``eos_id``
+        before the padding is its last token (none at full length), and a sequence the
+        model could not produce is a ``ValueError``. Default: one sequence drawn from an
+        unconditional SMC run.
     resampling : str
         A scheme with a conditional version (multinomial, systematic, stratified,
         residual).
@@ -320,7 +352,7 @@ def particle_gibbs(
     ess_threshold = check_ess_threshold(ess_threshold)
     base = get_scheme(resampling)
     conditional = get_conditional_scheme(base)
-    reference = _check_reference(reference, config)
+    reference = _check_reference(reference, config, prompt)
     return _particle_gibbs(
         key,
         step_fn,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from particlekit.lm import config
 from particlekit.lm.prm import ProcessRewardModel
@@ -27,9 +28,24 @@ def _load(path: Path, cfg: TransformerConfig) -> Transformer:
         raise FileNotFoundError(
             f"{path} is missing; write it with `python3 -m particlekit.lm.train`"
         )
-    # shapes only: nothing is initialised
+    # shapes only: nothing is initialised. The files hold float32 weights: with
+    # JAX_ENABLE_X64 the skeleton would be float64, which deserialising refuses
     skeleton = eqx.filter_eval_shape(Transformer, cfg, jax.random.key(0))
-    return eqx.tree_deserialise_leaves(path, skeleton)
+    skeleton = jax.tree.map(
+        lambda leaf: (
+            jax.ShapeDtypeStruct(leaf.shape, jnp.float32)
+            if jnp.issubdtype(leaf.dtype, jnp.floating)
+            else leaf
+        ),
+        skeleton,
+    )
+    try:
+        return eqx.tree_deserialise_leaves(path, skeleton)
+    except Exception as error:  # truncated, or written from another configuration
+        raise RuntimeError(
+            f"{path} does not hold the weights of {cfg} ({error}); rewrite it with "
+            f"`python3 -m particlekit.lm.train`"
+        ) from error
 
 
 def arithmetic_model() -> Transformer:

@@ -19,6 +19,7 @@ import numbers
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from particlekit.lm.transformer import Transformer
 
@@ -77,10 +78,17 @@ class ProcessRewardModel(eqx.Module):
             raise ValueError(
                 f"start must be an integer in [1, {cfg.context_length}], got {start!r}"
             )
-        if not isinstance(strength, jax.core.Tracer) and not 0 < float(strength) < math.inf:
+        if not isinstance(strength, jax.core.Tracer):
             # NaN would give every particle zero weight, a negative value would favour the
             # prefixes the PRM judges wrong, inf would make every imperfect prefix -inf
-            raise ValueError(f"strength must be a positive finite number, got {strength!r}")
+            arr = None if isinstance(strength, str | bytes) else np.asarray(strength)
+            if (
+                arr is None
+                or arr.ndim != 0
+                or arr.dtype.kind not in "iuf"
+                or not 0 < float(arr) < math.inf
+            ):
+                raise ValueError(f"strength must be a positive finite number, got {strength!r}")
         self.model = model
         self.strength = jnp.asarray(strength, jnp.float32)
         self.start = int(start)
@@ -89,14 +97,20 @@ class ProcessRewardModel(eqx.Module):
         """The verdicts on every token of ``tokens (L,)``: ``(L,)``, entry ``t`` the logit
         that token ``t`` is right given ``tokens[:t]`` (entry 0, with no context, is
         ``+inf``)."""
-        tokens = jnp.asarray(tokens, jnp.int32)
+        tokens = _check_tokens(tokens)
         out = self.model(tokens)
         q = jnp.take_along_axis(out[:-1], tokens[1:, None], axis=-1)[:, 0]
-        return jnp.concatenate([jnp.full((1,), jnp.inf, q.dtype), q])
+        return jnp.concatenate([jnp.full((1,), jnp.inf, out.dtype), q])[: tokens.shape[0]]
 
     def log_probability(self, tokens, length) -> jax.Array:
         """``log P(tokens[:length] right)`` (a scalar): the sum of ``log sigmoid`` of the
-        verdicts on positions ``start, ..., length - 1``."""
+        verdicts on positions ``start, ..., length - 1``. The entries from ``length`` on
+        are ignored, whatever they hold (the model is causal)."""
+        tokens = _check_tokens(tokens)
+        length = _check_length(length)
+        # the positions past the prefix never reach a judged verdict: read them as id 0,
+        # so that padding outside the vocabulary there (e.g. -1) is not an error
+        tokens = jnp.where(jnp.arange(tokens.shape[0]) < length, tokens, 0)
         q = self.token_logits(tokens)
         t = jnp.arange(q.shape[0])
         judged = (t >= self.start) & (t < length)
@@ -110,8 +124,11 @@ class ProcessRewardModel(eqx.Module):
         """``strength * log P(tokens[:length] right)``: the steering reward; NaN (zero
         weight, counted in ``num_nonfinite`` by ``particlekit.steering.smc``) when the
         prefix holds a token id outside the PRM's vocabulary, e.g. from a generator with
-        a larger one. A buffer longer than the PRM's context is a ``ValueError``."""
-        tokens = jnp.asarray(tokens, jnp.int32)
+        a larger one; the entries from ``length`` on are ignored, whatever they hold. A
+        buffer longer than the PRM's context, a buffer that is not 1-D integer ids, or a
+        ``length`` that is not an integer scalar is a ``ValueError``."""
+        tokens = _check_tokens(tokens)
+        length = _check_length(length)
         cfg = self.model.config
         if tokens.shape[0] > cfg.context_length:  # static: raised when smc checks
             raise ValueError(
@@ -122,3 +139,23 @@ class ProcessRewardModel(eqx.Module):
         outside = jnp.any((t < length) & ((tokens < 0) | (tokens >= cfg.vocab_size)))
         value = self.strength * self.log_probability(tokens, length)
         return jnp.where(outside, jnp.nan, value)
+
+
+def _check_tokens(tokens) -> jax.Array:
+    """A 1-D array of integer token ids as int32, else a ``ValueError`` (static: checked
+    under ``jit`` too; an empty list is accepted)."""
+    arr = tokens if isinstance(tokens, jax.Array) else np.asarray(tokens)
+    if arr.ndim != 1 or (arr.size and not jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise ValueError(
+            f"tokens must be a 1-D array of integer token ids, got shape {arr.shape} and "
+            f"dtype {arr.dtype}"
+        )
+    return jnp.asarray(arr, jnp.int32)
+
+
+def _check_length(length) -> jax.Array:
+    """The filled length as an int32 scalar, else a ``ValueError``."""
+    arr = length if isinstance(length, jax.Array) else np.asarray(length)
+    if arr.ndim != 0 or not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise ValueError(f"length must be an integer scalar, got {length!r}")
+    return jnp.asarray(arr, jnp.int32)

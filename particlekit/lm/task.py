@@ -125,6 +125,8 @@ def encode(text: str) -> np.ndarray:
     >>> encode("12+7=").tolist()
     [1, 2, 10, 7, 11]
     """
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str of vocabulary characters, got {text!r}")
     bad = sorted(set(text) - set(CHARACTERS))
     if bad:
         raise ValueError(f"characters {bad} are not in the vocabulary {CHARACTERS!r}")
@@ -229,13 +231,26 @@ def is_heldout(operands) -> jax.Array:
     Parameters
     ----------
     operands : Array of shape (..., MAX_TERMS), int
-        Zero-padded operands, as in ``Problems``.
+        Zero-padded operands, as in ``Problems``; a last axis of ``MIN_TERMS`` to
+        ``MAX_TERMS`` entries is zero-padded (a zero operand does not change the hash).
 
     Returns
     -------
     Array of shape (...,), bool
+
+    Examples
+    --------
+    >>> bool(is_heldout([12, 7, 30])) == bool(is_heldout([12, 7, 30, 0]))
+    True
     """
-    return _hash(jnp.asarray(operands, jnp.int32)) == 0
+    operands = jnp.asarray(operands, jnp.int32)
+    if operands.ndim < 1 or not MIN_TERMS <= operands.shape[-1] <= MAX_TERMS:
+        raise ValueError(
+            f"operands must have a last axis of {MIN_TERMS} to {MAX_TERMS} entries, got "
+            f"shape {operands.shape}"
+        )
+    pad = [(0, 0)] * (operands.ndim - 1) + [(0, MAX_TERMS - operands.shape[-1])]
+    return _hash(jnp.pad(operands, pad)) == 0
 
 
 def sample_problems(key, num: int, split: str = "train") -> Problems:
@@ -347,6 +362,16 @@ def problem_tokens(operands, num_terms):
     >>> decode(p) + decode(s), int(n)
     ('____12+7+30=19;49;A49$_______', 10)
     """
+    if not isinstance(operands, jax.core.Tracer) and not isinstance(num_terms, jax.core.Tracer):
+        # concrete: the checks of ``problem_text`` (traced values cannot be checked; out of
+        # range they give a malformed prompt)
+        n = np.asarray(num_terms)
+        if n.ndim or n.dtype.kind not in "iu" or not MIN_TERMS <= int(n) <= MAX_TERMS:
+            raise ValueError(f"num_terms must be {MIN_TERMS} to {MAX_TERMS}, got {num_terms!r}")
+        ops = np.asarray(operands)
+        if ops.shape != (MAX_TERMS,):
+            raise ValueError(f"operands must have shape ({MAX_TERMS},), got {ops.shape}")
+        _check_operands(ops[: int(n)])
     operands = jnp.asarray(operands, jnp.int32)
     num_terms = jnp.asarray(num_terms, jnp.int32)
     pieces, keep = [], []
@@ -381,15 +406,36 @@ class _Parse(NamedTuple):
     token_ok: jax.Array  # (L,) bool: the step written so far is a prefix of the right one
     answer_ok: jax.Array  # (L,) bool: an answer line "A<total>$" ends here
     has_prompt: jax.Array  # () bool: one '=' in the prefix, after 3 or 4 operands
+    past_answer: jax.Array  # (L,) bool: a filled position after the answer step's end
 
 
 def _shift(x, k: int, fill):
     """``x[t - k]`` at position ``t`` (``fill`` before the start)."""
+    k = min(k, x.shape[0])  # a buffer shorter than the shift: all fill
     return jnp.concatenate([jnp.full((k,), fill, x.dtype), x[: x.shape[0] - k]])
 
 
+def _check_buffer(tokens, length) -> tuple[jax.Array, jax.Array]:
+    """``tokens`` as a 1-D int32 array and ``length`` as an int32 scalar, else a
+    ``ValueError`` (shapes and dtypes are static: checked under ``jit`` too). Ids outside
+    the vocabulary are not errors: such a prefix is wrong."""
+    arr = tokens if isinstance(tokens, jax.Array) else np.asarray(tokens)
+    if arr.ndim != 1 or (arr.size and not jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise ValueError(
+            f"tokens must be a 1-D array of integer token ids, got shape {arr.shape} and "
+            f"dtype {arr.dtype}"
+        )
+    n = length if isinstance(length, jax.Array) else np.asarray(length)
+    if n.ndim != 0 or not jnp.issubdtype(n.dtype, jnp.integer):
+        raise ValueError(f"length must be an integer scalar, got {length!r}")
+    return jnp.asarray(arr, jnp.int32), jnp.asarray(n, jnp.int32)
+
+
 def _parse(tokens, length) -> _Parse:
-    return _parse_jit(jnp.asarray(tokens, jnp.int32), jnp.asarray(length, jnp.int32))
+    tokens, length = _check_buffer(tokens, length)
+    if tokens.shape[0] == 0:  # nothing filled: parsed as one padding token
+        tokens = jnp.full((1,), PAD, jnp.int32)
+    return _parse_jit(tokens, length)
 
 
 @jax.jit
@@ -455,8 +501,9 @@ def _parse_jit(tokens, length) -> _Parse:
     digit_ok = digit_ok & (value_here == leading) & (is_sum_step | (first == ANSWER))
     letter_ok = (tok == ANSWER) & (content == 0) & is_answer_step
     token_ok = ~after | jnp.where(terminal, step_ok, digit_ok | letter_ok)
+    past_answer = after & (step_index >= num_terms)
     return _Parse(terminal, step_index, step_ok & has_prompt, token_ok,
-                  answer_ok & has_prompt, has_prompt)  # fmt: skip
+                  answer_ok & has_prompt, has_prompt, past_answer)  # fmt: skip
 
 
 def step_correct(tokens, length) -> tuple[jax.Array, jax.Array]:
@@ -525,13 +572,17 @@ def prefix_correct(tokens, length, partial_steps: bool = False) -> jax.Array:
     >>> bool(prefix_correct(t, 12)), bool(prefix_correct(t, 12, partial_steps=True))
     (True, False)
     """
+    tokens, length = _check_buffer(tokens, length)
     p = _parse(tokens, length)
-    tokens = jnp.asarray(tokens, jnp.int32)
     size = tokens.shape[0]
-    last = tokens[jnp.clip(length - 1, 0, size - 1)]
+    last = tokens[jnp.clip(length - 1, 0, max(size - 1, 0))] if size else EOS
     cut = (length >= size) & (last != EOS)
-    ok = p.has_prompt & jnp.all(~p.terminal | p.step_ok) & ~cut
-    return ok & jnp.all(p.token_ok) if partial_steps else ok
+    # a token after the answer line's end token starts a step after the answer: wrong,
+    # completed or not
+    ok = p.has_prompt & jnp.all(~p.terminal | p.step_ok) & ~jnp.any(p.past_answer) & ~cut
+    if isinstance(partial_steps, bool | np.bool_):
+        return ok & jnp.all(p.token_ok) if partial_steps else ok
+    return ok & (jnp.all(p.token_ok) | ~jnp.asarray(partial_steps, bool))  # traced flag
 
 
 def answer_correct(tokens, length) -> jax.Array:
@@ -547,9 +598,12 @@ def answer_correct(tokens, length) -> jax.Array:
     >>> bool(answer_correct(encode("12+7+30=19;48;A49$"), 18))
     True
     """
+    tokens, length = _check_buffer(tokens, length)
+    if tokens.shape[0] == 0:
+        return jnp.asarray(False)
     p = _parse(tokens, length)
-    end = jnp.clip(jnp.asarray(length) - 1, 0, jnp.asarray(tokens).shape[0] - 1)
-    return p.terminal[end] & p.answer_ok[end] & (jnp.asarray(length) > 0)
+    end = jnp.clip(length - 1, 0, tokens.shape[0] - 1)
+    return p.terminal[end] & p.answer_ok[end] & (length > 0)
 
 
 def final_answer(tokens, length) -> tuple[jax.Array, jax.Array]:
@@ -570,9 +624,10 @@ def final_answer(tokens, length) -> tuple[jax.Array, jax.Array]:
     >>> bool(final_answer(encode("12+7+30=19;48;"), 14)[1])
     False
     """
-    tokens = jnp.asarray(tokens, jnp.int32)
-    length = jnp.asarray(length, jnp.int32)
+    tokens, length = _check_buffer(tokens, length)
     size = tokens.shape[0]
+    if size == 0:
+        return jnp.asarray(0, jnp.int32), jnp.asarray(False)
     pos = jnp.arange(size)
     end = jnp.clip(length - 1, 0, size - 1)
     is_answer = (tokens == ANSWER) & (pos < end)

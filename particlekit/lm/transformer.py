@@ -83,6 +83,20 @@ class KVCache(NamedTuple):
     position: jax.Array
 
 
+def _check_config(config) -> TransformerConfig:
+    """``config`` as a ``TransformerConfig`` of positive integers, else a ``ValueError``."""
+    if isinstance(config, dict):
+        config = TransformerConfig(**config)
+    elif not isinstance(config, TransformerConfig):
+        config = TransformerConfig(*config)
+    for name, value in config._asdict().items():
+        if name == "output_size" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {value!r}")
+    return TransformerConfig(*(None if v is None else int(v) for v in config))
+
+
 class _Block(eqx.Module):
     norm1: eqx.nn.LayerNorm
     qkv: eqx.nn.Linear
@@ -108,7 +122,8 @@ class _Block(eqx.Module):
         qkv = jax.vmap(self.qkv)(jax.vmap(self.norm1)(x))
         t = x.shape[0]
         q, k, v = jnp.split(qkv, 3, axis=-1)
-        shape = (t, self.num_heads, -1)
+        # the head width spelled out: with -1, an empty sequence (T = 0) cannot be reshaped
+        shape = (t, self.num_heads, q.shape[-1] // self.num_heads)
         return q.reshape(shape), k.reshape(shape), v.reshape(shape)
 
     def finish(self, x, q, keys, values, mask):
@@ -153,7 +168,7 @@ class Transformer(eqx.Module):
     config: TransformerConfig = eqx.field(static=True)
 
     def __init__(self, config: TransformerConfig, key):
-        config = TransformerConfig(*config)
+        config = _check_config(config)
         if config.d_model % config.num_heads:
             raise ValueError(
                 f"num_heads ({config.num_heads}) must divide d_model ({config.d_model})"
@@ -301,7 +316,51 @@ def step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache]
     >>> bool(jnp.allclose(logits, model(jnp.array([1, 2, 3]))[2], atol=1e-5))
     True
     """
-    return _step(model, cache, jnp.asarray(token, jnp.int32))
+    return _step(model, _check_cache(cache, model.config), _check_step_token(token))
+
+
+def _check_step_token(token):
+    """``token`` as a scalar int32: a ``ValueError`` for another shape or a non-integer
+    (a float would be truncated, a bool read as 0 / 1); a concrete id outside int32 becomes
+    -1 (outside the vocabulary: NaN logits, as for any other such id)."""
+    if isinstance(token, jax.Array):  # traced or on the device: static checks, no sync
+        if token.ndim != 0 or not jnp.issubdtype(token.dtype, jnp.integer):
+            raise ValueError(
+                f"token must be one integer token id (shape ()), got shape {token.shape} "
+                f"and dtype {token.dtype}"
+            )
+        if jnp.iinfo(token.dtype).bits > 32 or token.dtype == jnp.uint32:
+            info = np.iinfo(np.int32)
+            token = jnp.where((token >= 0) & (token <= info.max), token, -1)
+        return token.astype(jnp.int32)
+    arr = np.asarray(token)
+    if arr.ndim != 0 or arr.dtype.kind not in "iu":
+        raise ValueError(
+            f"token must be one integer token id (shape ()), got {token!r} of shape "
+            f"{arr.shape} and dtype {arr.dtype}"
+        )
+    value = int(arr)
+    info = np.iinfo(np.int32)
+    return jnp.asarray(value if info.min <= value <= info.max else -1, jnp.int32)
+
+
+def _check_cache(cache, config: TransformerConfig) -> KVCache:
+    """``cache`` as a ``KVCache`` whose keys and values fit ``config``, else a
+    ``ValueError`` (static shapes: checked under ``jit`` too)."""
+    shape = (config.num_layers, config.num_heads, config.context_length,
+             config.d_model // config.num_heads)  # fmt: skip
+    try:
+        cache = KVCache(*cache)
+        ok = tuple(cache.keys.shape) == shape and tuple(cache.values.shape) == shape
+        ok = ok and len(getattr(cache.position, "shape", ())) == 0
+    except (TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"cache must be a KVCache of keys and values of shape {shape} (from prefill "
+            f"with this model) and a scalar position, got {cache!r:.200}"
+        )
+    return cache
 
 
 @eqx.filter_jit
@@ -316,10 +375,14 @@ def _step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache
     # one in-place update of the stacked cache per layer (no per-layer slices re-stacked:
     # that would copy the whole cache at every token)
     keys, values = cache.keys, cache.values
+    zero = jnp.zeros((), here.dtype)  # indices of one dtype (Python ints are int64 with x64)
     for i, block in enumerate(model.blocks):  # static: the layers
         q, k, v = block.project(x)  # k, v: (1, H, dh), written at (layer i, position here)
-        keys = jax.lax.dynamic_update_slice(keys, k[None].swapaxes(1, 2), (i, 0, here, 0))
-        values = jax.lax.dynamic_update_slice(values, v[None].swapaxes(1, 2), (i, 0, here, 0))
+        at = (jnp.asarray(i, here.dtype), zero, here, zero)
+        keys = jax.lax.dynamic_update_slice(keys, k[None].swapaxes(1, 2).astype(keys.dtype), at)
+        values = jax.lax.dynamic_update_slice(
+            values, v[None].swapaxes(1, 2).astype(values.dtype), at
+        )
         x = block.finish(x, q, keys[i], values[i], mask)
     logits = model.head(model.norm(x[0]))
     logits = jnp.where(valid, logits, jnp.nan)
@@ -340,6 +403,31 @@ def _check_token_id(value, vocab_size: int, name: str) -> int:
     if not 0 <= index < vocab_size:
         raise ValueError(f"{name} must be in [0, {vocab_size}) (the vocabulary), got {index}")
     return index
+
+
+def _check_temperature(temperature, positive: bool) -> jax.Array:
+    """A finite temperature ``> 0`` (``positive``) or ``>= 0`` as a float32 scalar, else a
+    ``ValueError`` (a traced value is only checked to be a real scalar)."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(temperature, jax.core.Tracer):
+        if temperature.ndim != 0 or not jnp.issubdtype(temperature.dtype, jnp.number):
+            raise ValueError(f"temperature must be a real scalar, got {temperature}")
+        return temperature.astype(jnp.float32)
+    arr = np.asarray(temperature) if not isinstance(temperature, str | bytes) else None
+    if arr is None or arr.ndim != 0 or arr.dtype.kind not in "iuf":
+        raise ValueError(f"temperature must be a finite real number {bound}, got {temperature!r}")
+    value = float(arr)
+    if not (0 < value < math.inf if positive else 0 <= value < math.inf):
+        raise ValueError(f"temperature must be finite and {bound}, got {temperature}")
+    return jnp.asarray(value, jnp.float32)
+
+
+def _tempered(logits, temperature):
+    """``logits / temperature`` up to a constant (the same distribution): shifted by their
+    maximum first, so that a tiny temperature gives 0 for the most likely token and very
+    negative values or ``-inf`` for the others (the greedy limit) instead of overflowing to
+    ``+inf``, which a categorical draw cannot sample from."""
+    return (logits - jnp.max(logits)) / temperature
 
 
 def generate(model: Transformer, key, prompt, max_new_tokens: int, *, eos_id: int,
@@ -394,15 +482,13 @@ def generate(model: Transformer, key, prompt, max_new_tokens: int, *, eos_id: in
             f"({cfg.context_length}), with max_new_tokens >= 1"
         )
     eos_id = _check_token_id(eos_id, cfg.vocab_size, "eos_id")
-    if not isinstance(temperature, jax.core.Tracer) and not 0 <= float(temperature) < math.inf:
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
-    temperature = jnp.asarray(temperature, jnp.float32)
+    temperature = _check_temperature(temperature, positive=False)
     greedy = temperature <= 0
 
     def body(carry, k):
         cache, last, done = carry
         logits, cache = step(model, cache, last)
-        scaled = logits / jnp.where(greedy, 1.0, temperature)
+        scaled = _tempered(logits, jnp.where(greedy, 1.0, temperature))
         sampled = jax.random.categorical(k, scaled)
         token = jnp.where(greedy, jnp.argmax(logits), sampled).astype(jnp.int32)
         token = jnp.where(done, eos_id, token)
@@ -454,10 +540,8 @@ class SteeringLM(eqx.Module):
     temperature: jax.Array
 
     def __init__(self, model: Transformer, temperature: float = 1.0):
-        if not isinstance(temperature, jax.core.Tracer) and not 0 < float(temperature) < math.inf:
-            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         self.model = model
-        self.temperature = jnp.asarray(temperature, jnp.float32)
+        self.temperature = _check_temperature(temperature, positive=True)
 
     def init_cache(self, prompt) -> KVCache:
         """The cache before the first step: the prompt (``P >= 1`` tokens) without its last
@@ -486,7 +570,7 @@ class SteeringLM(eqx.Module):
         last = tokens[jnp.clip(length - 1, 0, tokens.shape[0] - 1)]
         logits, new = step(self.model, cache, last)
         consistent = cache.position == length - 1
-        return jnp.where(consistent, logits / self.temperature, jnp.nan), new
+        return jnp.where(consistent, _tempered(logits, self.temperature), jnp.nan), new
 
 
 def steering_model(model: Transformer, prompt, temperature: float = 1.0):

@@ -25,7 +25,12 @@ import numpy as np
 
 from particlekit import distributed, resampling
 from particlekit.infer import adaptive_hmc, convergence, log_density, moves, tempering
-from particlekit.infer.numpyro_adapter import ModelInfo, inspect_model, make_target
+from particlekit.infer.numpyro_adapter import (
+    ModelInfo,
+    inspect_model,
+    invalid_prior_sites,
+    make_target,
+)
 from particlekit.kernels import check_key, check_num_particles, reweight
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar
 from particlekit.types import ParticleState
@@ -395,16 +400,24 @@ def _chain_major(particles, num_resampled: int, moved):
 
 
 def _split_args(args, kwargs):
-    """Arrays become traced arguments; everything else (ints, strings, ...) is static."""
+    """Arrays become traced arguments; everything else (ints, strings, ...) is static.
+
+    The returned spec (the cache key of the traced sampler) holds the arrays' shapes and
+    dtypes too: the model's ``ModelInfo`` (latent sites, their sizes, the flattening of the
+    unconstrained vector) is read from a trace at the first data and depends on them.
+    Without them new data of another shape (a hierarchical model with 5 groups after one
+    with 8) reused the stale flattening and failed with ``Sum of sizes 9 must be equal to
+    dimension 2 ...``; sites whose sizes traded places would have been mislabelled."""
     leaves, treedef = jax.tree.flatten((args, kwargs))
     dynamic = tuple(isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves)
     dyn = [leaf for leaf, d in zip(leaves, dynamic, strict=True) if d]
     static = tuple(None if d else leaf for leaf, d in zip(leaves, dynamic, strict=True))
-    return dyn, (treedef, dynamic, static)
+    shapes = tuple((tuple(np.shape(leaf)), str(leaf.dtype)) for leaf in dyn)
+    return dyn, (treedef, dynamic, static, shapes)
 
 
 def _merge_args(dyn, spec):
-    treedef, dynamic, static = spec
+    treedef, dynamic, static, _ = spec
     it = iter(dyn)
     leaves = [next(it) if d else s for d, s in zip(dynamic, static, strict=True)]
     return jax.tree.unflatten(treedef, leaves)
@@ -790,7 +803,16 @@ class SMC:
             self._bar.close()
         if across_processes:  # every process keeps the whole population (host copies)
             result, problems = jax.tree.map(jnp.asarray, distributed.to_host((result, problems)))
-        _check_initial(np.asarray(problems), self.num_particles, info)
+        _check_initial(
+            np.asarray(problems),
+            self.num_particles,
+            info,
+            None
+            if isinstance(self.model, log_density.LogDensityModel)
+            else functools.partial(
+                invalid_prior_sites, self.model, args, kwargs, info, result.positions
+            ),
+        )
         if not info.has_likelihood:
             warnings.warn(
                 "the model has no observed sample site and no numpyro.factor: its likelihood "
@@ -938,11 +960,34 @@ def _scheme_with_num_samples(scheme):
     return draw
 
 
-def _check_initial(problems: np.ndarray, num_particles: int, info: ModelInfo) -> None:
+def _check_initial(
+    problems: np.ndarray, num_particles: int, info: ModelInfo, find_boundary=None
+) -> None:
     """Raise on invalid prior draws, from the per-chain counts of ``_initial_problems``
-    (a chain that starts invalid stops before its first stage)."""
+    (a chain that starts invalid stops before its first stage, so its positions are the
+    prior draws). ``find_boundary``: ``() -> {site: count}`` of
+    ``numpyro_adapter.invalid_prior_sites`` at those draws, to name the sites whose draws lie on
+    their support's boundary (the message said "check the model's parameters and
+    supports" to a valid model with a ``Dirichlet(0.1 * ones(10))`` prior, one of whose
+    float32 draws in 2000 had an exact 0)."""
     bad_prior, bad_lik, all_neginf = problems.sum(axis=0)
     total = problems.shape[0] * num_particles
+    if bad_prior and find_boundary is not None:
+        on_boundary = find_boundary()
+        if on_boundary:
+            sites = ", ".join(
+                f"{k!r} (at {v} draw{'s' if v > 1 else ''})" for k, v in on_boundary.items()
+            )
+            raise ValueError(
+                f"the log-prior is NaN or +inf at {int(bad_prior)} of {total} prior draws, "
+                f"in latent site(s) {sites}. At some draws only: the draws lie on (or round "
+                "onto) the boundary of the support in floating point, where the density is "
+                "infinite (a Dirichlet or Gamma with small concentrations draws exact zeros "
+                "now and then); tempered SMC starts from prior draws, so it needs a prior "
+                "whose draws are representable (larger concentrations, float64 with "
+                "jax_enable_x64, or the parameter's logarithm as the latent site). At every "
+                "draw: check the site's parameters"
+            )
     for name, bad in (("log-prior", bad_prior), ("log-likelihood", bad_lik)):
         if bad:
             raise ValueError(

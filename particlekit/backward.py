@@ -343,6 +343,12 @@ def population_log_bound(ssm: StateSpaceModel, xs_prev, t, log_transition_bound)
     ``j`` of ``xs_prev``; ``None`` if none is given and none can be derived."""
     if log_transition_bound is not None:
         value = log_transition_bound(t) if callable(log_transition_bound) else log_transition_bound
+        if jnp.shape(value) != () or not jnp.issubdtype(jnp.result_type(value), jnp.number):
+            raise ValueError(
+                "log_transition_bound(t) must return one number, log sup_x f_t(x | x_prev) "
+                f"over every previous particle; got shape {jnp.shape(value)}, dtype "
+                f"{jnp.result_type(value)}"
+            )
         return jnp.asarray(value, jnp.result_type(float))
     if ssm.vectorized:
         bound = max_log_density(ssm.transition(xs_prev, t))
@@ -357,7 +363,8 @@ def population_log_bound(ssm: StateSpaceModel, xs_prev, t, log_transition_bound)
 class BackwardStats(NamedTuple):
     """Cost diagnostics of one batch of backward draws (scalars)."""
 
-    mean_trials: jax.Array  # mean number of rejection proposals per draw (0 if exact)
+    # mean number of rejection proposals per draw (0 if exact; mcmc: the MH acceptance rate)
+    mean_trials: jax.Array
     num_exact: jax.Array  # number of draws made exactly (all of them in exact mode)
     # accept-reject proposals whose acceptance probability exceeded 1: the bound given is
     # below the transition density there, and the draws are not exact (0 if exact / mcmc)
@@ -625,7 +632,7 @@ def backward_indices(
             # an acceptance probability above 1: the bound is too small (counted, reported)
             if count_above_bound:
                 too_high = (log_a > ABOVE_BOUND_TOLERANCE).reshape(size, per_round)
-                above = above + jnp.sum(too_high & ~done[:, None])
+                above = above + jnp.sum(too_high & ~done[:, None], dtype=jnp.int32)
             if per_round == 1:
                 accept, picked, used = ~done & ok, cand, 1
             else:
@@ -636,7 +643,7 @@ def backward_indices(
                 used = jnp.where(accept, first + 1, per_round)
             trials = trials + jnp.where(done, 0, used)
             idx = jnp.where(accept, picked, idx)
-            return r + 1, idx, done | accept, trials, jnp.sum(accept), above
+            return r + 1, idx, done | accept, trials, jnp.sum(accept, dtype=jnp.int32), above
 
         init = (jnp.zeros((), jnp.int32), jnp.zeros(size, jnp.int32), ~buffer.valid,
                 jnp.zeros(size, jnp.int32), jnp.zeros((), jnp.int32),
@@ -782,18 +789,30 @@ def resolve_bound(ssm, xs_prev, t, method, log_transition_bound):
 
 def check_log_transition_bound(value):
     """A number given as ``log_transition_bound`` must be a finite scalar or ``+inf`` (a
-    callable of ``t`` is checked when called, by its use: not here). Returns ``value``."""
-    if value is None or callable(value) or isinstance(value, jax.core.Tracer):
+    callable of ``t`` is checked when called, by its use: not here). Returns a number as a
+    Python float (a static, hashable argument), a callable or None as it is."""
+    if value is None or callable(value):
         return value
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            "log_transition_bound must be a concrete number or a function of t, not a traced "
+            "value (it is a static setting of the compiled backward pass)"
+        )
     array = np.asarray(value)  # NumPy: under an outer jit jnp would stage the checks
-    if array.shape != () or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"log_transition_bound must be a number, got {value!r}")
+    if (
+        array.shape != ()
+        or not np.issubdtype(array.dtype, np.number)
+        or np.issubdtype(array.dtype, np.complexfloating)
+    ):
+        raise ValueError(f"log_transition_bound must be a real number, got {value!r}")
     if bool(np.isnan(array)) or bool(array == -np.inf):
         raise ValueError(
             f"log_transition_bound must be log sup_x f_t(x | x_prev), a number above -inf, "
             f"got {value!r} (-inf would accept every proposal, NaN none)"
         )
-    return value
+    # a Python float: the bound is a static argument of the compiled passes (hashable; a
+    # 0-d jax.Array is not)
+    return float(array)
 
 
 def warn_if_above_bound(num_above_bound, where: str, log_transition_bound) -> None:

@@ -20,6 +20,7 @@ contrast with the ``O(1/N)`` bias of a single PaRIS run.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -252,13 +253,36 @@ def _check_finite_reference(reference):
 
 
 def _check_reference(reference, ys, ssm):
-    reference = jnp.asarray(reference)
+    if reference is None or isinstance(reference, (dict, str, bytes)):
+        raise ValueError(
+            "reference must be an array of states with leading axis T (e.g. the xs of "
+            f"ssm.simulate), got {type(reference).__name__}"
+        )
+    try:
+        reference = jnp.asarray(reference)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            "reference must be an array of states with leading axis T (e.g. the xs of "
+            f"ssm.simulate), got {type(reference).__name__}: {err}"
+        ) from None
+    if not (
+        jnp.issubdtype(reference.dtype, jnp.floating)
+        or jnp.issubdtype(reference.dtype, jnp.integer)
+    ):
+        raise ValueError(
+            f"reference must hold real states (a float array), got dtype {reference.dtype}"
+        )
     if reference.ndim == 0 or reference.shape[0] != ys.shape[0]:
         raise ValueError(
             f"reference must be a trajectory with leading axis T={ys.shape[0]}, got shape "
             f"{reference.shape}"
         )
     x0 = jax.eval_shape(lambda k: ssm.initial().sample(k), jax.random.key(0))
+    if not jnp.issubdtype(x0.dtype, jnp.floating) and jnp.issubdtype(reference.dtype, jnp.floating):
+        if not isinstance(reference, jax.core.Tracer) and not np.all(
+            np.asarray(reference) == np.round(np.asarray(reference))
+        ):
+            raise ValueError(f"reference has non-integer values; the model's states are {x0.dtype}")
     if tuple(reference.shape[1:]) != tuple(x0.shape):
         raise ValueError(
             f"reference has state shape {reference.shape[1:]}, the model's states are {x0.shape}"
@@ -357,6 +381,14 @@ def csmc(
     if num_particles < 2:
         raise ValueError("conditional SMC needs num_particles >= 2 (one is the reference)")
     _check_method(method)
+    flags = {
+        "backward_sampling": backward_sampling,
+        "ancestor_sampling": ancestor_sampling,
+        "return_info": return_info,
+    }
+    for name, flag in flags.items():
+        if not isinstance(flag, (bool, np.bool_)):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
     reference = _check_reference(reference, ys, ssm)
     scheme = resampling_scheme_for_csmc(resampling)
     result = _csmc(
@@ -392,7 +424,10 @@ class PPGResult(NamedTuple):
         The final conditioning trajectory (a draw of the Markov chain on paths).
     log_evidence : Array of shape (num_iterations,)
         Log-evidence of each conditional sweep (diagnostic only: conditional SMC is not
-        an unbiased estimator of the evidence).
+        an unbiased estimator of the evidence). ``-inf`` marks a failed sweep (every
+        weight zero at some step: impossible data or an infinite observation), whose
+        estimate is not an estimate of the smoothed functional: check
+        ``jnp.isfinite(log_evidence).all()``.
     """
 
     estimate: PyTree
@@ -563,6 +598,8 @@ def ppg(
     if num_particles < 2:
         raise ValueError("PPG needs num_particles >= 2 (one is the reference)")
     num_iterations = kernels.check_num_particles(num_iterations, "num_iterations")
+    if isinstance(burn_in, bool) or not isinstance(burn_in, numbers.Integral):
+        raise ValueError(f"burn_in must be an integer in [0, num_iterations), got {burn_in!r}")
     if not 0 <= int(burn_in) < num_iterations:
         raise ValueError(f"burn_in must be in [0, num_iterations), got {burn_in}")
     if reference is not None:
@@ -622,6 +659,28 @@ class ParticleGibbsResult(NamedTuple):
         return from_particle_gibbs(self, ys)
 
 
+def _like_theta(new, theta):
+    """``theta_update``'s draw in the structure, shapes and dtypes of ``theta`` (the
+    chain's carry): another dtype is cast (e.g. a Python number), another structure or
+    shape is a ``ValueError`` (at trace time)."""
+    if jax.tree.structure(new) != jax.tree.structure(theta):
+        raise ValueError(
+            "theta_update(key, theta, xs, ys) must return theta's structure "
+            f"{jax.tree.structure(theta)}, got {jax.tree.structure(new)}"
+        )
+
+    def cast(a, b):
+        a = jnp.asarray(a)
+        if a.shape != b.shape:
+            raise ValueError(
+                f"theta_update(key, theta, xs, ys) returned a leaf of shape {a.shape} for a "
+                f"parameter of shape {b.shape}"
+            )
+        return a.astype(b.dtype)
+
+    return jax.tree.map(cast, new, theta)
+
+
 @partial(
     jax.jit,
     static_argnames=(
@@ -639,7 +698,7 @@ def _particle_gibbs(key, ys, theta_init, reference, *, model_fn, num_samples, nu
 
     def theta_step(k, theta, xs):
         if theta_update is not None:
-            return theta_update(k, theta, xs, ys), jnp.full((), jnp.nan)
+            return _like_theta(theta_update(k, theta, xs, ys), theta), jnp.full((), jnp.nan)
 
         def logdensity(th):
             return log_prior(th) + joint_log_prob(model_fn(th), xs, ys)
@@ -783,6 +842,8 @@ def particle_gibbs(
     if num_particles < 2:
         raise ValueError("particle Gibbs needs num_particles >= 2 (one is the reference)")
     scheme = resampling_scheme_for_csmc(resampling)
+    if not isinstance(ancestor_sampling, (bool, np.bool_)):
+        raise ValueError(f"ancestor_sampling must be True or False, got {ancestor_sampling!r}")
     if reference is not None:
         reference = _check_reference(reference, ys, ssm0)
     theta_init = jax.tree.map(jnp.asarray, theta_init)

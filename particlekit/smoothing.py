@@ -37,6 +37,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from particlekit import kernels, resampling
 from particlekit.backward import (
@@ -206,10 +207,19 @@ def ffbs(
     (100, 50)
     """
     kernels.check_key(key)
+    if not isinstance(ssm, StateSpaceModel):
+        raise ValueError(f"ssm must be a particlekit.StateSpaceModel, got {type(ssm).__name__}")
     if not isinstance(filter_result, FilterResult) or filter_result.particles is None:
         raise ValueError("ffbs needs a FilterResult computed with keep_history=True")
+    if jnp.ndim(filter_result.log_weights) != 2:
+        raise ValueError(
+            "ffbs needs the history of one filter run, log_weights of shape (T, N); got "
+            f"shape {jnp.shape(filter_result.log_weights)} (a jax.vmap batch of runs? call "
+            "ffbs under the same jax.vmap)"
+        )
     failed = filter_result.failed
-    if not isinstance(failed, jax.core.Tracer) and bool(jnp.any(failed)):
+    # NumPy: under an outer jit a jnp reduction of a closed-over result is staged (a tracer)
+    if not isinstance(failed, jax.core.Tracer) and bool(np.any(np.asarray(failed))):
         raise ValueError(
             "ffbs of a failed filter (filter_result.failed: every weight was zero at some "
             "step, log_evidence is -inf): its weights carry no smoothing law. Check the data "
@@ -309,7 +319,10 @@ class PaRISResult(NamedTuple):
     ess, resampled, num_nonfinite : Array of shape (T,)
         Filter diagnostics per step.
     mean_trials : Array of shape (T,)
-        Mean rejection proposals per backward draw (0 in exact mode and at ``t = 0``).
+        Mean rejection proposals per backward draw (0 in exact mode and at ``t = 0``);
+        with ``method="mcmc"``, the acceptance rate of the Metropolis–Hastings moves (near
+        0: the moves rarely leave the filter's own ancestor, e.g. a very peaked
+        transition, and the statistics degenerate as with ``K = 1``).
     num_exact : Array of shape (T,)
         Backward draws made exactly (fallbacks in rejection mode).
     failed : Array of shape (), bool
@@ -377,9 +390,22 @@ def _weighted_mean(log_weights, tree):
     return jax.tree.map(lambda a: resampling.weighted_sum(w, a), tree)
 
 
-def _zeros_like_h(additive_fn, x, t):
-    shapes = jax.eval_shape(lambda a: additive_fn(a, a, t), x)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+def _float_leaves(tree):
+    """Integer and boolean leaves as the default float dtype (a weighted mean of counts or
+    indicators is a fraction); floating leaves as they are."""
+
+    def cast(a):
+        a = jnp.asarray(a)
+        if jnp.issubdtype(a.dtype, jnp.inexact):
+            return a
+        return a.astype(jnp.result_type(float))
+
+    return jax.tree.map(cast, tree)
+
+
+def _h_spec(additive_fn, x, t):
+    """Shapes and (floating) dtypes of ``additive_fn``'s output for one pair of states."""
+    return jax.eval_shape(lambda a: _float_leaves(additive_fn(a, a, t)), x)
 
 
 def _smc_step(
@@ -433,11 +459,36 @@ def _smc_init(key, ssm, y0, ref0, *, num_particles, conditional):
 
 def _tau_init(state: ParticleState, *, additive_fn, initial_fn, ssm):
     x0 = state.particles
+    n = state.log_weights.shape[0]
+    spec = _h_spec(additive_fn, _take(x0, 0), jnp.int32(1))
     if initial_fn is None:
-        n = state.log_weights.shape[0]
-        zeros = _zeros_like_h(additive_fn, _take(x0, 0), jnp.int32(1))
-        return jax.tree.map(lambda z: jnp.broadcast_to(z, (n,) + z.shape), zeros)
-    return jax.vmap(initial_fn)(x0)
+        return jax.tree.map(lambda s: jnp.zeros((n,) + s.shape, s.dtype), spec)
+    tau0 = _float_leaves(jax.vmap(initial_fn)(x0))
+    if jax.tree.structure(tau0) != jax.tree.structure(spec):
+        raise ValueError(
+            "initial_fn(x0) and additive_fn(x_prev, x, t) must return the same structure "
+            f"(the statistics are their sums): got {jax.tree.structure(tau0)} and "
+            f"{jax.tree.structure(spec)}"
+        )
+
+    def match(a, s):
+        # h_0 may be a constant (e.g. 0.0) broadcast to h's shape; the statistic takes the
+        # wider of the two float dtypes, so that tau + h keeps its dtype step after step
+        shape, own = tuple(s.shape), tuple(a.shape[1:])
+        try:
+            ok = len(own) <= len(shape) and jnp.broadcast_shapes(own, shape) == shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"initial_fn(x0) returns a leaf of shape {own} where additive_fn "
+                f"returns shape {tuple(s.shape)}: the two terms of the additive functional "
+                "must have the same shape"
+            )
+        a = a.reshape((n,) + (1,) * (len(shape) - len(own)) + own)
+        return jnp.broadcast_to(a, (n,) + shape).astype(jnp.promote_types(a.dtype, s.dtype))
+
+    return jax.tree.map(match, tau0, spec)
 
 
 def _tau_update(
@@ -460,7 +511,10 @@ def _tau_update(
             **_bound_check(log_transition_bound),
         )  # fmt: skip
     x_back = _take(prev, idx)  # (N, K, ...)
-    h = jax.vmap(lambda xb, x: jax.vmap(lambda a: additive_fn(a, x, t))(xb))(x_back, xs)
+    h = jax.vmap(lambda xb, x: jax.vmap(lambda a: _float_leaves(additive_fn(a, x, t)))(xb))(
+        x_back, xs
+    )
+    h = jax.tree.map(lambda old, hk: hk.astype(old.dtype), tau, h)  # (tau: the wider dtype)
     if compensation is None:
         new_tau = jax.tree.map(lambda old, hk: jnp.mean(old[idx] + hk, axis=1), tau, h)
         return new_tau, None, stats
@@ -514,8 +568,7 @@ def _paris_config(ssm, additive_fn, initial_fn, num_particles, num_backward, res
     kernels.check_num_particles(num_particles)
     kernels.check_num_particles(num_backward, "num_backward")
     _check_method(method, PARIS_METHODS)
-    if not 0.0 <= float(ess_threshold) <= 1.0:
-        raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold}")
+    ess_threshold = kernels.check_ess_threshold(ess_threshold)
     return dict(
         ssm=ssm,
         additive_fn=additive_fn,
@@ -634,10 +687,18 @@ def paris_online(
 
     @jax.jit
     def init(key, y0):
+        kernels.check_key(key)  # at trace time (dtype and shape)
         return paris_init_state(key, jnp.asarray(y0), cfg=cfg)[0]
 
     @jax.jit
     def update(key, state, y):
+        kernels.check_key(key)
+        if not isinstance(state, PaRISState):
+            raise ValueError(
+                "update(key, state, y) needs the PaRISState returned by init or by the "
+                f"previous update, got {type(state).__name__} (update returns a pair "
+                "(state, info))"
+            )
         return paris_update_state(key, state, jnp.asarray(y), cfg=cfg)
 
     return OnlinePaRIS(init=init, update=update)
@@ -743,13 +804,16 @@ def paris(
         Observations (NaN rows are missing).
     additive_fn : callable
         ``h(x_prev, x, t) -> PyTree`` for one pair of states, ``t >= 1``. Several
-        functionals at once: return a dict / tuple of arrays.
+        functionals at once: return a dict / tuple of arrays. Integer and boolean terms
+        (counts, indicators) are averaged as floats.
     num_particles : int
         ``N``.
     num_backward : int
         ``K`` backward draws per particle per step (2 is the usual choice).
     initial_fn : callable, optional
-        ``h_0(x_0) -> PyTree``, the term at ``t = 0`` (default: zero).
+        ``h_0(x_0) -> PyTree``, the term at ``t = 0`` (default: zero), of the same
+        structure as ``h``'s output; each leaf broadcasts to the shape of ``h``'s (e.g.
+        ``lambda x: 0.0``).
     resampling : str or callable
         Resampling scheme of the filter.
     ess_threshold : float

@@ -1043,6 +1043,9 @@ def _ess_threshold_calls():
         "bootstrap": lambda e: pk.filters.bootstrap(
             KEY, SSM, ys, num_particles=N, ess_threshold=e
         ),  # fmt: skip
+        "paris": lambda e: pk.smoothing.paris(
+            KEY, SSM, ys, additive_fn=_additive, num_particles=N, ess_threshold=e
+        ),
         "mle": lambda e: pk.learning.mle(
             KEY,
             _model_fn,
@@ -1113,7 +1116,7 @@ def _ess_threshold_calls():
 @pytest.mark.parametrize("name", sorted(_ess_threshold_calls()))
 @pytest.mark.parametrize("bad", ["0.5", True, float("nan"), 1.5])
 def test_every_ess_threshold_is_checked_the_same_way(name, bad):
-    """Ten entry points checked ``ess_threshold`` with ``float(x)`` inline (only
+    """Eleven entry points checked ``ess_threshold`` with ``float(x)`` inline (only
     ``pk.resample`` had the strict check): the string ``"0.5"`` and ``True`` (read as 1.0)
     passed. All now share ``kernels.check_ess_threshold`` and raise before tracing."""
     with pytest.raises(ValueError, match="ess_threshold must be"):

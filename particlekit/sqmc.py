@@ -28,7 +28,7 @@ import numpy as np
 from numpyro import distributions as dist
 
 from particlekit import kernels, resampling
-from particlekit.run import run
+from particlekit.run import check_sharding, constrain_particles, run
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState, RunTrace, StepInfo
 
@@ -388,8 +388,11 @@ def _sqmc_move(ssm: StateSpaceModel, num_particles: int, shape: tuple, dtype):
     return kernel
 
 
-@partial(jax.jit, static_argnames=("ssm", "num_particles", "keep_history", "progress_bar"))
-def _sqmc(key, ys, *, ssm, num_particles, keep_history, progress_bar):
+@partial(
+    jax.jit,
+    static_argnames=("ssm", "num_particles", "keep_history", "progress_bar", "sharding"),
+)
+def _sqmc(key, ys, *, ssm, num_particles, keep_history, progress_bar, sharding=None):
     from particlekit.filters import _assemble, _observation_term
 
     init = ssm.initial()
@@ -410,6 +413,7 @@ def _sqmc(key, ys, *, ssm, num_particles, keep_history, progress_bar):
         ancestors=jnp.arange(n, dtype=jnp.int32),
         previous_particles=x0,
     )
+    state = constrain_particles(state, sharding)
     log_g = _observation_term(ssm)
     weigh = kernels.reweight(log_g, vectorized=v)
     y0 = jax.tree.map(lambda a: a[0], ys)
@@ -422,7 +426,7 @@ def _sqmc(key, ys, *, ssm, num_particles, keep_history, progress_bar):
     step = kernels.chain(_sqmc_move(ssm, n, shape, dtype), weigh)
     final, trace = run(
         key_run, step, state, (ys[1:], ts[1:]), keep_history=keep_history,
-        progress_bar=progress_bar,
+        progress_bar=progress_bar, sharding=sharding,
     )  # fmt: skip
     return _assemble(state, info0, final, trace, keep_history)
 
@@ -435,6 +439,7 @@ def sqmc(
     num_particles: int,
     keep_history: bool | None = None,
     progress_bar: bool | None = None,
+    sharding=None,
 ) -> FilterResult:
     """Sequential quasi-Monte Carlo (Gerber & Chopin 2015) with the bootstrap proposal.
 
@@ -473,6 +478,15 @@ def sqmc(
     progress_bar : bool, optional
         Show a tqdm progress bar; ``None`` (default): shown when standard error is a
         terminal.
+    sharding : jax.sharding.Sharding, optional
+        Sharding of the particle axis (e.g. ``NamedSharding(mesh, P("p"))``), as in
+        ``bootstrap``. It must cut the particle axis into a power of two of pieces (a
+        ``ValueError`` otherwise: ``N`` is a power of two). The Sobol net, the Hilbert
+        sort and the inverse CDF are population-wide operations, which XLA runs with
+        collectives. A sharded run is the unsharded run with the same key up to float
+        rounding, not bit for bit: the cumulative weights are summed in another order, so
+        an ancestor can change where a point falls within rounding of a cumulative
+        weight.
 
     Returns
     -------
@@ -507,12 +521,22 @@ def sqmc(
     >>> res.particles.shape, bool(res.resampled[1:].all())
     ((100, 1024), True)
     """
+    from particlekit import distributed
     from particlekit.filters import _check_common, resolve_keep_history
 
     kernels.check_key(key)
     ys = _check_common(ssm, ys, num_particles, 1.0)
     # a Python int from here on: an integral NumPy count (np.int64(64)) has no bit_length
     num_particles = 1 << _check_power_of_two(num_particles)
+    if sharding is not None and isinstance(sharding, jax.sharding.Sharding):
+        pieces = distributed.num_shards(sharding)
+        if pieces & (pieces - 1):
+            raise ValueError(
+                f"sqmc needs num_particles to be a power of two, which the {pieces} shards of "
+                f"the particle axis (mesh {dict(sharding.mesh.shape)}, spec {sharding.spec}) "
+                "cannot divide: use a mesh whose particle axes have a power of two of devices"
+            )
+    check_sharding(sharding, num_particles, key=key, ys=ys)
     _state_shape(ssm)
     return _sqmc(
         key,
@@ -521,4 +545,5 @@ def sqmc(
         num_particles=num_particles,
         keep_history=resolve_keep_history(keep_history, ssm, ys, num_particles),
         progress_bar=progress_bar,
+        sharding=sharding,
     )

@@ -7,6 +7,7 @@ The model is ``x_0 ~ initial()``, ``x_t ~ transition(x_{t-1}, t)`` for ``t >= 1`
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,6 +83,50 @@ def check_no_batch_shape(batch_shapes: dict) -> None:
             )
 
 
+def _check_num_steps(num_steps) -> int:
+    """``num_steps`` as a positive Python int; a ``ValueError`` for booleans, floats
+    (``2.5`` and ``3.0`` alike, as for particle counts), strings and traced values."""
+    if isinstance(num_steps, bool | np.bool_) or (
+        hasattr(num_steps, "dtype") and jnp.issubdtype(num_steps.dtype, jnp.bool_)
+    ):
+        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
+    if isinstance(num_steps, jax.core.Tracer):
+        raise ValueError(
+            "num_steps must be a concrete integer (it sets the length of the simulated "
+            "arrays): under jit, pass it as a static argument (static_argnums) or close over it"
+        )
+    try:
+        n = operator.index(num_steps)
+    except TypeError:
+        raise ValueError(
+            f"num_steps must be a positive integer, got {num_steps!r} ({type(num_steps).__name__})"
+        ) from None
+    if n <= 0:
+        raise ValueError(f"num_steps must be positive, got {n}")
+    return n
+
+
+def _check_same_structure(before, after, what_before: str, what_after: str) -> None:
+    """A ``ValueError`` (at trace time) when ``after`` does not have the tree structure,
+    shapes and dtypes of ``before``: a state must keep its shape from step to step."""
+
+    def describe(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef, [(tuple(jnp.shape(a)), jnp.result_type(a)) for a in leaves]
+
+    if describe(before) != describe(after):
+
+        def show(tree):
+            return jax.tree.map(lambda a: f"{jnp.result_type(a)}{list(jnp.shape(a))}", tree)
+
+        raise ValueError(
+            f"{what_after} draws {show(after)}, but {what_before} is {show(before)}: the "
+            "draws must keep the shape and dtype of the state (or observation) from step to "
+            "step (a vector state needs vector laws, e.g. .to_event(1), from initial() on; a "
+            "count state needs a discrete transition)"
+        )
+
+
 @dataclass(frozen=True)
 class StateSpaceModel:
     """A state-space (hidden Markov) model written with NumPyro distributions.
@@ -151,35 +196,60 @@ class StateSpaceModel:
 
     # ---------------------------------------------------------------- simulation
     def simulate(self, key: jax.Array, num_steps: int):
-        """Simulate one trajectory: ``(xs, ys)`` with leading axis ``num_steps``."""
-        if num_steps <= 0:
-            raise ValueError(f"num_steps must be positive, got {num_steps}")
+        """Simulate one trajectory: ``(xs, ys)`` with leading axis ``num_steps``.
+
+        ``num_steps`` is a positive integer (any integral type, e.g. ``np.int64``; a
+        concrete value, static under ``jit``); anything else, a key that is not a JAX PRNG
+        key, or a transition whose draws change the state's shape or dtype (or, for a
+        ``vectorized`` model, drop the leading particle axis) is a ``ValueError``. The state
+        may be any pytree of arrays (``xs`` then has the leading axis on every leaf).
+        """
+        from particlekit.kernels import check_key
+
+        check_key(key)
+        num_steps = _check_num_steps(num_steps)
         key_x0, key_y0, key_scan = jax.random.split(key, 3)
-        batch = (lambda v: jax.tree.map(lambda a: a[None], v)) if self.vectorized else None
-        unbatch = (lambda v: jax.tree.map(lambda a: a[0], v)) if self.vectorized else None
 
-        def call(fn, x, t):
-            if self.vectorized:
-                d = fn(batch(x), t)
-                return lambda k: unbatch(d.sample(k))
-            d = fn(x, t)
-            return lambda k: d.sample(k)
+        def call(fn, x, t, what):
+            """The draw of ``fn(x, t)``: one state or observation (vectorized models see a
+            batch of one particle)."""
+            if not self.vectorized:
+                d = _expect_distribution(fn(x, t), what)
+                return lambda k: d.sample(k)
+            d = _expect_distribution(fn(jax.tree.map(lambda a: jnp.asarray(a)[None], x), t), what)
 
-        x0 = self.initial().sample(key_x0)
-        y0 = call(self.observation, x0, jnp.int32(0))(key_y0)
+            def draw(k):
+                out = d.sample(k)
+                for leaf in jax.tree.leaves(out):
+                    if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != 1:
+                        raise ValueError(
+                            f"{what} of a vectorized model must return laws with the particle "
+                            f"batch as leading axis: given a batch of 1 particle it draws shape "
+                            f"{jnp.shape(leaf)}, expected (1, ...)"
+                        )
+                return jax.tree.map(lambda a: a[0], out)
+
+            return draw
+
+        x0 = _expect_distribution(self.initial(), "initial()").sample(key_x0)
+        y0 = call(self.observation, x0, jnp.int32(0), "observation(x, t)")(key_y0)
 
         def body(x_prev, inp):
             t, k = inp
             kx, ky = jax.random.split(k)
-            x = call(self.transition, x_prev, t)(kx)
-            y = call(self.observation, x, t)(ky)
+            x = call(self.transition, x_prev, t, "transition(x_prev, t)")(kx)
+            _check_same_structure(x_prev, x, "x_0 ~ initial()", "transition(x_prev, t)")
+            y = call(self.observation, x, t, "observation(x, t)")(ky)
+            _check_same_structure(y0, y, "observation(x, t) at t = 0", "observation(x, t)")
             return x, (x, y)
 
         ts = jnp.arange(1, num_steps, dtype=jnp.int32)
         _, (xs, ys) = jax.lax.scan(body, x0, (ts, jax.random.split(key_scan, num_steps - 1)))
-        xs = jnp.concatenate([x0[None], xs])
-        ys = jnp.concatenate([jnp.asarray(y0)[None], ys])
-        return xs, ys
+
+        def stack(first, rest):
+            return jnp.concatenate([jnp.asarray(first)[None], rest])
+
+        return jax.tree.map(stack, x0, xs), jax.tree.map(stack, y0, ys)
 
     # ---------------------------------------------------------------- validation
     def _shapes(self) -> dict:
@@ -191,9 +261,9 @@ class StateSpaceModel:
 
         def probe():
             init_dist = _expect_distribution(self.initial(), "initial()")
-            x0 = jnp.zeros_like(init_dist.sample(jax.random.key(0)))
+            x0 = jax.tree.map(jnp.zeros_like, init_dist.sample(jax.random.key(0)))
             if self.vectorized:
-                x0 = x0[None]
+                x0 = jax.tree.map(lambda a: a[None], x0)
             trans = _expect_distribution(self.transition(x0, jnp.int32(1)), "transition(x_prev, t)")
             obs = _expect_distribution(self.observation(x0, jnp.int32(0)), "observation(x, t)")
             batch = obs.batch_shape[1:] if self.vectorized else obs.batch_shape

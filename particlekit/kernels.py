@@ -245,8 +245,8 @@ def init(
 
     def sample(key):
         if vectorized:
-            return sample_fn(prng.population_key(key), n)
-        return jax.vmap(sample_fn)(prng.particle_keys(key, n))
+            return prng.call_with_keys(lambda k: sample_fn(k, n), prng.population_key(key))
+        return prng.call_with_keys(jax.vmap(sample_fn), prng.particle_keys(key, n))
 
     shapes = jax.eval_shape(sample, key)  # before anything is allocated
     num_bytes = sum(
@@ -305,11 +305,14 @@ def move(fn: Callable, *, vectorized: bool = False, batch_size: int | None = Non
     def kernel(key, state: ParticleState, inputs=None):
         check_key(key)  # static (dtype and shape): a clear error, no work per step
         n = num_particles_of(state)
-        if vectorized:
-            new = fn(prng.population_key(key), state.particles, inputs)
-        else:
-            keys = prng.particle_keys(key, n)
-            new = per_particle(fn, batch_size)(keys, state.particles, inputs)
+
+        def moved(keys):
+            if vectorized:
+                return fn(keys, state.particles, inputs)
+            return per_particle(fn, batch_size)(keys, state.particles, inputs)
+
+        keys = prng.population_key(key) if vectorized else prng.particle_keys(key, n)
+        new = prng.call_with_keys(moved, keys)
         _check_population(new, n, "the move function")
         state = state._replace(particles=new, previous_particles=state.particles)
         return state, StepInfo.neutral(state)
@@ -630,7 +633,9 @@ def mcmc(kernel, num_steps: int = 1) -> Kernel:
             final, rates = jax.lax.scan(body, mcmc_state, prng.split(key, num_steps))
             return final.position, jnp.mean(rates)
 
-        new, rates = jax.vmap(one_particle)(prng.particle_keys(key, n), state.particles)
+        new, rates = prng.call_with_keys(
+            lambda k: jax.vmap(one_particle)(k, state.particles), prng.particle_keys(key, n)
+        )
         state = state._replace(particles=new, previous_particles=state.particles)
         info = StepInfo.neutral(state)._replace(
             acceptance_rate=jnp.mean(rates).astype(state.log_weights.dtype)

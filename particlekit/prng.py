@@ -227,6 +227,33 @@ def particle_keys(key, num: int):
     return jax.random.wrap_key_data(data, impl=PARTICLE_IMPL)
 
 
+def call_with_keys(call, keys):
+    """``call(keys)`` for keys made here; if a ``jax.random`` sampler refuses them,
+    ``call`` again with ``jax.random``'s own keys of the same bits (the same draws, not
+    fused). ``jax.random.poisson`` (so NumPyro's ``Poisson`` and the laws sampled through
+    it) accepts only ``jax.random``'s Threefry implementation: a model with a Poisson state
+    failed with ``NotImplementedError`` in every filter. The refusal comes while tracing,
+    so the retry costs one more trace, nothing at run time.
+
+    Examples
+    --------
+    >>> import jax
+    >>> from particlekit import prng
+    >>> keys = prng.particle_keys(jax.random.key(0), 3)
+    >>> prng.call_with_keys(jax.vmap(lambda k: jax.random.poisson(k, 2.0)), keys).shape
+    (3,)
+    """
+    try:
+        return call(keys)
+    except NotImplementedError as err:
+        fused = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key) and (
+            jax.random.key_impl(keys) in (PARTICLE_IMPL, POPULATION_IMPL)
+        )
+        if not fused or "threefry2x32" not in str(err):
+            raise
+    return call(jax.random.wrap_key_data(jax.random.key_data(keys), impl="threefry2x32"))
+
+
 def _split_words(k1, k2, num: int):
     """``jax.random.split``'s key data ``(num, 2)`` for the key words ``(k1, k2)``, by the
     unrolled hash."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from particlekit import kernels
 from particlekit.kernels import check_key
-from particlekit.types import Kernel, ParticleState, PyTree, RunTrace, StepInfo
+from particlekit.types import Kernel, ParticleState, PyTree, RunTrace, StepInfo, num_particles_of
 
 __all__ = [
     "run",
@@ -116,6 +116,13 @@ def check_sharding(sharding, num_particles: int | None = None, **same_on_every_p
         )
     from particlekit import distributed
 
+    if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.spec) > 1:
+        # one sharding serves every per-particle array, the 1-D weights included
+        raise ValueError(
+            f"sharding must name the particle (leading) axis only, e.g. PartitionSpec("
+            f"{sharding.spec[0]!r}), got {sharding.spec}: the same sharding is applied to "
+            "the weights (1-D) and to every leaf of the particles"
+        )
     if isinstance(num_particles, int) and num_particles > 0:  # else the recipe's own check
         pieces = distributed.num_shards(sharding)
         if int(num_particles) % pieces:
@@ -302,8 +309,8 @@ def run(
     (5,)
     """
     check_key(key)
-    check_sharding(sharding)
     _check_state(state)
+    check_sharding(sharding, num_particles_of(state))
     total_steps = _num_steps_of(inputs, num_steps)
     if inputs is None:
         inputs = jnp.arange(total_steps)

@@ -155,6 +155,17 @@ BAD_SCRIPT = textwrap.dedent(
         NamedSharding(mesh, P("q"))
     except ValueError as err:
         out["axis"] = str(err)
+    state = pk.init(jax.random.key(0), lambda k: jax.random.normal(k), 100)
+    step = pk.move(lambda k, x, y: x + jax.random.normal(k))
+    try:  # pk.run did not check the particle count against the shards
+        pk.run(jax.random.key(1), step, state, num_steps=2, sharding=NamedSharding(mesh, P("p")))
+    except ValueError as err:
+        out["run_divide"] = str(err)
+    try:  # a spec for 2-D particles failed inside with_sharding_constraint on the weights
+        pk.filters.bootstrap(jax.random.key(0), ssm, jnp.zeros(5), num_particles=104,
+                             sharding=NamedSharding(mesh, P("p", None)))
+    except ValueError as err:
+        out["two_axes"] = str(err)
     print("RESULT" + json.dumps(out))
     """
 )
@@ -164,3 +175,5 @@ def test_bad_sharding_is_a_value_error():
     out = run_on_forced_devices(BAD_SCRIPT)
     assert "multiple of the 8 shards" in out["divide"] and "e.g. 104" in out["divide"]
     assert "q" in out["axis"]  # JAX itself rejects a mesh axis that does not exist
+    assert "num_particles=100 is not a multiple of the 8 shards" in out["run_divide"]
+    assert "particle (leading) axis only" in out["two_axes"]

@@ -426,14 +426,22 @@ class PPGResult(NamedTuple):
         Log-evidence of each conditional sweep (diagnostic only: conditional SMC is not
         an unbiased estimator of the evidence). ``-inf`` marks a failed sweep (every
         weight zero at some step: impossible data or an infinite observation), whose
-        estimate is not an estimate of the smoothed functional: check
-        ``jnp.isfinite(log_evidence).all()``.
+        estimate is not an estimate of the smoothed functional: check ``failed``.
+    failed : Array of shape ()
+        (A property.) Whether any sweep failed.
     """
 
     estimate: PyTree
     estimates: PyTree
     reference: jax.Array
     log_evidence: jax.Array
+
+    @property
+    def failed(self) -> jax.Array:
+        """Whether a sweep failed (a ``-inf`` ``log_evidence``): then ``estimate`` is not
+        an estimate of the smoothed functional. Shape ``()`` (``(C,)`` for a ``jax.vmap``
+        batch of ``C`` runs), as the other recipes' ``failed``."""
+        return ~jnp.all(jnp.isfinite(self.log_evidence), axis=-1)
 
     def to_inference_data(self, ys=None, *, burn_in: int = 0):
         """The run for ArviZ (``particlekit.arviz.from_ppg``): ``posterior`` (the

@@ -309,3 +309,17 @@ def test_particle_gibbs_theta_update_output(data):
         pk.pgibbs.particle_gibbs(
             jax.random.key(1), _model_fn, ys, theta_update=_keep, ancestor_sampling="no", **kw
         )
+
+
+def test_ppg_result_says_when_a_sweep_failed(data):
+    # was: PPGResult had no `failed` (every other recipe's result has one): on impossible
+    # data the estimates were finite numbers and only a -inf log_evidence told
+    _, ys = data
+    kw = dict(additive_fn=lambda xp, x, t: x, num_particles=16, num_iterations=3, burn_in=0)
+    good = pk.pgibbs.ppg(jax.random.key(0), SSM, ys, **kw)
+    bad = pk.pgibbs.ppg(jax.random.key(0), SSM, ys.at[3].set(jnp.inf), **kw)
+    assert not bool(good.failed) and bool(bad.failed)
+    both = jax.vmap(lambda y: pk.pgibbs.ppg(jax.random.key(0), SSM, y, **kw))(
+        jnp.stack([ys, ys.at[3].set(jnp.inf)])
+    )
+    assert both.failed.tolist() == [False, True]

@@ -9,7 +9,10 @@ Groups of ``from_smc``:
 
 - ``posterior``: equally weighted draws, dims ``(chain, draw, ...)``;
 - ``sample_stats``: ``lp`` ``(chain, draw)`` (log-prior with Jacobians + log-likelihood, i.e.
-  ``-potential_energy``) and ``log_marginal_likelihood`` ``(chain,)``;
+  ``-potential_energy``), ``log_marginal_likelihood``, ``failed`` (a stage had every weight
+  zero: ``log_marginal_likelihood`` is ``-inf`` and the chain's draws are not posterior
+  draws), ``reached_max_stages`` (the schedule stopped short of ``beta = 1``) and
+  ``num_nonfinite`` (NaN / ``+inf`` log-potentials counted as zero weight), ``(chain,)``;
 - ``smc_stages``: ``beta``, ``ess``, ``acceptance_rate``, ``num_mcmc_steps``,
   ``log_evidence_increment``, ``scale``, ``trajectory_length``, ``correlation``,
   ``capped``, dims ``(chain, stage)``, NaN after a chain's last stage;
@@ -69,9 +72,14 @@ axis is chains, two are ``(chain, draw)``):
 - ``estimate``: the roll-out estimate, ``(chain, ...)``;
 - ``reference``: the final reference trajectory ``<x>``, ``(chain, time, ...)``.
 
-``from_particle_gibbs`` (``ParticleGibbsResult``): ``posterior`` as ``from_draws`` (the
-parameters and ``x``), and ``sample_stats`` with ``acceptance_rate``, ``failed``,
+``from_particle_gibbs`` (``ParticleGibbsResult``): ``posterior`` with the parameters
+(named as in ``from_mle``), ``(chain, draw, ...)``, and the states ``x``,
+``(chain, draw, time, ...)``, and ``sample_stats`` with ``acceptance_rate``, ``failed``,
 ``num_nonfinite``, dims ``(chain, draw)``.
+
+``observed_data`` must have as many time steps as the result's ``time`` dim (when it has
+one): ``ys`` of another length is a ``ValueError``. Two leaves of a pytree whose joined
+names are equal (``{"a": {"b": ...}, "a_b": ...}``) are a ``ValueError``, not one variable.
 
 ``from_mle`` (``learning.MLEResult``):
 
@@ -231,6 +239,10 @@ def from_smc(smc):
         {"lp": result.log_prior + result.log_likelihood}, ["chain", "draw"], attrs
     )
     groups["sample_stats"]["log_marginal_likelihood"] = ("chain", result.log_evidence)
+    # a failed chain (every weight zero at some stage) still has draws (the population it
+    # stopped with), and one that hit max_stages never reached the posterior: flag both
+    for name in ("failed", "reached_max_stages", "num_nonfinite"):
+        groups["sample_stats"][name] = ("chain", np.asarray(getattr(result, name)))
 
     stages = result.stages
     groups["smc_stages"] = _dataset(
@@ -300,6 +312,11 @@ def _named(tree, default: str) -> dict:
         name = "_".join(path_key_name(k) for k in path) or default
         if name[0].isdigit():
             name = f"{default}_{name}"
+        if name in out:  # {"a": {"b": ...}, "a_b": ...}: one would overwrite the other
+            raise ValueError(
+                f"two leaves of the {default!r} pytree are both named {name!r} (keys joined "
+                "by '_'); rename one of them"
+            )
         out[name] = np.asarray(jax.device_get(leaf))
     return out
 
@@ -359,9 +376,29 @@ def _observations(ys):
     return ys
 
 
-def _observed(groups: dict, ys, attrs: dict) -> None:
-    if ys is not None:
-        groups["observed_data"] = _group(_named(_observations(ys), "y"), ["time"], attrs)
+def _observed(groups: dict, ys, attrs: dict, name: str = "y", scalars: bool = False) -> None:
+    """``observed_data`` from ``ys`` (leading axis ``time``; a pytree gives one variable
+    per leaf, named by its keys), after checking that its length is the number of time
+    steps of the result's groups (when they have one): ``ys`` of another series, or the
+    states ``xs`` passed by mistake, would be stored silently."""
+    if ys is None:
+        return
+    variables = _named(_observations(ys), name)
+    # a scalar (from_mcmc_draws only: ``observed`` may hold more than ys) has no time
+    scalar = {k: [] for k, v in variables.items() if scalars and v.ndim == 0}
+    observed = _group(variables, ["time"], attrs, dims=scalar)
+    num_steps = {int(ds.sizes["time"]) for ds in groups.values() if "time" in ds.sizes}
+    if "time" in observed.sizes and num_steps and int(observed.sizes["time"]) not in num_steps:
+        raise ValueError(
+            f"ys has {int(observed.sizes['time'])} time steps but the result has "
+            f"{min(num_steps)}: pass the observations the result was computed from"
+        )
+    if "observed_data" in groups:
+        clash = set(groups["observed_data"].data_vars) & set(observed.data_vars)
+        if clash:
+            raise ValueError(f"two observed variables are named {sorted(clash)[0]!r}")
+        observed = xr.merge([groups["observed_data"], observed], combine_attrs="override")
+    groups["observed_data"] = observed
 
 
 def _normalised(log_weights) -> np.ndarray:
@@ -642,9 +679,7 @@ def from_ppg(result, ys=None, *, burn_in: int = 0):
     """
     batched = _is_batched(result.log_evidence, 1, "PPGResult")
     num_iterations = int(np.shape(result.log_evidence)[-1])
-    if isinstance(burn_in, bool) or not 0 <= int(burn_in) < num_iterations:
-        raise ValueError(f"burn_in must be in [0, {num_iterations}), got {burn_in}")
-    burn_in = int(burn_in)
+    burn_in = _checked_burn_in(burn_in, num_iterations)  # 2.5 or "3" is not a burn-in
     attrs = _attrs("PPGResult", burn_in=burn_in)
     draws = _with_chain(_named(result.estimates, "S"), batched)
     stats = _with_chain({"log_evidence": np.asarray(result.log_evidence)}, batched)
@@ -675,8 +710,9 @@ def from_ppg(result, ys=None, *, burn_in: int = 0):
 
 def from_particle_gibbs(result, ys=None):
     """Convert a ``ParticleGibbsResult`` (``particlekit.pgibbs.particle_gibbs``) to ArviZ:
-    ``posterior`` (the parameters and the states ``x``, as ``from_draws``) and
-    ``sample_stats`` (``acceptance_rate``, ``failed``, ``num_nonfinite``), dims
+    ``posterior`` (the parameters, a leaf of a pytree ``theta`` named by its keys joined by
+    ``_`` as in ``from_mle``, and the states ``x`` with dims ``(chain, draw, time, ...)``)
+    and ``sample_stats`` (``acceptance_rate``, ``failed``, ``num_nonfinite``), dims
     ``(chain, draw, ...)``, and ``observed_data`` when ``ys`` is given.
 
     Examples
@@ -700,11 +736,13 @@ def from_particle_gibbs(result, ys=None):
         "failed": np.asarray(result.failed),
         "num_nonfinite": np.asarray(result.num_nonfinite),
     }
-    groups = {
-        "posterior": _dataset(result.to_dict(), ["chain", "draw"], attrs),
-        "sample_stats": _dataset(stats, ["chain", "draw"], attrs),
-    }
-    _observed(groups, ys, attrs)
+    # the parameters named as from_mle names them (nested keys joined by "_"; the keystr
+    # names of to_dict were "ar']['rho"), the states as the latent path "x"
+    theta = _named(result.theta, "theta")
+    if "x" in theta:
+        raise ValueError("theta has a leaf named 'x', the name of the states in posterior")
+    posterior = {**theta, "x": result.states}
+    groups = _draws_groups(posterior, stats, {"y": ys}, attrs, "x")
     return wrap_groups(groups, attrs)
 
 
@@ -819,39 +857,68 @@ def from_mcmc_draws(
     *,
     observed: dict | None = None,
     attrs: dict | None = None,
+    paths: str | None = "x",
 ):
     """Wrap the draws of an MCMC-like sampler of the state-space family (PMMH, particle
-    Gibbs, SMC² as a one-draw-per-particle posterior): ``posterior`` and ``sample_stats``
-    ``{name: array (chain, draw, ...)}``, and ``observed_data`` ``{name: array}`` when
-    given (None values are skipped).
+    Gibbs, SMC² as a one-draw-per-particle posterior) for ArviZ.
+
+    - ``posterior``: ``{name: array (chain, draw, ...)}``; a pytree value (the latent path
+      of a model whose state is a dict) gives one variable per leaf, ``<name>_<key>``. The
+      latent path ``posterior[paths]`` (default ``"x"``) has dims
+      ``(chain, draw, time, ...)``, as in ``from_trajectories``;
+    - ``sample_stats``: ``{name: array (chain, draw, ...)}``, or ``(chain,)`` for a
+      per-chain value such as ``failed``;
+    - ``observed_data``: ``{name: array (time, ...) or pytree}`` (``ys``, one variable
+      per leaf named by its keys; a scalar has no dims; None values are skipped), which
+      must have as many time steps as the latent path.
+
+    Other dims are ``<name>_dim_<i>``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> data = from_mcmc_draws({"rho": np.zeros((2, 5))}, {"lp": np.zeros((2, 5))},
+    >>> data = from_mcmc_draws({"rho": np.zeros((2, 5)), "x": np.zeros((2, 5, 3))},
+    ...                        {"lp": np.zeros((2, 5)), "failed": np.zeros(2, bool)},
     ...                        observed={"y": np.zeros(3)})
     >>> sorted(data.children if hasattr(data, "children") else data.groups())
     ['observed_data', 'posterior', 'sample_stats']
+    >>> data["posterior"]["x"].dims, data["sample_stats"]["failed"].dims
+    (('chain', 'draw', 'time'), ('chain',))
     """
     attrs = {"created_at": datetime.datetime.now(datetime.UTC).isoformat(), **(attrs or {})}
-    groups = {"posterior": _dataset(_to_numpy(posterior), ["chain", "draw"], attrs)}
-    if sample_stats:
-        groups["sample_stats"] = _dataset(_to_numpy(sample_stats), ["chain", "draw"], attrs)
-    observed = {k: v for k, v in (observed or {}).items() if v is not None}
-    if observed:
-        groups["observed_data"] = _dataset(_to_numpy(observed), [], attrs)
-    return wrap_groups(groups, attrs)
+    return wrap_groups(_draws_groups(posterior, sample_stats, observed, attrs, paths), attrs)
 
 
-def _to_numpy(variables: dict) -> dict:
-    import jax
-
-    return {name: np.asarray(jax.device_get(value)) for name, value in variables.items()}
+def _draws_groups(posterior, sample_stats, observed, attrs, paths) -> dict:
+    """The groups of ``from_mcmc_draws`` and ``from_particle_gibbs``."""
+    posterior = {k: v for k, v in posterior.items() if v is not None}
+    draws = _named(posterior, "theta")  # a duplicate name (a path leaf as a site) raises
+    path_names = set(_named({paths: posterior[paths]}, paths)) if paths in posterior else set()
+    dims = {name: ["chain", "draw", "time"] for name in path_names}
+    groups = {"posterior": _group(draws, ["chain", "draw"], attrs, dims=dims)}
+    stats = {k: v for k, v in (sample_stats or {}).items() if v is not None}
+    if stats:
+        stats = _named(stats, "stat")
+        per_chain = {name: ["chain"] for name, value in stats.items() if value.ndim == 1}
+        groups["sample_stats"] = _group(stats, ["chain", "draw"], attrs, dims=per_chain)
+    for name, value in (observed or {}).items():
+        _observed(groups, value, attrs, name, scalars=True)
+    return groups
 
 
 # --------------------------------------------------------------------------------------
 # diffusion steering results
 # --------------------------------------------------------------------------------------
+def _check_num_draws_has_key(key, num_draws) -> None:
+    """``num_draws`` without ``key``: the draws asked for would silently not be made."""
+    if key is None and num_draws is not None:
+        raise ValueError(
+            f"num_draws={num_draws!r} needs a key: the equally weighted posterior draws are "
+            "made by resampling with key=jax.random.key(...); without one there is no "
+            "posterior group"
+        )
+
+
 def _resampled_draws(variables, log_weights, failed, batched, key, num_draws) -> dict:
     """Equally weighted draws ``(chain, draw, ...)`` of each chain's weighted particles
     ``variables`` by systematic resampling with ``key`` (NaN for a failed chain)."""
@@ -883,6 +950,7 @@ def _resampled_draws(variables, log_weights, failed, batched, key, num_draws) ->
 
 def _weighted_steering(result, name, per_step, rewards, key, num_draws):
     """The groups of ``from_fk_steering``, ``from_fk_corrector`` and ``from_pdds``."""
+    _check_num_draws_has_key(key, num_draws)
     batched = _is_batched(result.log_evidence, 0, name)
     attrs = _attrs(name, num_particles=int(np.shape(result.log_weights)[-1]))
     samples = _named(result.samples, "x")
@@ -944,7 +1012,8 @@ def from_fk_steering(result, *, key=None, num_draws: int | None = None):
     key : PRNG key, optional
         Draw the equally weighted ``posterior`` with this key.
     num_draws : int, optional
-        Draws per chain in ``posterior`` (default: the number of particles).
+        Draws per chain in ``posterior`` (default: the number of particles); only with
+        ``key`` (a ``ValueError`` without one).
 
     Returns
     -------
@@ -1211,7 +1280,8 @@ def from_sequence_steering(result, *, key=None, num_draws: int | None = None, de
     key : PRNG key, optional
         Draw the equally weighted ``posterior`` with this key.
     num_draws : int, optional
-        Draws per chain in ``posterior`` (default: the number of particles).
+        Draws per chain in ``posterior`` (default: the number of particles); only with
+        ``key`` (a ``ValueError`` without one).
     decode : callable, optional
         ``decode(tokens) -> str`` for the filled positions ``tokens[:length]`` (prompt and
         end token included) of one sequence, e.g. ``particlekit.lm.task.decode``. The texts
@@ -1241,6 +1311,7 @@ def from_sequence_steering(result, *, key=None, num_draws: int | None = None, de
     True
     """
     _check_decode(decode)
+    _check_num_draws_has_key(key, num_draws)
     batched = _is_batched(result.log_evidence, 0, "SteeringResult")
     tokens = np.asarray(result.sequences)
     attrs = _attrs(

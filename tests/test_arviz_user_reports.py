@@ -248,3 +248,20 @@ def test_leaves_named_alike_are_refused():
         pk.arviz.from_trajectories(paths)
     ok = pk.arviz.from_trajectories({"a": {"b": np.zeros((5, T))}, "c": np.ones((5, T))})
     assert set(group(ok, "posterior").data_vars) == {"a_b", "c"}
+
+
+def test_pmmh_log_likelihood_estimate_is_not_read_as_pointwise(api):
+    # was: sample_stats["log_likelihood"] held the filter's estimate of the whole series'
+    # log-likelihood; ArviZ falls back to that name for pointwise values, and az.loo
+    # reported an "elpd_loo" from 1 observation. Per-chain failed / acceptance_rate were
+    # left out.
+    res = _fake_pmmh(np.random.default_rng(2).normal(size=(4, 5, T)))
+    stats = group(res.to_inference_data(YS), "sample_stats")
+    assert "log_likelihood" not in stats.data_vars
+    np.testing.assert_allclose(stats["log_likelihood_estimate"].values, res.log_likelihood)
+    assert stats["failed"].dims == ("chain",) and stats["acceptance_rate"].dims == ("chain",)
+    if api == "installed":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(Exception, match="(?i)log.likelihood"):
+                az.loo(res.to_inference_data(YS))

@@ -115,17 +115,24 @@ class PMMHResult(NamedTuple):
 
     def to_inference_data(self, ys=None):
         """The draws for ArviZ: ``posterior`` (``theta`` and the latent path ``x``),
-        ``sample_stats`` (``log_likelihood`` estimate, ``lp`` = log prior + estimate,
-        ``is_accepted``) and ``observed_data`` when ``ys`` is given. An ``InferenceData`` with
-        arviz < 1, a ``DataTree`` with arviz >= 1."""
+        ``sample_stats`` (``log_likelihood_estimate``, the filter's estimate of the whole
+        series' log-likelihood; ``lp`` = log prior + estimate; ``is_accepted``; and per
+        chain ``acceptance_rate`` and ``failed``) and ``observed_data`` when ``ys`` is
+        given. An ``InferenceData`` with arviz < 1, a ``DataTree`` with arviz >= 1.
+
+        The estimate is not named ``log_likelihood``: ArviZ reads a ``sample_stats``
+        variable of that name as pointwise log-likelihoods, so ``az.loo`` reported an
+        "elpd" from one observation."""
         from particlekit.arviz import from_mcmc_draws
 
         return from_mcmc_draws(
             self.get_samples(group_by_chain=True),
             {
-                "log_likelihood": self.log_likelihood,
+                "log_likelihood_estimate": self.log_likelihood,
                 "lp": self.log_prior + self.log_likelihood,
                 "is_accepted": self.is_accepted,
+                "acceptance_rate": self.acceptance_rate,
+                "failed": self.failed,
             },
             observed={"y": ys} if ys is not None else None,
             attrs={"inference_library": "particlekit", "algorithm": "pmmh",

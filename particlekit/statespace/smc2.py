@@ -113,15 +113,20 @@ class SMC2Result(NamedTuple):
 
     def to_inference_data(self, ys=None):
         """The draws for ArviZ: ``posterior`` (``theta`` and the latent path ``x``),
-        ``sample_stats`` (``log_likelihood`` estimate, ``lp``, and
-        ``log_marginal_likelihood`` per chain), ``smc2_steps`` (``ess``,
-        ``acceptance_rate``, ``num_x_particles`` per time step) and ``observed_data`` when
-        ``ys`` is given."""
+        ``sample_stats`` (``log_likelihood_estimate``, the inner filter's estimate of the
+        whole series' log-likelihood, not named ``log_likelihood``, which ArviZ would read
+        as pointwise values; ``lp``; and per chain ``log_marginal_likelihood`` and
+        ``failed``), ``smc2_steps`` (``ess``, ``acceptance_rate``, ``num_x_particles`` per
+        time step) and ``observed_data`` when ``ys`` is given."""
         from particlekit.arviz import _dataset, from_mcmc_draws, wrap_groups
 
         data = from_mcmc_draws(
             self.get_samples(group_by_chain=True),
-            {"log_likelihood": self.log_likelihood, "lp": self.log_prior + self.log_likelihood},
+            {
+                "log_likelihood_estimate": self.log_likelihood,
+                "lp": self.log_prior + self.log_likelihood,
+                "failed": self.failed,
+            },
             observed={"y": ys} if ys is not None else None,
             attrs={"inference_library": "particlekit", "algorithm": "smc2",
                    "num_theta_particles": self.num_theta_particles},

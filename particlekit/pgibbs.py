@@ -253,18 +253,16 @@ def _check_finite_reference(reference):
 
 
 def _check_reference(reference, ys, ssm):
+    not_an_array = (
+        "reference must be an array of states with leading axis T (e.g. the xs of "
+        f"ssm.simulate), got {type(reference).__name__}"
+    )
     if reference is None or isinstance(reference, (dict, str, bytes)):
-        raise ValueError(
-            "reference must be an array of states with leading axis T (e.g. the xs of "
-            f"ssm.simulate), got {type(reference).__name__}"
-        )
+        raise ValueError(not_an_array)
     try:
         reference = jnp.asarray(reference)
     except (TypeError, ValueError) as err:
-        raise ValueError(
-            "reference must be an array of states with leading axis T (e.g. the xs of "
-            f"ssm.simulate), got {type(reference).__name__}: {err}"
-        ) from None
+        raise ValueError(f"{not_an_array}: {err}") from None
     if not (
         jnp.issubdtype(reference.dtype, jnp.floating)
         or jnp.issubdtype(reference.dtype, jnp.integer)

@@ -241,24 +241,53 @@ def _csmc(key, ys, reference, **kw):
 def _check_finite_reference(reference):
     """An eager reference trajectory must be finite (a traced one is checked in the graph:
     a non-finite reference state gets zero weight and is counted in ``num_nonfinite``)."""
-    if isinstance(reference, jax.core.Tracer):
-        return
-    bad = ~np.isfinite(np.asarray(reference).reshape(reference.shape[0], -1)).all(axis=1)
-    if bad.any():
-        raise ValueError(
-            f"reference has non-finite values (NaN or inf) at steps "
-            f"{np.flatnonzero(bad)[:5].tolist()}: it must be a trajectory of the model, e.g. "
-            "one simulated with ssm.simulate or drawn by an earlier sweep"
-        )
+    for leaf in jax.tree.leaves(reference):
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        bad = ~np.isfinite(np.asarray(leaf).reshape(leaf.shape[0], -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"reference has non-finite values (NaN or inf) at steps "
+                f"{np.flatnonzero(bad)[:5].tolist()}: it must be a trajectory of the model, "
+                "e.g. one simulated with ssm.simulate or drawn by an earlier sweep"
+            )
 
 
 def _check_reference(reference, ys, ssm):
+    """The reference trajectory with the model's state structure, shapes and dtypes: one
+    array ``(T, ...)`` per leaf of a state (a pytree state, e.g. a dict, has a dict of
+    trajectories, as the ``xs`` of ``ssm.simulate``)."""
+    x0 = jax.eval_shape(lambda k: ssm.initial().sample(k), jax.random.key(0))
+    x0_leaves, x0_def = jax.tree.flatten(x0)
     not_an_array = (
         "reference must be an array of states with leading axis T (e.g. the xs of "
-        f"ssm.simulate), got {type(reference).__name__}"
+        f"ssm.simulate; a dict of them for dict states), got {type(reference).__name__}"
     )
-    if reference is None or isinstance(reference, (dict, str, bytes)):
+    if reference is None or isinstance(reference, (str, bytes)):
         raise ValueError(not_an_array)
+    if x0_def.num_leaves == 1 and x0_def == jax.tree.structure(0):
+        if isinstance(reference, dict):
+            raise ValueError(f"{not_an_array}; the model's states are arrays")
+        leaves = [reference]  # an array state: the reference is one array (or a list)
+    else:
+        leaves, ref_def = jax.tree.flatten(reference)
+        if ref_def != x0_def:
+            raise ValueError(
+                f"reference has the structure {ref_def}, the model's states {x0_def} (one "
+                "trajectory per leaf, as the xs of ssm.simulate)"
+            )
+    checked = [
+        _check_reference_leaf(r, x, ys, not_an_array)
+        for r, x in zip(leaves, x0_leaves, strict=True)
+    ]
+    reference = jax.tree.unflatten(x0_def, checked)
+    _check_finite_reference(reference)
+    return reference
+
+
+def _check_reference_leaf(reference, x0, ys, not_an_array):
+    """One leaf of the reference: real values of shape ``(T,) + x0.shape``, cast to the
+    model's dtype (integer states must get integer values)."""
     try:
         reference = jnp.asarray(reference)
     except (TypeError, ValueError) as err:
@@ -275,7 +304,6 @@ def _check_reference(reference, ys, ssm):
             f"reference must be a trajectory with leading axis T={ys.shape[0]}, got shape "
             f"{reference.shape}"
         )
-    x0 = jax.eval_shape(lambda k: ssm.initial().sample(k), jax.random.key(0))
     if not jnp.issubdtype(x0.dtype, jnp.floating) and jnp.issubdtype(reference.dtype, jnp.floating):
         if not isinstance(reference, jax.core.Tracer) and not np.all(
             np.asarray(reference) == np.round(np.asarray(reference))
@@ -285,9 +313,7 @@ def _check_reference(reference, ys, ssm):
         raise ValueError(
             f"reference has state shape {reference.shape[1:]}, the model's states are {x0.shape}"
         )
-    reference = reference.astype(x0.dtype)
-    _check_finite_reference(reference)
-    return reference
+    return reference.astype(x0.dtype)
 
 
 def csmc(

@@ -323,3 +323,21 @@ def test_ppg_result_says_when_a_sweep_failed(data):
         jnp.stack([ys, ys.at[3].set(jnp.inf)])
     )
     assert both.failed.tolist() == [False, True]
+
+
+def test_csmc_with_a_dict_state():
+    # was: csmc rejected a dict reference ("must be an array of states"), though the
+    # filters, FFBS, PaRIS and PPG take dict states; the new path keeps the structure
+    from test_sqmc_distributed_user_reports import PYTREE_SSM
+
+    xs, ys = PYTREE_SSM.simulate(jax.random.key(0), 6)
+    new = pk.pgibbs.csmc(jax.random.key(1), PYTREE_SSM, ys, xs, num_particles=8)
+    assert set(new) == {"pos", "vel"} and new["pos"].shape == (6,)
+    res = pk.pgibbs.csmc(jax.random.key(1), PYTREE_SSM, ys, xs, num_particles=8,
+                         backward_sampling=False, return_info=True)  # fmt: skip
+    assert res.trajectory["vel"].shape == (6,) and not bool(res.failed)
+    with pytest.raises(ValueError, match="structure"):
+        pk.pgibbs.csmc(jax.random.key(1), PYTREE_SSM, ys, {"pos": xs["pos"]}, num_particles=8)
+    with pytest.raises(ValueError, match="non-finite"):
+        bad = {"pos": xs["pos"].at[2].set(jnp.nan), "vel": xs["vel"]}
+        pk.pgibbs.csmc(jax.random.key(1), PYTREE_SSM, ys, bad, num_particles=8)

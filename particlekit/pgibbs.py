@@ -670,15 +670,12 @@ class ParticleGibbsResult(NamedTuple):
     num_nonfinite: jax.Array
 
     def to_dict(self) -> dict:
-        """A flat ``{name: array (chain, draw, ...)}`` dict of the parameter draws plus
-        ``"x"`` for the states."""
-        out = {}
-        flat, _ = jax.tree_util.tree_flatten_with_path(self.theta)
-        for path, leaf in flat:
-            name = jax.tree_util.keystr(path).strip("[]'\".") or "theta"
-            out[name] = jax.device_get(leaf)
-        out["x"] = jax.device_get(self.states)
-        return out
+        """A flat ``{name: array (chain, draw, ...)}`` dict of the parameter draws (nested
+        keys joined by ``_``, e.g. ``ar_rho``; a bare array is ``theta``), plus ``"x"`` for
+        the states: the names of ``to_inference_data``'s posterior."""
+        from particlekit.arviz import _named
+
+        return {**_named(self.theta, "theta"), "x": np.asarray(jax.device_get(self.states))}
 
     def to_inference_data(self, ys=None):
         """The draws for ArviZ (``particlekit.arviz.from_particle_gibbs``; an

@@ -221,9 +221,12 @@ def test_particle_gibbs_nested_parameter_names(api, tmp_path):
     assert group(data, "observed_data")["y"].dims == ("time",)
     assert group(data, "sample_stats")["failed"].dims == ("chain", "draw")
     roundtrip(data, tmp_path, api)
+    # to_dict, documented as the posterior's draws, has the same names (was "ar']['rho")
+    assert set(res.to_dict()) == {"ar_rho", "obs_0", "obs_1", "x"}
     # a bare-array theta is "theta", as before
     bare = res._replace(theta=rng.normal(size=(2, 6)))
     assert set(group(bare.to_inference_data(), "posterior").data_vars) == {"theta", "x"}
+    assert set(bare.to_dict()) == {"theta", "x"}
     with pytest.raises(ValueError, match="time steps"):
         res.to_inference_data(YS[:-1])
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from particlekit import kernels, resampling
+from particlekit.diffusion.flow import FlowModel
 from particlekit.diffusion.model import DiffusionModel, _sample, check_reward, check_sampler
 from particlekit.diffusion.schedules import sampling_grid
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
@@ -81,7 +82,10 @@ def _check(model, reward_fn, sampler, eta):
     which traces it) runs inside the jitted functions, while tracing: once per compiled
     configuration instead of at every call."""
     if not isinstance(model, DiffusionModel):
-        raise ValueError(f"model must be a DiffusionModel, got {type(model).__name__}")
+        hint = ""
+        if isinstance(model, FlowModel):
+            hint = "; pass flow.as_diffusion_model(), an exact rewrite of a FlowModel"
+        raise ValueError(f"model must be a DiffusionModel, got {type(model).__name__}{hint}")
     if not callable(reward_fn):
         raise ValueError("reward_fn must be a callable r(x_0) -> scalar")
     check_sampler(sampler, eta)
@@ -164,7 +168,9 @@ def svdd(
     particles over devices as in ``fk_steering``; see the Scaling page. ``progress_bar``
     shows a bar over the steps (``None``: when standard error is a terminal). ``grid``:
     the reverse-time grid, a spacing name or decreasing times (as in ``fk_steering``;
-    ``num_steps`` counts the steps of a named grid, default 100).
+    ``num_steps`` counts the steps of a named grid, default 100). NaN rewards count as
+    ``-inf`` in the picks; NaN final rewards are reported with a ``RuntimeWarning`` after
+    an eager call, as in ``best_of_n``.
 
     Examples
     --------
@@ -180,14 +186,26 @@ def svdd(
     num_particles = kernels.check_num_particles(num_particles)
     num_children = kernels.check_num_particles(num_children, "num_children")
     grid = sampling_grid(grid, num_steps, schedule=model.schedule)
-    if not float(alpha) >= 0.0:
+    # alpha is a traced input of _svdd: under jax.jit it is a tracer, checked only when
+    # concrete (float() of a tracer was a ConcretizationTypeError)
+    if not isinstance(alpha, jax.core.Tracer) and not float(alpha) >= 0.0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     sharding = check_sharding(sharding, num_particles, key=key)
-    return _svdd(
+    result = _svdd(
         key, model, reward_fn, jnp.asarray(alpha, jnp.result_type(float)), grid,
         num_particles=num_particles, num_children=num_children, sampler=sampler,
         eta=float(eta), sharding=sharding, progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
+    if not isinstance(result.rewards, jax.core.Tracer):
+        num_nan = int(jnp.sum(jnp.isnan(result.rewards)))
+        if num_nan:  # as best_of_n: every child of the last pick had a NaN reward
+            warnings.warn(
+                f"svdd: {num_nan} of {num_particles} final rewards are NaN (NaN counts as "
+                "-inf, so those picks were blind); check reward_fn",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return result
 
 
 def _soft_logits(values, alpha):

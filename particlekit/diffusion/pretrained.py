@@ -206,17 +206,53 @@ _BUILDERS = {
 }
 
 
+WEIGHT_DTYPE = jnp.float32  # the dtype of every array in the weight files
+
+
+def _on_disk_dtype(leaf):
+    """A skeleton leaf with the files' dtype: under ``jax_enable_x64`` the networks are
+    built in float64 and equinox refused the float32 arrays on disk (a ``RuntimeError``)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct) and jnp.issubdtype(leaf.dtype, jnp.floating):
+        return jax.ShapeDtypeStruct(leaf.shape, WEIGHT_DTYPE)
+    return leaf
+
+
 @functools.cache
 def _load(name: str):
     skeleton = eqx.filter_eval_shape(_BUILDERS[name], jax.random.key(0))
-    path = resources.files("particlekit.diffusion").joinpath("weights", WEIGHT_FILES[name])
+    skeleton = jax.tree.map(_on_disk_dtype, skeleton)
+    filename = WEIGHT_FILES[name]
+    path = resources.files("particlekit.diffusion").joinpath("weights", filename)
     if not path.is_file():
         raise FileNotFoundError(
-            f"the weights {WEIGHT_FILES[name]} are missing from particlekit/diffusion/weights/; "
+            f"the weights {filename} are missing from particlekit/diffusion/weights/; "
             "run `python -m particlekit.diffusion.train_digits` to write them"
         )
+    fix = (
+        "reinstall particlekit, or run `python -m particlekit.diffusion.train_digits` to "
+        "rewrite the weights"
+    )
     with path.open("rb") as f:
-        return eqx.tree_deserialise_leaves(f, skeleton)
+        try:
+            module = eqx.tree_deserialise_leaves(f, skeleton)
+        except Exception as err:  # noqa: BLE001 - equinox raised a bare tree-path error
+            raise ValueError(
+                f"the weights file {filename} cannot be read as the {name} network of "
+                f"particlekit.diffusion.pretrained (truncated, corrupted, or written for "
+                f"another architecture: {err}); {fix}"
+            ) from err
+        if f.read(1):
+            raise ValueError(
+                f"the weights file {filename} is longer than the {name} network of "
+                f"particlekit.diffusion.pretrained (corrupted, or written for another "
+                f"architecture); {fix}"
+            )
+    if not all(
+        bool(jnp.all(jnp.isfinite(leaf)))
+        for leaf in jax.tree.leaves(eqx.filter(module, eqx.is_inexact_array))
+    ):
+        raise ValueError(f"the weights file {filename} holds NaN or infinite parameters; {fix}")
+    return module
 
 
 def digits_diffusion() -> DiffusionModel:

@@ -39,7 +39,7 @@ ancestral sampling. NaN rewards count as ``-inf``.
 
 from __future__ import annotations
 
-import numbers
+import operator
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -94,9 +94,22 @@ class _Chain(NamedTuple):
     evals: jax.Array  # int32 (K,), candidates drawn at each step
 
 
-def _check_budget(budget, num_steps: int) -> int:
-    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral):
+def _check_budget(budget, num_steps: int):
+    """A Python / NumPy integer or a 0-d integer array; a tracer (under ``jax.jit``: the
+    budget is a traced input of ``_rbf``) is checked for its type only."""
+    dtype = getattr(budget, "dtype", None)
+    if isinstance(budget, jax.core.Tracer):
+        if jnp.ndim(budget) != 0 or not jnp.issubdtype(dtype, jnp.integer):
+            raise ValueError(f"budget must be a scalar integer, got {budget!r}")
+        return budget
+    if isinstance(budget, bool) or (dtype is not None and not jnp.issubdtype(dtype, jnp.integer)):
         raise ValueError(f"budget must be an integer number of evaluations, got {budget!r}")
+    try:
+        budget = operator.index(budget)  # int, NumPy integer, concrete 0-d integer array
+    except TypeError:
+        raise ValueError(
+            f"budget must be an integer number of evaluations, got {budget!r}"
+        ) from None
     if int(budget) < num_steps + 1:
         raise ValueError(
             f"budget must be at least num_steps + 1 = {num_steps + 1} (one evaluation for the "
@@ -134,7 +147,9 @@ def rollover_budget_forcing(
     num_steps : int, optional
         Steps of a named ``grid`` (default 100); with an array ``grid``, ``len(grid) - 1``.
     budget : int
-        Network evaluations per chain, at least ``num_steps + 1``.
+        Network evaluations per chain, at least ``num_steps + 1``; a 0-d integer array
+        too, traced under ``jax.jit`` (then its value is not checked, and a budget below
+        ``num_steps + 1`` acts as ``num_steps + 1``).
     num_samples : int
         Independent chains, each with the whole ``budget``.
     sampler : {"ddpm", "ddim", "em"}, eta : float
@@ -197,7 +212,9 @@ def _quotas(model, ts, ss, budget, sampler, eta):
     stochastic = var > 0
     num_steps = ts.shape[0]
     n_sto = jnp.sum(stochastic).astype(jnp.int32)
-    spare = budget - 1 - (num_steps - n_sto)  # evaluations for the stochastic steps
+    # evaluations for the stochastic steps; at least one each (a traced budget is not
+    # checked: below num_steps + 1 it acts as num_steps + 1, never a step without a move)
+    spare = jnp.maximum(budget - 1 - (num_steps - n_sto), n_sto)
     per = jnp.maximum(n_sto, 1)
     base, rem = spare // per, spare % per
     rank = jnp.cumsum(stochastic.astype(jnp.int32)) - 1

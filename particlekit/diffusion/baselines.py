@@ -22,7 +22,13 @@ import jax.numpy as jnp
 
 from particlekit import kernels, resampling
 from particlekit.diffusion.flow import FlowModel
-from particlekit.diffusion.model import DiffusionModel, _sample, check_reward, check_sampler
+from particlekit.diffusion.model import (
+    DiffusionModel,
+    _sample,
+    check_reward,
+    check_sampler,
+    warn_coarse_em,
+)
 from particlekit.diffusion.schedules import sampling_grid
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 
@@ -119,6 +125,7 @@ def best_of_n(
     _check(model, reward_fn, sampler, eta)
     num_samples = kernels.check_num_particles(num_samples, "num_samples")
     grid = sampling_grid(grid, num_steps, schedule=model.schedule)
+    warn_coarse_em(model.schedule, grid, sampler, "best_of_n")
     result = _best_of_n(key, model, reward_fn, num_samples, grid, sampler, float(eta))
     if not isinstance(result.rewards, jax.core.Tracer) and bool(jnp.all(jnp.isnan(result.rewards))):
         warnings.warn(
@@ -191,6 +198,7 @@ def svdd(
     if not isinstance(alpha, jax.core.Tracer) and not float(alpha) >= 0.0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     sharding = check_sharding(sharding, num_particles, key=key)
+    warn_coarse_em(model.schedule, grid, sampler, "svdd")
     result = _svdd(
         key, model, reward_fn, jnp.asarray(alpha, jnp.result_type(float)), grid,
         num_particles=num_particles, num_children=num_children, sampler=sampler,

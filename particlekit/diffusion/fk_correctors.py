@@ -45,11 +45,10 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from particlekit import kernels, resampling
 from particlekit.diffusion.model import DiffusionModel
-from particlekit.diffusion.schedules import sampling_grid
+from particlekit.diffusion.schedules import noise_end_step_rate, sampling_grid
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
 
 __all__ = [
@@ -165,13 +164,8 @@ def _noise_end_step_rate(schedule, grid, total_beta: float, noise_factor: float)
     whatever the data. Above 1 the step overshoots (above 2 it diverges), and the weights,
     which grow like ``b dt |x|^2``, lose all accuracy. Stiffness from narrow data near
     ``t = 0`` is not measured. 0 for a traced grid (it cannot be checked)."""
-    if isinstance(grid, jax.core.Tracer):
-        return 0.0
-    times = jnp.asarray(grid)
-    rates = np.asarray(jax.vmap(schedule.beta)(times[:-1]), np.float64)
-    steps = -np.diff(np.asarray(times, np.float64))
     kappa = (total_beta * (1.0 + noise_factor) - 1.0) / 2.0
-    return float(np.max(kappa * rates * steps))
+    return noise_end_step_rate(schedule, grid, kappa)
 
 
 def _warn_unstable_steps(schedule, grid, total_beta: float, noise_factor: float) -> None:

@@ -49,7 +49,12 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
 from particlekit import kernels, resampling
-from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
+from particlekit.diffusion.model import (
+    DiffusionModel,
+    check_reward,
+    check_sampler,
+    warn_coarse_em,
+)
 from particlekit.diffusion.schedules import sampling_grid
 from particlekit.run import (
     check_sharding,
@@ -608,6 +613,8 @@ def fk_steering(
         raise ValueError(f"lmbda must be finite, got {float(lmbda)}")
     mask = _potential_mask(num_steps, resample_every, (lo, hi), grid)
     _warn_over_tilt(potential, mask)
+    if proposal is None:  # a user proposal replaces the reverse kernel
+        warn_coarse_em(model.schedule, grid, sampler, "fk_steering")
     # the reward checks (check_reward) run inside, while tracing: see _fk_steering
     result = _fk_steering(
         key, model, reward_fn, lmbda, mask,

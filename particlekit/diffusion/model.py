@@ -27,6 +27,7 @@ With ``s = 0`` the DDPM / DDIM kernels are deterministic (``var = 0``, ``x_0 = x
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable
 
 import equinox as eqx
@@ -34,7 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
+from particlekit.diffusion.schedules import (
+    NoiseSchedule,
+    get_schedule,
+    noise_end_step_rate,
+    sampling_grid,
+)
 from particlekit.kernels import check_key, check_num_particles, init, move
 from particlekit.run import run
 
@@ -82,6 +88,25 @@ def sample_shape(shape) -> tuple:
     if any(s < 0 for s in dims):
         raise ValueError(f"shape must have non-negative sizes, got {dims}")
     return dims
+
+
+def warn_coarse_em(schedule, grid, sampler: str, where: str) -> None:
+    """A ``RuntimeWarning`` before tracing when ``sampler="em"`` takes a step near the noise
+    end that overshoots: there every score is close to ``-x`` and one Euler–Maruyama step
+    multiplies ``x`` by ``1 - b dt / 2`` (``noise_end_step_rate`` with ``kappa = 1 / 2``).
+    Three uniform steps on the linear schedule gave samples of sd 4.4 for data of sd 0.5,
+    silently. The DDPM / DDIM kernels are exact for Gaussian data and do not overshoot."""
+    if sampler != "em":
+        return
+    rate = noise_end_step_rate(schedule, grid, 0.5)
+    if rate > 1.0:
+        warnings.warn(
+            f"{where}: the time steps are too coarse for sampler='em': one Euler-Maruyama "
+            f"step near the noise end overshoots (b dt / 2 = {rate:.3g} > 1), so the samples "
+            "are unreliable; take more steps, or use sampler='ddpm' / 'ddim'",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def check_sampler(sampler: str, eta: float) -> None:
@@ -256,6 +281,7 @@ class DiffusionModel(eqx.Module):
         num_samples = check_num_particles(num_samples, "num_samples")
         check_sampler(sampler, eta)
         grid = sampling_grid(grid, num_steps, schedule=self.schedule)
+        warn_coarse_em(self.schedule, grid, sampler, "DiffusionModel.sample")
         return _sample(key, self, num_samples, grid, sampler, float(eta))
 
 

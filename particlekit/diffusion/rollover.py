@@ -49,7 +49,12 @@ import jax.numpy as jnp
 
 from particlekit import kernels
 from particlekit.diffusion.flow import FlowModel
-from particlekit.diffusion.model import DiffusionModel, check_reward, check_sampler
+from particlekit.diffusion.model import (
+    DiffusionModel,
+    check_reward,
+    check_sampler,
+    warn_coarse_em,
+)
 from particlekit.diffusion.schedules import sampling_grid
 from particlekit.run import resolve_progress_bar, run
 
@@ -197,6 +202,7 @@ def rollover_budget_forcing(
     num_steps = int(grid.shape[0]) - 1
     budget = _check_budget(budget, num_steps)
     check_reward(model, reward_fn)
+    warn_coarse_em(model.schedule, grid, sampler, "rollover_budget_forcing")
     return _rbf(
         key, model, reward_fn, grid, jnp.asarray(budget, jnp.int32), num_samples=num_samples,
         sampler=sampler, eta=float(eta), progress_bar=resolve_progress_bar(progress_bar),

@@ -426,6 +426,19 @@ def _check_grid_values(arr: np.ndarray) -> None:
         )
 
 
+def noise_end_step_rate(schedule: NoiseSchedule, grid, kappa: float) -> float:
+    """``max_k kappa b(t_k) (t_k - t_{k+1})`` over the steps of ``grid``: for a reverse
+    Euler–Maruyama step whose drift near the noise end (every score close to ``-x``) is
+    ``-kappa b x``, the step multiplies ``x`` by ``1 - kappa b dt``; above 1 it overshoots
+    (above 2 it diverges). ``kappa = 1 / 2`` for the reverse SDE of a diffusion model. 0 for
+    a traced grid (it cannot be checked)."""
+    if _is_tracer(grid):
+        return 0.0
+    times = np.asarray(grid, np.float64)
+    rates = np.asarray(jax.vmap(schedule.beta)(jnp.asarray(grid)[:-1]), np.float64)
+    return float(np.max(kappa * rates * -np.diff(times)))
+
+
 def ou_transition_mean_var(schedule: NoiseSchedule, x_s, s, t, sigma: float = 1.0):
     """Mean and (isotropic) variance of the forward OU transition ``x_t | x_s``, ``s < t``:
     ``N(sqrt(1 - lambda_{t,s}) x_s, sigma^2 lambda_{t,s} I)``."""

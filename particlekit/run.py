@@ -124,19 +124,26 @@ def check_sharding(sharding, num_particles: int | None = None, **same_on_every_p
             "the weights (1-D) and to every leaf of the particles"
         )
     if isinstance(num_particles, int) and num_particles > 0:  # else the recipe's own check
-        pieces = distributed.num_shards(sharding)
-        if int(num_particles) % pieces:
-            up = -(-int(num_particles) // pieces) * pieces
-            raise ValueError(
-                f"num_particles={num_particles} is not a multiple of the {pieces} shards of "
-                f"the particle axis (mesh {dict(sharding.mesh.shape)}, spec "
-                f"{sharding.spec}); use a multiple of {pieces}, e.g. {up}"
-            )
+        _check_divides(sharding, num_particles)
     if num_particles is not None:
         same_on_every_process["num_particles"] = num_particles
     if same_on_every_process and distributed.spans_processes(sharding):
         distributed.check_same_on_every_process(**same_on_every_process)
     return sharding
+
+
+def _check_divides(sharding, num_particles: int) -> None:
+    """A ``ValueError`` when ``sharding`` cuts ``num_particles`` into unequal pieces."""
+    from particlekit import distributed
+
+    pieces = distributed.num_shards(sharding)
+    if int(num_particles) % pieces:
+        up = -(-int(num_particles) // pieces) * pieces
+        raise ValueError(
+            f"num_particles={num_particles} is not a multiple of the {pieces} shards of "
+            f"the particle axis (mesh {dict(sharding.mesh.shape)}, spec "
+            f"{sharding.spec}); use a multiple of {pieces}, e.g. {up}"
+        )
 
 
 def constrain_particles(state: ParticleState, sharding) -> ParticleState:
@@ -309,8 +316,10 @@ def run(
     (5,)
     """
     check_key(key)
+    check_sharding(sharding)
     _check_state(state)
-    check_sharding(sharding, num_particles_of(state))
+    if sharding is not None:  # the count only: run may be traced inside a recipe, whose
+        _check_divides(sharding, num_particles_of(state))  # own check compares processes
     total_steps = _num_steps_of(inputs, num_steps)
     if inputs is None:
         inputs = jnp.arange(total_steps)

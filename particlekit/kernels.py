@@ -104,6 +104,19 @@ def check_memory(num_bytes: int, what: str) -> None:
         )
 
 
+def check_not_traced(where: str, hint: str, *trees) -> None:
+    """A ``ValueError`` before tracing when a host-side driver (one that reads results on the
+    host: adaptive sizes grown in Python, returned Python floats, checks across chains) is
+    called inside ``jax.jit`` / ``jax.vmap`` / ``jax.grad``, where it failed deep inside with
+    a ``TracerArrayConversionError`` or ``ConcretizationTypeError``. ``hint`` names the
+    alternative."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees)):
+        raise ValueError(
+            f"{where} cannot run inside jax.jit / jax.vmap / jax.grad: it reads its results "
+            f"on the host; call it on concrete arrays. {hint}".rstrip()
+        )
+
+
 def check_key(key, name: str = "key"):
     """Validate a PRNG key before tracing: a typed key (``jax.random.key(seed)``, shape
     ``()``) or a legacy ``uint32`` key (``jax.random.PRNGKey(seed)``, shape ``(2,)``);

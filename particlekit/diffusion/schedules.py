@@ -431,12 +431,17 @@ def noise_end_step_rate(schedule: NoiseSchedule, grid, kappa: float) -> float:
     Euler–Maruyama step whose drift near the noise end (every score close to ``-x``) is
     ``-kappa b x``, the step multiplies ``x`` by ``1 - kappa b dt``; above 1 it overshoots
     (above 2 it diverges). ``kappa = 1 / 2`` for the reverse SDE of a diffusion model. 0 for
-    a traced grid (it cannot be checked)."""
+    a traced grid or schedule (it cannot be checked)."""
     if _is_tracer(grid):
         return 0.0
     times = np.asarray(grid, np.float64)
-    rates = np.asarray(jax.vmap(schedule.beta)(jnp.asarray(grid)[:-1]), np.float64)
-    return float(np.max(kappa * rates * -np.diff(times)))
+    # evaluated now even inside a user's jit (else ``beta`` of a concrete grid is staged
+    # and np.asarray of it raised TracerArrayConversionError); a traced schedule is skipped
+    with jax.ensure_compile_time_eval():
+        rates = jax.vmap(schedule.beta)(jnp.asarray(grid)[:-1])
+    if _is_tracer(rates):
+        return 0.0
+    return float(np.max(kappa * np.asarray(rates, np.float64) * -np.diff(times)))
 
 
 def ou_transition_mean_var(schedule: NoiseSchedule, x_s, s, t, sigma: float = 1.0):

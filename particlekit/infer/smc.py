@@ -31,7 +31,7 @@ from particlekit.infer.numpyro_adapter import (
     invalid_prior_sites,
     make_target,
 )
-from particlekit.kernels import check_key, check_num_particles, reweight
+from particlekit.kernels import check_key, check_not_traced, check_num_particles, reweight
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar
 from particlekit.types import ParticleState
 
@@ -785,6 +785,13 @@ class SMC:
             ``max_stages`` warns and is flagged in ``diagnostics``.
         """
         check_key(key)
+        # a host-side driver: under jit / vmap it failed with TracerArrayConversionError
+        check_not_traced(
+            "SMC.run",
+            "For independent runs use num_chains=...; for several data sets call run once "
+            "per data set (data of the same shapes reuse the compiled sampler).",
+            key, args, kwargs,
+        )  # fmt: skip
         dyn, spec = _split_args(args, kwargs)
         across_processes = distributed.spans_processes(self._cfg.sharding)
         if across_processes:

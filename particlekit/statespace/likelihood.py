@@ -166,7 +166,8 @@ def sample_path(key, particles, log_weights, ancestors):
     """One trajectory ``(T, ...)`` from a filter's genealogy: a final particle drawn by its
     weight, then its ancestors back to ``t = 0`` (the path PMMH pairs with ``theta``,
     Andrieu, Doucet & Holenstein 2010, Section 2.4.2)."""
-    last = jax.random.categorical(key, log_weights[-1])
+    # in the ancestors' dtype: int64 under jax_enable_x64 broke the scan carry
+    last = jax.random.categorical(key, log_weights[-1]).astype(ancestors.dtype)
 
     def body(idx, inp):
         xs_t, anc_t = inp
@@ -202,6 +203,12 @@ def log_likelihood_sd(
     True
     """
     kernels.check_key(key)
+    kernels.check_not_traced(  # returns a Python float
+        "pk.statespace.log_likelihood_sd",
+        "For the log-likelihood estimates themselves under vmap, use "
+        "pk.filters.bootstrap(...).log_evidence.",
+        key, ys, theta,
+    )  # fmt: skip
     num_runs = kernels.check_num_particles(num_runs, "num_runs")
     if num_runs < 2:
         raise ValueError(f"num_runs must be >= 2 to estimate a spread, got {num_runs}")
@@ -258,6 +265,9 @@ def choose_num_particles(
     True
     """
     kernels.check_key(key)
+    kernels.check_not_traced(  # returns a Python int
+        "pk.statespace.choose_num_particles", "", key, ys, theta
+    )
     initial = kernels.check_num_particles(initial, "initial")
     if not target_sd > 0:
         raise ValueError(f"target_sd must be positive, got {target_sd}")

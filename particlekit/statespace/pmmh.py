@@ -490,6 +490,8 @@ def _unconstrain(model: ParametricSSM, params: dict) -> jax.Array:
 
 
 def _warn_if_untrustworthy(result: PMMHResult) -> None:
+    if isinstance(result.failed, jax.core.Tracer):  # under jit / vmap: not checked
+        return  # (np.asarray of it was a TracerArrayConversionError)
     failed = np.asarray(result.failed)
     if failed.any():
         warnings.warn(

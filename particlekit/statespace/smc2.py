@@ -345,7 +345,7 @@ def _segment(state: _RunState, ys, cfg: _Config, progress_bar: bool):
         state, rate = jax.lax.cond(
             low_ess & ~_failed(state),
             lambda s: _move(s, ys, cfg),
-            lambda s: (s, jnp.ones(())),
+            lambda s: (s, jnp.ones((), jnp.float32)),  # as _move's rate, under x64 too
             state,
         )
         grow = low_ess & (rate < cfg.min_acceptance) & cfg.can_grow
@@ -484,6 +484,12 @@ def smc2(
     ((1, 200), (1, 200, 50), (1,))
     """
     kernels.check_key(key)
+    kernels.check_not_traced(  # N_x grows in Python between compiled segments
+        "pk.statespace.smc2",
+        "For independent runs use num_chains=...; for several data sets call it once per "
+        "data set.",
+        key, ys,
+    )  # fmt: skip
     num_x = kernels.check_num_particles(num_x_particles, "num_x_particles")
     ys = check_model_and_data(model, ys, num_x)
     num_theta = kernels.check_num_particles(num_theta_particles, "num_theta_particles")

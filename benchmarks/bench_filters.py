@@ -280,7 +280,11 @@ def main(argv=None):
 
     with_particles = "particles" not in skip  # not needed (nor installed) on a GPU machine
     if with_particles:
-        import particles
+        try:
+            import particles
+        except ImportError as error:
+            print(f"particles skipped (not installed): {error}")
+            with_particles = False
 
     print(
         f"jax {jax.__version__} ({jax.devices()[0].device_kind}), "

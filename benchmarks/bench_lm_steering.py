@@ -551,8 +551,10 @@ def cache_cost(args):
             say(f"cache ctx={ctx} {name[1]}: compiled in {seconds:.1f} s")
 
         def plain(model, key, steps=steps):  # the same tokens without steering
+            # generate's scan runs all max_new_tokens steps whatever it draws (the end token
+            # only masks the rest), so any valid eos_id costs the same (-1 is a ValueError)
             one = functools.partial(transformer.generate, model, prompt=prompt,
-                                    max_new_tokens=steps, eos_id=-1)  # fmt: skip
+                                    max_new_tokens=steps, eos_id=task.EOS)  # fmt: skip
             return jax.vmap(lambda k: one(k)[1])(jax.random.split(key, CACHE_PARTICLES))
 
         name = (ctx, "transformer.generate")

@@ -43,6 +43,49 @@ def model_fn(theta):
     )
 
 
+def particles_pmmh(ys):
+    """``particles``' PMMH (one chain): (seconds per iteration, kept draws, iterations), or
+    ``None`` when ``particles`` is not installed."""
+    if not hasattr(np, "float"):  # particles 0.3 still uses the alias NumPy 1.24 removed
+        np.float = float  # noqa: NPY001
+    try:
+        from particles import distributions as pdists
+        from particles import mcmc
+        from particles import state_space_models as pssm
+    except ImportError as error:
+        print(f"particles PMMH skipped (not installed): {error}")
+        return None
+
+    class AR1(pssm.StateSpaceModel):
+        default_params = {"rho": 0.7}
+
+        def PX0(self):
+            return pdists.Normal(loc=0.0, scale=1.0)
+
+        def PX(self, t, xp):
+            return pdists.Normal(loc=self.rho * xp, scale=1.0)
+
+        def PY(self, t, xp, x):
+            return pdists.Normal(loc=x, scale=0.5)
+
+    class ScalarPrior(pdists.StructDist):
+        # particles 0.3 assigns the log-prior of a 1-element theta to a scalar slot, which
+        # NumPy >= 2 refuses for a shape (1,) array
+        def logpdf(self, theta):
+            out = super().logpdf(theta)
+            return out[0] if np.ndim(out) == 1 and len(out) == 1 else out
+
+    pprior = ScalarPrior({"rho": pdists.Uniform(-1.0, 1.0)})
+    data = [float(v) for v in np.asarray(ys)]
+    p_iters = 500
+    alg = mcmc.PMMH(ssm_cls=AR1, prior=pprior, data=data, Nx=N, niter=p_iters)
+    t0 = time.perf_counter()
+    alg.run()
+    t_particles = (time.perf_counter() - t0) / p_iters
+    p_draws = alg.chain.theta["rho"][p_iters // 2 :]
+    return t_particles, p_draws, p_iters
+
+
 def main():
     model = pk.statespace.ParametricSSM(prior, model_fn)
     ys = model_fn({"rho": 0.7}).simulate(jax.random.key(3), T)[1]
@@ -115,39 +158,7 @@ def main():
     t_filter = (time.perf_counter() - t0) / 200
     compile_filter = first_filter - t_filter
 
-    if not hasattr(np, "float"):  # particles 0.3 still uses the alias NumPy 1.24 removed
-        np.float = float  # noqa: NPY001
-    from particles import distributions as pdists
-    from particles import mcmc
-    from particles import state_space_models as pssm
-
-    class AR1(pssm.StateSpaceModel):
-        default_params = {"rho": 0.7}
-
-        def PX0(self):
-            return pdists.Normal(loc=0.0, scale=1.0)
-
-        def PX(self, t, xp):
-            return pdists.Normal(loc=self.rho * xp, scale=1.0)
-
-        def PY(self, t, xp, x):
-            return pdists.Normal(loc=x, scale=0.5)
-
-    class ScalarPrior(pdists.StructDist):
-        # particles 0.3 assigns the log-prior of a 1-element theta to a scalar slot, which
-        # NumPy >= 2 refuses for a shape (1,) array
-        def logpdf(self, theta):
-            out = super().logpdf(theta)
-            return out[0] if np.ndim(out) == 1 and len(out) == 1 else out
-
-    pprior = ScalarPrior({"rho": pdists.Uniform(-1.0, 1.0)})
-    data = [float(v) for v in np.asarray(ys)]
-    p_iters = 500
-    alg = mcmc.PMMH(ssm_cls=AR1, prior=pprior, data=data, Nx=N, niter=p_iters)
-    t0 = time.perf_counter()
-    alg.run()
-    t_particles = (time.perf_counter() - t0) / p_iters
-    p_draws = alg.chain.theta["rho"][p_iters // 2 :]
+    p_result = particles_pmmh(ys)
 
     from numpyro.diagnostics import effective_sample_size
 
@@ -180,6 +191,9 @@ def main():
         f"| particlekit bootstrap filter | {t_filter / CHAINS:.2e} | 1.00 | | | | | "
         f"{compile_filter:.1f} |"
     )
+    if p_result is None:
+        return
+    t_particles, p_draws, p_iters = p_result
     ess_p = ess(p_draws[None])
     print(
         f"| particles PMMH (1 chain, {p_iters} iterations) | {t_particles:.2e} | "

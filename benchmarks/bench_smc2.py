@@ -91,10 +91,14 @@ def run_ours(model, ys, seed):
 def particles_sampler(ys):
     if not hasattr(np, "float"):  # particles 0.3 still uses the alias NumPy 1.24 removed
         np.float = float  # noqa: NPY001
-    import particles
-    from particles import distributions as pdists
-    from particles import smc_samplers
-    from particles import state_space_models as pssm
+    try:
+        import particles
+        from particles import distributions as pdists
+        from particles import smc_samplers
+        from particles import state_space_models as pssm
+    except ImportError as error:
+        print(f"particles SMC² skipped (not installed): {error}")
+        return None
 
     class AR1(pssm.StateSpaceModel):
         default_params = {"rho": RHO, "sigma": SIGMA}
@@ -151,7 +155,7 @@ def main():
         rows["particlekit SMC²"].append(run_ours(model, ys, s))
         print("particlekit run", s, rows["particlekit SMC²"][-1], flush=True)
     run = particles_sampler(ys)
-    for s in range(args.particles_runs):
+    for s in range(args.particles_runs if run is not None else 0):
         rows["particles SMC² (waste-free)"].append(run(s))
         print("particles run", s, rows["particles SMC² (waste-free)"][-1], flush=True)
     rows = {name: values for name, values in rows.items() if values}

@@ -326,9 +326,13 @@ def blackjax_irmh_contender(problem, n, num_mcmc_steps=2, target_ess=0.5):
 def particles_contender(problem, n):
     if not hasattr(np, "float"):  # particles 0.3 still uses the removed alias np.float
         setattr(np, "float", float)  # noqa: B010
-    import particles
-    from particles import distributions as pdists
-    from particles import smc_samplers as ssp
+    try:
+        import particles
+        from particles import distributions as pdists
+        from particles import smc_samplers as ssp
+    except ImportError as error:
+        print(f"particles skipped (not installed): {error}")
+        return None
 
     class Static(ssp.StaticModel):
         def loglik(self, theta, t=None):
@@ -461,9 +465,11 @@ def run_problem(problem, n, seeds):
     )
     # particles (NumPy) runs after the JAX contenders, not between them, so that its
     # OpenBLAS threads (which spin for a while after each call) cannot disturb a JAX timing.
-    contenders["particles"] = ("rwm", particles_contender(problem, n))
-    timed["particles"] = (0.0, time_round_robin({"": contenders["particles"][1]}, seeds)[""][1])
-    order = [*contenders][:6] + ["particles"] + [*contenders][6:-1]
+    once = particles_contender(problem, n)
+    order = [*contenders][:6] + (["particles"] if once is not None else []) + [*contenders][6:]
+    if once is not None:
+        contenders["particles"] = ("rwm", once)
+        timed["particles"] = (0.0, time_round_robin({"": once}, seeds)[""][1])
     return [summarise(name, contenders[name][0], *timed[name], log_z_ref) for name in order]
 
 

@@ -44,19 +44,20 @@ if _CACHE:
 # (65530 by default). One pytest-xdist worker compiles thousands of programs over the
 # suite: a CI run reached 45 000 mappings a quarter of the way through, and a worker that
 # hits the cap fails to link its next program ("Failed to materialize symbols") and then
-# segfaults. So the caches are cleared after a module once a worker holds many mappings.
-_MAX_MEMORY_MAPPINGS = 20_000
+# segfaults. So the caches are cleared after a test once a worker holds many mappings (a
+# count costs about a millisecond; clearing, the recompilation of what later tests share).
+_MAX_MEMORY_MAPPINGS = 30_000
 
 
 def _memory_mappings() -> int:
     try:
-        with open("/proc/self/maps") as maps:
-            return sum(1 for _ in maps)
+        with open("/proc/self/maps", "rb") as maps:
+            return maps.read().count(b"\n")
     except OSError:  # not Linux: no cap to watch
         return 0
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _release_compiled_programs():
     yield
     if _memory_mappings() > _MAX_MEMORY_MAPPINGS:

@@ -60,7 +60,9 @@ def check_reward(model, fn, what: str = "reward_fn(x_0)", with_time: bool = Fals
     """Before tracing: ``fn`` (a reward ``r(x_0)``, or with ``with_time`` an intermediate
     reward ``r(x_t, t)``) must return a scalar for ONE sample of the model's shape, as
     ``steering.smc`` checks its reward; a reward of another shape failed while tracing
-    with a broadcasting error (or, in ``best_of_n``, gave per-coordinate rewards)."""
+    with a broadcasting error (or, in ``best_of_n``, gave per-coordinate rewards). The
+    value must be real (an integer, a float or a bool, read as 0 / 1): a complex one is a
+    ``ValueError`` too."""
     shape = tuple(model.shape)
     args = [jax.ShapeDtypeStruct(shape, jnp.result_type(float))]
     if with_time:
@@ -74,6 +76,15 @@ def check_reward(model, fn, what: str = "reward_fn(x_0)", with_time: bool = Fals
             f"{what} must return a scalar for ONE sample of shape {shape}, got "
             f"{getattr(out, 'shape', type(out).__name__)}"
         )
+    dtype = getattr(out, "dtype", None)
+    if (
+        dtype is None
+        or not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_))
+        or jnp.issubdtype(dtype, jnp.complexfloating)
+    ):
+        # a complex reward was cast to a real weight, its imaginary part dropped with only
+        # a NumPy ComplexWarning (steering.smc refuses it the same way)
+        raise ValueError(f"{what} must return a real scalar, got dtype {dtype}")
 
 
 def sample_shape(shape) -> tuple:

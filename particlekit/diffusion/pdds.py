@@ -175,6 +175,15 @@ def _check_inputs(log_density, dim, num_particles, num_steps, sigma) -> int:
             f"log_density must return a scalar for one particle of shape ({dim},), "
             f"got {getattr(out, 'shape', out)}"
         )
+    if jnp.issubdtype(out.dtype, jnp.bool_):
+        # True / False would be read as log gamma = 1 / 0: a factor e, not an indicator
+        raise ValueError(
+            "log_density must return log gamma(x), got a bool (an indicator?); for a "
+            "bounded support return jnp.where(inside, log_gamma, -jnp.inf)"
+        )
+    if not jnp.issubdtype(out.dtype, jnp.number) or jnp.issubdtype(out.dtype, jnp.complexfloating):
+        # a complex value was cast to a real weight, its imaginary part silently dropped
+        raise ValueError(f"log_density must return a real scalar, got dtype {out.dtype}")
     return dim
 
 
@@ -406,7 +415,7 @@ def pdds(
         Differentiable with JAX. ``NaN`` and ``+inf`` values give zero weight (counted
         in ``num_nonfinite``); ``-inf`` means outside the support. With a bounded support
         the naive guidance is ``-inf`` at intermediate times too, which biases the run
-        (see ``potential``).
+        (see ``potential``). A real scalar: a bool or complex value is a ``ValueError``.
     dim : int
         Dimension of ``x``.
     num_particles : int

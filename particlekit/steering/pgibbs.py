@@ -22,7 +22,12 @@ import numpy as np
 from particlekit.kernels import check_ess_threshold, check_key, check_num_particles
 from particlekit.resampling import get_conditional_scheme, get_scheme, sanitize_log_weights
 from particlekit.run import progress_bar_callback, resolve_progress_bar
-from particlekit.steering.sequences import Config, SequenceState, check_config
+from particlekit.steering.sequences import (
+    Config,
+    SequenceState,
+    check_config,
+    warn_unfinished,
+)
 from particlekit.steering.smc import sweep
 
 __all__ = ["GibbsResult", "gibbs_iteration", "initial_reference", "particle_gibbs"]
@@ -353,7 +358,7 @@ def particle_gibbs(
     base = get_scheme(resampling)
     conditional = get_conditional_scheme(base)
     reference = _check_reference(reference, config, prompt)
-    return _particle_gibbs(
+    result = _particle_gibbs(
         key,
         step_fn,
         reward_fn,
@@ -368,3 +373,5 @@ def particle_gibbs(
         variant=variant,
         progress_bar=resolve_progress_bar(progress_bar),
     )
+    warn_unfinished("particle_gibbs", config, max_steps, result.sequences, result.lengths)
+    return result

@@ -146,8 +146,8 @@ def beam_search(
     -------
     SteeringResult
         The final population; ``log_weights`` and ``log_potentials`` hold the reward of
-        each final sequence. Read the answer with ``best_of`` or ``weighted_vote``; the
-        ``log_evidence`` of a greedy search estimates nothing. A NaN (or ``+inf``) reward
+        each final sequence. Read the answer with ``best_of`` or ``weighted_vote``; a
+        greedy search estimates no evidence, so ``log_evidence`` is NaN. A NaN (or ``+inf``) reward
         ranks as ``-inf`` (its prefix is kept only when too few others are) and is
         counted in ``num_nonfinite``; when every prefix has a NaN or ``-inf`` reward, ``failed``
         is True (``best_of`` then warns that its pick is arbitrary).
@@ -174,7 +174,7 @@ def beam_search(
     if separator_id is None:
         raise ValueError("beam_search works by reasoning steps: give separator_id")
     selection = dvts_selection(width) if diverse else beam_selection(width)
-    return smc(
+    result = smc(
         key,
         step_fn,
         reward_fn,
@@ -191,6 +191,9 @@ def beam_search(
         max_steps=max_steps,
         progress_bar=progress_bar,
     )
+    # a greedy selection weights nothing: the evidence the filter accumulated is no
+    # estimate of anything, and a finite number invited reading it as log E_p[phi]
+    return result._replace(log_evidence=jnp.full_like(result.log_evidence, jnp.nan))
 
 
 def best_of(result: SteeringResult, scores=None) -> jax.Array:
@@ -246,7 +249,7 @@ def weighted_vote(answers, weights=None, valid=None) -> tuple[jax.Array, jax.Arr
     Parameters
     ----------
     answers : Array of shape (N,), int
-        The answer of each sequence (e.g. ``pk.lm.task.final_answer``).
+        The answer of each sequence (e.g. ``pk.lm.task.final_answer``), ``N >= 1``.
     weights : Array of shape (N,), optional
         Non-negative weights (NaN and negative weights count as 0; when some weights are
         ``+inf``, only those vote, equally); default 1 each.
@@ -271,8 +274,10 @@ def weighted_vote(answers, weights=None, valid=None) -> tuple[jax.Array, jax.Arr
     7
     """
     answers = jnp.asarray(answers)
-    if answers.ndim != 1:
-        raise ValueError(f"answers must have shape (N,), got {answers.shape}")
+    if answers.ndim != 1 or answers.shape[0] == 0:
+        # an empty vote failed inside jnp.argmax ("attempt to get argmax of an empty
+        # sequence"), which does not say which argument was wrong
+        raise ValueError(f"answers must have shape (N,) with N >= 1, got {answers.shape}")
     w = jnp.ones(answers.shape) if weights is None else jnp.asarray(weights, jnp.float32)
     if w.shape != answers.shape:
         raise ValueError(f"weights must have the shape of answers {answers.shape}, got {w.shape}")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels
+from particlekit.run import warn_if_counted
 from particlekit.types import PyTree
 
 __all__ = [
@@ -496,3 +497,27 @@ def potential(variant: str):
 def initial_potential(x_prev: SequenceState, x: SequenceState, inputs):
     """``log G_0 = log phi(prompt)`` (the same for every particle)."""
     return x.log_potential
+
+
+_UNFINISHED_WARNING = (
+    "{where}: {{count}} sequences were still unfinished (no end token, shorter than "
+    "len(prompt) + max_length) after max_steps={max_steps} steps. They are returned as "
+    "prefixes weighted by the reward of a prefix, so the result does not target "
+    "p(x) phi(x) / Z over complete sequences (nor log_evidence log E_p[phi(x)]). Raise "
+    "max_steps (the default, max_length, always suffices)."
+)
+
+
+def warn_unfinished(where: str, config: Config, max_steps, sequences, lengths, keep=None):
+    """A ``RuntimeWarning`` after an eager step-level run whose ``max_steps`` (given by the
+    user) ran out before some sequences ended: ``sequences (..., L)`` with ``lengths``
+    whose last token is not the end token and which are shorter than ``L`` (``keep``: a
+    mask of the sequences that count, e.g. those of positive weight). Nothing for traced
+    results (under ``jit`` / ``vmap``) or without ``max_steps``."""
+    if max_steps is None or isinstance(lengths, jax.core.Tracer):
+        return
+    last = jnp.take_along_axis(sequences, jnp.clip(lengths - 1, 0)[..., None], axis=-1)[..., 0]
+    unfinished = (last != config.eos_id) & (lengths < config.total_length)
+    if keep is not None:
+        unfinished = unfinished & keep
+    warn_if_counted(unfinished, _UNFINISHED_WARNING.format(where=where, max_steps=max_steps))

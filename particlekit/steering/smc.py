@@ -39,6 +39,7 @@ from particlekit.steering.sequences import (
     initial_potential,
     initial_state,
     potential,
+    warn_unfinished,
 )
 from particlekit.types import ParticleState, StepInfo
 
@@ -367,8 +368,10 @@ def smc(
     max_step_tokens : int, optional
         Step level only: most tokens in one step (default ``max_length``).
     max_steps : int, optional
-        Step level only: number of SMC steps ``T`` (default ``max_length``); sequences
-        unfinished after ``T`` steps are returned as they are (``ended`` False).
+        Step level only: number of SMC steps ``T`` (default ``max_length``, which always
+        suffices); sequences unfinished after ``T`` steps are returned as they are
+        (``ended`` False), weighted by the reward of a prefix, and an eager call warns
+        (``RuntimeWarning``).
     progress_bar : bool, optional
         Show a tqdm bar over the generation steps; ``None`` (default): shown when standard
         error is a terminal.
@@ -425,7 +428,7 @@ def smc(
     threshold = _ess_threshold(ess_threshold, variant)
     sharding = check_sharding(sharding, num_particles, key=key)
     scheme = get_scheme(resampling)
-    return _smc(
+    result = _smc(
         key,
         step_fn,
         reward_fn,
@@ -439,3 +442,9 @@ def smc(
         progress_bar=resolve_progress_bar(progress_bar),  # None: shown on a terminal
         sharding=sharding,
     )
+    # a max_steps too small for the reasoning steps leaves sequences unfinished: their
+    # weight holds phi of a prefix, not of a complete sequence
+    warn_unfinished(
+        "smc", config, max_steps, result.sequences, result.lengths, result.log_weights > -jnp.inf
+    )
+    return result

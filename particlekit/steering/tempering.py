@@ -34,7 +34,12 @@ from particlekit.kernels import check_ess_threshold, check_key, check_num_partic
 from particlekit.resampling import get_conditional_scheme, get_scheme
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.steering.pgibbs import gibbs_iteration, initial_reference
-from particlekit.steering.sequences import Config, SequenceState, check_config
+from particlekit.steering.sequences import (
+    Config,
+    SequenceState,
+    check_config,
+    warn_unfinished,
+)
 
 __all__ = ["TemperingResult", "parallel_tempering"]
 
@@ -334,7 +339,7 @@ def parallel_tempering(
     ess_threshold = check_ess_threshold(ess_threshold)
     base = get_scheme(resampling)
     conditional = get_conditional_scheme(base)
-    return _parallel_tempering(
+    result = _parallel_tempering(
         key,
         step_fn,
         reward_fn,
@@ -349,3 +354,5 @@ def parallel_tempering(
         ess_threshold=float(ess_threshold),
         progress_bar=resolve_progress_bar(progress_bar),
     )
+    warn_unfinished("parallel_tempering", config, max_steps, result.sequences, result.lengths)
+    return result

@@ -1251,7 +1251,8 @@ def from_sequence_steering(result, *, key=None, num_draws: int | None = None, de
 
     Groups, as ``from_fk_steering`` (the final population is weighted, so it is kept as
     ``weighted_particles``, and ``posterior`` holds equally weighted draws only when a
-    ``key`` is given):
+    ``key`` is given; a ``beam_search`` / DVTS result, whose ``log_evidence`` is NaN,
+    targets no distribution: a ``key`` is then a ``ValueError``):
 
     - ``weighted_particles``: the final sequences ``tokens`` (int32, dims
       ``(chain, particle, position)``, padded with the end token after ``length``),
@@ -1312,6 +1313,14 @@ def from_sequence_steering(result, *, key=None, num_draws: int | None = None, de
     """
     _check_decode(decode)
     _check_num_draws_has_key(key, num_draws)
+    if key is not None and np.isnan(np.asarray(result.log_evidence)).any():
+        # beam search / DVTS: the weights hold rewards of a greedy selection, and draws by
+        # them would be labelled a posterior of a distribution nothing targets
+        raise ValueError(
+            "this SteeringResult targets no distribution (log_evidence is NaN: a "
+            "beam_search / DVTS result), so it has no posterior to draw: convert it "
+            "without key, and read it with pk.steering.best_of or weighted_vote"
+        )
     batched = _is_batched(result.log_evidence, 0, "SteeringResult")
     tokens = np.asarray(result.sequences)
     attrs = _attrs(

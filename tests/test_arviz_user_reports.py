@@ -19,6 +19,9 @@
   run) was stored silently as ``observed_data``; now a ``ValueError``.
 - two pytree leaves named alike after joining keys (``{"a": {"b"}}`` and ``"a_b"``): one
   silently overwrote the other; now a ``ValueError``.
+- ``from_sequence_steering(beam_search_result, key=...)`` drew a ``posterior`` by the
+  rewards of a greedy selection (a distribution nothing targets); now a ``ValueError``
+  (without ``key`` the weighted sequences convert as before).
 """
 
 import functools
@@ -268,3 +271,20 @@ def test_pmmh_log_likelihood_estimate_is_not_read_as_pointwise(api):
             warnings.simplefilter("ignore")
             with pytest.raises(Exception, match="(?i)log.likelihood"):
                 az.loo(res.to_inference_data(YS))
+
+
+def test_beam_search_result_has_no_posterior_to_draw(api):
+    gen = pk.steering.toy_generator()
+
+    def reward(tokens, length):
+        return 1.0 * jnp.sum((tokens == 0) & (jnp.arange(tokens.shape[0]) < length))
+
+    beam = pk.steering.beam_search(
+        jax.random.key(0), gen, reward, num_particles=8, beam_width=4, max_length=4,
+        eos_id=3, separator_id=1,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="targets no distribution"):
+        pk.arviz.from_sequence_steering(beam, key=jax.random.key(1))
+    data = pk.arviz.from_sequence_steering(beam)
+    assert np.isnan(group(data, "sample_stats")["log_marginal_likelihood"].values).all()
+    assert "posterior" not in groups(data)

@@ -8,6 +8,7 @@ given the path. Draws come back constrained, with the same result methods as ``p
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -19,6 +20,9 @@ from particlekit.statespace.model import ParametricSSM, check_model_and_data, dr
 from particlekit.types import PyTree
 
 __all__ = ["particle_gibbs", "ParticleGibbsDraws"]
+
+#: a chain whose theta random walk accepts less often than this hardly moves
+_LOW_ACCEPTANCE = 0.02
 
 
 class ParticleGibbsDraws(NamedTuple):
@@ -96,8 +100,10 @@ def particle_gibbs(
         their own path simulated from it.
     step_size : float or Array
         Standard deviation of the random walk on ``u`` (a scalar, a ``(D,)`` vector or a
-        ``(D, D)`` matrix, as BlackJAX's ``normal_random_walk``). Not adapted: tune it so
-        that ``acceptance_rate`` is about 0.2–0.5.
+        ``(D, D)`` matrix square root of the step covariance, as BlackJAX's
+        ``normal_random_walk``); a zero scale or a singular matrix is a ``ValueError`` (it
+        would freeze ``theta``). Not adapted: tune it so that ``acceptance_rate`` is about
+        0.2–0.5.
     num_mcmc_steps : int
         Random-walk steps on ``u`` per sweep.
     progress_bar : bool, optional
@@ -106,6 +112,12 @@ def particle_gibbs(
     Returns
     -------
     ParticleGibbsDraws
+
+    Warns
+    -----
+    UserWarning
+        After an eager call, when conditional SMC sweeps failed (impossible data under a
+        ``theta``) or a chain's random walk accepted under 2 % of its proposals.
 
     Examples
     --------
@@ -138,6 +150,7 @@ def particle_gibbs(
             f"step_size has shape {step.shape}: a scalar, a ({model.dim},) vector or a "
             f"({model.dim}, {model.dim}) matrix for the {model.dim} unconstrained parameters"
         )
+    _check_step_moves(step, model.dim)
     key_init, key_run = jax.random.split(key)
     u0 = model.sample_prior(key_init, 1)[0]
     res = pgibbs.particle_gibbs(
@@ -147,4 +160,44 @@ def particle_gibbs(
         num_mcmc_steps=num_mcmc_steps, num_chains=num_chains, progress_bar=progress_bar,
     )  # fmt: skip
     theta = jax.vmap(jax.vmap(model.constrain))(res.theta)
-    return ParticleGibbsDraws(theta, res.theta, res.states, res.acceptance_rate, res.failed)
+    draws = ParticleGibbsDraws(theta, res.theta, res.states, res.acceptance_rate, res.failed)
+    _warn_if_untrustworthy(draws)
+    return draws
+
+
+def _check_step_moves(step: jax.Array, dim: int) -> None:
+    """A zero step (a zero entry of a vector, a singular matrix) never moves ``u`` along
+    some direction: ``theta`` would stay at its prior draw there, every step accepted."""
+    step = np.asarray(step, np.float64)
+    frozen = np.linalg.matrix_rank(step) < dim if step.ndim == 2 else bool(np.any(step == 0.0))
+    if frozen:
+        raise ValueError(
+            f"step_size {step.tolist()} never moves the parameters along some direction "
+            "(a zero scale, or a singular matrix): theta would stay at its starting prior "
+            "draw. Give positive scales (tune them so that acceptance_rate is about 0.2-0.5)"
+        )
+
+
+def _warn_if_untrustworthy(draws: ParticleGibbsDraws) -> None:
+    """Warn after an eager call when sweeps failed or a chain's ``theta`` hardly moved."""
+    if isinstance(draws.failed, jax.core.Tracer):  # under jit / vmap: not checked
+        return
+    failed = np.asarray(draws.failed)
+    if failed.any():
+        warnings.warn(
+            f"particle Gibbs: {int(failed.sum())} of {failed.size} conditional SMC sweeps "
+            "failed (every weight, the reference's included, was zero at some step: the data "
+            "look impossible under that theta); see ParticleGibbsDraws.failed",
+            UserWarning,
+            stacklevel=3,
+        )
+        return  # (a failed sweep rejects every theta step: no word on the step size)
+    rates = np.nanmean(np.asarray(draws.acceptance_rate, np.float64), axis=1)
+    if (rates < _LOW_ACCEPTANCE).any():
+        warnings.warn(
+            f"particle Gibbs acceptance rates of the theta random walk "
+            f"{np.round(rates, 3).tolist()}: below {_LOW_ACCEPTANCE:.0%} theta hardly moves. "
+            "FIX: a smaller step_size (aim for an acceptance rate of about 0.2-0.5)",
+            UserWarning,
+            stacklevel=3,
+        )

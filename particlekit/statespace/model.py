@@ -202,7 +202,9 @@ def unconstrain_params(model: ParametricSSM, params: dict, what: str = "init_par
                 f"{what}[{name!r}] has shape {params[name].shape}, the prior's site has "
                 f"shape {expected}"
             )
-    tr = handlers.trace(handlers.seed(model.prior, jax.random.key(0))).get_trace()
+    # each site's law at these values: a support may depend on other sites (Uniform(0, a))
+    substituted = handlers.substitute(handlers.seed(model.prior, jax.random.key(0)), params)
+    tr = handlers.trace(substituted).get_trace()
     outside = [
         name for name in model.names if not bool(jnp.all(tr[name]["fn"].support(params[name])))
     ]  # (a finite unconstrained value does not tell: e.g. a Dirichlet's off the simplex)

@@ -460,7 +460,7 @@ def pmmh(
     if correlation is not None:
         if not 0.0 <= float(correlation) < 1.0:
             raise ValueError(f"correlation must be in [0, 1), got {correlation}")
-        if resampling != "systematic":
+        if _get_scheme(resampling) is not _get_scheme("systematic"):  # (name or function)
             raise ValueError(
                 "correlated PMMH resamples by the sorted inverse CDF at every step: leave "
                 f"resampling at its default (got {resampling!r})"

@@ -377,8 +377,11 @@ def _exchange(state: _RunState, ys, cfg: _Config, num_x: int) -> _RunState:
 @partial(jax.jit, static_argnames=("cfg", "latent_paths"))
 def _finish(state: _RunState, ys, cfg: _Config, latent_paths: bool):
     """Equally weighted draws ``(u, log_prior, log_likelihood, paths)`` from the final
-    population; with ``latent_paths`` each ``u_m`` first gets a filter with history whose
-    estimate replaces the old one in its weight (the exchange step at the same ``N_x``)."""
+    population, and the ESS of the weights before and after the exchange (the draws are
+    resampled from the latter); with ``latent_paths`` each ``u_m`` first gets a filter with
+    history whose estimate replaces the old one in its weight (the exchange step at the same
+    ``N_x``: the ratio of two independent estimates, so a noisy ``N_x`` makes these weights
+    far more uneven than the population's)."""
     key_hist, key_paths, key_res = jax.random.split(state.key, 3)
     num_theta = state.u.shape[0]
     log_weights, log_lik, paths = state.log_weights, _log_lik(state.filters), None
@@ -398,7 +401,8 @@ def _finish(state: _RunState, ys, cfg: _Config, latent_paths: bool):
         log_weights = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
         log_lik = new_lik
     idx = resampling.systematic(key_res, log_weights, num_theta)
-    return jax.tree.map(lambda a: a[idx], (state.u, state.log_prior, log_lik, paths))
+    draws = jax.tree.map(lambda a: a[idx], (state.u, state.log_prior, log_lik, paths))
+    return draws + (resampling.ess(state.log_weights), resampling.ess(log_weights))
 
 
 # --------------------------------------------------------------------------------------
@@ -464,7 +468,11 @@ def smc2(
     -----
     UserWarning
         When a run failed (every weight vanished), or the last moves' acceptance stayed
-        below ``min_acceptance`` with ``N_x`` at ``max_num_x_particles``.
+        below ``min_acceptance`` with ``N_x`` at ``max_num_x_particles``, or (with
+        ``latent_paths``) attaching the paths cut the final weights' ESS by more than the
+        factor ``ess_threshold``: each parameter particle's weight is multiplied by the
+        ratio of a fresh filter's estimate to its old one, and with a noisy ``N_x`` the
+        draws then repeat few values.
 
     Examples
     --------
@@ -500,7 +508,11 @@ def smc2(
         raise ValueError(f"max_num_x_particles ({max_num_x}) must be >= num_x_particles ({num_x})")
     num_mcmc_steps = kernels.check_num_particles(num_mcmc_steps, "num_mcmc_steps")
     num_chains = kernels.check_num_particles(num_chains, "num_chains")
-    if kernels.check_ess_threshold(ess_threshold) == 0.0:
+    try:  # (the filters' check reads [0, 1]; SMC² needs a positive threshold)
+        positive = kernels.check_ess_threshold(ess_threshold) > 0.0
+    except ValueError:
+        positive = False
+    if not positive:
         raise ValueError(f"ess_threshold must be in (0, 1], got {ess_threshold}")
     if not 0.0 <= float(min_acceptance) < 1.0:
         raise ValueError(f"min_acceptance must be in [0, 1), got {min_acceptance}")
@@ -513,22 +525,27 @@ def smc2(
         _run(k, ys, base, num_theta, max_num_x, bool(latent_paths), bar)
         for k in jax.random.split(key, num_chains)
     ]
-    stacked = [jnp.stack(parts) for parts in zip(*[r[:-2] for r in runs], strict=True)]
+    stacked = [jnp.stack(parts) for parts in zip(*[r[:-3] for r in runs], strict=True)]
     u, log_prior, log_lik, log_evidence, ess, acc, nx, failed = stacked
     paths = None
     if latent_paths:
-        paths = jax.tree.map(lambda *a: jnp.stack(a), *[r[-2] for r in runs])
+        paths = jax.tree.map(lambda *a: jnp.stack(a), *[r[-3] for r in runs])
     theta = jax.vmap(jax.vmap(model.constrain))(u)
     result = SMC2Result(
         theta, u, log_lik, log_prior, paths, log_evidence, ess, acc, nx, failed, num_theta
     )
-    _warn_if_untrustworthy(result, [r[-1] for r in runs], max_num_x, float(min_acceptance))
+    _warn_if_untrustworthy(result, [r[-2] for r in runs], max_num_x, float(min_acceptance))
+    if latent_paths:
+        ok = ~np.asarray(failed)  # (a failed run has warned already)
+        final_ess = [r[-1] if ok[i] else (1.0, 1.0) for i, r in enumerate(runs)]
+        _warn_if_paths_degenerate(final_ess, num_theta, float(ess_threshold))
     return result
 
 
 def _run(key, ys, cfg: _Config, num_theta, max_num_x, latent_paths, bar):
     """One run: compiled segments, doubling ``N_x`` between them. Returns the draws, the
-    per-step history and whether ``N_x`` hit its cap while acceptance stayed low."""
+    per-step history, whether ``N_x`` hit its cap while acceptance stayed low and the ESS of
+    the final weights before and after the latent paths' exchange step."""
     state = _start(key, ys, cfg, num_theta)
     num_steps = ys.shape[0]
     num_x_at = np.full(num_steps, cfg.num_x)
@@ -543,12 +560,12 @@ def _run(key, ys, cfg: _Config, num_theta, max_num_x, latent_paths, bar):
         cfg = cfg._replace(num_x=num_x, can_grow=num_x < max_num_x)
         state = _exchange(state, ys, cfg, num_x)
         num_x_at[t:] = num_x
-    u, log_prior, log_lik, paths = _finish(state, ys, cfg, latent_paths)
+    u, log_prior, log_lik, paths, ess_before, ess_after = _finish(state, ys, cfg, latent_paths)
     history = state.history
     return (
         u, log_prior, log_lik, kernels.reported_log_evidence(state.log_evidence),
         history.ess, history.acceptance_rate, jnp.asarray(num_x_at), _failed(state), paths,
-        starved,
+        starved, (float(ess_before), float(ess_after)),
     )  # fmt: skip
 
 
@@ -573,6 +590,27 @@ def _warn_if_untrustworthy(result: SMC2Result, starved, max_num_x, min_acceptanc
             f"SMC²'s last moves accepted under {min_acceptance:.0%} of their proposals with "
             f"N_x at max_num_x_particles={max_num_x}: the parameter particles are poorly "
             "rejuvenated. FIX: raise max_num_x_particles or num_mcmc_steps",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _warn_if_paths_degenerate(final_ess, num_theta: int, ess_threshold: float) -> None:
+    """``final_ess``: per run, the ESS of the final weights before and after the latent
+    paths' exchange step. That step reweights each parameter particle by the ratio of a
+    fresh estimate to its old one; with noisy estimates (small ``N_x``) the draws then repeat
+    a few parameter values and understate the posterior's spread."""
+    # (the population's own ESS, before, is whatever the last resample-move left: >= the
+    # threshold by design; the exchange should not lose more than that fraction of it)
+    low = [i for i, (before, after) in enumerate(final_ess) if after < ess_threshold * before]
+    if low:
+        shown = ", ".join(f"{final_ess[i][0]:.0f} -> {final_ess[i][1]:.0f}" for i in low)
+        warnings.warn(
+            f"SMC² runs {low}: attaching latent paths (a fresh filter of N_x particles per "
+            f"parameter particle, weighted by the ratio of its estimate to the old one) cut "
+            f"the ESS of the M={num_theta} draws ({shown}): they repeat few parameter values and "
+            "understate the posterior's spread. FIX: more x-particles (num_x_particles, "
+            "max_num_x_particles), or latent_paths=False for the parameters alone",
             UserWarning,
             stacklevel=3,
         )

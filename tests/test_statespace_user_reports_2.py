@@ -26,6 +26,9 @@ Each test failed before its fix:
   Fix: the scheme is compared once resolved.
 - ``pk.statespace.smc2(ess_threshold=2.0)`` said "must be in [0, 1]" and
   ``ess_threshold=0.0`` "must be in (0, 1]". Fix: one message, ``(0, 1]``.
+- ``pk.statespace.pmmh(correlation=0.99, ess_threshold=0.2)`` ignored the threshold (the
+  correlated filter resamples at every step). Fix: a ``ValueError`` for any other value
+  than the default.
 """
 
 import warnings
@@ -184,4 +187,12 @@ def test_correlated_pmmh_accepts_the_systematic_function():
         pk.statespace.pmmh(
             jax.random.key(0), TWO_SITES, YS, num_particles=8, num_samples=2, num_warmup=2,
             correlation=0.9, resampling=pk.resampling.multinomial, progress_bar=False,
+        )  # fmt: skip
+
+
+def test_correlated_pmmh_refuses_an_ess_threshold_it_ignores():
+    with pytest.raises(ValueError, match="ess_threshold has no effect"):
+        pk.statespace.pmmh(
+            jax.random.key(0), TWO_SITES, YS, num_particles=8, num_samples=2, num_warmup=2,
+            correlation=0.9, ess_threshold=0.2, progress_bar=False,
         )  # fmt: skip

@@ -406,7 +406,8 @@ def pmmh(
         history per kept draw.
     resampling, ess_threshold
         The filter's resampling scheme and ESS trigger, as in ``pk.filters.bootstrap``
-        (without ``correlation``).
+        (without ``correlation``; with it, other values than the defaults are a
+        ``ValueError``).
     correlation : float, optional
         Correlated pseudo-marginal moves (Deligiannidis, Doucet & Pitt 2018): the chain
         carries the filter's Gaussian noise ``z`` and proposes ``rho z + sqrt(1 - rho^2)
@@ -464,6 +465,11 @@ def pmmh(
             raise ValueError(
                 "correlated PMMH resamples by the sorted inverse CDF at every step: leave "
                 f"resampling at its default (got {resampling!r})"
+            )
+        if float(ess_threshold) != 0.5:  # (the default, which it cannot honour either)
+            raise ValueError(
+                "correlated PMMH resamples at every step, so ess_threshold has no effect: "
+                f"leave it at its default (got {ess_threshold})"
             )
         u0 = model.sample_prior(jax.random.key(0), 1)[0]
         state_shape = correlated.check_model(model.ssm(u0))

@@ -24,6 +24,9 @@ reproduces one reported problem and fails without its fix:
   ``log_evidence`` accumulated by the filter under a greedy selection, a number that
   estimates nothing (the docs said so) but that ``pk.arviz.from_sequence_steering``
   reported as ``log_marginal_likelihood``; it is now NaN, with ``failed`` unchanged.
+* ``test_prompt_ending_with_the_end_token_is_an_error``: a prompt ending with ``eos_id``
+  (as tokenizers that append the end token give) returned N copies of the prompt plus one
+  end token, ``ended`` True, without a word. Fix: a ``ValueError`` before tracing.
 """
 
 import warnings
@@ -128,3 +131,14 @@ def test_beam_search_reports_no_evidence(diverse):
     assert bool(jnp.all(jnp.isfinite(res.log_weights)))  # the rewards, read by best_of
     dead = pk.steering.beam_search(KEY, GEN, lambda t, n: -jnp.inf, diverse=diverse, **common)
     assert bool(dead.failed)
+
+
+@pytest.mark.parametrize(
+    "run", [pk.steering.smc, pk.steering.particle_gibbs], ids=["smc", "particle_gibbs"]
+)
+def test_prompt_ending_with_the_end_token_is_an_error(run):
+    extra = {"num_iterations": 2} if run is pk.steering.particle_gibbs else {}
+    with pytest.raises(ValueError, match="ends with the end token"):
+        run(KEY, GEN, _count_zeros, num_particles=4, max_length=4, eos_id=3, prompt=[0, 3],
+            **extra)  # fmt: skip
+    run(KEY, GEN, _count_zeros, num_particles=4, max_length=4, eos_id=3, prompt=[0, 1], **extra)

@@ -129,11 +129,11 @@ def check_config(
 
     Raises ``ValueError`` for a non-callable ``step_fn`` / ``reward_fn``, a non-positive
     ``num_particles`` or ``max_length``, an ``eos_id`` outside the vocabulary, a prompt
-    that is not 1-D integer ids in the vocabulary, logits that are not of shape ``(V,)``,
-    a reward that is not a real (non-bool) scalar, a new cache whose structure, shapes or
-    dtypes differ from ``init_cache``, an unknown variant, a ``separator_id`` outside the
-    vocabulary or equal to ``eos_id``, non-positive ``max_step_tokens`` / ``max_steps``,
-    or either of these without ``separator_id``.
+    that is not 1-D integer ids in the vocabulary or that ends with ``eos_id``, logits
+    that are not of shape ``(V,)``, a reward that is not a real (non-bool) scalar, a new
+    cache whose structure, shapes or dtypes differ from ``init_cache``, an unknown variant,
+    a ``separator_id`` outside the vocabulary or equal to ``eos_id``, non-positive
+    ``max_step_tokens`` / ``max_steps``, or either of these without ``separator_id``.
     """
     if not callable(step_fn):
         raise ValueError(f"step_fn must be callable (tokens, length) -> logits, got {step_fn!r}")
@@ -182,6 +182,13 @@ def check_config(
         p = np.asarray(prompt)
         if p.min() < 0 or p.max() >= vocab:
             raise ValueError(f"prompt token ids must be in [0, {vocab}), got {p.tolist()}")
+        if int(p[-1]) == int(eos_id):
+            # every sequence would end at once (its first new token the end token, as for
+            # any finished sequence): a "result" of N copies of the prompt, without a word
+            raise ValueError(
+                f"the prompt ends with the end token eos_id={int(eos_id)} (a tokenizer that "
+                "appends it?), so nothing would be generated: strip it from the prompt"
+            )
     reward = jax.eval_shape(reward_fn, tokens, length)
     if not hasattr(reward, "shape") or reward.shape != ():
         raise ValueError(

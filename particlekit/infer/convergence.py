@@ -45,6 +45,7 @@ __all__ = [
     "LOG_Z_VARIANCE_FACTOR",
     "ConvergenceReport",
     "rank_normalize",
+    "stopped_chain_messages",
     "assess",
     "format_report",
 ]
@@ -146,6 +147,8 @@ def assess(
     num_stages: np.ndarray,
     capped: np.ndarray,
     num_particles: int,
+    failed: np.ndarray | None = None,
+    reached_max_stages: np.ndarray | None = None,
 ) -> ConvergenceReport:
     """Check a finished run.
 
@@ -160,6 +163,11 @@ def assess(
     capped : ndarray, (C, S) bool
         Stages whose move hit the cap without meeting its criterion.
     num_particles : int
+    failed, reached_max_stages : ndarray, (C,) bool, optional
+        Chains whose run failed (every weight zero at some stage) or stopped at
+        ``max_stages`` before temperature 1. Either makes the report untrustworthy
+        (``stopped_chain_messages``): such a chain's particles are not posterior draws.
+        The log Z agreement is then checked on the chains with a finite ``log Z``.
 
     Examples
     --------
@@ -197,15 +205,19 @@ def assess(
     with np.errstate(divide="ignore", invalid="ignore"):
         ideal_var = np.nansum(1.0 / ess - 1.0, axis=1) / num_particles  # (C,)
     ideal_sd = float(np.sqrt(np.mean(ideal_var)))
-    agree = c > 1 and bool(np.all(np.isfinite(log_evidence)))
-    sd = float(np.std(log_evidence, ddof=1)) if agree else float("nan")
+    # the chains with a finite log Z (a failed chain's is -inf) are compared among themselves
+    compared = np.isfinite(log_evidence)
+    agree = int(np.sum(compared)) > 1
+    sd = float(np.std(log_evidence[compared], ddof=1)) if agree else float("nan")
+    if agree and not np.all(compared):
+        ideal_sd = float(np.sqrt(np.mean(ideal_var[compared])))
     last = np.maximum(np.asarray(num_stages) - 1, 0)
     final_ess = ess[np.arange(c), last] if ess.shape[1] else np.full(c, np.nan)
     capped = np.asarray(capped, bool)
     capped_stages = capped.sum(axis=1)
     final_capped = capped[np.arange(c), last] if capped.shape[1] else np.zeros(c, bool)
 
-    messages = []
+    messages = stopped_chain_messages(failed, reached_max_stages)
     if not (finite and n >= 4):
         reason = (
             f"only {n} particle(s) per chain, at least 4 are needed"
@@ -248,6 +260,37 @@ def assess(
         final_stage_capped=final_capped,
         messages=tuple(messages),
     )
+
+
+def stopped_chain_messages(failed=None, reached_max_stages=None) -> list:
+    """The report's lines for chains that did not reach the posterior: a failed stage
+    (every weight zero; ``log Z = -inf``) or ``max_stages`` hit before temperature 1.
+    ``SMC.run`` warns about these with their own ``RuntimeWarning``.
+
+    Before they were part of the report, a run whose every chain had failed (a likelihood
+    that is ``-inf`` on all the prior draws) had ``trustworthy == True``: the checks saw
+    the prior draws agree across chains.
+
+    Examples
+    --------
+    >>> stopped_chain_messages(np.array([False, True]), np.array([False, False]))[0][:24]
+    'chain(s) [1] failed: at '
+    >>> stopped_chain_messages(np.array([False, False]))
+    []
+    """
+    messages = []
+    if failed is not None and np.any(failed):
+        messages.append(
+            f"chain(s) {np.flatnonzero(failed).tolist()} failed: at some stage every particle "
+            "had zero weight; their log Z is -inf and their particles are not posterior draws"
+        )
+    if reached_max_stages is not None and np.any(reached_max_stages):
+        messages.append(
+            f"chain(s) {np.flatnonzero(reached_max_stages).tolist()} stopped at max_stages "
+            "before temperature 1: their particles are not posterior draws and their log Z "
+            "is not the evidence"
+        )
+    return messages
 
 
 FIX = (

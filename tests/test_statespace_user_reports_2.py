@@ -29,6 +29,10 @@ Each test failed before its fix:
 - ``pk.statespace.pmmh(correlation=0.99, ess_threshold=0.2)`` ignored the threshold (the
   correlated filter resamples at every step). Fix: a ``ValueError`` for any other value
   than the default.
+- ``pk.statespace.particle_gibbs(step_size=L)`` with ``L`` the Cholesky factor of a
+  negatively correlated step covariance was refused ("finite non-negative"): a matrix
+  square root may have negative entries. Fix: only scalars and vectors must be
+  non-negative.
 """
 
 import warnings
@@ -195,4 +199,19 @@ def test_correlated_pmmh_refuses_an_ess_threshold_it_ignores():
         pk.statespace.pmmh(
             jax.random.key(0), TWO_SITES, YS, num_particles=8, num_samples=2, num_warmup=2,
             correlation=0.9, ess_threshold=0.2, progress_bar=False,
+        )  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:particle Gibbs")  # a few draws: acceptance not the point
+def test_particle_gibbs_takes_a_matrix_step_with_negative_entries():
+    chol = np.linalg.cholesky(np.array([[0.04, -0.02], [-0.02, 0.04]]))  # chol[1, 0] < 0
+    res = pk.statespace.particle_gibbs(
+        jax.random.key(0), TWO_SITES, YS, num_samples=2, num_particles=8, step_size=chol,
+        progress_bar=False,
+    )  # fmt: skip
+    assert res.theta["b"].shape[-1] == 2
+    with pytest.raises(ValueError, match="non-negative scalar or vector"):
+        pk.statespace.particle_gibbs(
+            jax.random.key(0), TWO_SITES, YS, num_samples=2, num_particles=8,
+            step_size=[0.1, -0.1], progress_bar=False,
         )  # fmt: skip

@@ -143,8 +143,13 @@ def particle_gibbs(
     kernels.check_key(key)
     ys = check_model_and_data(model, ys, num_particles)
     step = jnp.asarray(step_size, jnp.float32)
-    if step.ndim > 2 or not bool(jnp.all(jnp.isfinite(step))) or not bool(jnp.all(step >= 0)):
-        raise ValueError("step_size must be a finite non-negative scalar, vector or matrix")
+    # (a matrix square root of a covariance may have negative entries: Cholesky factors of
+    # negatively correlated steps do, and were refused)
+    negative = step.ndim < 2 and not bool(jnp.all(step >= 0))
+    if step.ndim > 2 or not bool(jnp.all(jnp.isfinite(step))) or negative:
+        raise ValueError(
+            "step_size must be a finite non-negative scalar or vector, or a finite matrix"
+        )
     if step.shape not in ((), (model.dim,), (model.dim, model.dim)):
         raise ValueError(
             f"step_size has shape {step.shape}: a scalar, a ({model.dim},) vector or a "
@@ -167,7 +172,10 @@ def particle_gibbs(
 
 def _check_step_moves(step: jax.Array, dim: int) -> None:
     """A zero step (a zero entry of a vector, a singular matrix) never moves ``u`` along
-    some direction: ``theta`` would stay at its prior draw there, every step accepted."""
+    some direction: ``theta`` would stay at its prior draw there, every step accepted.
+    (A traced step, under ``jit`` / ``vmap``, is not checked.)"""
+    if isinstance(step, jax.core.Tracer):
+        return
     step = np.asarray(step, np.float64)
     frozen = np.linalg.matrix_rank(step) < dim if step.ndim == 2 else bool(np.any(step == 0.0))
     if frozen:

@@ -36,6 +36,7 @@ strictly decreasing grid that ends at ``t_0 = 0`` (where ``g_hat_0 = g_0``, the 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -164,8 +165,8 @@ def _check_inputs(log_density, dim, num_particles, num_steps, sigma) -> int:
     dim = kernels.check_num_particles(dim, "dim")
     if not callable(log_density):
         raise ValueError("log_density must be a callable x (dim,) -> scalar log gamma(x)")
-    if not isinstance(sigma, numbers.Real) or not float(sigma) > 0:
-        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    if not isinstance(sigma, numbers.Real) or not 0 < float(sigma) < float("inf"):
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
     try:
         out = jax.eval_shape(log_density, jax.ShapeDtypeStruct((dim,), jnp.result_type(float)))
     except Exception as err:  # noqa: BLE001 - report what the user function did
@@ -199,6 +200,59 @@ def _check_grid_ends_at_zero(grid) -> None:
         raise ValueError(
             f"the PDDS grid must end at t = 0 (the target), got a last time of {last:.3g}; "
             "append 0.0 to it"
+        )
+
+
+def _potential_sigma(potential):
+    """The reference scale a ``NaivePotential`` / ``LearnedPotential`` was built with."""
+    naive = getattr(potential, "naive", potential)
+    return getattr(naive, "sigma", None) if isinstance(naive, NaivePotential) else None
+
+
+def _check_exact_potential(potential, log_density, dim: int, sigma: float) -> None:
+    """A potential with ``exact_at_zero = True`` weights the last step by its own
+    ``g_hat_0``, in place of ``g_0 = gamma / N(0, sigma^2 I)``: the run then targets the
+    potential's density. ``ValueError`` when its ``sigma`` is not ``pdds``'s (``g_0`` of
+    another reference: a different target, silently), ``UserWarning`` when its value at
+    ``t = 0`` differs from ``log g_0`` at a few points (e.g. a ``NaivePotential`` of a
+    floored or another density passed directly). Skipped under ``jit`` (traced values)."""
+    if potential is None or not getattr(potential, "exact_at_zero", False):
+        return
+    pot_sigma = _potential_sigma(potential)
+    if pot_sigma is not None and float(pot_sigma) != sigma:
+        raise ValueError(
+            f"the potential was built with sigma={float(pot_sigma):g} but pdds runs with "
+            f"sigma={sigma:g}: its g_hat_0 = gamma / N(0, {float(pot_sigma):g}^2 I) is used "
+            "as the final weight, so the run would target gamma N(0, sigma^2 I) / "
+            f"N(0, {float(pot_sigma):g}^2 I), not gamma. Pass the same sigma to pdds and "
+            "to NaivePotential / init_learned_potential / fit_pdds_potential"
+        )
+    dtype = jnp.result_type(float)
+    points = sigma * np.stack(
+        [np.zeros(dim), np.full(dim, 0.5), np.linspace(-1.0, 1.0, dim)]
+    ).astype(dtype)
+    try:
+        with jax.ensure_compile_time_eval():
+            own = [potential(0.0, jnp.asarray(x)) for x in points]
+            exact = [log_g0(log_density, sigma, jnp.asarray(x)) for x in points]
+    except Exception:  # noqa: BLE001 - a check only; the run reports real errors
+        return
+    if any(isinstance(v, jax.core.Tracer) for v in own + exact):
+        return
+    own = np.asarray([np.asarray(v, np.float64).reshape(()) for v in own])
+    exact = np.asarray([np.asarray(v, np.float64).reshape(()) for v in exact])
+    same = np.isclose(own, exact, rtol=1e-3, atol=1e-3) | (np.isnan(own) & np.isnan(exact))
+    if not np.all(same):
+        warnings.warn(
+            "the potential has exact_at_zero = True, so pdds weights the last step by its "
+            "own g_hat_0 in place of g_0 = gamma / N(0, sigma^2 I), and its value at t = 0 "
+            f"differs from log g_0 of log_density ({own.round(3).tolist()} against "
+            f"{exact.round(3).tolist()} at 3 test points): the run targets the potential's "
+            "density, not log_density's (e.g. a NaivePotential of a floored density). To "
+            "weight by log_density exactly at t = 0, pass it wrapped in a plain function, "
+            "potential=lambda t, x: pot(t, x); see docs/diffusion.md",
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -480,6 +534,20 @@ def pdds(
         ``samples (N, dim)``, ``log_weights (N,)``, ``log_evidence ()``,
         ``ess (num_steps + 1,)``, diagnostics and the trace.
 
+    Warns
+    -----
+    RuntimeWarning
+        After an eager call (not under ``jit`` / ``vmap``, where the fields report it) that
+        failed; whose intermediate guidance was non-finite; whose ESS fell below
+        ``MIN_ESS_FRACTION`` (5 %) of the particles at some step (the weights degenerated:
+        a target much narrower than the reference, too few steps for the guided move,
+        separated modes); or, when none of these, whose weighted particles are wider than
+        ``2 sigma`` in some coordinate (``sigma`` too small).
+    UserWarning
+        When a potential with ``exact_at_zero = True`` is not ``log_density``'s ``g_0`` at
+        ``t = 0`` (the run then targets the potential's density). One built with another
+        ``sigma`` is a ``ValueError``.
+
     Examples
     --------
     >>> import jax, jax.numpy as jnp, particlekit as pk
@@ -513,10 +581,11 @@ def pdds(
     ess_threshold = kernels.check_ess_threshold(ess_threshold)
     if potential is not None and not callable(potential):
         raise ValueError("potential must be None or a callable (t, x) -> log g_hat_t(x)")
+    _check_exact_potential(potential, log_density, dim, float(sigma))
     if mcmc_step_size is None:
         mcmc_step_size = 0.5 * dim ** (-1.0 / 3.0)
-    if not float(mcmc_step_size) > 0:
-        raise ValueError(f"mcmc_step_size must be positive, got {mcmc_step_size}")
+    if not 0 < float(mcmc_step_size) < float("inf"):
+        raise ValueError(f"mcmc_step_size must be positive and finite, got {mcmc_step_size}")
     scheme = resampling if callable(resampling) else str(resampling)
     config = (
         dim,
@@ -533,7 +602,105 @@ def pdds(
     )
     result = _pdds_run(key, log_density, potential, grid, config)
     warn_if_counted(result.num_nonfinite_intermediate, _NONFINITE_GUIDANCE_WARNING)
+    _warn_if_unreliable(result, int(num_particles), float(sigma))
     return result
+
+
+WIDE_TARGET_SD = 2.0
+"""An eager ``pdds`` call warns when the weighted particles' standard deviation exceeds
+this multiple of ``sigma`` in some coordinate (a target wider than ``sqrt(2) sigma`` has
+infinite-variance weights ``g_0``; ``N(0, 1.5^2)`` under ``sigma = 1`` was still accurate,
+a mixture of standard deviation 2.5 was off by up to a nat)."""
+
+MIN_ESS_FRACTION = 0.05
+"""An eager ``pdds`` call warns when the ESS of some step falls below this fraction of the
+particles: the weights have degenerated and ``log_evidence`` and the weighted moments rest
+on a handful of particles (on Gaussian targets narrower than the reference, mixtures and
+funnels the runs that fell below it were off by nats)."""
+
+
+def _weighted_variance(samples: np.ndarray, log_weights: np.ndarray) -> np.ndarray:
+    """Per-coordinate variance of the weighted particles (live ones only: a dead particle
+    may hold a NaN state)."""
+    live = np.isfinite(log_weights) & np.all(np.isfinite(samples), axis=1)
+    if not live.any():
+        return np.zeros(samples.shape[1])
+    lw = log_weights[live] - log_weights[live].max()
+    w = np.exp(lw) / np.exp(lw).sum()
+    x = samples[live].astype(np.float64)
+    mean = w @ x
+    return w @ (x - mean) ** 2
+
+
+def _warn_if_unreliable(result: PDDSResult, num_particles: int, sigma: float) -> None:
+    """``RuntimeWarning`` after an eager run that failed, whose ESS collapsed at some step,
+    or (otherwise) whose weighted particles are wider than ``2 sigma`` in some coordinate
+    (nothing under ``jit`` / ``vmap``: the result's fields report it)."""
+    ess, failed = result.ess, result.failed
+    if isinstance(ess, jax.core.Tracer) or not getattr(ess, "is_fully_addressable", True):
+        return
+    if bool(failed):
+        warnings.warn(_FAILED_WARNING, RuntimeWarning, stacklevel=3)
+        return
+    ess = np.asarray(ess)
+    low = np.flatnonzero(~(ess >= MIN_ESS_FRACTION * num_particles))
+    if low.size:
+        step = int(low[np.argmin(np.nan_to_num(ess[low], nan=0.0))])
+        warnings.warn(
+            _ESS_COLLAPSE_WARNING.format(
+                ess=float(np.nan_to_num(ess[step], nan=0.0)),
+                n=num_particles,
+                step=step,
+                count=low.size,
+                fraction=MIN_ESS_FRACTION,
+            ),
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return  # a width read off a handful of particles would only add noise
+    var = _weighted_variance(np.asarray(result.samples), np.asarray(result.log_weights))
+    wide = np.flatnonzero(var > WIDE_TARGET_SD**2 * sigma**2)
+    if wide.size:
+        worst = int(wide[np.argmax(var[wide])])
+        warnings.warn(
+            _WIDE_TARGET_WARNING.format(
+                count=wide.size, coord=worst, sd=float(np.sqrt(var[worst])), sigma=sigma
+            ),
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+_WIDE_TARGET_WARNING = (
+    "PDDS: the weighted particles are wider than 2 sigma in {count} coordinate(s) "
+    "(standard deviation {sd:.3g} in coordinate {coord}, sigma = {sigma:.3g}). Where the "
+    "target's variance exceeds 2 sigma^2 the weights g_0 = gamma / N(0, sigma^2 I) have "
+    "infinite variance under the reference: log_evidence tends to be too low (a Gaussian "
+    "mixture at +-3 with sigma = 1 gave -0.5 to -1.1 nats instead of 0) and the mode "
+    "proportions can be off. Choose sigma of the order of the target's spread (e.g. the "
+    "largest standard deviation reported here); see docs/diffusion.md"
+)
+
+
+_FAILED_WARNING = (
+    "PDDS failed: every weight became zero (log_evidence = -inf, failed = True; see "
+    "num_nonfinite and num_nonfinite_intermediate for the steps at which the particles "
+    "died). The log-density is -inf or NaN wherever the particles went, or the guided "
+    "moves overshot and left the float range (too few num_steps for a target much "
+    "narrower than the reference N(0, sigma^2 I)); see docs/diffusion.md"
+)
+
+_ESS_COLLAPSE_WARNING = (
+    "PDDS: the weights degenerated: the ESS fell to {ess:.1f} of {n} particles at step "
+    "{step} (below {fraction:.0%} of them at {count} step(s); see res.ess), so "
+    "log_evidence and the weighted samples rest on a few particles and can be off by "
+    "nats (log Z is then usually too low). Typical causes: a target much narrower than "
+    "the reference N(0, sigma^2 I), or much wider than sigma (choose sigma of the "
+    "order of its spread); too few num_steps, for which the guided move overshoots "
+    "(sigma^2 lambda_k times the curvature of log g_hat above 2); separated modes "
+    "(num_mcmc_steps, more particles); or the naive guidance where a learned one is "
+    "needed (fit_pdds_potential). See docs/diffusion.md"
+)
 
 
 _NONFINITE_GUIDANCE_WARNING = (

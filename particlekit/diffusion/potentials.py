@@ -38,6 +38,7 @@ sampler as a traced argument, so retraining does not recompile.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import equinox as eqx
@@ -287,7 +288,7 @@ def fit_pdds_potential(
     >>> pot = pk.diffusion.fit_pdds_potential(jax.random.key(0), logp, 1, num_rounds=1,
     ...     num_train_steps=50, progress_bar=False)
     >>> res = pk.diffusion.pdds(jax.random.key(1), logp, 1, num_particles=500, num_steps=8,
-    ...     potential=pot)
+    ...     potential=pot)  # 50 steps are for speed: this run still warns (degenerate ESS)
     """
     from particlekit.diffusion.pdds import _check_inputs, pdds
     from particlekit.kernels import check_key, check_num_particles
@@ -320,17 +321,22 @@ def fit_pdds_potential(
     for r in range(num_rounds):
         k_run, k_data, k_train, key = jax.random.split(key, 4)
         current = None if r == 0 else potential
-        res = pdds(
-            k_run,
-            log_density,
-            dim,
-            num_particles=num_particles,
-            num_steps=num_steps,
-            sigma=sigma,
-            schedule=sched,
-            potential=current,
-            num_mcmc_steps=num_mcmc_steps,
-        )
+        with warnings.catch_warnings():
+            if r == 0:
+                # the naive guidance that training corrects: its degenerate weights are
+                # expected here (a warning about them would blame the fix itself)
+                warnings.filterwarnings("ignore", "PDDS: the weights degenerated")
+            res = pdds(
+                k_run,
+                log_density,
+                dim,
+                num_particles=num_particles,
+                num_steps=num_steps,
+                sigma=sigma,
+                schedule=sched,
+                potential=current,
+                num_mcmc_steps=num_mcmc_steps,
+            )
         x0, g0 = _training_data(k_data, potential.naive, res.samples, res.log_weights)
         done = 0
         while done < num_train_steps:

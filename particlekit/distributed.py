@@ -67,10 +67,15 @@ def spans_processes(sharding) -> bool:
 
 
 def _fingerprint(value) -> int:
-    """A 63-bit hash of a value's dtype, shape and bytes (PRNG keys by their key data)."""
-    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
-        value = jax.random.key_data(value)
-    leaves = jax.tree.leaves(value)
+    """A 63-bit hash of a value's (a PyTree's) dtypes, shapes and bytes; PRNG keys, also
+    inside a PyTree (``np.asarray`` refuses a typed key array), by their key data."""
+
+    def key_data(leaf):
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.key_data(leaf)
+        return leaf
+
+    leaves = [key_data(leaf) for leaf in jax.tree.leaves(value)]
     digest = hashlib.sha256()
     for leaf in leaves:
         arr = np.asarray(leaf)

@@ -93,6 +93,8 @@ def check_sharding(sharding, num_particles: int | None = None, **same_on_every_p
     """Return ``sharding`` if it is ``None`` or a ``jax.sharding.Sharding`` (of the particle
     axis); raise ValueError otherwise. Recipes call it before tracing.
 
+    A ``NamedSharding`` whose particle axis names mesh axes that are not
+    ``AxisType.Auto`` (``jax.make_mesh``'s default is ``Explicit``) is a ``ValueError``.
     With ``num_particles``, also a ``ValueError`` when the sharding cuts the particle axis
     into a number of pieces that does not divide it. When the sharding spans several
     processes (``jax.distributed``), every process checks that all of them were given the
@@ -123,6 +125,7 @@ def check_sharding(sharding, num_particles: int | None = None, **same_on_every_p
             f"{sharding.spec[0]!r}), got {sharding.spec}: the same sharding is applied to "
             "the weights (1-D) and to every leaf of the particles"
         )
+    _check_auto_axes(sharding)
     if isinstance(num_particles, int) and num_particles > 0:  # else the recipe's own check
         _check_divides(sharding, num_particles)
     if num_particles is not None:
@@ -130,6 +133,35 @@ def check_sharding(sharding, num_particles: int | None = None, **same_on_every_p
     if same_on_every_process and distributed.spans_processes(sharding):
         distributed.check_same_on_every_process(**same_on_every_process)
     return sharding
+
+
+def _check_auto_axes(sharding) -> None:
+    """A ``ValueError`` before tracing when a ``NamedSharding`` shards the particle axis
+    over mesh axes that are not ``AxisType.Auto``. ``jax.make_mesh`` makes *explicit* axes
+    by default in recent JAX, and re-imposing such a sharding after every step
+    (``with_sharding_constraint``) failed mid-trace with JAX's "can only refer to Auto axes
+    of the mesh" and a hint at ``reshard``, which is not the fix here."""
+    if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.spec) == 0:
+        return
+    first = sharding.spec[0]
+    if first is None or first is jax.sharding.PartitionSpec.UNCONSTRAINED:
+        return
+    mesh = sharding.mesh
+    types = dict(zip(mesh.axis_names, getattr(mesh, "axis_types", ()), strict=False))
+    names = (first,) if isinstance(first, str) else tuple(first)
+    auto = jax.sharding.AxisType.Auto
+    not_auto = {
+        name: getattr(types[name], "name", str(types[name]))
+        for name in names
+        if name in types and types[name] != auto
+    }
+    if not_auto:
+        raise ValueError(
+            f"the particle axis is sharded over mesh axes {not_auto} that are not "
+            "AxisType.Auto (jax.make_mesh makes Explicit axes by default), and resampling "
+            "gathers particles across the whole axis; build the mesh with "
+            "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))"
+        )
 
 
 def _check_divides(sharding, num_particles: int) -> None:
@@ -348,6 +380,8 @@ def _check_max_steps(max_steps) -> None:
     """A ``ValueError`` before tracing unless ``max_steps`` is a non-negative integer (any
     integral type) or an integer 0-d JAX array (possibly traced): ``"5"`` failed inside the
     loop, and ``2.5`` or ``-1`` ran a number of steps nobody asked for."""
+    if isinstance(max_steps, np.ndarray) and max_steps.shape == ():
+        max_steps = max_steps[()]  # a 0-d NumPy array (np.array(5)) is its integer
     if isinstance(max_steps, jax.Array):
         if max_steps.shape == () and jnp.issubdtype(max_steps.dtype, jnp.integer):
             return
@@ -369,6 +403,9 @@ def run_until(
     """Apply ``step(key, state, t)`` until ``done_fn(state)`` or ``max_steps`` steps
     (``lax.while_loop``). Returns the final state and the number of steps taken.
 
+    ``done_fn`` returns a boolean scalar (an integer one is read as ``!= 0``; a float is a
+    ``ValueError``, since ``1.0 - temperature`` would be read as "done" whenever non-zero).
+
     ``state`` may be any PyTree (adaptive recipes nest a ``ParticleState`` with their own
     fields, e.g. a temperature); ``step`` returns the new state only.
     """
@@ -380,6 +417,13 @@ def run_until(
         done = jnp.asarray(done_fn(state))
         if done.shape != ():  # static, at trace time
             raise ValueError(f"done_fn must return a boolean scalar, got shape {done.shape}")
+        if not (done.dtype == jnp.bool_ or jnp.issubdtype(done.dtype, jnp.integer)):
+            # a float was truthy whenever non-zero: ``lambda s: 1.0 - s.temperature``
+            # stopped at once, and a NaN stopped too
+            raise ValueError(
+                f"done_fn must return a boolean scalar, got dtype {done.dtype}; compare, "
+                "e.g. s.temperature >= 1.0"
+            )
         # ``~`` of a Python bool is an int (``~False == -1``): cast before negating
         return (t < max_steps) & ~done.astype(bool)
 

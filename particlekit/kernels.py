@@ -212,20 +212,6 @@ def _check_population(particles: PyTree, n: int, what: str) -> None:
             )
 
 
-def _check_log_potential_dtype(log_g) -> None:
-    """A ``ValueError`` at trace time for a boolean or complex log-potential: a boolean
-    (an indicator ``x > 0``) would be read as ``log G`` in ``{0, 1}`` instead of
-    ``{-inf, 0}``, and a complex one would lose its imaginary part, both silently."""
-    dtype = jnp.result_type(log_g)
-    if dtype == jnp.bool_:
-        raise ValueError(
-            "the log-potential is boolean; return a log-weight, e.g. "
-            "jnp.where(indicator, 0.0, -jnp.inf) for the potential 1{indicator}"
-        )
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        raise ValueError(f"the log-potential must be real, got dtype {dtype}")
-
-
 def init(
     key: jax.Array, sample_fn: Callable, num_particles: int, *, vectorized: bool = False
 ) -> ParticleState:
@@ -389,7 +375,7 @@ def _reweight(fn, *, vectorized, batch_size, normalized_input) -> Kernel:
             log_g = fn(state.previous_particles, state.particles, inputs)
         else:
             log_g = per_particle(fn, batch_size)(state.previous_particles, state.particles, inputs)
-        _check_log_potential_dtype(log_g)
+        resampling.check_real_log_weights(log_g, "the log-potential")
         log_g = jnp.asarray(log_g, state.log_weights.dtype)
         if log_g.shape != state.log_weights.shape:
             raise ValueError(

@@ -116,15 +116,22 @@ def _check_not_scalar_or_empty(log_weights) -> None:
             f"log_weights must be one-dimensional (N,), got shape {shape}; for a batch of "
             "populations use jax.vmap"
         )
-    dtype = jnp.result_type(log_weights)
+    check_real_log_weights(log_weights, "log_weights")
+
+
+def check_real_log_weights(values, what: str) -> None:
+    """A ``ValueError`` (at trace time: the dtype is static) for boolean or complex
+    log-weights ``values`` (``what`` names them): a boolean (an indicator ``x > 0``) would
+    be read as log-weights ``{0, 1}`` (weights 1 and e) instead of ``{-inf, 0}``, and a
+    complex one would lose its imaginary part, both silently."""
+    dtype = jnp.result_type(values)
     if dtype == jnp.bool_:
-        # an indicator read as log-weights {0, 1} (weights 1 and e) instead of {-inf, 0}
         raise ValueError(
-            "log_weights is boolean; pass log-weights, e.g. jnp.where(mask, 0.0, -jnp.inf) "
-            "for the weights 1{mask}"
+            f"{what} is boolean; return log-weights, e.g. jnp.where(indicator, 0.0, -jnp.inf) "
+            "for the weights 1{indicator}"
         )
     if jnp.issubdtype(dtype, jnp.complexfloating):
-        raise ValueError(f"log_weights must be real, got dtype {dtype}")
+        raise ValueError(f"{what} must be real, got dtype {dtype}")
 
 
 def _shift_by_max(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -9,7 +9,7 @@ The filter is ``pk.init`` (draw x_0), ``pk.reweight`` (weight by g(y_0 | x_0)), 
 ``pk.run`` of the step ``pk.chain(pk.resample, pk.move, pk.reweight)`` over y_1..y_{T-1}.
 The user functions act on ONE particle; the library vmaps them over the population.
 
-Run: ``python3 examples/composition.py`` (about 10 s on a 2-core CPU; prints, no plot).
+Run: ``python3 examples/composition.py`` (5 to 10 s on a 2-core CPU; prints, no plot).
 """
 
 import jax

@@ -12,7 +12,7 @@ Loads the models that ship with particlekit (``pk.diffusion.digits_diffusion``,
 prints how often the classifier reads each panel's digits as a 7, and saves the three
 grids to ``examples/digits_samples.png``.
 
-Run: ``python examples/digits_samples.py`` (about 20 s on a 2-core CPU).
+Run: ``python3 examples/digits_samples.py`` (10 to 30 s on a 2-core CPU).
 """
 
 from __future__ import annotations

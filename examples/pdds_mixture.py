@@ -1,8 +1,8 @@
 """PDDS on a 2-D Gaussian mixture with unequal weights: samples, and the log-Z error
 against the number of steps for the naive and the learned guidance potential.
 
-Run ``python examples/pdds_mixture.py``; it saves ``examples/pdds_mixture.png``
-(about 40 s on a 2-core CPU, mostly compilation: one compilation per number of steps).
+Run: ``python3 examples/pdds_mixture.py`` (20 to 40 s on a 2-core CPU, mostly compilation:
+one compilation per number of steps); it saves ``examples/pdds_mixture.png``.
 """
 
 import warnings
@@ -109,7 +109,10 @@ def main():
     )
     nearest = np.argmin(((xs[:, None, :] - np.asarray(MEANS)) ** 2).sum(-1), axis=1)
     fractions = np.bincount(nearest, minlength=3) / len(xs)
-    print(f"mode fractions {fractions} true {np.asarray(WEIGHTS)} ({len(xs)} resampled particles)")
+    print(
+        f"mode fractions {fractions} true {np.asarray(WEIGHTS)} ({len(xs)} resampled particles: "
+        f"the {len(plot_runs)} seeds of the learned {PLOT_STEPS}-step runs; the plot shows one)"
+    )
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.6))
     g = np.linspace(-5, 5, 200)

@@ -9,7 +9,7 @@ chains), print the summary and the log marginal likelihood, compare it with a se
 - ``static_model_schedule.png``: the adaptive tempering schedule (inverse temperature,
   ESS, acceptance rate and MCMC steps per stage).
 
-Run: ``python examples/static_model.py`` (about 30 s on a 2-core CPU); the PNGs are written
+Run: ``python3 examples/static_model.py`` (10 to 30 s on a 2-core CPU); the PNGs are written
 next to the script, in ``examples/``.
 """
 
@@ -54,6 +54,11 @@ def main():
     smc = pk.infer.SMC(squared_model, num_particles=1000, num_chains=4)
     smc.run(jax.random.key(0), y)
     smc.print_summary()
+    print(
+        "(a stage 'hit the step cap' when its MCMC move reached max_mcmc_steps before its "
+        "stopping criterion;\n this is only a warning sign when R-hat, the ESS or the chains' "
+        "log evidence disagree, which would raise a UserWarning)"
+    )
     idata = smc.to_inference_data()
     frac = float(np.mean(smc.get_samples()["mu"] > 0))
     print(f"mass of the mode mu > 0: {frac:.3f} (exact: 0.5)")

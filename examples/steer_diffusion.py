@@ -1,6 +1,6 @@
 """Steer a tiny 2-D diffusion model to a reward with FK steering.
 
-Trains a small noise-prediction network (equinox + optax, about a minute on a CPU) on a
+Trains a small noise-prediction network (equinox + optax, a few seconds on a CPU) on a
 ring of eight Gaussians, then samples ``p(x) exp(lmbda r(x)) / Z`` for the reward
 ``r(x) = x_0 + x_1`` (favouring the upper-right modes) with ``pk.diffusion.fk_steering``,
 and plots unsteered vs steered samples to ``examples/steer_diffusion.png``.
@@ -10,8 +10,8 @@ Tweedie prediction ``x0_hat = (x_t - sqrt(1 - ab) eps_hat) / sqrt(ab)`` of a tra
 exact) network amplifies its errors by ``1 / sqrt(ab)``, and rewards of such predictions
 only add weight variance.
 
-Run: ``python examples/steer_diffusion.py [--quick]`` (about 30 s on a 2-core CPU, half of it
-training; ``--quick``: about 20 s).
+Run: ``python3 examples/steer_diffusion.py [--quick]`` (15 to 30 s on a 2-core CPU, about half
+of it training; ``--quick``: about 10 s).
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def main(quick: bool = False):
         ax.set_aspect("equal")
     axes[0].set_ylabel("$x_1$")
     fig.suptitle(
-        "A tiny diffusion model trained on a ring of 8 Gaussians, steered to the reward "
-        f"$r(x) = x_0 + x_1$ ({steps} denoising steps)"
+        "A tiny diffusion model trained on a ring of 8 Gaussians,\n"
+        f"steered to the reward $r(x) = x_0 + x_1$ ({steps} denoising steps)"
     )
     fig.savefig(OUTPUT, dpi=120, bbox_inches="tight")
     print(f"saved {OUTPUT}")

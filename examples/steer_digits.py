@@ -18,7 +18,7 @@ compiled program serves every target and ``jax.vmap`` runs all of them at once. 
 share of returned samples that the classifier reads as the target, and saves the grid to
 ``examples/steer_digits.png``.
 
-Run: ``python examples/steer_digits.py`` (about 30 s on a 2-core CPU, mostly compilation).
+Run: ``python3 examples/steer_digits.py`` (10 s to 1 min on a 2-core CPU, mostly compilation).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def main():
         xs = np.asarray(xs).reshape(shape)
         for i, c in enumerate(TARGETS):
             rate = float(np.mean(np.asarray(classifier.predict(xs[i])) == c))
-            print(f"target {c}, {title:28s} classified as {c}: {rate:.2f} of {RUNS} runs")
+            print(f"target {c}, {title:28s} classified as {c}: {rate:4.0%} of {RUNS} runs")
             images = np.asarray(pk.diffusion.digits_to_images(xs[i, :SHOWN]))
             rows = SHOWN // PER_ROW
             strip = np.ones((rows * 9 - 1, PER_ROW * 9 - 1))  # white pixels between digits

@@ -19,7 +19,7 @@ compare, in one run:
   "ab" early and does not target p(x) phi(x));
 - particle Gibbs (conditional SMC with a reference sequence), 3000 iterations.
 
-Run: ``python3 examples/steer_sequences.py`` (about 15 s on a 2-core CPU). Writes
+Run: ``python3 examples/steer_sequences.py`` (5 to 15 s on a 2-core CPU). Writes
 ``examples/steer_sequences.png``.
 """
 

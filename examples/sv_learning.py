@@ -11,7 +11,7 @@ ascent on the log-likelihood, the score estimated through Fisher's identity by o
 sweep per update (``pk.learning.mle(..., estimator="ppg")``) and Adam steps. Then FFBS at the fitted
 parameters gives the smoothed volatility. Saves ``examples/sv_learning.png``.
 
-Run: ``python examples/sv_learning.py`` (about 50 s on a 2-core CPU).
+Run: ``python3 examples/sv_learning.py`` (15 to 50 s on a 2-core CPU).
 """
 
 from pathlib import Path

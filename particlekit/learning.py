@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from particlekit import kernels
@@ -178,9 +179,16 @@ def _check_optimizer(optimizer, params, num_iterations: int):
         callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
     ):
         raise ValueError(f"optimizer must be an optax.GradientTransformation, got {optimizer!r}")
-    if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(params)):
-        params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), params)
-    finite, dot, size = _optimizer_probe(params, optimizer=optimizer, num_iterations=num_iterations)
+    # concrete stand-ins for traced parameters, and an eager probe even inside an outer
+    # jit / vmap (else its answers are tracers that bool() cannot read)
+    params = jax.tree.map(
+        lambda a: np.zeros(a.shape, a.dtype) if isinstance(a, jax.core.Tracer) else a, params
+    )
+    with jax.ensure_compile_time_eval():
+        probe = _optimizer_probe(params, optimizer=optimizer, num_iterations=num_iterations)
+    if any(isinstance(a, jax.core.Tracer) for a in probe):
+        return optimizer  # an optimizer closing over traced values: not checkable here
+    finite, dot, size = probe
     if not bool(finite):
         raise ValueError(
             "the optimizer's updates are not finite on a unit gradient (a NaN or infinite "
@@ -219,8 +227,11 @@ class MLEResult(NamedTuple):
         sweep's value (PPG, diagnostic only).
     num_failed : Array of shape (), int32
         Iterations whose sweep failed (every weight zero at some step, e.g. impossible data,
-        or a non-finite score estimate): their update was skipped (``theta``, the optimiser
-        state and the PPG reference kept as they were), so no NaN reaches ``theta``.
+        or a non-finite score estimate; for PPG also a sweep in which the reference held
+        all the weight at some step, its ``log_evidence`` then ``-inf``): their update was
+        skipped (``theta``, the optimiser state and the PPG reference kept as they were),
+        so no NaN reaches ``theta``. Failures from some iteration to the end, after
+        successful ones, mean that the iterates diverged (``mle`` warns so).
     failed : Array of shape (), bool
         ``num_failed > 0``: some score estimates were meaningless; with every iteration
         failed, ``theta`` is ``theta_init``.
@@ -289,7 +300,10 @@ def _mle(key, theta_init, ys, *, model_fn, num_particles, num_iterations, optimi
             final, _, _, _ = paris_forward(k, ys, cfg=cfg)
             score, log_z = final.estimate, final.particle_state.log_evidence
         else:
-            score, ref, log_z = ppg_sweep(k, ys, ref, cfg=cfg)
+            score, ref, log_z, propped = ppg_sweep(k, ys, ref, cfg=cfg, with_propped=True)
+            # the reference alone carrying the weight is a failure too: the "score" is then
+            # the reference path's, and a diverging theta would go on diverging unflagged
+            log_z = jnp.where(propped, -jnp.inf, log_z)
         # a failed sweep (every weight zero at some step: log_z = -inf, or a non-finite
         # score) leaves theta, the optimiser state and the reference as they were
         failed = ~jnp.isfinite(log_z) | ~_all_finite(score)
@@ -366,8 +380,11 @@ def mle(
     -------
     MLEResult
         ``.to_inference_data()`` gives an ArviZ object. Check ``failed``: an iteration
-        whose sweep failed (impossible data, a non-finite score) is skipped, counted in
-        ``num_failed`` and warned about after an eager call.
+        whose sweep failed (impossible data, a non-finite score, a PPG sweep carried by
+        its reference alone) is skipped, counted in ``num_failed`` and warned about after
+        an eager call. A too-large learning rate typically throws ``theta`` where every
+        later sweep fails: the run is then stuck there, and the warning says that the
+        iterates diverged.
 
     Raises
     ------
@@ -423,12 +440,47 @@ def mle(
         method=method, max_trials=_check_trials(max_trials),
         progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
+    _warn_if_failed(result)
+    return result
+
+
+def _failed_iterations(result: MLEResult) -> jax.Array:
+    """Which iterations of ``result`` failed (``-inf`` or NaN ``log_evidence``, or a
+    non-finite score), shape ``(..., num_iterations)``: what ``_mle`` counts."""
+    log_z = jnp.asarray(result.log_evidence)
+    bad_score = jax.tree.map(
+        lambda s: ~jnp.all(jnp.isfinite(s).reshape(*log_z.shape, -1), axis=-1), result.scores
+    )
+    return jax.tree.reduce(jnp.logical_or, bad_score, ~jnp.isfinite(log_z))
+
+
+def _warn_if_failed(result: MLEResult) -> None:
+    """The ``RuntimeWarning`` of an eager ``mle`` run with failed iterations. Failures that
+    start after successful iterations and last to the end mean that the iterates diverged
+    (an update moved ``theta`` where the sweep degenerates, and every later update is
+    skipped there): the warning says so instead of blaming the data."""
+    if isinstance(result.num_failed, jax.core.Tracer) or int(result.num_failed) == 0:
+        return
+    failed = np.asarray(_failed_iterations(result))
+    first = int(np.argmax(failed))
+    if first > 0 and bool(np.all(failed[first:])):
+        warn_if_counted(
+            result.num_failed,
+            "mle: the iterates diverged: every sweep from iteration "
+            f"{first} on failed (every weight zero at some step, a non-finite score or, for "
+            "PPG, the reference alone holding the weight, at the theta the updates reached) "
+            "and the remaining {count} update(s) were "
+            "skipped, so theta and theta_average are stuck there and are not estimates. "
+            "Lower the learning rate, clip the updates (e.g. optax.clip_by_global_norm) or "
+            "reparameterise; see MLEResult.failed",
+        )
+        return
     warn_if_counted(
         result.num_failed,
-        "mle: {count} iteration(s) failed (every weight zero at some step, or a non-finite "
-        "score) and were skipped; see MLEResult.failed",
+        "mle: {count} iteration(s) failed (every weight zero at some step, a non-finite "
+        "score, or with estimator='ppg' the reference alone holding the weight, e.g. an "
+        "observation the model cannot explain) and were skipped; see MLEResult.failed",
     )
-    return result
 
 
 # --------------------------------------------------------------------------------------

@@ -500,11 +500,24 @@ class PPGResult(NamedTuple):
         return from_ppg(self, ys, burn_in=burn_in)
 
 
-def ppg_sweep(key, ys, reference, *, cfg, conditional=True, with_count=False):
+def reference_holds_all_weight(log_weights) -> jax.Array:
+    """Per step of a conditional particle system (``log_weights`` ``(T, N)``, the
+    reference in slot 0), whether every other particle's normalised weight is zero: the
+    sweep is then propped up by the reference alone (e.g. parameters far off the data, or
+    impossible data), and what it estimates is the reference path's value."""
+    log_w = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
+    normalised = jnp.exp(log_w - jax.scipy.special.logsumexp(log_w, axis=-1, keepdims=True))
+    return jnp.all(normalised[:, 1:] == 0.0, axis=-1) & jnp.isfinite(log_w[:, 0])
+
+
+def ppg_sweep(key, ys, reference, *, cfg, conditional=True, with_count=False,
+              with_propped=False):  # fmt: skip
     """One PPG iteration (traced): conditional PaRIS with ``reference`` pinned, then a new
     reference by backward simulation. Returns ``(estimate, new_reference, log_evidence)``,
     and with ``with_count`` the accept–reject proposals whose acceptance probability
-    exceeded 1 (a user bound too small; ``BackwardStats.num_above_bound``)."""
+    exceeded 1 (a user bound too small; ``BackwardStats.num_above_bound``); with
+    ``with_propped`` last, whether at some step the reference held all the weight
+    (``reference_holds_all_weight``)."""
     k_fwd, k_back = jax.random.split(key)
     final, infos, _, (particles, log_weights) = paris_forward(
         k_fwd, ys, reference if conditional else None, cfg=cfg, conditional=conditional,
@@ -516,7 +529,11 @@ def ppg_sweep(key, ys, reference, *, cfg, conditional=True, with_count=False):
         with_count=True,
     )  # fmt: skip
     out = final.estimate, _take(new_ref, 0), final.particle_state.log_evidence
-    return (*out, above + jnp.sum(infos.num_above_bound)) if with_count else out
+    if with_count:
+        out = (*out, above + jnp.sum(infos.num_above_bound))
+    if with_propped:
+        out = (*out, jnp.any(reference_holds_all_weight(log_weights)))
+    return out
 
 
 def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in, tick=None):

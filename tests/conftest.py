@@ -12,7 +12,6 @@ dominated by compilation, not by running, and the level takes 16 % off its time 
 cores (19.5 min against 23 min) with the same results. The subprocesses of the tests (docs
 pages, forced multi-device runs) inherit it; the benchmarks measure the default level."""
 
-import gc
 import os
 import sys
 
@@ -37,32 +36,6 @@ if _CACHE:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-# Every compiled XLA:CPU program keeps a few memory mappings (its JIT-linked code) for as
-# long as JAX's caches hold it, and Linux caps a process at ``vm.max_map_count`` mappings
-# (65530 by default). One pytest-xdist worker compiles thousands of programs over the
-# suite: a CI run reached 45 000 mappings a quarter of the way through, and a worker that
-# hits the cap fails to link its next program ("Failed to materialize symbols") and then
-# segfaults. So the caches are cleared after a test once a worker holds many mappings (a
-# count costs about a millisecond; clearing, the recompilation of what later tests share).
-_MAX_MEMORY_MAPPINGS = 30_000
-
-
-def _memory_mappings() -> int:
-    try:
-        with open("/proc/self/maps", "rb") as maps:
-            return maps.read().count(b"\n")
-    except OSError:  # not Linux: no cap to watch
-        return 0
-
-
-@pytest.fixture(autouse=True)
-def _release_compiled_programs():
-    yield
-    if _memory_mappings() > _MAX_MEMORY_MAPPINGS:
-        jax.clear_caches()
-        gc.collect()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from peers import import_particles
 
 import particlekit as pk
 
@@ -46,15 +47,10 @@ def model_fn(theta):
 def particles_pmmh(ys):
     """``particles``' PMMH (one chain): (seconds per iteration, kept draws, iterations), or
     ``None`` when ``particles`` is not installed."""
-    if not hasattr(np, "float"):  # particles 0.3 still uses the alias NumPy 1.24 removed
-        np.float = float  # noqa: NPY001
-    try:
-        from particles import distributions as pdists
-        from particles import mcmc
-        from particles import state_space_models as pssm
-    except ImportError as error:
-        print(f"particles PMMH skipped (not installed): {error}")
+    particles = import_particles("particles PMMH")
+    if particles is None:
         return None
+    pdists, mcmc, pssm = particles.distributions, particles.mcmc, particles.state_space_models
 
     class AR1(pssm.StateSpaceModel):
         default_params = {"rho": 0.7}

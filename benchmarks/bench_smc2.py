@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from peers import import_particles
 
 import particlekit as pk
 
@@ -89,16 +90,11 @@ def run_ours(model, ys, seed):
 
 
 def particles_sampler(ys):
-    if not hasattr(np, "float"):  # particles 0.3 still uses the alias NumPy 1.24 removed
-        np.float = float  # noqa: NPY001
-    try:
-        import particles
-        from particles import distributions as pdists
-        from particles import smc_samplers
-        from particles import state_space_models as pssm
-    except ImportError as error:
-        print(f"particles SMC² skipped (not installed): {error}")
+    particles = import_particles("particles SMC²")
+    if particles is None:
         return None
+    pdists, smc_samplers = particles.distributions, particles.smc_samplers
+    pssm = particles.state_space_models
 
     class AR1(pssm.StateSpaceModel):
         default_params = {"rho": RHO, "sigma": SIGMA}

@@ -85,6 +85,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.stats import norm
+from peers import import_particles
 
 import particlekit as pk
 
@@ -324,15 +325,10 @@ def blackjax_irmh_contender(problem, n, num_mcmc_steps=2, target_ess=0.5):
 
 
 def particles_contender(problem, n):
-    if not hasattr(np, "float"):  # particles 0.3 still uses the removed alias np.float
-        setattr(np, "float", float)  # noqa: B010
-    try:
-        import particles
-        from particles import distributions as pdists
-        from particles import smc_samplers as ssp
-    except ImportError as error:
-        print(f"particles skipped (not installed): {error}")
+    particles = import_particles("particles")
+    if particles is None:
         return None
+    pdists, ssp = particles.distributions, particles.smc_samplers
 
     class Static(ssp.StaticModel):
         def loglik(self, theta, t=None):

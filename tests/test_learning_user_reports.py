@@ -15,26 +15,9 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 import pytest
+from learning_models import model_fn, narrow_fn
 
 import particlekit as pk
-
-
-def model_fn(theta):
-    return pk.StateSpaceModel(
-        initial=lambda: dist.Normal(0.0, 1.0),
-        transition=lambda x_prev, t: dist.Normal(theta["a"] * x_prev, 1.0),
-        observation=lambda x, t: dist.Normal(x, 0.5),
-    )
-
-
-def narrow_fn(theta):
-    """Observation noise of width 0.02: data shifted by 100 have zero likelihood."""
-    return pk.StateSpaceModel(
-        initial=lambda: dist.Normal(0.0, 1.0),
-        transition=lambda x_prev, t: dist.Normal(theta["a"] * x_prev, 1.0),
-        observation=lambda x, t: dist.Uniform(x - 0.01, x + 0.01),
-    )
-
 
 SSM = model_fn({"a": 0.9})
 YS = SSM.simulate(jax.random.key(0), 10)[1]

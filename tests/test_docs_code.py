@@ -70,6 +70,23 @@ def code_blocks(path: Path) -> list[tuple[int, str]]:
     return blocks
 
 
+def run_blocks(page: Path, blocks, tmp_path: Path, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``blocks`` (``code_blocks(page)``) in order in one namespace, in a subprocess on the
+    CPU with ``tmp_path`` as working directory; the finished process, output captured."""
+    spec = tmp_path / "blocks.json"
+    spec.write_text(json.dumps([str(page), blocks]), encoding="utf-8")
+    # XLA_FLAGS (LLVM's lighter optimisation level) comes from conftest.py
+    env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(spec)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_pages_have_code():
     """The parser finds the pages and their examples (guards against a silent empty run)."""
     assert len(PAGES) >= 10
@@ -107,23 +124,7 @@ def test_page_code_runs(page: Path, tmp_path: Path):
     blocks = code_blocks(page)
     if not blocks:
         pytest.skip(f"{page.name} has no runnable python blocks")
-    spec = tmp_path / "blocks.json"
-    spec.write_text(json.dumps([str(page), blocks]), encoding="utf-8")
-    # XLA_FLAGS (LLVM's lighter optimisation level) comes from conftest.py
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        MPLBACKEND="Agg",
-        PYTHONWARNINGS="ignore",
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(spec)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_blocks(page, blocks, tmp_path, timeout=900)
     assert proc.returncode == 0, (
         f"the code blocks of {page.name} failed when run in order:\n{proc.stderr[-6000:]}"
     )

@@ -18,15 +18,11 @@ Findings (symptom before -> fix):
 from __future__ import annotations
 
 import ast
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_docs_code import _RUNNER, code_blocks
+from test_docs_code import code_blocks, run_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -37,17 +33,7 @@ def test_readme_code_runs(tmp_path: Path):
     readme = ROOT / "README.md"
     blocks = code_blocks(readme)
     assert len(blocks) >= 2  # the filter and the static model
-    spec = tmp_path / "blocks.json"
-    spec.write_text(json.dumps([str(readme), blocks]), encoding="utf-8")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(
-        [sys.executable, "-c", _RUNNER, str(spec)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_blocks(readme, blocks, tmp_path, timeout=600)
     assert proc.returncode == 0, f"README.md's code failed:\n{proc.stderr[-6000:]}"
     # the first block prints the log-evidence, then the shapes of the per-step outputs
     assert "(300,) (300,)" in proc.stdout

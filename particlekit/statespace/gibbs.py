@@ -16,13 +16,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels
-from particlekit.statespace.model import ParametricSSM, check_model_and_data, draws_with_paths
+from particlekit.statespace.model import (
+    LOW_ACCEPTANCE,
+    ParametricSSM,
+    check_model_and_data,
+    draws_with_paths,
+)
 from particlekit.types import PyTree
 
 __all__ = ["particle_gibbs", "ParticleGibbsDraws"]
-
-#: a chain whose theta random walk accepts less often than this hardly moves
-_LOW_ACCEPTANCE = 0.02
 
 
 class ParticleGibbsDraws(NamedTuple):
@@ -201,10 +203,10 @@ def _warn_if_untrustworthy(draws: ParticleGibbsDraws) -> None:
         )
         return  # (a failed sweep rejects every theta step: no word on the step size)
     rates = np.nanmean(np.asarray(draws.acceptance_rate, np.float64), axis=1)
-    if (rates < _LOW_ACCEPTANCE).any():
+    if (rates < LOW_ACCEPTANCE).any():
         warnings.warn(
             f"particle Gibbs acceptance rates of the theta random walk "
-            f"{np.round(rates, 3).tolist()}: below {_LOW_ACCEPTANCE:.0%} theta hardly moves. "
+            f"{np.round(rates, 3).tolist()}: below {LOW_ACCEPTANCE:.0%} theta hardly moves. "
             "FIX: a smaller step_size (aim for an acceptance rate of about 0.2-0.5)",
             UserWarning,
             stacklevel=3,

@@ -23,6 +23,10 @@ __all__ = ["ParametricSSM", "check_model_and_data", "draws_with_paths", "unconst
 #: the latent paths' name among the parameters' draws (a prior site may not take it)
 PATHS_NAME = "x"
 
+LOW_ACCEPTANCE = 0.02
+"""A chain of PMMH or particle Gibbs whose random walk on ``theta`` accepts less often than
+this hardly moves: both warn."""
+
 
 @dataclass(frozen=True)
 class ParametricSSM:

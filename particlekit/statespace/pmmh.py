@@ -43,6 +43,7 @@ from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.statespace import correlated
 from particlekit.statespace.likelihood import filter_history, filter_prefix, sample_path
 from particlekit.statespace.model import (
+    LOW_ACCEPTANCE,
     ParametricSSM,
     check_model_and_data,
     draws_with_paths,
@@ -509,10 +510,11 @@ def _warn_if_untrustworthy(result: PMMHResult) -> None:
         )
         return
     rates = np.asarray(result.acceptance_rate)
-    if (rates < 0.02).any():
+    if (rates < LOW_ACCEPTANCE).any():
         warnings.warn(
-            f"PMMH acceptance rates {np.round(rates, 3).tolist()}: below 2 % the chain hardly "
-            "moves. FIX: more particles (pk.statespace.choose_num_particles gives an N whose "
+            f"PMMH acceptance rates {np.round(rates, 3).tolist()}: below "
+            f"{LOW_ACCEPTANCE * 100:g} % the chain hardly moves. FIX: more particles "
+            "(pk.statespace.choose_num_particles gives an N whose "
             "log-likelihood sd is ~1.2), or a longer warm-up",
             UserWarning,
             stacklevel=3,

@@ -67,7 +67,8 @@ axis is chains, two are ``(chain, draw)``):
 
 - ``posterior``: the per-iteration estimates ``hat S_k`` as a trace ``(chain, draw, ...)``
   (iterations ``k >= burn_in``; the first ``burn_in`` in ``warmup_posterior``);
-- ``sample_stats`` (``warmup_sample_stats``): ``log_evidence`` of each sweep,
+- ``sample_stats`` (``warmup_sample_stats``): ``log_evidence`` of each sweep and
+  ``reference_alone`` (the reference held all the weight at some step of it),
   ``(chain, draw)``;
 - ``estimate``: the roll-out estimate, ``(chain, ...)``;
 - ``reference``: the final reference trajectory ``<x>``, ``(chain, time, ...)``.
@@ -682,7 +683,10 @@ def from_ppg(result, ys=None, *, burn_in: int = 0):
     burn_in = _checked_burn_in(burn_in, num_iterations)  # 2.5 or "3" is not a burn-in
     attrs = _attrs("PPGResult", burn_in=burn_in)
     draws = _with_chain(_named(result.estimates, "S"), batched)
-    stats = _with_chain({"log_evidence": np.asarray(result.log_evidence)}, batched)
+    stats = {"log_evidence": np.asarray(result.log_evidence)}
+    if getattr(result, "reference_alone", None) is not None:
+        stats["reference_alone"] = np.asarray(result.reference_alone)
+    stats = _with_chain(stats, batched)
     groups = {
         "posterior": _group(
             {k: v[:, burn_in:] for k, v in draws.items()}, ["chain", "draw"], attrs

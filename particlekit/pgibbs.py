@@ -21,6 +21,7 @@ contrast with the ``O(1/N)`` bias of a single PaRIS run.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -451,6 +452,13 @@ class PPGResult(NamedTuple):
         an unbiased estimator of the evidence). ``-inf`` marks a failed sweep (every
         weight zero at some step: impossible data or an infinite observation), whose
         estimate is not an estimate of the smoothed functional: check ``failed``.
+    reference_alone : Array of shape (num_iterations,), bool
+        Whether at some step of the sweep the reference held all the weight (every fresh
+        particle's normalised weight zero, ``reference_holds_all_weight``): that sweep's
+        estimate is the reference path's value, and a chain whose sweeps keep doing this is
+        stuck on its reference (too few particles, or data the model finds impossible away
+        from the reference, e.g. an outlier under a narrow observation density). ``ppg``
+        warns when any sweep is. ``None`` in results built without it.
     failed : Array of shape ()
         (A property.) Whether any sweep failed.
     """
@@ -459,6 +467,7 @@ class PPGResult(NamedTuple):
     estimates: PyTree
     reference: jax.Array
     log_evidence: jax.Array
+    reference_alone: jax.Array | None = None
 
     @property
     def failed(self) -> jax.Array:
@@ -470,7 +479,8 @@ class PPGResult(NamedTuple):
     def to_inference_data(self, ys=None, *, burn_in: int = 0):
         """The run for ArviZ (``particlekit.arviz.from_ppg``): ``posterior`` (the
         per-iteration estimates ``hat S_k`` as a trace, dims ``(chain, draw, ...)``),
-        ``sample_stats`` (``log_evidence`` of each sweep; ``(chain, draw)``), ``estimate``
+        ``sample_stats`` (``log_evidence`` and ``reference_alone`` of each sweep;
+        ``(chain, draw)``), ``estimate``
         (the roll-out estimate; ``(chain, ...)``), ``reference`` (the final reference ``x``;
         ``(chain, time, ...)``) and ``observed_data`` (``y``, when ``ys`` is given).
         Functionals are named by their dict keys (a bare array is ``S``).
@@ -545,17 +555,43 @@ def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in, tick=None):
 
     def body(ref, inp):
         i, k = inp
-        est, new_ref, log_z, above = ppg_sweep(k, ys, ref, cfg=cfg, with_count=True)
+        est, new_ref, log_z, above, alone = ppg_sweep(
+            k, ys, ref, cfg=cfg, with_count=True, with_propped=True
+        )
         if tick is not None:
             tick(i)
-        return new_ref, (est, log_z, above)
+        return new_ref, (est, log_z, above, alone)
 
     keys = jax.random.split(k_iter, num_iterations)
     steps = jnp.arange(num_iterations)
-    final_ref, (estimates, log_z, above) = jax.lax.scan(body, reference, (steps, keys))
+    final_ref, (estimates, log_z, above, alone) = jax.lax.scan(body, reference, (steps, keys))
     warn_if_above_bound(jnp.sum(above), "ppg", cfg["log_transition_bound"])
+    warn_if_reference_alone(alone & jnp.isfinite(log_z))
     estimate = jax.tree.map(lambda a: jnp.mean(a[burn_in:], axis=0), estimates)
-    return PPGResult(estimate, estimates, final_ref, log_z)
+    return PPGResult(estimate, estimates, final_ref, log_z, alone)
+
+
+def warn_if_reference_alone(reference_alone) -> None:
+    """After a run (also traced: ``jax.debug.callback``, once per call), a
+    ``RuntimeWarning`` when the reference alone held the weight in some sweeps
+    (``PPGResult.reference_alone``; failed sweeps are reported by ``failed`` instead)."""
+
+    def emit(alone):
+        alone = np.asarray(alone)
+        count = int(np.sum(alone))
+        if count > 0:
+            warnings.warn(
+                f"ppg: in {count} of {alone.size} sweeps the reference trajectory alone held "
+                "all the weight at some step (every fresh particle's weight was zero): "
+                "those sweeps' estimates are the reference path's value, and the chain is "
+                "stuck on it where this repeats. Use more particles, or check the model "
+                "against the data (an observation the model finds impossible away from the "
+                "reference). See PPGResult.reference_alone",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    jax.debug.callback(emit, reference_alone)
 
 
 @partial(jax.jit, static_argnames=("cfg_items", "num_iterations", "burn_in", "progress_bar"))

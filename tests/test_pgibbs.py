@@ -1,6 +1,8 @@
 """Conditional SMC, PaRIS particle Gibbs and particle Gibbs against exact Kalman / RTS
 answers. Standard errors come from independent chains or seeds (vmapped)."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -270,3 +272,35 @@ def test_particle_gibbs_reports_failed_sweeps():
     )  # fmt: skip
     assert not np.any(np.asarray(good.failed))
     assert np.all(np.asarray(good.num_nonfinite) == 0)
+
+
+def test_ppg_flags_sweeps_carried_by_the_reference_alone():
+    """An outlier (y = 40 under an observation sd of 0.05) that only the reference passes
+    near: every fresh particle's weight underflows to zero at that step, so each sweep's
+    estimate is the reference path's value and the chain is stuck on it. Before,
+    ``ppg`` returned it silently; now ``reference_alone`` flags the sweeps (also in
+    ArviZ's ``sample_stats``) and a RuntimeWarning says so. The same model on data it
+    explains flags nothing and warns nothing."""
+    ssm = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+        observation=lambda x, t: dist.Normal(x, 0.05),
+    )
+    _, ys = ssm.simulate(jax.random.key(0), 10)
+    h = lambda xp, x, t: x  # noqa: E731
+    through_outlier = jnp.zeros(10).at[4:7].set(jnp.array([40.0 / 0.9, 40.0, 36.0]))
+    with pytest.warns(RuntimeWarning, match="6 of 6 sweeps the reference trajectory alone"):
+        stuck = pk.pgibbs.ppg(
+            jax.random.key(1), ssm, ys.at[5].set(40.0), additive_fn=h, num_particles=16,
+            num_iterations=6, burn_in=1, reference=through_outlier,
+        )  # fmt: skip
+    assert np.all(np.asarray(stuck.reference_alone)) and not bool(stuck.failed)
+    stats = pk.arviz.from_ppg(stuck)["sample_stats"]
+    assert np.all(np.asarray(stats["reference_alone"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        fine = pk.pgibbs.ppg(
+            jax.random.key(1), ssm, ys, additive_fn=h, num_particles=16, num_iterations=6,
+            burn_in=1,
+        )  # fmt: skip
+    assert fine.reference_alone.shape == (6,) and not np.any(np.asarray(fine.reference_alone))

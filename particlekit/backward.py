@@ -495,6 +495,25 @@ def write_back(
     return ref.add(new, mode="drop") if add else ref.set(new, mode="drop")
 
 
+def _check_populations(log_weights_prev, xs_prev, targets) -> None:
+    """A ``ValueError`` before tracing when the log-weights are not one per particle of
+    ``xs_prev`` (a broadcasting TypeError from deep inside) or ``targets`` has no leading
+    axis (shapes only: fine under ``jit``)."""
+    if jnp.ndim(log_weights_prev) != 1:
+        raise ValueError(
+            f"log_weights_prev must have shape (N,), got {jnp.shape(log_weights_prev)}"
+        )
+    n = jnp.shape(log_weights_prev)[0]
+    shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(xs_prev)]
+    if not shapes or any(shape[:1] != (n,) for shape in shapes):
+        raise ValueError(
+            f"xs_prev must hold N = {n} particles (one per log-weight) on its leading axis, "
+            f"got leaves of shapes {shapes}"
+        )
+    if not jax.tree.leaves(targets) or any(jnp.ndim(a) == 0 for a in jax.tree.leaves(targets)):
+        raise ValueError("targets must be a population (M, ...) of states at t")
+
+
 def backward_indices(
     key,
     ssm: StateSpaceModel,
@@ -561,6 +580,8 @@ def backward_indices(
     >>> idx.shape
     (1000, 2)
     """
+    num_draws = kernels.check_num_particles(num_draws, "num_draws")
+    _check_populations(log_weights_prev, xs_prev, targets)
     n = log_weights_prev.shape[0]
     m = jax.tree.leaves(targets)[0].shape[0]
     num_items = m * num_draws

@@ -35,6 +35,16 @@ import numpy as np
 __all__ = ["num_shards", "spans_processes", "check_same_on_every_process", "to_host"]
 
 
+def _check_is_sharding(sharding) -> None:
+    """A ``ValueError`` for anything but ``None`` or a ``jax.sharding.Sharding`` (a string
+    or a mesh counted as 1 piece, and ``spans_processes`` raised an AttributeError)."""
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+        raise ValueError(
+            f"sharding must be None or a jax.sharding.Sharding of the particle axis, got "
+            f"{sharding!r}"
+        )
+
+
 def num_shards(sharding) -> int:
     """The number of pieces a ``NamedSharding`` cuts the particle (leading) axis into: the
     product of the mesh sizes of the axes its first ``PartitionSpec`` entry names (1 for
@@ -49,6 +59,7 @@ def num_shards(sharding) -> int:
     >>> num_shards(NamedSharding(mesh, P("p"))), num_shards(NamedSharding(mesh, P()))
     (1, 1)
     """
+    _check_is_sharding(sharding)
     if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.spec) == 0:
         return 1
     first = sharding.spec[0]
@@ -61,6 +72,7 @@ def num_shards(sharding) -> int:
 
 def spans_processes(sharding) -> bool:
     """Whether the sharding places data on the devices of more than one process."""
+    _check_is_sharding(sharding)
     if sharding is None:
         return False
     return len({d.process_index for d in sharding.device_set}) > 1

@@ -138,11 +138,16 @@ def _as_params(params, name: str):
     if not leaves:
         raise ValueError(f"{name} must be a non-empty pytree of arrays, got {params!r}")
     try:
+        dtypes = [jnp.result_type(a) for a in leaves]
+        if any(jnp.issubdtype(d, jnp.complexfloating) for d in dtypes):
+            # the cast below kept the real part only
+            raise ValueError(f"{name} must be real, got leaves of dtypes {dtypes}")
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.result_type(float)), params)
     except TypeError as err:
         raise ValueError(f"{name} must be a pytree of numeric arrays: {err}") from err
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if not isinstance(leaf, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(leaf))):
+        # numpy, not jnp: under an outer jit, jnp ops on a concrete closed-over leaf trace
+        if not isinstance(leaf, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(leaf))):
             where = jax.tree_util.keystr(path) or "(the array)"
             raise ValueError(f"{name} must be finite, got a NaN or infinite value at {name}{where}")
     return params

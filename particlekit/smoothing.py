@@ -281,8 +281,16 @@ class PaRISState(NamedTuple):
 
     @property
     def estimate(self) -> PyTree:
-        """``sum_i W_t^i tau_t^i``, the estimate of ``E[sum_s h_s | y_{0:t}]``."""
+        """``sum_i W_t^i tau_t^i``, the estimate of ``E[sum_s h_s | y_{0:t}]`` (meaningless
+        once ``failed``)."""
         return _weighted_mean(self.particle_state.log_weights, self.tau)
+
+    @property
+    def failed(self) -> jax.Array:
+        """True once every weight became zero at some step (``log_evidence = -inf``), as
+        ``PaRISResult.failed``: the filter then restarts from uniform weights and
+        ``estimate`` stays a finite number that estimates nothing."""
+        return ~jnp.isfinite(self.particle_state.log_evidence)
 
 
 class PaRISInfo(NamedTuple):
@@ -392,10 +400,15 @@ def _weighted_mean(log_weights, tree):
 
 def _float_leaves(tree):
     """Integer and boolean leaves as the default float dtype (a weighted mean of counts or
-    indicators is a fraction); floating leaves as they are."""
+    indicators is a fraction); floating leaves as they are; complex ones a ValueError."""
 
     def cast(a):
         a = jnp.asarray(a)
+        if jnp.issubdtype(a.dtype, jnp.complexfloating):
+            # the estimate kept the real part only (with a ComplexWarning at most)
+            raise ValueError(
+                f"additive_fn and initial_fn must return real values, got dtype {a.dtype}"
+            )
         if jnp.issubdtype(a.dtype, jnp.inexact):
             return a
         return a.astype(jnp.result_type(float))

@@ -166,6 +166,21 @@ class StateSpaceModel:
     observation: Callable[..., Distribution]
     vectorized: bool = False
 
+    def __post_init__(self):
+        # a Distribution is callable (NumPyro's sample-with-rng_key), so initial=dist.Normal(..)
+        # failed at the first use with KeyError: 'rng_key'; a non-callable with a TypeError
+        example = {"initial": "lambda: dist.Normal(0.0, 1.0)",
+                   "transition": "lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0)",
+                   "observation": "lambda x, t: dist.Normal(x, 0.5)"}  # fmt: skip
+        for name, hint in example.items():
+            fn = getattr(self, name)
+            if isinstance(fn, Distribution) or not callable(fn):
+                got = "a Distribution" if isinstance(fn, Distribution) else repr(fn)
+                raise ValueError(
+                    f"{name} must be a function returning a numpyro Distribution, got {got}; "
+                    f"e.g. {name}={hint}"
+                )
+
     # ---------------------------------------------------------------- one-particle API
     def sample_initial(self, key: jax.Array, num_particles: int | None = None):
         """Draw ``x_0``: one particle, or ``num_particles`` of them (vectorized)."""

@@ -598,7 +598,13 @@ def fk_steering(
             f"intermediate_reward must be one of {INTERMEDIATE_REWARDS} or a callable "
             f"(x_t, t) -> reward, got {intermediate_reward!r}"
         )
-    lo, hi = (float(v) for v in resample_window)
+    try:  # a scalar, a triple or a string raised TypeError / an unpacking ValueError
+        lo, hi = (float(v) for v in resample_window)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "resample_window must be a pair (lo, hi) with 0 <= lo <= hi <= 1, got "
+            f"{resample_window!r}"
+        ) from None
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"resample_window must satisfy 0 <= lo <= hi <= 1, got {resample_window}")
     ess_threshold = kernels.check_ess_threshold(ess_threshold)

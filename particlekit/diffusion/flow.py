@@ -57,7 +57,12 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from particlekit.diffusion.model import DiffusionModel, _mixture_arrays, sample_shape
+from particlekit.diffusion.model import (
+    DiffusionModel,
+    _mixture_arrays,
+    sample_shape,
+    warn_nonfinite_samples,
+)
 from particlekit.diffusion.schedules import NoiseSchedule, get_schedule, sampling_grid
 from particlekit.kernels import check_key, check_num_particles, init, move
 from particlekit.run import run
@@ -197,7 +202,9 @@ class FlowModel(eqx.Module):
             _warn_coarse_sde(grid, noise_scale)
         # a traced input: other values reuse the compilation (a Python float was static)
         noise_scale = jnp.asarray(noise_scale, jnp.result_type(float))
-        return _sample(key, self, num_samples, grid, method, noise_scale)
+        samples = _sample(key, self, num_samples, grid, method, noise_scale)
+        warn_nonfinite_samples(samples, "FlowModel.sample", "velocity", stacklevel=4)  # + equinox
+        return samples
 
     # ------------------------------------------------------------------ as a diffusion model
     def as_diffusion_model(self, schedule="linear") -> DiffusionModel:

@@ -101,6 +101,23 @@ def sample_shape(shape) -> tuple:
     return dims
 
 
+def warn_nonfinite_samples(samples, where: str, what: str, stacklevel: int = 3) -> None:
+    """Warn (``RuntimeWarning``, eager calls only) when some unsteered samples are NaN or
+    infinite: the plain samplers have no diagnostics, and a network that returns NaN
+    somewhere gave NaN samples without a word."""
+    if isinstance(samples, jax.core.Tracer):
+        return
+    flat = jnp.reshape(samples, (samples.shape[0], -1))
+    bad = int(jnp.sum(~jnp.all(jnp.isfinite(flat), axis=1)))
+    if bad:
+        warnings.warn(
+            f"{where}: {bad} of {samples.shape[0]} samples are NaN or infinite (the {what} "
+            "returned a non-finite value along their path); check the model",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
+
+
 def warn_coarse_em(schedule, grid, sampler: str, where: str) -> None:
     """A ``RuntimeWarning`` before tracing when ``sampler="em"`` takes a step near the noise
     end that overshoots: there every score is close to ``-x`` and one Euler–Maruyama step
@@ -293,7 +310,11 @@ class DiffusionModel(eqx.Module):
         check_sampler(sampler, eta)
         grid = sampling_grid(grid, num_steps, schedule=self.schedule)
         warn_coarse_em(self.schedule, grid, sampler, "DiffusionModel.sample")
-        return _sample(key, self, num_samples, grid, sampler, float(eta))
+        samples = _sample(key, self, num_samples, grid, sampler, float(eta))
+        warn_nonfinite_samples(
+            samples, "DiffusionModel.sample", "eps / x0 / score network", stacklevel=4
+        )  # + equinox
+        return samples
 
 
 @eqx.filter_jit

@@ -38,6 +38,7 @@ sampler as a traced argument, so retraining does not recompile.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -227,6 +228,35 @@ def _training_data(key, naive: NaivePotential, samples, log_weights):
     return x0, jnp.where(ok, grads, 0.0)
 
 
+def _check_training_args(learning_rate, width, depth, potential) -> None:
+    """A ``ValueError`` before tracing for a learning rate that is not a positive finite
+    number (NaN made every parameter NaN, a negative one climbed the loss, zero trained
+    nothing: all silently), a width that is not a positive integer, a depth that is not a
+    non-negative integer (``-1`` raised an IndexError) or a warm start that is not a
+    ``LearnedPotential`` (an AttributeError)."""
+    if not isinstance(learning_rate, jax.core.Tracer):
+        try:
+            ok = not isinstance(learning_rate, (bool, str)) and float(learning_rate) > 0
+            ok = ok and math.isfinite(float(learning_rate))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"learning_rate must be a positive finite number, got {learning_rate!r}"
+            )
+    if potential is not None:
+        if not isinstance(potential, LearnedPotential):
+            raise ValueError(
+                "potential must be None or a LearnedPotential (a previous "
+                f"fit_pdds_potential result) to warm-start from, got {type(potential).__name__}"
+            )
+        return  # width and depth are the warm start's
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width <= 0:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 0:
+        raise ValueError(f"depth must be a non-negative integer (hidden layers), got {depth!r}")
+
+
 def fit_pdds_potential(
     key: jax.Array,
     log_density: Callable,
@@ -300,6 +330,7 @@ def fit_pdds_potential(
     num_rounds = check_num_particles(num_rounds, "num_rounds")
     num_train_steps = check_num_particles(num_train_steps, "num_train_steps")
     batch_size = check_num_particles(batch_size, "batch_size")
+    _check_training_args(learning_rate, width, depth, potential)
     sched = get_schedule(schedule)
     key, k_init = jax.random.split(key)
     if potential is None:

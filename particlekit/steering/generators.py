@@ -158,10 +158,20 @@ def sequence_log_prob(step_fn, tokens: jax.Array, length: jax.Array, start: int 
     0.1
     """
     tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 1:
+        raise ValueError(f"tokens must be a 1-D array of token ids, got shape {tokens.shape}")
+    if not isinstance(length, jax.core.Tracer) and not 0 <= int(length) <= tokens.shape[0]:
+        # a longer length was silently read as tokens.shape[0]
+        raise ValueError(f"length must be in [0, {tokens.shape[0]}] (len(tokens)), got {length}")
     positions = jnp.arange(tokens.shape[0])
 
     def term(pos):
         log_p = jax.nn.log_softmax(step_fn(tokens, pos))
-        return jnp.where((pos >= start) & (pos < length), log_p[tokens[pos]], 0.0)
+        token = tokens[pos]
+        # a token outside the vocabulary has probability 0 (indexing clamped it to the last
+        # token id, a silently wrong answer)
+        inside = (token >= 0) & (token < log_p.shape[-1])
+        log_p_token = jnp.where(inside, log_p[jnp.clip(token, 0, log_p.shape[-1] - 1)], -jnp.inf)
+        return jnp.where((pos >= start) & (pos < length), log_p_token, 0.0)
 
     return jnp.sum(jax.vmap(term)(positions))

@@ -210,11 +210,23 @@ def best_of(result: SteeringResult, scores=None) -> jax.Array:
     >>> int(pk.steering.best_of(None, scores=jnp.array([0.1, 0.7, jnp.nan, 0.7])))
     1
     """
+    if result is not None and not hasattr(result, "log_potentials"):
+        raise ValueError(
+            f"result must be a SteeringResult (or None with scores), got {type(result).__name__}"
+        )
     if scores is None:
+        if result is None:
+            raise ValueError("best_of needs a result, scores or both")
         # a reward of +inf is invalid (zero weight, counted in num_nonfinite), like NaN
         scores = jnp.where(result.log_potentials == jnp.inf, jnp.nan, result.log_potentials)
     else:
         scores = jnp.asarray(scores)
+        # one score per sequence: a shorter array gave an index into the wrong population
+        if result is not None and scores.shape != jnp.shape(result.log_potentials):
+            raise ValueError(
+                f"scores must have one entry per sequence, shape "
+                f"{jnp.shape(result.log_potentials)}, got {scores.shape}"
+            )
     nan = jnp.isnan(scores)
     if not isinstance(scores, jax.core.Tracer):
         num_all_nan = int(jnp.sum(jnp.all(nan, axis=-1)))

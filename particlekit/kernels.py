@@ -240,6 +240,10 @@ def init(
     (100,)
     """
     check_key(key)
+    if not callable(sample_fn):
+        raise ValueError(
+            f"sample_fn must be a function sample_fn(key) -> particle, got {sample_fn!r}"
+        )
     n = check_num_particles(num_particles)
 
     def sample(key):

@@ -288,6 +288,13 @@ def advance(key, step: Kernel, state: ParticleState, compensation, t, inputs_t, 
     return new_state, compensation, info
 
 
+def _check_callable(fn, name: str, what: str) -> None:
+    """A ``ValueError`` before tracing when ``fn`` is not callable (a ``TypeError`` from
+    inside the scan before)."""
+    if not callable(fn):
+        raise ValueError(f"{name} must be {what}, got {fn!r}")
+
+
 def run(
     key: jax.Array,
     step: Kernel,
@@ -348,6 +355,7 @@ def run(
     (5,)
     """
     check_key(key)
+    _check_callable(step, "step", "a kernel step(key, state, inputs) -> (state, info)")
     check_sharding(sharding)
     _check_state(state)
     if sharding is not None:  # the count only: run may be traced inside a recipe, whose
@@ -410,6 +418,8 @@ def run_until(
     fields, e.g. a temperature); ``step`` returns the new state only.
     """
     check_key(key)
+    _check_callable(step, "step", "a function step(key, state, t) -> state")
+    _check_callable(done_fn, "done_fn", "a function done_fn(state) -> bool")
     _check_max_steps(max_steps)
 
     def cond(carry):

@@ -317,3 +317,18 @@ def test_learning_rejects_complex_parameters():
             num_particles=N,
             num_iterations=2,
         )
+
+
+# ------------------------------------------------------------- 14. primitives' callables
+def test_primitives_refuse_a_non_callable():
+    """``pk.init(key, 3, N)`` and ``pk.run(key, 3, ...)`` raised ``TypeError: 'int' object
+    is not callable`` from inside the trace; now a ValueError naming the argument."""
+    state = pk.init(KEY, lambda k: jax.random.normal(k), 4)
+    with pytest.raises(ValueError, match="sample_fn must be a function"):
+        pk.init(KEY, 3, 4)
+    with pytest.raises(ValueError, match="step must be a kernel"):
+        pk.run(KEY, 3, state, jnp.zeros(2))
+    with pytest.raises(ValueError, match="done_fn must be a function"):
+        pk.run_until(KEY, lambda k, s, t: s, state, True, max_steps=2)
+    with pytest.raises(ValueError, match="step must be a function"):
+        pk.run_until(KEY, None, state, lambda s: True, max_steps=2)

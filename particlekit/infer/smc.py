@@ -30,6 +30,7 @@ from particlekit.infer.numpyro_adapter import (
     inspect_model,
     invalid_prior_sites,
     make_target,
+    observed_sites_outside_support,
 )
 from particlekit.kernels import check_key, check_not_traced, check_num_particles, reweight
 from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar
@@ -782,7 +783,11 @@ class SMC:
         ------
         ValueError
             If the model has a discrete latent site, or the log-prior / log-likelihood is
-            NaN at a prior draw. A failed stage (every weight zero) or hitting
+            NaN at a prior draw, or (checked at the first data of each shape) observed
+            values lie outside a support the parameters do not move (Bernoulli labels
+            -1/+1) or do not match their distribution's batch shape. Observations broadcast
+            against their distribution (``y`` of shape ``(n, 1)`` for a mean of shape
+            ``(n,)``) warn. A failed stage (every weight zero) or hitting
             ``max_stages`` warns and is flagged in ``diagnostics``.
         """
         check_key(key)
@@ -863,7 +868,9 @@ class SMC:
                 "on the whole population); their log_evidence is -inf. If the likelihood is "
                 "positive on only a small part of the prior (a support that the data narrow, "
                 "e.g. y ~ Uniform(0, theta)), too few prior draws land there: use more "
-                "particles or a prior closer to the data" + nan_data_note(args, kwargs),
+                "particles or a prior closer to the data"
+                + nan_data_note(args, kwargs)
+                + self._support_note(args, kwargs),
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -875,6 +882,15 @@ class SMC:
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+    def _support_note(self, args, kwargs) -> str:
+        """``". "`` and ``numpyro_adapter.outside_support_message`` of the data, or ``""``
+        (a failed run of a NumPyro model whose observations lie outside their
+        distribution's support, e.g. Bernoulli labels coded -1/+1)."""
+        if isinstance(self.model, log_density.LogDensityModel):
+            return ""
+        message = observed_sites_outside_support(self.model, args, kwargs)
+        return ". " + message[0].upper() + message[1:] if message else ""
 
     @staticmethod
     def _capped_stages(result: SMCResult) -> np.ndarray:

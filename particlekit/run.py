@@ -355,8 +355,8 @@ def run(
     (5,)
     """
     check_key(key)
-    _check_callable(step, "step", "a kernel step(key, state, inputs) -> (state, info)")
     check_sharding(sharding)
+    _check_callable(step, "step", "a kernel step(key, state, inputs) -> (state, info)")
     _check_state(state)
     if sharding is not None:  # the count only: run may be traced inside a recipe, whose
         _check_divides(sharding, num_particles_of(state))  # own check compares processes

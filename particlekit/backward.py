@@ -369,6 +369,10 @@ class BackwardStats(NamedTuple):
     # accept-reject proposals whose acceptance probability exceeded 1: the bound given is
     # below the transition density there, and the draws are not exact (0 if exact / mcmc)
     num_above_bound: jax.Array = 0
+    # targets whose row of W^j f(x | x^j) had no positive finite entry (a transition
+    # log-density NaN or -inf at every previous particle): their draws are uniform, not
+    # backward-kernel draws (0 for mcmc; ``warn_if_degenerate``)
+    num_degenerate: jax.Array = 0
 
 
 class Proposal(NamedTuple):
@@ -593,9 +597,13 @@ def backward_indices(
     fallback_chunk = exact_chunk or max(1, min(chunk, FALLBACK_CHUNK, m))
 
     def exact_draws(kk, tid):
-        """The ``num_draws`` draws of target ``tid``, exact, from one row of densities."""
+        """The ``num_draws`` draws of target ``tid``, exact, from one row of densities, and
+        whether the row had no positive finite entry (then the draws are uniform)."""
         row = log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t)
-        return categorical_row(kk, row, num_draws)
+        draws = categorical_row(kk, row, num_draws)
+        # a draw lands on a finite entry unless none is (then categorical_row is uniform):
+        # one lookup instead of a pass over the row
+        return draws, ~jnp.isfinite(row[draws[0]])
 
     def exact_rows(k, target_ids):
         return jax.vmap(exact_draws)(jax.random.split(k, target_ids.shape[0]), target_ids)
@@ -604,12 +612,15 @@ def backward_indices(
         keys = jax.random.split(key, m)
         target_ids = jnp.arange(m, dtype=jnp.int32)
         if chunk >= m:
-            idx = jax.vmap(exact_draws)(keys, target_ids)
+            idx, degenerate = jax.vmap(exact_draws)(keys, target_ids)
         else:  # bound the memory of the (targets x N) log-density rows
-            idx = jax.lax.map(lambda a: exact_draws(*a), (keys, target_ids), batch_size=chunk)
+            idx, degenerate = jax.lax.map(
+                lambda a: exact_draws(*a), (keys, target_ids), batch_size=chunk
+            )
         stats = BackwardStats(
-            jnp.zeros(()), jnp.asarray(num_items, jnp.int32), jnp.zeros((), jnp.int32)
-        )
+            jnp.zeros(()), jnp.asarray(num_items, jnp.int32), jnp.zeros((), jnp.int32),
+            jnp.sum(degenerate, dtype=jnp.int32),
+        )  # fmt: skip
         return idx, stats
 
     proposal = flattened_proposal(log_w, log_bound)
@@ -702,19 +713,22 @@ def backward_indices(
 
     def exact_pass(carry):
         """Exact draws for the queue's pass ``p`` (``m``: an empty entry, dropped)."""
-        idx, p = carry
+        idx, p, num_degenerate = carry
         target_ids = jax.lax.dynamic_slice(queue, (p * fallback_chunk,), (fallback_chunk,))
-        new = exact_rows(jax.random.fold_in(k_fallback, p), jnp.minimum(target_ids, m - 1))
+        new, degenerate = exact_rows(
+            jax.random.fold_in(k_fallback, p), jnp.minimum(target_ids, m - 1)
+        )
+        num_degenerate = num_degenerate + jnp.sum(degenerate & (target_ids < m), dtype=jnp.int32)
         draws = (target_ids[:, None] * num_draws + draw_offsets).reshape(-1)
         keep = (draws < num_items) & pending[jnp.minimum(draws, num_items - 1)]
-        return write_back(idx, draws, new.reshape(-1), keep), p + 1
+        return write_back(idx, draws, new.reshape(-1), keep), p + 1, num_degenerate
 
-    idx, _ = jax.lax.while_loop(
+    idx, _, num_degenerate = jax.lax.while_loop(
         lambda c: c[1] * fallback_chunk < num_pending_targets,
         exact_pass,
-        (idx, jnp.zeros((), jnp.int32)),
+        (idx, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)),
     )
-    stats = BackwardStats(total_trials / num_items, num_pending, num_above_bound)
+    stats = BackwardStats(total_trials / num_items, num_pending, num_above_bound, num_degenerate)
     return idx.reshape(m, num_draws), stats
 
 
@@ -858,6 +872,29 @@ def warn_if_above_bound(num_above_bound, where: str, log_transition_bound) -> No
             )
 
     jax.debug.callback(emit, num_above_bound)
+
+
+def warn_if_degenerate(num_degenerate, where: str) -> None:
+    """After a run (also traced: ``jax.debug.callback``, once per call), a
+    ``RuntimeWarning`` when some backward draws came from rows with no positive finite
+    transition density (``BackwardStats.num_degenerate``): they were drawn uniformly, so the
+    smoothed paths or estimates are not those of the model. Such rows arise when
+    ``transition(x_prev, t).log_prob`` is NaN or ``-inf`` at every previous particle, e.g. a
+    negative scale, which the filters never evaluate (they only sample the transition)."""
+
+    def emit(count):
+        count = int(np.sum(count))
+        if count > 0:
+            warnings.warn(
+                f"{where}: for {count} targets of backward draws no previous particle had a "
+                "positive, finite transition density (transition(x_prev, t).log_prob was NaN "
+                "or -inf at every one), so their draws were uniform: the result is not the "
+                "model's smoother. Check the transition's log-density (e.g. a negative scale)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    jax.debug.callback(emit, num_degenerate)
 
 
 def check_method(method, allowed=METHODS):

@@ -46,6 +46,7 @@ from particlekit.backward import (
     max_log_density,
     mcmc_backward_indices,
     warn_if_above_bound,
+    warn_if_degenerate,
 )
 from particlekit.backward import categorical as _categorical
 from particlekit.backward import check_log_transition_bound as _check_log_transition_bound
@@ -83,23 +84,25 @@ def _bound_check(log_transition_bound) -> dict:
 
 def backward_trajectories(
     key, ssm, particles, log_weights, num_samples, *, method, log_transition_bound, max_trials,
-    tick=None, with_count=False,
+    tick=None, with_count=False, warn_where=None,
 ):  # fmt: skip
     """FFBS on a stored particle history: ``(num_samples, T, ...)`` trajectories (traced).
     ``tick``: a ``progress_bar_callback`` over the ``T - 1`` backward steps, or None. With
     ``with_count``: ``(trajectories, num_above_bound)``, the accept-reject proposals whose
-    acceptance probability exceeded 1 (``BackwardStats``)."""
+    acceptance probability exceeded 1 (``BackwardStats``). With ``warn_where`` (a name for
+    the message), a ``RuntimeWarning`` after the pass when draws met rows without a positive
+    finite transition density (``backward.warn_if_degenerate``)."""
     num_steps, n = log_weights.shape
     k_last, k_back = jax.random.split(key)
     idx_last = _categorical(k_last, log_weights[-1], num_samples)
     x_last = _take(_take(particles, num_steps - 1), idx_last)
-    above = jnp.zeros((), jnp.int32)
+    above = degenerate = jnp.zeros((), jnp.int32)
     if num_steps == 1:
         paths = jax.tree.map(lambda a: a[:, None], x_last)
         return (paths, above) if with_count else paths
 
     def body(carry, inp):
-        x_next, above = carry
+        x_next, above, degenerate = carry
         xs_t, lw_t, t = inp
         bound = _resolve_bound(ssm, xs_t, t + 1, method, log_transition_bound)
         idx, stats = backward_indices(
@@ -108,14 +111,19 @@ def backward_trajectories(
             **_bound_check(log_transition_bound),
         )  # fmt: skip
         above = above + getattr(stats, "num_above_bound", 0)  # (older modules: none)
+        degenerate = degenerate + getattr(stats, "num_degenerate", 0)
         x_t = _take(xs_t, idx[:, 0])
         if tick is not None:
             tick(num_steps - 2 - t)  # the backward steps done so far, minus one
-        return (x_t, above), x_t
+        return (x_t, above, degenerate), x_t
 
     ts = jnp.arange(num_steps - 1, dtype=jnp.int32)
     inputs = (_take(particles, slice(0, num_steps - 1)), log_weights[:-1], ts)
-    (_, above), xs = jax.lax.scan(body, (x_last, above), inputs, reverse=True)
+    (_, above, degenerate), xs = jax.lax.scan(
+        body, (x_last, above, degenerate), inputs, reverse=True
+    )
+    if warn_where is not None:
+        warn_if_degenerate(degenerate, warn_where)
     out = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), xs, x_last)
     paths = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), out)
     return (paths, above) if with_count else paths
@@ -134,7 +142,7 @@ def _ffbs(key, particles, log_weights, *, ssm, num_samples, method, log_transiti
     paths, above = backward_trajectories(
         key, ssm, particles, log_weights, num_samples,
         method=method, log_transition_bound=log_transition_bound, max_trials=max_trials,
-        tick=tick, with_count=True,
+        tick=tick, with_count=True, warn_where="ffbs",
     )  # fmt: skip
     warn_if_above_bound(above, "ffbs", log_transition_bound)
     return paths
@@ -304,6 +312,8 @@ class PaRISInfo(NamedTuple):
     num_exact: jax.Array
     # accept-reject proposals with an acceptance probability above 1 (a bound too small)
     num_above_bound: jax.Array = 0
+    # backward draws from rows without a positive finite transition density (uniform)
+    num_degenerate: jax.Array = 0
 
 
 class PaRISResult(NamedTuple):
@@ -612,6 +622,7 @@ def paris_init_state(key, y0, ref0=None, *, cfg, conditional=False):
         mean_trials=jnp.zeros(()),
         num_exact=jnp.zeros((), jnp.int32),
         num_above_bound=jnp.zeros((), jnp.int32),
+        num_degenerate=jnp.zeros((), jnp.int32),
     )
     compensation = jnp.zeros_like(state.log_evidence)
     tau_compensation = jax.tree.map(jnp.zeros_like, tau)
@@ -649,6 +660,7 @@ def paris_update_state(
         num_exact=stats.num_exact,
         # (getattr: bench_backward_revisions swaps in older modules without the field)
         num_above_bound=jnp.asarray(getattr(stats, "num_above_bound", 0), jnp.int32),
+        num_degenerate=jnp.asarray(getattr(stats, "num_degenerate", 0), jnp.int32),
     )
     # the evidence as a compensated sum of the increments (plain float32 drifts over 1e5 steps)
     log_evidence, compensation = kernels.compensated_add(
@@ -765,6 +777,7 @@ def _paris(key, ys, *, cfg_items, progress_bar):
     log_evidence = ps.log_evidence
     failed = ~jnp.isfinite(log_evidence)
     warn_if_above_bound(jnp.sum(infos.num_above_bound), "paris", cfg["log_transition_bound"])
+    warn_if_degenerate(jnp.sum(infos.num_degenerate), "paris")
     return PaRISResult(
         estimate=final.estimate,
         estimates=ests,

@@ -332,3 +332,37 @@ def test_primitives_refuse_a_non_callable():
         pk.run_until(KEY, lambda k, s, t: s, state, True, max_steps=2)
     with pytest.raises(ValueError, match="step must be a function"):
         pk.run_until(KEY, None, state, lambda s: True, max_steps=2)
+
+
+# ------------------------------------------- 15. backward draws without a transition density
+def _negative_scale_ssm():
+    """Samples fine (the filters only sample the transition), but ``log_prob`` is NaN:
+    a negative scale computed from the state, so NumPyro's validation does not see it."""
+    return pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, -1.0 - 0.0 * x_prev),
+        observation=lambda x, t: dist.Normal(x, 0.5),
+    )
+
+
+@pytest.mark.parametrize("method", ["exact", "rejection"])
+def test_smoothers_warn_when_backward_rows_have_no_density(method):
+    """Before, FFBS and PaRIS drew such backward indices uniformly without a word (a
+    smoother that is not the model's); now each warns with the count of targets, and a
+    valid model warns nothing."""
+    bad = _negative_scale_ssm()
+    res = pk.filters.bootstrap(jax.random.key(1), bad, YS, num_particles=64)
+    h = lambda xp, x, t: x  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="ffbs: for 30 targets"):  # 10 paths x 3 steps
+        jax.block_until_ready(pk.smoothing.ffbs(KEY, bad, res, 10, method=method))
+    with pytest.warns(RuntimeWarning, match="paris: for 192 targets"):  # 64 x 3 steps
+        jax.block_until_ready(
+            pk.smoothing.paris(KEY, bad, YS[:4], additive_fn=h, num_particles=64, method=method)
+        )
+    good = pk.filters.bootstrap(jax.random.key(1), SSM, YS, num_particles=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        jax.block_until_ready(pk.smoothing.ffbs(KEY, SSM, good, 10, method=method))
+        jax.block_until_ready(
+            pk.smoothing.paris(KEY, SSM, YS[:4], additive_fn=h, num_particles=64, method=method)
+        )

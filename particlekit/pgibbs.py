@@ -31,7 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels, resampling
-from particlekit.backward import check_log_transition_bound, warn_if_above_bound
+from particlekit.backward import (
+    check_log_transition_bound,
+    warn_if_above_bound,
+    warn_if_degenerate,
+)
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.smoothing import (
     _check_method,
@@ -521,13 +525,15 @@ def reference_holds_all_weight(log_weights) -> jax.Array:
 
 
 def ppg_sweep(key, ys, reference, *, cfg, conditional=True, with_count=False,
-              with_propped=False):  # fmt: skip
+              with_propped=False, with_degenerate=False):  # fmt: skip
     """One PPG iteration (traced): conditional PaRIS with ``reference`` pinned, then a new
     reference by backward simulation. Returns ``(estimate, new_reference, log_evidence)``,
     and with ``with_count`` the accept–reject proposals whose acceptance probability
     exceeded 1 (a user bound too small; ``BackwardStats.num_above_bound``); with
     ``with_propped`` last, whether at some step the reference held all the weight
-    (``reference_holds_all_weight``)."""
+    (``reference_holds_all_weight``); with ``with_degenerate`` last, the PaRIS targets
+    whose backward draws found no positive finite transition density
+    (``BackwardStats.num_degenerate``)."""
     k_fwd, k_back = jax.random.split(key)
     final, infos, _, (particles, log_weights) = paris_forward(
         k_fwd, ys, reference if conditional else None, cfg=cfg, conditional=conditional,
@@ -543,6 +549,8 @@ def ppg_sweep(key, ys, reference, *, cfg, conditional=True, with_count=False,
         out = (*out, above + jnp.sum(infos.num_above_bound))
     if with_propped:
         out = (*out, jnp.any(reference_holds_all_weight(log_weights)))
+    if with_degenerate:
+        out = (*out, jnp.sum(infos.num_degenerate))
     return out
 
 
@@ -555,17 +563,20 @@ def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in, tick=None):
 
     def body(ref, inp):
         i, k = inp
-        est, new_ref, log_z, above, alone = ppg_sweep(
-            k, ys, ref, cfg=cfg, with_count=True, with_propped=True
+        est, new_ref, log_z, above, alone, degenerate = ppg_sweep(
+            k, ys, ref, cfg=cfg, with_count=True, with_propped=True, with_degenerate=True
         )
         if tick is not None:
             tick(i)
-        return new_ref, (est, log_z, above, alone)
+        return new_ref, (est, log_z, above, alone, degenerate)
 
     keys = jax.random.split(k_iter, num_iterations)
     steps = jnp.arange(num_iterations)
-    final_ref, (estimates, log_z, above, alone) = jax.lax.scan(body, reference, (steps, keys))
+    final_ref, (estimates, log_z, above, alone, degenerate) = jax.lax.scan(
+        body, reference, (steps, keys)
+    )
     warn_if_above_bound(jnp.sum(above), "ppg", cfg["log_transition_bound"])
+    warn_if_degenerate(jnp.sum(degenerate), "ppg")
     warn_if_reference_alone(alone & jnp.isfinite(log_z))
     estimate = jax.tree.map(lambda a: jnp.mean(a[burn_in:], axis=0), estimates)
     return PPGResult(estimate, estimates, final_ref, log_z, alone)

@@ -347,7 +347,7 @@ def _negative_scale_ssm():
 
 @pytest.mark.parametrize("method", ["exact", "rejection"])
 def test_smoothers_warn_when_backward_rows_have_no_density(method):
-    """Before, FFBS and PaRIS drew such backward indices uniformly without a word (a
+    """Before, FFBS, PaRIS and PPG drew such backward indices uniformly without a word (a
     smoother that is not the model's); now each warns with the count of targets, and a
     valid model warns nothing."""
     bad = _negative_scale_ssm()
@@ -359,6 +359,13 @@ def test_smoothers_warn_when_backward_rows_have_no_density(method):
         jax.block_until_ready(
             pk.smoothing.paris(KEY, bad, YS[:4], additive_fn=h, num_particles=64, method=method)
         )
+    with pytest.warns(RuntimeWarning, match="ppg: for 192 targets"):  # 2 sweeps x 32 x 3
+        jax.block_until_ready(
+            pk.pgibbs.ppg(
+                KEY, bad, YS, additive_fn=h, num_particles=32, num_iterations=2, burn_in=0,
+                method=method,
+            ).estimate
+        )  # fmt: skip
     good = pk.filters.bootstrap(jax.random.key(1), SSM, YS, num_particles=64)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)

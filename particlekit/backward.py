@@ -54,7 +54,6 @@ memory on CPU (``prng.in_memory``), not re-hashed inside each fusion that reads 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -63,6 +62,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from particlekit import kernels, prng, resampling
+from particlekit.run import warn_if_counted_after_run
 from particlekit.ssm import StateSpaceModel
 
 __all__ = [
@@ -858,20 +858,13 @@ def warn_if_above_bound(num_above_bound, where: str, log_transition_bound) -> No
     maxima)."""
     if log_transition_bound is None:
         return
-
-    def emit(count):
-        count = int(np.sum(count))
-        if count > 0:
-            warnings.warn(
-                f"{where}: {count} accept-reject backward proposals had an acceptance "
-                "probability above 1, so log_transition_bound is below the transition "
-                "density and the backward draws are not exact. Pass a bound of log sup_x "
-                "f_t(x | x_prev) (it may depend on t), or method='exact'",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-    jax.debug.callback(emit, num_above_bound)
+    warn_if_counted_after_run(
+        num_above_bound,
+        f"{where}: {{count}} accept-reject backward proposals had an acceptance probability "
+        "above 1, so log_transition_bound is below the transition density and the backward "
+        "draws are not exact. Pass a bound of log sup_x f_t(x | x_prev) (it may depend on "
+        "t), or method='exact'",
+    )
 
 
 def warn_if_degenerate(num_degenerate, where: str) -> None:
@@ -881,20 +874,13 @@ def warn_if_degenerate(num_degenerate, where: str) -> None:
     smoothed paths or estimates are not those of the model. Such rows arise when
     ``transition(x_prev, t).log_prob`` is NaN or ``-inf`` at every previous particle, e.g. a
     negative scale, which the filters never evaluate (they only sample the transition)."""
-
-    def emit(count):
-        count = int(np.sum(count))
-        if count > 0:
-            warnings.warn(
-                f"{where}: for {count} targets of backward draws no previous particle had a "
-                "positive, finite transition density (transition(x_prev, t).log_prob was NaN "
-                "or -inf at every one), so their draws were uniform: the result is not the "
-                "model's smoother. Check the transition's log-density (e.g. a negative scale)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-    jax.debug.callback(emit, num_degenerate)
+    warn_if_counted_after_run(
+        num_degenerate,
+        f"{where}: for {{count}} targets of backward draws no previous particle had a "
+        "positive, finite transition density (transition(x_prev, t).log_prob was NaN or -inf "
+        "at every one), so their draws were uniform: the result is not the model's smoother. "
+        "Check the transition's log-density (e.g. a negative scale)",
+    )
 
 
 def check_method(method, allowed=METHODS):

@@ -61,6 +61,13 @@ def check_size(n: int, name: str = "num_particles") -> int:
     return n
 
 
+def check_callable(fn, name: str, what: str) -> None:
+    """A ``ValueError`` before tracing when ``fn`` (the argument ``name``, which should be
+    ``what``) is not callable: a ``TypeError`` from inside the trace otherwise."""
+    if not callable(fn):
+        raise ValueError(f"{name} must be {what}, got {fn!r}")
+
+
 def check_num_particles(num_particles, name: str = "num_particles") -> int:
     """Validate a particle count before tracing: a positive integer (any integral type, e.g.
     ``np.int64``) of at most ``MAX_SIZE``.
@@ -240,10 +247,7 @@ def init(
     (100,)
     """
     check_key(key)
-    if not callable(sample_fn):
-        raise ValueError(
-            f"sample_fn must be a function sample_fn(key) -> particle, got {sample_fn!r}"
-        )
+    check_callable(sample_fn, "sample_fn", "a function sample_fn(key) -> particle")
     n = check_num_particles(num_particles)
 
     def sample(key):

@@ -21,7 +21,6 @@ contrast with the ``O(1/N)`` bias of a single PaRIS run.
 from __future__ import annotations
 
 import numbers
-import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -36,7 +35,7 @@ from particlekit.backward import (
     warn_if_above_bound,
     warn_if_degenerate,
 )
-from particlekit.run import progress_bar_callback, resolve_progress_bar
+from particlekit.run import progress_bar_callback, resolve_progress_bar, warn_if_counted_after_run
 from particlekit.smoothing import (
     _check_method,
     _check_trials,
@@ -586,23 +585,14 @@ def warn_if_reference_alone(reference_alone) -> None:
     """After a run (also traced: ``jax.debug.callback``, once per call), a
     ``RuntimeWarning`` when the reference alone held the weight in some sweeps
     (``PPGResult.reference_alone``; failed sweeps are reported by ``failed`` instead)."""
-
-    def emit(alone):
-        alone = np.asarray(alone)
-        count = int(np.sum(alone))
-        if count > 0:
-            warnings.warn(
-                f"ppg: in {count} of {alone.size} sweeps the reference trajectory alone held "
-                "all the weight at some step (every fresh particle's weight was zero): "
-                "those sweeps' estimates are the reference path's value, and the chain is "
-                "stuck on it where this repeats. Use more particles, or check the model "
-                "against the data (an observation the model finds impossible away from the "
-                "reference). See PPGResult.reference_alone",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-    jax.debug.callback(emit, reference_alone)
+    warn_if_counted_after_run(
+        reference_alone,
+        "ppg: in {count} of {size} sweeps the reference trajectory alone held all the weight "
+        "at some step (every fresh particle's weight was zero): those sweeps' estimates are "
+        "the reference path's value, and the chain is stuck on it where this repeats. Use "
+        "more particles, or check the model against the data (an observation the model finds "
+        "impossible away from the reference). See PPGResult.reference_alone",
+    )
 
 
 @partial(jax.jit, static_argnames=("cfg_items", "num_iterations", "burn_in", "progress_bar"))

@@ -89,6 +89,23 @@ def warn_if_counted(counts, message: str) -> None:
         warnings.warn(message.format(count=count), RuntimeWarning, stacklevel=3)
 
 
+def warn_if_counted_after_run(counts, message: str) -> None:
+    """``warn_if_counted`` for counts that may be traced: a ``jax.debug.callback`` (one
+    per call, after the run, also under ``jit``) emits a ``RuntimeWarning``
+    (``message.format(count=..., size=...)``, ``size`` the number of entries of ``counts``)
+    when they sum to more than zero."""
+
+    def emit(values):
+        values = np.asarray(values)
+        count = int(np.sum(values))
+        if count > 0:
+            warnings.warn(
+                message.format(count=count, size=values.size), RuntimeWarning, stacklevel=2
+            )
+
+    jax.debug.callback(emit, counts)
+
+
 def check_sharding(sharding, num_particles: int | None = None, **same_on_every_process):
     """Return ``sharding`` if it is ``None`` or a ``jax.sharding.Sharding`` (of the particle
     axis); raise ValueError otherwise. Recipes call it before tracing.
@@ -288,13 +305,6 @@ def advance(key, step: Kernel, state: ParticleState, compensation, t, inputs_t, 
     return new_state, compensation, info
 
 
-def _check_callable(fn, name: str, what: str) -> None:
-    """A ``ValueError`` before tracing when ``fn`` is not callable (a ``TypeError`` from
-    inside the scan before)."""
-    if not callable(fn):
-        raise ValueError(f"{name} must be {what}, got {fn!r}")
-
-
 def run(
     key: jax.Array,
     step: Kernel,
@@ -356,7 +366,7 @@ def run(
     """
     check_key(key)
     check_sharding(sharding)
-    _check_callable(step, "step", "a kernel step(key, state, inputs) -> (state, info)")
+    kernels.check_callable(step, "step", "a kernel step(key, state, inputs) -> (state, info)")
     _check_state(state)
     if sharding is not None:  # the count only: run may be traced inside a recipe, whose
         _check_divides(sharding, num_particles_of(state))  # own check compares processes
@@ -418,8 +428,8 @@ def run_until(
     fields, e.g. a temperature); ``step`` returns the new state only.
     """
     check_key(key)
-    _check_callable(step, "step", "a function step(key, state, t) -> state")
-    _check_callable(done_fn, "done_fn", "a function done_fn(state) -> bool")
+    kernels.check_callable(step, "step", "a function step(key, state, t) -> state")
+    kernels.check_callable(done_fn, "done_fn", "a function done_fn(state) -> bool")
     _check_max_steps(max_steps)
 
     def cond(carry):

@@ -115,8 +115,6 @@ def inspect_model(
                 continue
             if site["is_observed"]:
                 likelihood_sites.append(name)
-                if not _is_factor(site):
-                    observations.append((name, site["fn"], site["value"]))
                 continue
             fn = site["fn"]
             if getattr(fn.support, "is_discrete", False) or getattr(fn, "is_discrete", False):
@@ -137,6 +135,7 @@ def inspect_model(
                 )
             latent.append(name)
             unconstrained[name] = biject_to(fn.support).inv(site["value"])
+        observations.extend(_observed_data(tr))
         broadcast.clear()
         broadcast.update(_broadcast_observations(tr))  # shapes: static under jit
         return _observed_sites(tr), unconstrained
@@ -206,11 +205,8 @@ def _broadcast_observations(trace) -> dict:
     ``2.0 ± 0.17``, ``log Z`` -5275 for -82, with agreeing chains, ``trustworthy`` and no
     warning (NumPyro's NUTS gives the same wrong posterior)."""
     found = {}
-    for name, site in trace.items():
-        if site["type"] != "sample" or not site["is_observed"] or _is_factor(site):
-            continue
-        fn = site["fn"]
-        value_shape = tuple(jnp.shape(site["value"]))
+    for name, fn, value in _observed_data(trace):
+        value_shape = tuple(jnp.shape(value))
         event_ndim = len(fn.event_shape)
         value_batch = value_shape[: len(value_shape) - event_ndim]
         try:
@@ -251,10 +247,7 @@ def observed_sites_outside_support(model, model_args=(), model_kwargs=None) -> s
     @jax.jit
     def draw(key):
         tr = handlers.trace(handlers.seed(model, key)).get_trace(*model_args, **model_kwargs)
-        observations.clear()
-        for name, site in tr.items():
-            if site["type"] == "sample" and site["is_observed"] and not _is_factor(site):
-                observations.append((name, site["fn"], site["value"]))
+        observations[:] = _observed_data(tr)
         return jnp.zeros(())
 
     try:
@@ -464,13 +457,19 @@ def observed_values(model, model_args=(), model_kwargs=None) -> dict:
     return _observed_sites(tr)
 
 
-def _observed_sites(trace) -> dict:
-    """``{name: value}`` of a trace's observed sample sites, ``numpyro.factor`` excluded."""
-    return {
-        name: site["value"]
+def _observed_data(trace) -> list:
+    """``(name, distribution, value)`` of a trace's observed sample sites,
+    ``numpyro.factor`` excluded."""
+    return [
+        (name, site["fn"], site["value"])
         for name, site in trace.items()
         if site["type"] == "sample" and site["is_observed"] and not _is_factor(site)
-    }
+    ]
+
+
+def _observed_sites(trace) -> dict:
+    """``{name: value}`` of a trace's observed sample sites, ``numpyro.factor`` excluded."""
+    return {name: value for name, _, value in _observed_data(trace)}
 
 
 def _site_log_prob(site):

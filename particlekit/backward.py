@@ -118,6 +118,20 @@ def take(tree, idx):
     return jax.tree.map(lambda a: a[idx], tree)
 
 
+def repeat_each(tree, times: int):
+    """Each entry of ``tree``'s leaves ``times`` times in a row (``jnp.repeat`` on the
+    leading axis) as a broadcast and a reshape: XLA fuses it into the code that reads it
+    instead of gathering a new array."""
+    if times == 1:
+        return tree
+    return jax.tree.map(
+        lambda a: jnp.broadcast_to(a[:, None], (a.shape[0], times) + a.shape[1:]).reshape(
+            (a.shape[0] * times,) + a.shape[1:]
+        ),
+        tree,
+    )
+
+
 def log_f_rows(ssm: StateSpaceModel, xs_prev, x, t):
     """``log f_t(x | xs_prev[j])`` for every ``j``: shape (N,)."""
     if ssm.vectorized:
@@ -638,7 +652,7 @@ def backward_indices(
         false at empty slots)."""
         size, per_round = buffer.slots.shape[0], level.proposals
         draw_target = item_target[jnp.minimum(buffer.slots, num_items - 1)]
-        item_x = take(targets, jnp.repeat(draw_target, per_round))
+        slot_x = take(targets, draw_target)  # each slot's target, once per stage
 
         round_cost = size * per_round  # proposals per round, empty slots included
         kd = jax.random.key_data(k)
@@ -657,7 +671,7 @@ def backward_indices(
                 lambda r: round_bits(k, r, round_cost), kd, r, shapes=words
             )
             cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
-            log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
+            log_f = log_f_pairs(ssm, take(xs_prev, cand), repeat_each(slot_x, per_round), t)
             log_u = jnp.log(unit_uniform(bits_u))
             log_a = log_f + proposal.log_accept[cand]
             ok = log_u < log_a  # NaN densities: rejected
@@ -773,7 +787,7 @@ def mcmc_backward_indices(
     log_w, _ = resampling.log_normalize(log_weights_prev)
     cdf = resampling.cumulative_sum(jnp.exp(log_w))
     table = guide_table(cdf / cdf[-1])
-    item_x = take(targets, jnp.repeat(jnp.arange(m, dtype=jnp.int32), num_draws))
+    item_x = repeat_each(targets, num_draws)
 
     def log_f(idx):
         value = log_f_pairs(ssm, take(xs_prev, idx), item_x, t)

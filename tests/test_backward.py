@@ -433,3 +433,11 @@ def test_draws_of_one_target_share_a_row_but_are_independent(log_bound):
     assert _chi_square_p_value(idx[:, 1], probs) > 1e-4
     pairs = idx[:, 0] * n + idx[:, 1]
     assert _chi_square_p_value(pairs, np.outer(probs, probs).reshape(-1)) > 1e-4
+
+
+def test_repeat_each_is_jnp_repeat_on_the_leading_axis():
+    tree = {"a": jnp.arange(6.0).reshape(3, 2), "b": jnp.asarray([4, 5, 6])}
+    for times in (1, 3):
+        out = backward.repeat_each(tree, times)
+        np.testing.assert_array_equal(out["a"], jnp.repeat(tree["a"], times, axis=0))
+        np.testing.assert_array_equal(out["b"], jnp.repeat(tree["b"], times))

@@ -308,6 +308,32 @@ def in_memory(fn, key_data, *operands, shapes=None, only_cpu: bool = True):
     return jax.lax.platform_dependent(*operands, cpu=conditional, default=fn)
 
 
+def pack_words(w1: jax.Array, w2: jax.Array) -> jax.Array:
+    """Two ``uint32`` arrays as one ``complex64`` array, bit for bit (each word's bits as
+    a float32's, real and imaginary parts; ``unpack_words`` undoes it). XLA computes a
+    fused array element by element: two word arrays computed by one unrolled hash are two
+    outputs, and the fusion that computes them runs the hash once for each, while one
+    array holding both words runs it once. No arithmetic touches the floats, so NaN
+    payloads and subnormals come back unchanged (``tests/test_prng.py``).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> words = jnp.asarray([0, 1, 0x7FC00001, 0xFFFFFFFF], jnp.uint32)
+    >>> a, b = unpack_words(pack_words(words, words[::-1]))
+    >>> bool((a == words).all() and (b == words[::-1]).all())
+    True
+    """
+    as_float = lambda w: jax.lax.bitcast_convert_type(w, jnp.float32)  # noqa: E731
+    return jax.lax.complex(as_float(w1), as_float(w2))
+
+
+def unpack_words(packed: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The two ``uint32`` arrays of ``pack_words``."""
+    as_words = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint32)  # noqa: E731
+    return as_words(jnp.real(packed)), as_words(jnp.imag(packed))
+
+
 def population_key(key):
     """``key`` (the same bits) as a ``threefry2x32_fused_wide`` key, for a function that
     draws for the whole population at once; any other key as it is.

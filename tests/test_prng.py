@@ -184,3 +184,21 @@ def test_in_memory_is_a_conditional_on_cpu_only_by_default():
         lambda x: prng.in_memory(lambda a: a + 1, key_data, x, only_cpu=False)
     ).trace(jnp.arange(4))
     assert "stablehlo.compare" in everywhere.lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_packed_words_come_back_bit_for_bit_through_memory():
+    special = [0, 1, 0x7FFFFF, 0x800000, 0x7F800000, 0x7F800001, 0x7FC00000, 0x7FFFFFFF,
+               0x80000000, 0x80000001, 0xFF800001, 0xFFC00001, 0xFFFFFFFF]  # fmt: skip
+    rng = np.random.default_rng(0)
+    random_words = rng.integers(0, 2**32, 50_000, dtype=np.uint64).astype(np.uint32)
+    w1 = np.concatenate([np.asarray(special, np.uint32), random_words])
+    w2 = np.roll(w1, 5)
+    key_data = jax.random.key_data(jax.random.key(0))
+
+    @jax.jit
+    def round_trip(a, b):  # stored by a conditional's branch, as the backward rounds do
+        return prng.unpack_words(prng.in_memory(prng.pack_words, key_data, a, b))
+
+    a, b = round_trip(w1, w2)
+    np.testing.assert_array_equal(np.asarray(a), w1)
+    np.testing.assert_array_equal(np.asarray(b), w2)

@@ -688,9 +688,13 @@ def backward_indices(
             if per_round == 1:
                 accept, picked, used = ~done & ok, cand, 1
             else:
-                ok = ok.reshape(size, per_round)
-                first = jnp.argmax(ok, axis=1).astype(jnp.int32)
-                accept = ~done & jnp.any(ok, axis=1)
+                # the first accepted proposal of each slot (per_round if none) by a plain
+                # min-reduction: XLA's CPU argmax is a variadic reduction it does not
+                # vectorise
+                column = jnp.arange(per_round, dtype=jnp.int32)
+                first = jnp.min(jnp.where(ok.reshape(size, per_round), column, per_round), axis=1)
+                accept = ~done & (first < per_round)
+                first = jnp.minimum(first, per_round - 1)
                 picked = cand[jnp.arange(size) * per_round + first]
                 used = jnp.where(accept, first + 1, per_round)
             trials = trials + jnp.where(done, 0, used)

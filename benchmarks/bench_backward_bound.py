@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_smoothing import SSM  # noqa: E402
 
 import particlekit as pk  # noqa: E402
-from particlekit import backward, prng, resampling  # noqa: E402
+from particlekit import backward, resampling  # noqa: E402
 
 LOG_BOUND = backward.max_log_density(dist.Normal(0.0, 1.0))  # SSM's transition noise
 
@@ -89,25 +89,17 @@ def unit_costs(n, repeats):
     log_w = jax.random.normal(jax.random.key(2), (n,))
     targets = 0.9 * xs_prev + jax.random.normal(jax.random.key(3), (n,))
     size = 2 * n
-    item_x = jnp.repeat(targets, 2)
+    item_x = backward.repeat_each(targets, 2)
     key = jax.random.key(0)
-    words = (jax.ShapeDtypeStruct((size,), jnp.uint32),) * 2
 
     def build(log_w):
         return backward.flattened_proposal(resampling.log_normalize(log_w)[0], LOG_BOUND)
 
     proposal = jax.jit(build)(log_w)
 
-    def one_round(r, total):  # the body of backward_indices' rounds, one proposal each
-        bits_j, bits_u = prng.in_memory(
-            lambda r: backward.round_bits(key, r, size), jax.random.key_data(key), r, shapes=words
-        )
-        cand = backward.guided_inverse_cdf(
-            proposal.table, backward.unit_uniform(bits_j), backward.UNROLLED_STEPS
-        )
-        log_f = backward.log_f_pairs(SSM, backward.take(xs_prev, cand), item_x, 1)
-        ok = jnp.log(backward.unit_uniform(bits_u)) < log_f + proposal.log_accept[cand]
-        return total + jnp.sum(jnp.where(ok, cand, 0))
+    def one_round(r, total):  # backward_indices' round, one proposal per entry
+        cand, log_u, log_a = backward.round_proposals(SSM, key, r, proposal, xs_prev, item_x, 1)
+        return total + jnp.sum(jnp.where(log_u < log_a, cand, 0))
 
     def one_build(i, total):
         built = build(log_w + 1e-3 * i.astype(log_w.dtype))

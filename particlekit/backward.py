@@ -430,6 +430,31 @@ def flattened_proposal(log_w: jax.Array, log_bound, floor: float = FLATTEN_FLOOR
     return Proposal(table, log_accept.astype(q.dtype))
 
 
+def round_proposals(ssm: StateSpaceModel, key, r, proposal: Proposal, xs_prev, item_x, t):
+    """Round ``r`` of accept–reject: one proposal ``j`` from ``proposal`` for each entry
+    of ``item_x`` (a state at ``t``). Returns the candidates ``j``, the log-uniforms and
+    the log acceptance probabilities ``log f_t(item_x | xs_prev[j]) + log_accept[j]``
+    (accept where the first is below the last; NaN densities never are).
+
+    The round's random words are computed once into memory (on CPU; ``prng.in_memory``):
+    fused, XLA recomputed the unrolled hash in each of the fusions that read them. And
+    packed, the two words of a block in one ``complex64`` entry (``prng.pack_words``), so
+    the fusion computing them runs the hash once per block, not once per word (5-15 % of
+    PaRIS)."""
+    num = jax.tree.leaves(item_x)[0].shape[0]
+    packed = jax.ShapeDtypeStruct((num,), jnp.complex64)
+    bits_j, bits_u = prng.unpack_words(
+        prng.in_memory(
+            lambda r: prng.pack_words(*round_bits(key, r, num)), jax.random.key_data(key), r,
+            shapes=packed,
+        )
+    )  # fmt: skip
+    cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
+    log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
+    log_u = jnp.log(unit_uniform(bits_u))
+    return cand, log_u, log_f + proposal.log_accept[cand]
+
+
 class BufferLevel(NamedTuple):
     """One accept–reject stage (static): ``size`` draws, ``proposals`` per draw per round,
     at most ``max_rounds`` rounds."""
@@ -656,8 +681,6 @@ def backward_indices(
         slot_x = take(targets, draw_target)  # each slot's target, once per stage
 
         round_cost = size * per_round  # proposals per round, empty slots included
-        kd = jax.random.key_data(k)
-        packed_words = jax.ShapeDtypeStruct((round_cost,), jnp.complex64)  # see the body
 
         def cond(carry):
             r, _, done, _, last_accepted, _ = carry
@@ -666,20 +689,9 @@ def backward_indices(
 
         def body(carry):
             r, idx, done, trials, _, above = carry
-            # the random words in memory, computed once (on CPU): fused, XLA recomputed the
-            # unrolled hash in each of the fusions that read them; and packed, the two
-            # words of a block in one complex64 entry, so that the fusion computing them
-            # runs the hash once per block, not once per word (5-15 % of PaRIS)
-            bits_j, bits_u = prng.unpack_words(
-                prng.in_memory(
-                    lambda r: prng.pack_words(*round_bits(k, r, round_cost)), kd, r,
-                    shapes=packed_words,
-                )
-            )  # fmt: skip
-            cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
-            log_f = log_f_pairs(ssm, take(xs_prev, cand), repeat_each(slot_x, per_round), t)
-            log_u = jnp.log(unit_uniform(bits_u))
-            log_a = log_f + proposal.log_accept[cand]
+            cand, log_u, log_a = round_proposals(
+                ssm, k, r, proposal, xs_prev, repeat_each(slot_x, per_round), t
+            )
             ok = log_u < log_a  # NaN densities: rejected
             # an acceptance probability above 1: the bound is too small (counted, reported)
             if count_above_bound:

@@ -44,12 +44,14 @@ a lookup is ``first[b] + (cdf[first[b]] <= u)``, two independent loads and no se
 whatever the weights.
 
 Random numbers: one 64-bit Threefry block (two 32-bit words) per proposal, counter
-``(round, proposal)`` under the stage's key, hashed by an unrolled Threefry-2x32 that is
-bit-identical to ``jax.random``'s (``round_bits``; other PRNG implementations use
-``jax.random.bits``): the first word's top 24 bits are the inverse-CDF uniform, the
-second's the acceptance uniform (``unit_uniform``). A round's words are computed once into
-memory on CPU (``prng.in_memory``), not re-hashed inside each fusion that reads them, and
-packed two to an entry (``prng.pack_words``) so that the hash runs once per block.
+``(stage and round, proposal)`` under the call's key (``round_counter``; the exact
+fallback's uniforms likewise, one block per draw, counters from ``FALLBACK_COUNTER``),
+hashed by an unrolled Threefry-2x32 that is bit-identical to ``jax.random``'s
+(``round_bits``; other PRNG implementations use ``jax.random.bits``): the first word's
+top 24 bits are the inverse-CDF uniform, the second's the acceptance uniform
+(``unit_uniform``). A round's words are computed once into memory on CPU
+(``prng.in_memory``), not re-hashed inside each fusion that reads them, and packed two to
+an entry (``prng.pack_words``) so that the hash runs once per block.
 """
 
 from __future__ import annotations
@@ -98,6 +100,10 @@ FLATTEN_FLOOR = 1.0
 PROPOSAL_BUCKETS = 2
 # binary-search steps of the guide table unrolled (the rare extra steps run in a loop)
 UNROLLED_STEPS = 2
+# the rounds of a stage are counted in the low bits of the random words' counter, the stage
+# above them; counters from ``FALLBACK_COUNTER`` on are the exact fallback's passes
+ROUND_COUNTER_BITS = 16
+FALLBACK_COUNTER = 1 << 31
 
 # ``BackwardStats.num_above_bound`` counts acceptance probabilities above
 # ``exp(ABOVE_BOUND_TOLERANCE)``: a bound equal to the density's maximum, rounded
@@ -183,6 +189,17 @@ def round_bits(key, r, num: int):
     return prng.threefry_2x32(k1, k2, counter, jnp.arange(num, dtype=jnp.uint32))
 
 
+def round_counter(stage: int, r) -> jax.Array:
+    """The counter of round ``r`` of accept–reject stage ``stage`` (``round_bits``): the
+    stage in the high bits, below ``FALLBACK_COUNTER``, so that every round of every stage
+    and every pass of the fallback draws its own blocks under one key (``check_trials``
+    keeps a stage's rounds below ``2**ROUND_COUNTER_BITS``). Deriving a key per stage
+    (``fold_in``) and per fallback pass (``fold_in``, ``split``, ``bits``) instead ran
+    ``jax.random``'s rolled hash each time, a loop of five iterations of about 16 small XLA
+    operations on CPU: 4-6 % of PaRIS at ``N <= 4096``."""
+    return (jnp.uint32(stage) << jnp.uint32(ROUND_COUNTER_BITS)) + jnp.asarray(r, jnp.uint32)
+
+
 def flat_cumulative_sum(mass: jax.Array, axis: int = -1) -> jax.Array:
     """Cumulative sums of non-negative ``mass`` along ``axis``, made non-decreasing and
     *exactly* flat over zero entries (a running maximum over the sums at positive
@@ -223,12 +240,30 @@ def categorical_row(key, logits, num: int | None = None):
     ``row_inverse_cdf`` (one pass over the row and two cumulative sums of about
     ``sqrt N`` per draw, no normalisation). ``NaN`` and ``+inf`` logits count as zero
     probability; an all-zero row falls back to uniform."""
+    return row_inverse_cdf(row_mass(logits), *row_uniforms(key, num))
+
+
+def row_mass(logits: jax.Array) -> jax.Array:
+    """``exp(logits - max)``, ``NaN`` and ``+inf`` logits as zero mass; all ones when no
+    logit is finite (an all-zero row falls back to uniform)."""
     logits = jnp.where(jnp.isnan(logits) | (logits == jnp.inf), -jnp.inf, logits)
     top = jnp.max(logits)
     mass = jnp.exp(logits - jnp.where(jnp.isfinite(top), top, 0.0))
-    mass = jnp.where(jnp.isfinite(top), mass, 1.0)
+    return jnp.where(jnp.isfinite(top), mass, 1.0)
+
+
+def row_uniforms(key, num: int | None):
+    """``row_inverse_cdf``'s two uniforms (block, within) for one draw or ``num``."""
     u = unit_uniform(jax.random.bits(key, (2,) if num is None else (2, num), jnp.uint32))
-    return row_inverse_cdf(mass, u[0], u[1])
+    return u[0], u[1]
+
+
+def row_draws(row: jax.Array, u_block: jax.Array, u_within: jax.Array):
+    """Draws from ``softmax(row)`` (``row_mass``, ``row_inverse_cdf``) and whether the row
+    had no finite entry (then the draws are uniform): a draw lands on a finite entry unless
+    none is, so one lookup instead of a pass over the row."""
+    draws = row_inverse_cdf(row_mass(row), u_block, u_within)
+    return draws, ~jnp.isfinite(row[jnp.ravel(draws)[0]])
 
 
 class GuideTable(NamedTuple):
@@ -625,6 +660,7 @@ def backward_indices(
     (1000, 2)
     """
     num_draws = kernels.check_num_particles(num_draws, "num_draws")
+    max_trials = check_trials(max_trials)
     _check_populations(log_weights_prev, xs_prev, targets)
     n = log_weights_prev.shape[0]
     m = jax.tree.leaves(targets)[0].shape[0]
@@ -640,13 +676,29 @@ def backward_indices(
         """The ``num_draws`` draws of target ``tid``, exact, from one row of densities, and
         whether the row had no positive finite entry (then the draws are uniform)."""
         row = log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t)
-        draws = categorical_row(kk, row, num_draws)
-        # a draw lands on a finite entry unless none is (then categorical_row is uniform):
-        # one lookup instead of a pass over the row
-        return draws, ~jnp.isfinite(row[draws[0]])
+        return row_draws(row, *row_uniforms(kk, num_draws))
 
     def exact_rows(k, target_ids):
         return jax.vmap(exact_draws)(jax.random.split(k, target_ids.shape[0]), target_ids)
+
+    def fallback_rows(p, target_ids):
+        """``exact_rows`` for pass ``p`` of the accept–reject fallback, its uniforms from
+        the blocks of counter ``FALLBACK_COUNTER + p`` under ``key`` (as a round's)."""
+        num = target_ids.shape[0] * num_draws
+        counter = jnp.uint32(FALLBACK_COUNTER) + p.astype(jnp.uint32)
+        bits = prng.unpack_words(
+            prng.in_memory(
+                lambda c: prng.pack_words(*round_bits(key, c, num)), jax.random.key_data(key),
+                counter, shapes=jax.ShapeDtypeStruct((num,), jnp.complex64),
+            )
+        )  # fmt: skip
+        u_block, u_within = (unit_uniform(b).reshape(-1, num_draws) for b in bits)
+
+        def draws(u_b, u_w, tid):
+            row = log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t)
+            return row_draws(row, u_b, u_w)
+
+        return jax.vmap(draws)(u_block, u_within, target_ids)
 
     if log_bound is None:
         keys = jax.random.split(key, m)
@@ -664,11 +716,10 @@ def backward_indices(
         return idx, stats
 
     proposal = flattened_proposal(log_w, log_bound)
-    k_rounds, k_fallback = jax.random.split(key)
-    levels = buffer_levels(num_items, max_trials, n)
+    levels = buffer_levels(num_items, max_trials, n)  # (at most 31: the buffers halve)
     exact_cost = n / EXACT_DRAW_RATIO  # an exact draw's cost, in proposals
 
-    def rounds(k, buffer: Pending, level: BufferLevel, leave_at: int):
+    def rounds(stage: int, buffer: Pending, level: BufferLevel, leave_at: int):
         """Accept–reject on the draws of ``buffer``, ``level.proposals`` proposals per
         draw per round (the first accepted one is kept: the same law as one proposal per
         round), until at most ``leave_at`` are pending, ``level.max_rounds`` rounds ran,
@@ -690,8 +741,9 @@ def backward_indices(
         def body(carry):
             r, idx, done, trials, _, above = carry
             cand, log_u, log_a = round_proposals(
-                ssm, k, r, proposal, xs_prev, repeat_each(slot_x, per_round), t
-            )
+                ssm, key, round_counter(stage, r), proposal, xs_prev,
+                repeat_each(slot_x, per_round), t,
+            )  # fmt: skip
             ok = log_u < log_a  # NaN densities: rejected
             # an acceptance probability above 1: the bound is too small (counted, reported)
             if count_above_bound:
@@ -726,8 +778,7 @@ def backward_indices(
     for i, level in enumerate(levels):
         last = i == len(levels) - 1
         leave_at = 0 if last else levels[i + 1].size
-        k_level = jax.random.fold_in(k_rounds, i)
-        idx_b, acc_b, trials_b, above_b = rounds(k_level, buffer, level, leave_at)
+        idx_b, acc_b, trials_b, above_b = rounds(i, buffer, level, leave_at)
         num_above_bound = num_above_bound + above_b
         if i == 0:  # the first buffer holds every draw, in order
             idx = jnp.where(acc_b, idx_b, -1)
@@ -751,9 +802,7 @@ def backward_indices(
         """Exact draws for the queue's pass ``p`` (``m``: an empty entry, dropped)."""
         idx, p, num_degenerate = carry
         target_ids = jax.lax.dynamic_slice(queue, (p * fallback_chunk,), (fallback_chunk,))
-        new, degenerate = exact_rows(
-            jax.random.fold_in(k_fallback, p), jnp.minimum(target_ids, m - 1)
-        )
+        new, degenerate = fallback_rows(p, jnp.minimum(target_ids, m - 1))
         num_degenerate = num_degenerate + jnp.sum(degenerate & (target_ids < m), dtype=jnp.int32)
         draws = (target_ids[:, None] * num_draws + draw_offsets).reshape(-1)
         keep = (draws < num_items) & pending[jnp.minimum(draws, num_items - 1)]
@@ -925,4 +974,11 @@ def check_method(method, allowed=METHODS):
 
 
 def check_trials(max_trials):
-    return kernels.check_num_particles(max_trials, "max_trials")
+    """A positive ``max_trials`` whose stages' rounds fit the counter (``round_counter``)."""
+    max_trials = kernels.check_num_particles(max_trials, "max_trials")
+    if max_trials // 4 >= 1 << ROUND_COUNTER_BITS:
+        raise ValueError(
+            f"max_trials must be below {4 << ROUND_COUNTER_BITS} (the accept-reject stages "
+            f"run max_trials // 4 rounds each), got {max_trials}"
+        )
+    return max_trials

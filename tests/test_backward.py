@@ -116,6 +116,33 @@ def test_rejection_draws_have_the_backward_kernel_law(n, max_trials, log_bound_s
         assert _chi_square_p_value(idx[target_id], probs) > 1e-4, target_id
 
 
+def test_round_counters_are_distinct_and_below_the_fallback_counters():
+    """Every round of every stage hashes its own counter, none of them a fallback pass's:
+    otherwise two rounds (or a round and the fallback) would reuse the same uniforms."""
+    last_round = (1 << backward.ROUND_COUNTER_BITS) - 1
+    counters = [
+        int(backward.round_counter(stage, r)) for stage in range(31) for r in (0, 1, last_round)
+    ]
+    assert len(set(counters)) == len(counters)
+    assert max(counters) < backward.FALLBACK_COUNTER
+
+
+@pytest.mark.parametrize("max_trials", [0, 4 << 16, 2.5])
+def test_max_trials_out_of_range_is_a_value_error(max_trials):
+    """``max_trials // 4`` rounds per stage must fit the counter's round field."""
+    with pytest.raises(ValueError, match="max_trials"):
+        backward.backward_indices(
+            jax.random.key(0), SSM, jnp.zeros(8), jnp.zeros(8), jnp.zeros(8), 1,
+            log_bound=LOG_BOUND, max_trials=max_trials,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="max_trials"):
+        pk.smoothing.paris(
+            jax.random.key(0), SSM, jnp.zeros(5), additive_fn=lambda xp, x, t: x,
+            num_particles=8, max_trials=max_trials,
+        )  # fmt: skip
+    backward.check_trials((4 << 16) - 1)  # the largest accepted
+
+
 def test_unproductive_rounds_stop_for_exact_draws_with_the_same_law():
     """With rounds to spare (``max_trials`` large), a stage still stops once a round accepts
     fewer draws than an exact draw costs in proposals: a target in the tail of the

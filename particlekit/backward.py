@@ -200,12 +200,27 @@ def round_counter(stage: int, r) -> jax.Array:
     return (jnp.uint32(stage) << jnp.uint32(ROUND_COUNTER_BITS)) + jnp.asarray(r, jnp.uint32)
 
 
-def flat_cumulative_sum(mass: jax.Array, axis: int = -1) -> jax.Array:
-    """Cumulative sums of non-negative ``mass`` along ``axis``, made non-decreasing and
-    *exactly* flat over zero entries (a running maximum over the sums at positive
-    entries), so that an inverse CDF never lands on a zero entry."""
-    kept = jnp.where(mass > 0, jnp.cumsum(mass, axis=axis), 0.0)
-    return jax.lax.cummax(kept, axis=axis % mass.ndim)
+def prefix_sums(mass: jax.Array) -> jax.Array:
+    """Inclusive cumulative sums along the last axis (a few dozen entries) as a product with
+    an upper-triangular matrix of ones: on CPU ``jnp.cumsum`` lowers to a ``reduce-window``
+    doing ``length`` operations per entry, which on ``categorical_row``'s short rows cost
+    more than the row's densities (a matrix product: 0.4-0.6x the draw's time)."""
+    size = mass.shape[-1]
+    upper = (jnp.arange(size)[:, None] <= jnp.arange(size)[None, :]).astype(mass.dtype)
+    return jnp.matmul(mass, upper, precision=jax.lax.Precision.HIGHEST)
+
+
+def first_above(mass: jax.Array, prefix: jax.Array, level: jax.Array) -> jax.Array:
+    """The first entry of positive ``mass`` whose prefix sum (``prefix``, last axis) exceeds
+    ``level``: the inverse CDF at ``level``, which never lands on an entry of zero mass
+    whatever the rounding of the sums (the last entry of positive mass if rounding leaves
+    none above ``level``; entry 0 if none is positive)."""
+    size = mass.shape[-1]
+    column = jnp.arange(size, dtype=jnp.int32)
+    positive = mass > 0
+    first = jnp.min(jnp.where(positive & (prefix > level[..., None]), column, size), axis=-1)
+    last = jnp.max(jnp.where(positive, column, 0), axis=-1)
+    return jnp.where(first < size, first, last)
 
 
 def row_block_size(n: int) -> int:
@@ -219,20 +234,20 @@ def row_inverse_cdf(mass: jax.Array, u_block: jax.Array, u_within: jax.Array) ->
     CDF: the row cut into blocks of ``row_block_size(n)``, a block ``b`` drawn by inverse
     CDF over the block totals with ``u_block``, then an entry of block ``b`` by inverse
     CDF over its cumulative sums with ``u_within``. Its law is ``mass / sum(mass)``
-    (``P(b) P(j | b)``, up to rounding); entries of zero mass are never drawn (the
-    cumulative sums are exactly flat over them and the scaled uniform stays below the
-    total). The uniforms may be arrays (of one shape): one draw per pair, sharing the
-    block totals."""
+    (``P(b) P(j | b)``, up to rounding); entries of zero mass are never drawn
+    (``first_above``). The uniforms may be arrays (of one shape): one draw per pair,
+    sharing the block totals."""
     n = mass.shape[0]
     size = row_block_size(n)
     num_blocks = -(-n // size)
     blocks = jnp.pad(mass, (0, num_blocks * size - n)).reshape(num_blocks, size)
-    block_cdf = flat_cumulative_sum(jnp.sum(blocks, axis=1))
-    b = jnp.sum(block_cdf <= (u_block * block_cdf[-1])[..., None], axis=-1).astype(jnp.int32)
-    b = jnp.minimum(b, num_blocks - 1)
-    within_cdf = flat_cumulative_sum(blocks[b])
-    j = jnp.sum(within_cdf <= (u_within * within_cdf[..., -1])[..., None], axis=-1)
-    return jnp.minimum(b * size + jnp.minimum(j.astype(jnp.int32), size - 1), n - 1)
+    block_mass = jnp.sum(blocks, axis=1)
+    block_cdf = prefix_sums(block_mass)
+    b = first_above(block_mass, block_cdf, u_block * block_cdf[-1])
+    within = blocks[b]
+    within_cdf = prefix_sums(within)
+    j = first_above(within, within_cdf, u_within * within_cdf[..., -1])
+    return jnp.minimum(b * size + j, n - 1)
 
 
 def categorical_row(key, logits, num: int | None = None):

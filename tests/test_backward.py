@@ -391,6 +391,24 @@ def test_row_inverse_cdf_is_the_two_stage_inverse_cdf(n, kind):
     assert (mass64[got] > 0).all() and got.max() < n
 
 
+def test_first_above_is_the_inverse_cdf_and_skips_zero_mass_whatever_the_rounding():
+    """``first_above`` is ``searchsorted(prefix, level, "right")`` on exact prefix sums, and
+    never an entry of zero mass even where rounding made the sums step up over one (here
+    forced by hand), or when rounding left no sum above the level (the last positive
+    entry); ``prefix_sums`` are the cumulative sums."""
+    mass = jnp.asarray([0.0, 1.0, 0.0, 0.0, 2.0, 1.0, 0.0], jnp.float32)
+    prefix = backward.prefix_sums(mass)
+    np.testing.assert_allclose(np.asarray(prefix), np.cumsum(np.asarray(mass)), rtol=1e-6)
+    levels = jnp.asarray([0.0, 0.5, 1.0, 2.9, 3.0, 3.5, 3.99], jnp.float32)
+    got = np.asarray(backward.first_above(mass, prefix, levels))
+    np.testing.assert_array_equal(got, [1, 1, 4, 4, 5, 5, 5])
+    stepped = prefix.at[2].add(1e-3)  # a zero-mass entry whose sum rounded up
+    assert int(backward.first_above(mass, stepped, jnp.asarray(1.0005))) == 4
+    assert int(backward.first_above(mass, prefix, jnp.asarray(4.0))) == 5  # none above
+    batch = backward.first_above(mass, prefix, jnp.asarray([[0.5], [3.5]]))
+    assert batch.shape == (2, 1)
+
+
 def test_categorical_row_law_and_non_finite_logits():
     """Chi-square of ``categorical_row`` draws against ``softmax``; ``NaN`` / ``+inf`` /
     ``-inf`` logits are never drawn; an all ``-inf`` row is uniform."""

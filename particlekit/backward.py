@@ -693,12 +693,10 @@ def backward_indices(
         row = log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t)
         return row_draws(row, *row_uniforms(kk, num_draws))
 
-    def exact_rows(k, target_ids):
-        return jax.vmap(exact_draws)(jax.random.split(k, target_ids.shape[0]), target_ids)
-
     def fallback_rows(p, target_ids):
-        """``exact_rows`` for pass ``p`` of the accept–reject fallback, its uniforms from
-        the blocks of counter ``FALLBACK_COUNTER + p`` under ``key`` (as a round's)."""
+        """``exact_draws`` for the targets of pass ``p`` of the accept–reject fallback,
+        their uniforms from the blocks of counter ``FALLBACK_COUNTER + p`` under ``key``
+        (as a round's words: one block per draw)."""
         num = target_ids.shape[0] * num_draws
         counter = jnp.uint32(FALLBACK_COUNTER) + p.astype(jnp.uint32)
         bits = prng.unpack_words(

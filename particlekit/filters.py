@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution
 
-from particlekit import kernels, resampling
+from particlekit import batched_laws, kernels, resampling
 from particlekit.run import check_sharding, constrain_particles, run
 from particlekit.ssm import StateSpaceModel, check_no_batch_shape, is_missing
 from particlekit.types import ParticleState, PyTree, RunTrace, StepInfo
@@ -363,10 +363,21 @@ def _bootstrap(
     def propagate(k, x_prev, inputs):
         return ssm.sample_transition(k, x_prev, inputs[1])
 
+    def propagate_population(k, xs_prev, inputs):
+        # a per-particle model's transition drawn as one batch where NumPyro can batch it
+        num = jax.tree.leaves(xs_prev)[0].shape[0]
+        return batched_laws.sample_population(
+            k, lambda x: ssm.transition(x, inputs[1]), xs_prev, num, batch_size
+        )
+
     log_g = _observation_term(ssm)
+    if v:
+        move = kernels.move(propagate, vectorized=True, batch_size=batch_size)
+    else:  # (``batch_size``: for the per-particle draws of a law that is not batched)
+        move = kernels.move(propagate_population, vectorized=True)
     step = kernels.chain(
         kernels.normalizing_resample(resampling_scheme, ess_threshold),
-        kernels.move(propagate, vectorized=v, batch_size=batch_size),
+        move,
         kernels.reweight_normalized(log_g, vectorized=v, batch_size=batch_size),
     )
     return _filter(

@@ -76,14 +76,22 @@ def test_other_laws_keep_the_per_particle_keys(law_fn):
 
 def test_default_path_filter_draws_its_transition_as_one_batch():
     """The bootstrap filter of a per-particle model moves its particles with the batched
-    law: after the same initial particles, one step gives the vectorized model's draws."""
-    ssm = pk.StateSpaceModel(
-        initial=lambda: dist.Normal(0.0, 1.0),
-        transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
-        observation=lambda x, t: dist.Normal(x, 0.5),
-    )
-    xs_prev = jnp.linspace(-2.0, 2.0, 64)
-    key = jax.random.key(5)
-    got = batched_laws.sample_population(key, lambda x: ssm.transition(x, 1), xs_prev, 64)
-    want = dist.Normal(0.9 * xs_prev, 1.0).sample(key)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    law, as the vectorized model of the same law does: from (numerically) the same initial
+    particles, the two filters give the same particles and evidence (with a key per
+    particle they differed)."""
+
+    def model(vectorized):
+        return pk.StateSpaceModel(
+            initial=lambda: dist.Normal(0.0, 1e-30),  # every particle at 0, to float32
+            transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+            observation=lambda x, t: dist.Normal(x, 0.5),
+            vectorized=vectorized,
+        )
+
+    _, ys = model(False).simulate(jax.random.key(0), 15)
+    runs = [
+        pk.filters.bootstrap(jax.random.key(5), model(v), ys, num_particles=64, keep_history=True)
+        for v in (False, True)
+    ]
+    np.testing.assert_allclose(runs[0].particles, runs[1].particles, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[0].log_evidence, runs[1].log_evidence, rtol=1e-6)

@@ -189,6 +189,20 @@ def round_bits(key, r, num: int):
     return prng.threefry_2x32(k1, k2, counter, jnp.arange(num, dtype=jnp.uint32))
 
 
+def counter_words(key, counter, num: int):
+    """``round_bits(key, counter, num)``, computed once into memory (on CPU;
+    ``prng.in_memory``): fused, XLA recomputed the unrolled hash in each of the fusions that
+    read the words. And packed, the two words of a block in one ``complex64`` entry
+    (``prng.pack_words``), so the fusion computing them runs the hash once per block, not
+    once per word (5-15 % of PaRIS)."""
+    return prng.unpack_words(
+        prng.in_memory(
+            lambda c: prng.pack_words(*round_bits(key, c, num)), jax.random.key_data(key),
+            counter, shapes=jax.ShapeDtypeStruct((num,), jnp.complex64),
+        )
+    )  # fmt: skip
+
+
 def round_counter(stage: int, r) -> jax.Array:
     """The counter of round ``r`` of accept–reject stage ``stage`` (``round_bits``): the
     stage in the high bits, below ``FALLBACK_COUNTER``, so that every round of every stage
@@ -484,21 +498,9 @@ def round_proposals(ssm: StateSpaceModel, key, r, proposal: Proposal, xs_prev, i
     """Round ``r`` of accept–reject: one proposal ``j`` from ``proposal`` for each entry
     of ``item_x`` (a state at ``t``). Returns the candidates ``j``, the log-uniforms and
     the log acceptance probabilities ``log f_t(item_x | xs_prev[j]) + log_accept[j]``
-    (accept where the first is below the last; NaN densities never are).
-
-    The round's random words are computed once into memory (on CPU; ``prng.in_memory``):
-    fused, XLA recomputed the unrolled hash in each of the fusions that read them. And
-    packed, the two words of a block in one ``complex64`` entry (``prng.pack_words``), so
-    the fusion computing them runs the hash once per block, not once per word (5-15 % of
-    PaRIS)."""
-    num = jax.tree.leaves(item_x)[0].shape[0]
-    packed = jax.ShapeDtypeStruct((num,), jnp.complex64)
-    bits_j, bits_u = prng.unpack_words(
-        prng.in_memory(
-            lambda r: prng.pack_words(*round_bits(key, r, num)), jax.random.key_data(key), r,
-            shapes=packed,
-        )
-    )  # fmt: skip
+    (accept where the first is below the last; NaN densities never are). The round's
+    words: ``counter_words``."""
+    bits_j, bits_u = counter_words(key, r, jax.tree.leaves(item_x)[0].shape[0])
     cand = guided_inverse_cdf(proposal.table, unit_uniform(bits_j), UNROLLED_STEPS)
     log_f = log_f_pairs(ssm, take(xs_prev, cand), item_x, t)
     log_u = jnp.log(unit_uniform(bits_u))
@@ -687,31 +689,24 @@ def backward_indices(
     chunk = exact_chunk or max(1, min(m, (1 << 22) // max(n, 1)))
     fallback_chunk = exact_chunk or max(1, min(chunk, FALLBACK_CHUNK, m))
 
-    def exact_draws(kk, tid):
-        """The ``num_draws`` draws of target ``tid``, exact, from one row of densities, and
-        whether the row had no positive finite entry (then the draws are uniform)."""
+    def draws_of(u_block, u_within, tid):
+        """The ``num_draws`` draws of target ``tid``, exact, from one row of densities and
+        the uniforms of ``row_inverse_cdf``, and whether the row had no positive finite
+        entry (then the draws are uniform)."""
         row = log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t)
-        return row_draws(row, *row_uniforms(kk, num_draws))
+        return row_draws(row, u_block, u_within)
+
+    def exact_draws(kk, tid):
+        return draws_of(*row_uniforms(kk, num_draws), tid)
 
     def fallback_rows(p, target_ids):
         """``exact_draws`` for the targets of pass ``p`` of the accept–reject fallback,
         their uniforms from the blocks of counter ``FALLBACK_COUNTER + p`` under ``key``
         (as a round's words: one block per draw)."""
-        num = target_ids.shape[0] * num_draws
         counter = jnp.uint32(FALLBACK_COUNTER) + p.astype(jnp.uint32)
-        bits = prng.unpack_words(
-            prng.in_memory(
-                lambda c: prng.pack_words(*round_bits(key, c, num)), jax.random.key_data(key),
-                counter, shapes=jax.ShapeDtypeStruct((num,), jnp.complex64),
-            )
-        )  # fmt: skip
+        bits = counter_words(key, counter, target_ids.shape[0] * num_draws)
         u_block, u_within = (unit_uniform(b).reshape(-1, num_draws) for b in bits)
-
-        def draws(u_b, u_w, tid):
-            row = log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t)
-            return row_draws(row, u_b, u_w)
-
-        return jax.vmap(draws)(u_block, u_within, target_ids)
+        return jax.vmap(draws_of)(u_block, u_within, target_ids)
 
     if log_bound is None:
         keys = jax.random.split(key, m)

@@ -15,6 +15,10 @@ Only laws whose sampler is an affine map of standard normals of the batch shape 
 batched (``BATCHABLE``: ``Normal``, ``MultivariateNormal`` and ``Independent`` wrappers
 of them); anything else (another law, a batch shape that does not come out as ``(N,)``)
 keeps the per-particle keys, so a law NumPyro cannot batch is never sampled wrongly.
+
+A law with no per-particle parameters (a model's initial law) needs no batching: its
+``num`` i.i.d. draws are one draw of sample shape ``(num,)``, exact for every NumPyro
+distribution (``sample_iid``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from numpyro.distributions.batch_util import promote_batch_shape
 
 from particlekit import kernels, prng
 
-__all__ = ["BATCHABLE", "batched_law", "sample_population"]
+__all__ = ["BATCHABLE", "batched_law", "sample_iid", "sample_population"]
 
 #: per-particle laws drawn as one batch (``Independent`` wrappers of them too)
 BATCHABLE = (dist.Normal, dist.MultivariateNormal)
@@ -78,3 +82,21 @@ def sample_population(key, law_fn, xs, num: int, batch_size: int | None = None):
         return batched.sample(key)
     draw = kernels.per_particle(lambda k, x, _: law_fn(x).sample(k), batch_size)
     return prng.call_with_keys(lambda ks: draw(ks, xs, None), prng.particle_keys(key, num))
+
+
+def sample_iid(key, law, num: int):
+    """``num`` i.i.d. draws of ``law`` (a NumPyro distribution of one particle with no
+    per-particle parameters, e.g. a state-space model's initial law, vectorized model or
+    not) as one draw of sample shape ``(num,)``: the same law as ``num`` per-particle
+    keys, for any distribution, with one hash per draw instead of two. Meant for a draw
+    made once, outside the time loop: it uses ``jax.random``'s rolled hash
+    (``prng.rolled_key``), which XLA compiles once instead of into every fusion that reads
+    the draw.
+
+    Examples
+    --------
+    >>> import jax, numpyro.distributions as dist
+    >>> sample_iid(jax.random.key(0), dist.Gamma(2.0, 1.0), 5).shape
+    (5,)
+    """
+    return law.sample(prng.rolled_key(key), (num,))

@@ -177,10 +177,11 @@ def _filter(
     vectorized,
     batch_size=None,
 ):
-    """The shared skeleton: weight ``t = 0``, then ``run`` over ``t = 1..T-1``."""
+    """The shared skeleton: weight ``t = 0``, then ``run`` over ``t = 1..T-1``.
+    ``init_sample(key, N)`` draws the initial population at once (``initial_sampler``)."""
     key_init, key_w0, key_run = jax.random.split(key, 3)
     ts = jnp.arange(ys.shape[0], dtype=jnp.int32)
-    state = kernels.init(key_init, init_sample, num_particles, vectorized=vectorized)
+    state = kernels.init(key_init, init_sample, num_particles, vectorized=True)
     state = constrain_particles(state, sharding)
     y0 = jax.tree.map(lambda a: a[0], ys)
     state, info0 = kernels.reweight(init_log_weight, vectorized=vectorized, batch_size=batch_size)(
@@ -203,6 +204,13 @@ def _filter(
         sharding=sharding,
     )
     return _assemble(state, info0, final, trace, keep_history)
+
+
+def initial_sampler(ssm: StateSpaceModel):
+    """``sample(key, N)``: the ``N`` initial particles of ``ssm`` as one draw of its initial
+    law (``batched_laws.sample_iid``), vectorized model or not, for
+    ``kernels.init(..., vectorized=True)``."""
+    return lambda key, num: batched_laws.sample_iid(key, ssm.initial(), num)
 
 
 HISTORY_LIMIT_BYTES = 2**30
@@ -357,8 +365,7 @@ def _bootstrap(
 ):  # fmt: skip
     v = ssm.vectorized
 
-    def sample_init(k, *n):
-        return ssm.sample_initial(k, *n)
+    sample_init = initial_sampler(ssm)
 
     def propagate(k, x_prev, inputs):
         return ssm.sample_transition(k, x_prev, inputs[1])
@@ -501,12 +508,17 @@ def _guided(
 ):  # fmt: skip
     v = ssm.vectorized
 
-    def sample_init(k, *n):
+    def sample_init(k, n):
         if initial_proposal is None:
-            return ssm.sample_initial(k, *n)
+            return initial_sampler(ssm)(k, n)
+        # a missing y_0: the initial law, as the transition at later missing steps (a
+        # proposal built for a made-up y_0 may be narrower than the prior: weights of
+        # infinite variance)
+        k_q, k_0 = jax.random.split(k)
         y0 = jnp.where(jnp.isnan(ys[0]), 0.0, ys[0])  # as in log_w0
-        d = initial_proposal(y0)
-        return d.sample(k, n) if n else d.sample(k)
+        x_q = batched_laws.sample_iid(k_q, initial_proposal(y0), n)
+        x_0 = initial_sampler(ssm)(k_0, n)
+        return jax.tree.map(lambda a, b: jnp.where(is_missing(ys[0]), a, b), x_0, x_q)
 
     def log_w0(x_prev, x, inputs):
         y, t = inputs
@@ -515,7 +527,7 @@ def _guided(
             return log_g
         y0 = jnp.where(jnp.isnan(y), 0.0, y)
         q = initial_proposal(y0)
-        return log_g + ssm.initial_log_prob(x) - q.log_prob(x)
+        return jnp.where(is_missing(y), log_g, log_g + ssm.initial_log_prob(x) - q.log_prob(x))
 
     def propagate(k, x_prev, inputs):
         y, t = inputs
@@ -615,7 +627,7 @@ def guided(
         ``ssm.vectorized``). At missing steps the transition is used instead.
     initial_proposal : callable, optional
         ``initial_proposal(y0) -> Distribution`` of ``x_0``; default: the model's initial
-        law (then ``G_0 = g_0``).
+        law (then ``G_0 = g_0``). If ``y_0`` is missing the initial law is used instead.
 
     Notes
     -----
@@ -677,8 +689,7 @@ def _auxiliary(
 ):  # fmt: skip
     v = ssm.vectorized
 
-    def sample_init(k, *n):
-        return ssm.sample_initial(k, *n)
+    sample_init = initial_sampler(ssm)
 
     def log_eta(x_prev, x, inputs):
         # first stage: look ahead at y_t from the current particle x_{t-1} (= ``x`` here)

@@ -55,7 +55,7 @@ from particlekit.backward import check_trials as _check_trials
 from particlekit.backward import log_f_rows as _log_f_rows
 from particlekit.backward import resolve_bound as _resolve_bound
 from particlekit.backward import take as _take
-from particlekit.filters import FilterResult
+from particlekit.filters import FilterResult, initial_sampler
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState, PyTree
@@ -469,7 +469,7 @@ def _smc_init(key, ssm, y0, ref0, *, num_particles, conditional):
     """``x_0 ~ initial`` (slot 0 pinned to ``ref0`` if conditional), weighted by ``g_0``."""
     v = ssm.vectorized
     k_init, k_w = jax.random.split(key)
-    state = kernels.init(k_init, ssm.sample_initial, num_particles, vectorized=v)
+    state = kernels.init(k_init, initial_sampler(ssm), num_particles, vectorized=True)
     if conditional:
         pinned = jax.tree.map(lambda a, r: a.at[0].set(r), state.particles, ref0)
         state = state._replace(particles=pinned, previous_particles=pinned)

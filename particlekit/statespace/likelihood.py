@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels, resampling
-from particlekit.filters import _observation_term
+from particlekit.filters import _observation_term, initial_sampler
 from particlekit.run import advance
 from particlekit.ssm import StateSpaceModel
 from particlekit.statespace.model import check_model_and_data, unconstrain_params
@@ -75,10 +75,7 @@ def filter_init(
     key_init, key_w = jax.random.split(key)
     v = ssm.vectorized
 
-    def sample_init(k, *n):
-        return ssm.sample_initial(k, *n)
-
-    state = kernels.init(key_init, sample_init, num_particles, vectorized=v)
+    state = kernels.init(key_init, initial_sampler(ssm), num_particles, vectorized=True)
     y0 = jax.tree.map(lambda a: a[0], ys)
     weigh = kernels.reweight(_observation_term(ssm), vectorized=v)
     state, _ = weigh(key_w, state, (y0, jnp.int32(0)))

@@ -196,7 +196,7 @@ def _filter(
         return _assemble(state, info0, state, trace, keep_history)
     final, trace = run(
         key_run,
-        step,
+        skipping_missing(step),
         state,
         inputs,
         keep_history=keep_history,
@@ -204,6 +204,24 @@ def _filter(
         sharding=sharding,
     )
     return _assemble(state, info0, final, trace, keep_history)
+
+
+def skipping_missing(step):
+    """``step`` with an evidence increment of exactly 0 at a fully missing ``y_t`` (every
+    coordinate NaN), where every potential is 1: computed, ``log sum_i W_i`` misses 0 by
+    the float32 rounding of the normalised weights' sum (an ulp, 1e-7). A non-finite
+    increment (every particle dead) is kept: a failure stays reported."""
+
+    def skipping(key, state: ParticleState, inputs):
+        new, info = step(key, state, inputs)
+        skip = is_missing(inputs[0]) & jnp.isfinite(info.log_evidence_increment)
+        increment = jnp.where(skip, 0.0, info.log_evidence_increment)
+        log_evidence = jnp.where(skip, state.log_evidence, new.log_evidence)
+        return new._replace(log_evidence=log_evidence), info._replace(
+            log_evidence_increment=increment.astype(info.log_evidence_increment.dtype)
+        )
+
+    return skipping
 
 
 def initial_sampler(ssm: StateSpaceModel):

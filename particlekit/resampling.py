@@ -313,13 +313,30 @@ def cumulative_sum(x: jax.Array) -> jax.Array:
     return out
 
 
+# ``_cdf`` raises a positive weight below ``exp(CDF_LOG_FLOOR)`` times the largest one to
+# that value, so that only the weights that are exactly zero are zero in the CDF
+CDF_LOG_FLOOR = -80.0
+
+
 def _cdf(log_weights: jax.Array) -> jax.Array:
     """Normalised cumulative weights with the last entry exactly 1 (uniform if all the
     weights are zero). One max-subtraction and one ``exp`` pass: the normalising constant
-    is divided out of the cumulative sum instead of a separate ``logsumexp``."""
-    cdf = cumulative_sum(_relative_weights(log_weights))
-    cdf = cdf / cdf[-1]
-    return cdf.at[-1].set(1.0)
+    is divided out of the cumulative sum instead of a separate ``logsumexp``.
+
+    A positive weight below ``exp(CDF_LOG_FLOOR) ~ 2e-35`` times the largest is raised to
+    that value instead of underflowing to zero: at most ``N * 2e-35`` of the mass, far below
+    the float32 rounding of the sums (``N * 2**-24``), and the cumulative sum's running
+    maximum (``cumulative_sum``), which keeps zero-weight particles from ever receiving
+    offspring, then runs only where some weight is exactly zero (log-weight ``-inf``), not
+    at every step with an underflow (40 % of the steps of a 1-D bootstrap filter at
+    ``N = 1e5``, where it cost 7-13 % of the filter)."""
+    shifted, _, ok = _shift_by_max(log_weights)
+    weights = jnp.where(shifted == -jnp.inf, 0.0, jnp.exp(jnp.maximum(shifted, CDF_LOG_FLOOR)))
+    sums = cumulative_sum(jnp.where(ok, weights, 1.0))
+    # the entries at the total (the last one, and those of trailing zero-weight particles)
+    # exactly 1: setting only the last one left a zero-weight last particle an interval of
+    # an ulp (2**-24 of the points: a NaN particle drawn once in ~2000 resamplings at N = 8192)
+    return jnp.where(sums >= sums[-1], 1.0, sums / sums[-1])
 
 
 def _indices_from_first_points(first: jax.Array, n: int, m: int) -> jax.Array:
@@ -392,7 +409,10 @@ def _sorted_uniforms(key: jax.Array, m: int, dtype) -> jax.Array:
     ``u_(j) = (E_0 + ... + E_j) / (E_0 + ... + E_m)`` (Devroye 1986, Sec. V.2), in ``O(m)``."""
     spacings = jax.random.exponential(key, (m + 1,), dtype=dtype)
     sums = cumulative_sum(spacings)
-    return jnp.minimum(sums[:m] / sums[m], 1.0)
+    # below 1 (a ratio rounded up to 1 fell past the CDF: to the last particle, whatever
+    # its weight)
+    below_one = jnp.nextafter(jnp.ones((), dtype), jnp.zeros((), dtype))
+    return jnp.minimum(sums[:m] / sums[m], below_one)
 
 
 def _searchsorted_unit(sorted_x: jax.Array, q: jax.Array, *, side: str = "left") -> jax.Array:

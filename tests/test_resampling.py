@@ -199,6 +199,34 @@ def test_nan_and_inf_log_weights_are_zero_weight(scheme):
     _assert_mean(counts, 7 * _exact_weights(log_w), scheme)
 
 
+@pytest.mark.parametrize("scheme", ["multinomial", "systematic", "stratified"])
+def test_underflowing_and_zero_weights_in_blocks(scheme):
+    """A blocked CDF (N >= 4096) with weights that underflow relative to the largest
+    (log-weights -200: raised to exp(CDF_LOG_FLOOR) times it) next to weights that are
+    exactly zero (-inf, NaN): the CDF is non-decreasing and exactly flat over the zeros
+    (also at the end: the last particle has zero weight), and no zero-weight particle ever
+    receives offspring."""
+    n = 8192
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(size=n).astype(np.float32)
+    kind = rng.integers(0, 4, size=n)
+    log_w[kind == 1] = -200.0
+    log_w[kind == 2] = -np.inf
+    log_w[kind == 3] = np.nan
+    log_w[-1] = np.nan
+    kind[-1] = 3
+    cdf = np.asarray(rs._cdf(jnp.asarray(log_w)))
+    assert (np.diff(cdf) >= 0).all() and cdf[-1] == 1.0
+    zero = (kind >= 2)[1:]
+    assert (np.diff(cdf)[zero] == 0.0).all()
+    assert (np.diff(cdf)[kind[1:] == 0] > 0).all()
+    idx, counts = _draw(scheme, log_w)
+    assert (counts[:, kind >= 2] == 0).all()
+    # underflowing weights are positive: only the CDF's rounding (an ulp, 2**-24 of the
+    # points at most) can give them offspring, against 1 per particle on average
+    assert counts[:, kind == 1].mean() < 1e-4
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_all_zero_weights_fall_back_to_uniform(scheme):
     log_w = np.full(7, -np.inf, np.float32)

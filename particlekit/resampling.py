@@ -335,7 +335,7 @@ def _cdf(log_weights: jax.Array) -> jax.Array:
     sums = cumulative_sum(jnp.where(ok, weights, 1.0))
     # the entries at the total (the last one, and those of trailing zero-weight particles)
     # exactly 1: setting only the last one left a zero-weight last particle an interval of
-    # an ulp (2**-24 of the points: a NaN particle drawn once in ~2000 resamplings at N = 8192)
+    # up to an ulp (a chance of up to N 2**-24 per resampling to draw a NaN particle)
     return jnp.where(sums >= sums[-1], 1.0, sums / sums[-1])
 
 

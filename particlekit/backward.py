@@ -863,9 +863,10 @@ def mcmc_backward_indices(
     """
     m = jax.tree.leaves(targets)[0].shape[0]
     num_items = m * num_draws
-    log_w, _ = resampling.log_normalize(log_weights_prev)
-    cdf = resampling.cumulative_sum(jnp.exp(log_w))
-    table = guide_table(cdf / cdf[-1])
+    # (resampling's CDF: underflowing weights floored, so the zero-flattening pass runs
+    # only for weights that are exactly zero)
+    table = guide_table(resampling._cdf(log_weights_prev))
+    dtype = table.cdf.dtype
     item_x = repeat_each(targets, num_draws)
 
     def log_f(idx):
@@ -876,9 +877,9 @@ def mcmc_backward_indices(
 
     def uniforms(k):
         k_prop, k_acc = jax.random.split(prng.population_key(k))  # draws unrolled, same bits
-        return tuple(jax.random.uniform(kk, (num_items,), cdf.dtype) for kk in (k_prop, k_acc))
+        return tuple(jax.random.uniform(kk, (num_items,), dtype) for kk in (k_prop, k_acc))
 
-    uniforms_shape = (jax.ShapeDtypeStruct((num_items,), cdf.dtype),) * 2
+    uniforms_shape = (jax.ShapeDtypeStruct((num_items,), dtype),) * 2
 
     def step(carry, k):
         current, log_f_current, accepted = carry

@@ -260,11 +260,7 @@ def init(
         math.prod(a.shape) * getattr(a.dtype, "itemsize", 4) for a in jax.tree.leaves(shapes)
     )
     check_memory(num_bytes, f"the population of {n} particles")
-    # computed once into memory (on CPU; ``prng.in_memory``): fused, the draw (e.g. a
-    # normal's inverse error function) was compiled and run again in each fusion reading it
-    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
-    words = jax.random.key_data(key) if typed else key
-    particles = prng.in_memory(sample, words, key, shapes=shapes)
+    particles = sample(key)
     for leaf in jax.tree.leaves(particles):
         if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != n:
             raise ValueError(

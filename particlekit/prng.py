@@ -355,9 +355,9 @@ def population_key(key):
 def rolled_key(key):
     """``key`` (the same bits) as a key of ``jax.random``'s own Threefry implementation,
     whose draws use its rolled loop; any other key as it is. For a draw made once, outside
-    the time loop (a filter's initial particles): unrolled, its hash was fused into, and
-    compiled again in, each of the fusions that read the draw (four on the bootstrap filter,
-    a fifth of its compiled program), for a run time gain of one step's draw.
+    the time loop (a filter's initial particles, ``batched_laws.sample_iid``): unrolled, its
+    hash was fused into, and compiled again in, each of the fusions that read the draw (four
+    on the bootstrap filter), for a run time gain of one step's draw.
 
     Examples
     --------

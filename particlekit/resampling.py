@@ -146,11 +146,17 @@ def _shift_by_max(log_weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arr
     return log_weights - jnp.where(ok, top, 0.0), top, ok
 
 
-def _relative_weights(log_weights: jax.Array) -> jax.Array:
+def _relative_weights(log_weights: jax.Array, log_floor: float | None = None) -> jax.Array:
     """Weights divided by the largest one (in ``[0, 1]``), or all ones if every weight is
-    zero (the uniform fallback)."""
+    zero (the uniform fallback). With ``log_floor``, a positive weight below
+    ``exp(log_floor)`` times the largest is raised to that value (only the weights that are
+    exactly zero stay zero; see ``_cdf``)."""
     shifted, _, ok = _shift_by_max(log_weights)
-    return jnp.where(ok, jnp.exp(shifted), 1.0)
+    if log_floor is None:
+        weights = jnp.exp(shifted)
+    else:
+        weights = jnp.where(shifted == -jnp.inf, 0.0, jnp.exp(jnp.maximum(shifted, log_floor)))
+    return jnp.where(ok, weights, 1.0)
 
 
 def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -330,9 +336,7 @@ def _cdf(log_weights: jax.Array) -> jax.Array:
     offspring, then runs only where some weight is exactly zero (log-weight ``-inf``), not
     at every step with an underflow (40 % of the steps of a 1-D bootstrap filter at
     ``N = 1e5``, where it cost 7-13 % of the filter)."""
-    shifted, _, ok = _shift_by_max(log_weights)
-    weights = jnp.where(shifted == -jnp.inf, 0.0, jnp.exp(jnp.maximum(shifted, CDF_LOG_FLOOR)))
-    sums = cumulative_sum(jnp.where(ok, weights, 1.0))
+    sums = cumulative_sum(_relative_weights(log_weights, CDF_LOG_FLOOR))
     # the entries at the total (the last one, and those of trailing zero-weight particles)
     # exactly 1: setting only the last one left a zero-weight last particle an interval of
     # up to an ulp (a chance of up to N 2**-24 per resampling to draw a NaN particle)

@@ -36,6 +36,8 @@ are drawn from the scheme's law conditional on that event (Chopin & Singh 2015, 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import operator
 from collections.abc import Callable
 from typing import NamedTuple
@@ -75,6 +77,37 @@ Resampler = Callable[..., jax.Array]
 # --------------------------------------------------------------------------------------
 # weights
 # --------------------------------------------------------------------------------------
+def _array_like(log_weights):
+    """``log_weights`` as a JAX array (a list, a tuple or a NumPy array of numbers), or a
+    ``ValueError`` saying what it got."""
+    if isinstance(log_weights, jax.Array):
+        return log_weights
+    try:
+        return jnp.asarray(log_weights)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"log_weights must be an array of numbers of shape (N,), got "
+            f"{type(log_weights).__name__}: {error}"
+        ) from None
+
+
+def _takes_array_like(fn: Callable) -> Callable:
+    """``fn`` with its ``log_weights`` argument passed through ``_array_like``: a plain
+    list of log-weights raised ``TypeError: Cannot determine dtype`` from inside the
+    shape checks."""
+    position = list(inspect.signature(fn).parameters).index("log_weights")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if len(args) > position:
+            args = (*args[:position], _array_like(args[position]), *args[position + 1 :])
+        elif "log_weights" in kwargs:
+            kwargs["log_weights"] = _array_like(kwargs["log_weights"])
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def invalid_log_weights(log_weights: jax.Array) -> jax.Array:
     """Mask of the log-weights that carry no valid weight: ``NaN`` and ``+inf`` (``-inf``
     is a valid zero weight).
@@ -159,6 +192,7 @@ def _relative_weights(log_weights: jax.Array, log_floor: float | None = None) ->
     return jnp.where(ok, weights, 1.0)
 
 
+@_takes_array_like
 def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Normalise log-weights with max-subtraction.
 
@@ -190,6 +224,7 @@ def log_normalize(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     return log_W, log_sum
 
 
+@_takes_array_like
 def normalize(log_weights: jax.Array) -> jax.Array:
     """Normalised weights ``W`` (summing to one up to rounding) from unnormalised
     log-weights; uniform if every weight is zero."""
@@ -213,6 +248,7 @@ def weighted_sum(weights: jax.Array, values: jax.Array) -> jax.Array:
     return jnp.tensordot(weights, jnp.where(alive, values, 0.0), axes=(0, 0))
 
 
+@_takes_array_like
 def log_sum_and_ess(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``logsumexp(log_weights)`` and ``ess`` together, from one max-subtraction and
     one ``exp`` pass (the engine's ``reweight`` needs both every step).
@@ -232,6 +268,7 @@ def log_sum_and_ess(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     return log_sum, jnp.where(ok, total * total / jnp.sum(w * w), 0.0)
 
 
+@_takes_array_like
 def ess(log_weights: jax.Array) -> jax.Array:
     """Effective sample size ``1 / sum W_i^2`` from unnormalised log-weights.
 
@@ -450,6 +487,7 @@ def _searchsorted_unit(sorted_x: jax.Array, q: jax.Array, *, side: str = "left")
     return lo
 
 
+@_takes_array_like
 def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Multinomial resampling: ``M`` i.i.d. draws from the categorical law ``W``.
 
@@ -483,6 +521,7 @@ def _iid_categorical(key: jax.Array, log_weights: jax.Array, m: int) -> jax.Arra
     return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
 
 
+@_takes_array_like
 def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Systematic resampling: points ``(j + U) / M`` with one shared uniform ``U``.
 
@@ -504,6 +543,7 @@ def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int | None =
     return _indices_from_first_points(first, n, m)
 
 
+@_takes_array_like
 def stratified(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Stratified resampling: points ``(j + U_j) / M`` with independent uniforms.
 
@@ -534,6 +574,7 @@ def _residual_from_draws(floors, residual_draws, num_deterministic, n, m):
     return jnp.where(slots < num_deterministic, deterministic, extra).astype(jnp.int32)
 
 
+@_takes_array_like
 def residual(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Residual resampling: ``floor(M W_i)`` deterministic copies of particle ``i``, the
     remaining ``R = M - sum_i floor(M W_i)`` slots filled by multinomial draws from the
@@ -591,6 +632,7 @@ def _ssp_counts(key: jax.Array, scaled: jax.Array, m: int) -> jax.Array:
     return counts
 
 
+@_takes_array_like
 def ssp(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Srinivasan sampling process (SSP) resampling (Gerber, Chopin & Whiteley 2019).
 
@@ -604,6 +646,7 @@ def ssp(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     return _indices_from_first_points(first, n, m)
 
 
+@_takes_array_like
 def killing(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Killing resampling: particle ``i`` survives in its own slot with probability
     ``W_i / max_j W_j``, otherwise it is replaced by a multinomial draw.
@@ -639,6 +682,7 @@ def _check_conditional(key, log_weights, num_samples):
     return n
 
 
+@_takes_array_like
 def conditional_multinomial(key, log_weights, num_samples=None):
     """Conditional multinomial resampling: slot 0 gets ancestor 0 (the reference), the
     other ``N - 1`` slots are i.i.d. draws from ``W``."""
@@ -663,6 +707,7 @@ def _size_biased_uniform(key, scaled0, dtype):
     return jnp.where(low, v * frac, frac + v * (1.0 - frac)), whole, low
 
 
+@_takes_array_like
 def conditional_systematic(key, log_weights, num_samples=None):
     """Conditional systematic resampling (Chopin & Singh 2015): the shared uniform is drawn
     given that slot 0 descends from particle 0, then the other slots are permuted."""
@@ -674,6 +719,7 @@ def conditional_systematic(key, log_weights, num_samples=None):
     return _pin_reference(key_perm, _indices_from_first_points(first, n, n))
 
 
+@_takes_array_like
 def conditional_stratified(key, log_weights, num_samples=None):
     """Conditional stratified resampling: the uniform of the stratum straddling particle
     0's boundary is drawn size-biased, the others i.i.d., then the slots are permuted."""
@@ -688,6 +734,7 @@ def conditional_stratified(key, log_weights, num_samples=None):
     return _pin_reference(key_perm, _indices_from_first_points(first, n, n))
 
 
+@_takes_array_like
 def conditional_residual(key, log_weights, num_samples=None):
     """Conditional residual resampling: the number of residual draws landing on particle
     0 is size-biased by its total offspring count, then the slots are permuted."""

@@ -383,3 +383,28 @@ def test_float64_mode():
             idx = jax.jit(fn)(jax.random.key(0), log_w)
             assert idx.dtype == jnp.int32 and idx.shape == (5,)
             assert int(rs.offspring_counts(idx, 5)[2]) == 0
+
+
+@pytest.mark.parametrize(
+    "scheme", SCHEMES + ["conditional_" + s for s in ("multinomial", "systematic", "stratified")]
+)
+def test_schemes_take_lists_tuples_and_numpy_arrays(scheme):
+    """A list of log-weights raised ``TypeError: Cannot determine dtype`` from inside the
+    shape checks; now any array-like gives the draws of the same JAX array."""
+    fn = getattr(rs, scheme)
+    values = [0.0, -1.0, -jnp.inf, -0.5]
+    expected = fn(jax.random.key(3), jnp.asarray(values)).tolist()
+    for like in (values, tuple(values), np.asarray(values)):
+        assert fn(jax.random.key(3), like).tolist() == expected
+    assert fn(jax.random.key(3), log_weights=values).tolist() == expected
+    with pytest.raises(ValueError, match="array of numbers"):
+        fn(jax.random.key(3), [[0.0, 1.0], [2.0]])
+
+
+def test_weight_summaries_take_lists():
+    values = [0.0, -1.0, -jnp.inf]
+    for fn in (rs.ess, rs.normalize, rs.log_normalize, rs.log_sum_and_ess):
+        got, want = fn(values), fn(jnp.asarray(values))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert abs(float(rs.ess(values)) - 1.6480543) < 1e-5  # (1 + e^-1)^2 / (1 + e^-2)

@@ -577,8 +577,26 @@ def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in, tick=None):
     warn_if_above_bound(jnp.sum(above), "ppg", cfg["log_transition_bound"])
     warn_if_degenerate(jnp.sum(degenerate), "ppg")
     warn_if_reference_alone(alone & jnp.isfinite(log_z))
+    warn_if_nonfinite_estimates(estimates, log_z)
     estimate = jax.tree.map(lambda a: jnp.mean(a[burn_in:], axis=0), estimates)
     return PPGResult(estimate, estimates, final_ref, log_z, alone)
+
+
+def warn_if_nonfinite_estimates(estimates, log_z) -> None:
+    """After a run (also traced), a ``RuntimeWarning`` when sweeps that did not fail (finite
+    ``log_z``) have an estimate that is not finite: ``additive_fn`` or ``initial_fn``
+    returned NaN or an infinity at some particle (``PaRISInfo.num_nonfinite_statistics``)."""
+    bad = jnp.zeros(log_z.shape, bool)
+    for leaf in jax.tree.leaves(estimates):
+        bad = bad | ~jnp.all(jnp.isfinite(leaf.reshape(log_z.shape[0], -1)), axis=1)
+    warn_if_counted_after_run(
+        bad & jnp.isfinite(log_z),
+        "ppg: in {count} of {size} sweeps the estimate is not finite although the sweep "
+        "did not fail: additive_fn or initial_fn returned NaN or an infinity at some "
+        "particle (they are evaluated at every particle of the sweep and its backward "
+        "draws): guard them where they are undefined (e.g. jnp.log of a state that can be "
+        "negative)",
+    )
 
 
 def warn_if_reference_alone(reference_alone) -> None:

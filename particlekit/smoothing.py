@@ -31,6 +31,7 @@ over long horizons at a cost linear in ``N``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -314,6 +315,43 @@ class PaRISInfo(NamedTuple):
     num_above_bound: jax.Array = 0
     # backward draws from rows without a positive finite transition density (uniform)
     num_degenerate: jax.Array = 0
+    # particles of positive weight whose statistics tau hold a NaN or an infinity (from
+    # additive_fn / initial_fn): the estimate is then not finite
+    num_nonfinite_statistics: jax.Array = 0
+
+
+def count_nonfinite_statistics(log_weights: jax.Array, tau: PyTree) -> jax.Array:
+    """The particles of positive weight whose statistics ``tau`` (leaves ``(N, ...)``) hold
+    a NaN or an infinity: with any, ``sum_i W^i tau^i`` is not finite (a zero-weight
+    particle's statistic is left out of it)."""
+    n = log_weights.shape[0]
+    bad = jnp.zeros(n, bool)
+    for leaf in jax.tree.leaves(tau):
+        bad = bad | ~jnp.all(jnp.isfinite(leaf.reshape(n, -1)), axis=1)
+    return jnp.sum(bad & (log_weights > -jnp.inf)).astype(jnp.int32)
+
+
+def warn_if_nonfinite_statistics(counts: jax.Array, where: str) -> None:
+    """After a run (also traced: a ``jax.debug.callback``), a ``RuntimeWarning`` when the
+    last entry of ``counts`` (``PaRISInfo.num_nonfinite_statistics`` per step) is positive:
+    the estimate is NaN or infinite because ``additive_fn`` or ``initial_fn`` was, with the
+    first step where a statistic was."""
+
+    def emit(counts):
+        counts = np.asarray(counts)
+        if counts[-1] > 0:
+            warnings.warn(
+                f"{where}: additive_fn or initial_fn returned NaN or an infinity: "
+                f"{int(counts[-1])} particles of positive weight end with non-finite "
+                f"statistics, so the estimate is not finite (the first at step "
+                f"t = {int(np.argmax(counts > 0))}). The terms are evaluated at the filter's "
+                "particles and their backward draws: guard additive_fn where it is undefined "
+                "(e.g. jnp.log of a state that can be negative)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    jax.debug.callback(emit, counts)
 
 
 class PaRISResult(NamedTuple):
@@ -623,6 +661,7 @@ def paris_init_state(key, y0, ref0=None, *, cfg, conditional=False):
         num_exact=jnp.zeros((), jnp.int32),
         num_above_bound=jnp.zeros((), jnp.int32),
         num_degenerate=jnp.zeros((), jnp.int32),
+        num_nonfinite_statistics=count_nonfinite_statistics(state.log_weights, tau),
     )
     compensation = jnp.zeros_like(state.log_evidence)
     tau_compensation = jax.tree.map(jnp.zeros_like, tau)
@@ -661,6 +700,7 @@ def paris_update_state(
         # (getattr: bench_backward_revisions swaps in older modules without the field)
         num_above_bound=jnp.asarray(getattr(stats, "num_above_bound", 0), jnp.int32),
         num_degenerate=jnp.asarray(getattr(stats, "num_degenerate", 0), jnp.int32),
+        num_nonfinite_statistics=count_nonfinite_statistics(state.log_weights, tau),
     )
     # the evidence as a compensated sum of the increments (plain float32 drifts over 1e5 steps)
     log_evidence, compensation = kernels.compensated_add(
@@ -778,6 +818,7 @@ def _paris(key, ys, *, cfg_items, progress_bar):
     failed = ~jnp.isfinite(log_evidence)
     warn_if_above_bound(jnp.sum(infos.num_above_bound), "paris", cfg["log_transition_bound"])
     warn_if_degenerate(jnp.sum(infos.num_degenerate), "paris")
+    warn_if_nonfinite_statistics(infos.num_nonfinite_statistics, "paris")
     return PaRISResult(
         estimate=final.estimate,
         estimates=ests,

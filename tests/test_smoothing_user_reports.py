@@ -341,3 +341,40 @@ def test_csmc_with_a_dict_state():
     with pytest.raises(ValueError, match="non-finite"):
         bad = {"pos": xs["pos"].at[2].set(jnp.nan), "vel": xs["vel"]}
         pk.pgibbs.csmc(jax.random.key(1), PYTREE_SSM, ys, bad, num_particles=8)
+
+
+# ---- additive functionals that are not finite ----------------------------------------
+def test_paris_online_counts_particles_with_nonfinite_statistics(data):
+    """``h = log x`` is NaN / -inf at the particles with ``x <= 0``: after the first update
+    (no initial term) exactly those of positive weight have a non-finite statistic."""
+    _, ys = data
+    smoother = pk.smoothing.paris_online(
+        SSM, additive_fn=lambda xp, x, t: jnp.log(x), num_particles=64
+    )
+    state0 = smoother.init(jax.random.key(2), ys[0])
+    state1, info = smoother.update(jax.random.key(3), state0, ys[1])
+    particle_state = state1.particle_state
+    expected = np.sum(
+        (np.asarray(particle_state.particles) <= 0)
+        & np.isfinite(np.asarray(particle_state.log_weights))
+    )
+    assert 0 < expected < 64
+    assert int(info.num_nonfinite_statistics) == expected
+    finite = pk.smoothing.paris_online(SSM, additive_fn=lambda xp, x, t: x, num_particles=64)
+    _, info = finite.update(jax.random.key(3), finite.init(jax.random.key(2), ys[0]), ys[1])
+    assert int(info.num_nonfinite_statistics) == 0
+
+
+def test_paris_and_ppg_warn_when_the_functional_is_not_finite(data):
+    _, ys = data
+    log_h = dict(additive_fn=lambda xp, x, t: jnp.log(x), num_particles=32)
+    with pytest.warns(RuntimeWarning, match=r"paris: additive_fn or initial_fn returned NaN"):
+        res = pk.smoothing.paris(jax.random.key(4), SSM, ys, **log_h)
+    assert not np.isfinite(res.estimate) and not bool(res.failed)
+    with pytest.warns(RuntimeWarning, match=r"ppg: in 3 of 3 sweeps the estimate is not"):
+        pk.pgibbs.ppg(jax.random.key(5), SSM, ys, num_iterations=3, burn_in=1, **log_h)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        finite = dict(additive_fn=lambda xp, x, t: x, num_particles=32)
+        assert np.isfinite(pk.smoothing.paris(jax.random.key(4), SSM, ys, **finite).estimate)
+        pk.pgibbs.ppg(jax.random.key(5), SSM, ys, num_iterations=3, burn_in=1, **finite)

@@ -381,42 +381,46 @@ def _bootstrap(
     key, ys, *, ssm, num_particles, resampling_scheme, ess_threshold, keep_history,
     progress_bar, sharding, batch_size=None,
 ):  # fmt: skip
-    v = ssm.vectorized
+    return _filter(
+        key,
+        ys,
+        num_particles=num_particles,
+        init_sample=initial_sampler(ssm),
+        init_log_weight=_observation_term(ssm),
+        step=bootstrap_step(ssm, resampling_scheme, ess_threshold, batch_size),
+        keep_history=keep_history,
+        progress_bar=progress_bar,
+        sharding=sharding,
+        vectorized=ssm.vectorized,
+        batch_size=batch_size,
+    )
 
-    sample_init = initial_sampler(ssm)
+
+def bootstrap_step(ssm: StateSpaceModel, resampling_scheme, ess_threshold, batch_size=None):
+    """The bootstrap filter's step ``t - 1 -> t`` as a kernel ``(key, state, (y_t, t))``:
+    resample when the ESS is low, draw from the transition, weight by the observation
+    density (``bootstrap``; the state-space recipes' filters, ``particlekit.statespace``,
+    run the same one). A per-particle model's transition is drawn as one batch where
+    NumPyro can batch it exactly (``batched_laws.sample_population``)."""
+    v = ssm.vectorized
 
     def propagate(k, x_prev, inputs):
         return ssm.sample_transition(k, x_prev, inputs[1])
 
     def propagate_population(k, xs_prev, inputs):
-        # a per-particle model's transition drawn as one batch where NumPyro can batch it
         num = jax.tree.leaves(xs_prev)[0].shape[0]
         return batched_laws.sample_population(
             k, lambda x: ssm.transition(x, inputs[1]), xs_prev, num, batch_size
         )
 
-    log_g = _observation_term(ssm)
     if v:
         move = kernels.move(propagate, vectorized=True, batch_size=batch_size)
     else:  # (``batch_size``: for the per-particle draws of a law that is not batched)
         move = kernels.move(propagate_population, vectorized=True)
-    step = kernels.chain(
+    return kernels.chain(
         kernels.normalizing_resample(resampling_scheme, ess_threshold),
         move,
-        kernels.reweight_normalized(log_g, vectorized=v, batch_size=batch_size),
-    )
-    return _filter(
-        key,
-        ys,
-        num_particles=num_particles,
-        init_sample=sample_init,
-        init_log_weight=log_g,
-        step=step,
-        keep_history=keep_history,
-        progress_bar=progress_bar,
-        sharding=sharding,
-        vectorized=v,
-        batch_size=batch_size,
+        kernels.reweight_normalized(_observation_term(ssm), vectorized=v, batch_size=batch_size),
     )
 
 

@@ -23,7 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from particlekit import kernels, resampling
-from particlekit.filters import _observation_term, initial_sampler
+from particlekit.filters import (
+    _observation_term,
+    bootstrap_step,
+    initial_sampler,
+    skipping_missing,
+)
 from particlekit.run import advance
 from particlekit.ssm import StateSpaceModel
 from particlekit.statespace.model import check_model_and_data, unconstrain_params
@@ -56,16 +61,9 @@ class FilterCarry(NamedTuple):
 
 
 def _step_kernel(ssm: StateSpaceModel, scheme, ess_threshold):
-    v = ssm.vectorized
-
-    def propagate(k, x_prev, inputs):
-        return ssm.sample_transition(k, x_prev, inputs[1])
-
-    return kernels.chain(
-        kernels.normalizing_resample(scheme, ess_threshold),
-        kernels.move(propagate, vectorized=v),
-        kernels.reweight_normalized(_observation_term(ssm), vectorized=v),
-    )
+    """``pk.filters.bootstrap``'s step, with its exact zero increment at a missing ``y_t``
+    (``skipping_missing``) and its batched transition draws for a per-particle model."""
+    return skipping_missing(bootstrap_step(ssm, scheme, ess_threshold))
 
 
 def filter_init(

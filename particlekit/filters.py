@@ -400,9 +400,21 @@ def bootstrap_step(ssm: StateSpaceModel, resampling_scheme, ess_threshold, batch
     """The bootstrap filter's step ``t - 1 -> t`` as a kernel ``(key, state, (y_t, t))``:
     resample when the ESS is low, draw from the transition, weight by the observation
     density (``bootstrap``; the state-space recipes' filters, ``particlekit.statespace``,
-    run the same one). A per-particle model's transition is drawn as one batch where
-    NumPyro can batch it exactly (``batched_laws.sample_population``)."""
-    v = ssm.vectorized
+    run the same one). The move: ``transition_move``."""
+    return kernels.chain(
+        kernels.normalizing_resample(resampling_scheme, ess_threshold),
+        transition_move(ssm, batch_size),
+        kernels.reweight_normalized(
+            _observation_term(ssm), vectorized=ssm.vectorized, batch_size=batch_size
+        ),
+    )
+
+
+def transition_move(ssm: StateSpaceModel, batch_size=None):
+    """The move ``x_t ~ f_t(. | x_{t-1})`` of every particle, a kernel ``(key, state,
+    (y_t, t))``: a per-particle model's transition drawn as one batch where NumPyro can
+    batch it exactly (``batched_laws.sample_population``; other laws with per-particle
+    keys, ``batch_size`` at a time)."""
 
     def propagate(k, x_prev, inputs):
         return ssm.sample_transition(k, x_prev, inputs[1])
@@ -413,15 +425,9 @@ def bootstrap_step(ssm: StateSpaceModel, resampling_scheme, ess_threshold, batch
             k, lambda x: ssm.transition(x, inputs[1]), xs_prev, num, batch_size
         )
 
-    if v:
-        move = kernels.move(propagate, vectorized=True, batch_size=batch_size)
-    else:  # (``batch_size``: for the per-particle draws of a law that is not batched)
-        move = kernels.move(propagate_population, vectorized=True)
-    return kernels.chain(
-        kernels.normalizing_resample(resampling_scheme, ess_threshold),
-        move,
-        kernels.reweight_normalized(_observation_term(ssm), vectorized=v, batch_size=batch_size),
-    )
+    if ssm.vectorized:
+        return kernels.move(propagate, vectorized=True, batch_size=batch_size)
+    return kernels.move(propagate_population, vectorized=True)
 
 
 def bootstrap(

@@ -56,7 +56,7 @@ from particlekit.backward import check_trials as _check_trials
 from particlekit.backward import log_f_rows as _log_f_rows
 from particlekit.backward import resolve_bound as _resolve_bound
 from particlekit.backward import take as _take
-from particlekit.filters import FilterResult, initial_sampler
+from particlekit.filters import FilterResult, initial_sampler, transition_move
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState, PyTree
@@ -488,13 +488,10 @@ def _smc_step(
     else:
         state, info = kernels.resample(scheme, ess_threshold)(k_res, state)
 
-    def propagate(k, x_prev, inputs):
-        return ssm.sample_transition(k, x_prev, inputs[1])
-
     def log_g(x_prev, x, inputs):
         return ssm.observation_log_prob(x, inputs[0], inputs[1])
 
-    state, minfo = kernels.move(propagate, vectorized=v)(k_move, state, (y, t))
+    state, minfo = transition_move(ssm)(k_move, state, (y, t))
     if conditional:
         state = state._replace(
             particles=jax.tree.map(lambda a, r: a.at[0].set(r), state.particles, ref_t)

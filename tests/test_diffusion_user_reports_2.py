@@ -100,6 +100,9 @@ def test_fk_corrector_checks_the_network_shape_and_the_sample_shape():
         ({"direction": [1.0], "lmbda": float("nan")}, "lmbda"),  # gave NaN weights
         ({"direction": [1.0, 0.0, 0.0], "lmbda": 1.0}, "direction"),
         ({"direction": 1.0, "lmbda": 1.0}, "direction"),
+        ({"direction": [1.0], "lmbda": "1"}, "one real number"),  # a TypeError from jnp
+        ({"direction": [1.0], "lmbda": [1.0, 2.0]}, "one real number"),  # broadcast
+        ({"direction": [1.0], "lmbda": True}, "one real number"),
     ],
 )
 def test_tilted_mixture_checks_direction_and_lmbda(kwargs, match):
@@ -185,3 +188,12 @@ def test_diffusion_sample_checks_its_key():
     is now the ValueError that every other sampler (``FlowModel.sample`` included) gives."""
     with pytest.raises(ValueError, match="PRNG key"):
         NORMAL.sample(0, 3, num_steps=5)
+
+
+def test_tilted_mixture_integer_and_array_lmbda_are_the_float():
+    args = ([0.3, 0.7], [[-1.0], [2.0]])
+    expected = pk.diffusion.tilted_gaussian_mixture(*args, stds=1.0, direction=[1.0], lmbda=1.0)
+    for lmbda in (1, np.int32(1), jnp.asarray(1.0)):
+        got = pk.diffusion.tilted_gaussian_mixture(*args, stds=1.0, direction=[1.0], lmbda=lmbda)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)

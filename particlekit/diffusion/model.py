@@ -493,7 +493,10 @@ def tilted_gaussian_mixture(weights, means, stds=None, covs=None, *, direction, 
     if a.shape != means.shape[1:]:
         raise ValueError(f"direction must have shape {means.shape[1:]}, got {a.shape}")
     _require(jnp.all(jnp.isfinite(a)), "direction must be finite (no NaN or inf)")
-    _require(jnp.isfinite(jnp.asarray(lmbda)), f"lmbda must be finite, got {lmbda}")
+    if isinstance(lmbda, str | bytes | bool) or jnp.ndim(lmbda) != 0:
+        raise ValueError(f"lmbda must be one real number, got {lmbda!r}")
+    lmbda = jnp.asarray(lmbda, means.dtype)  # (an integer tilt too)
+    _require(jnp.isfinite(lmbda), f"lmbda must be finite, got {lmbda}")
     s_a = jnp.einsum("kij,j->ki", covs, a)
     log_terms = jnp.log(weights) + lmbda * means @ a + 0.5 * lmbda**2 * s_a @ a
     log_z = jax.scipy.special.logsumexp(log_terms)

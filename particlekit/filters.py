@@ -214,14 +214,21 @@ def skipping_missing(step):
 
     def skipping(key, state: ParticleState, inputs):
         new, info = step(key, state, inputs)
-        skip = is_missing(inputs[0]) & jnp.isfinite(info.log_evidence_increment)
-        increment = jnp.where(skip, 0.0, info.log_evidence_increment)
-        log_evidence = jnp.where(skip, state.log_evidence, new.log_evidence)
-        return new._replace(log_evidence=log_evidence), info._replace(
-            log_evidence_increment=increment.astype(info.log_evidence_increment.dtype)
-        )
+        return zero_increment_if_missing(inputs[0], state.log_evidence, new, info)
 
     return skipping
+
+
+def zero_increment_if_missing(y, log_evidence_before, new: ParticleState, info):
+    """``(new, info)`` of a step at ``y`` with the increment exactly 0 and the evidence
+    left at ``log_evidence_before`` where ``y`` is fully missing and the increment finite
+    (``skipping_missing``; conditional SMC's step calls it directly)."""
+    skip = is_missing(y) & jnp.isfinite(info.log_evidence_increment)
+    increment = jnp.where(skip, 0.0, info.log_evidence_increment)
+    log_evidence = jnp.where(skip, log_evidence_before, new.log_evidence)
+    return new._replace(log_evidence=log_evidence), info._replace(
+        log_evidence_increment=increment.astype(info.log_evidence_increment.dtype)
+    )
 
 
 def initial_sampler(ssm: StateSpaceModel):

@@ -56,7 +56,12 @@ from particlekit.backward import check_trials as _check_trials
 from particlekit.backward import log_f_rows as _log_f_rows
 from particlekit.backward import resolve_bound as _resolve_bound
 from particlekit.backward import take as _take
-from particlekit.filters import FilterResult, initial_sampler, transition_move
+from particlekit.filters import (
+    FilterResult,
+    initial_sampler,
+    transition_move,
+    zero_increment_if_missing,
+)
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.ssm import StateSpaceModel
 from particlekit.types import ParticleState, PyTree
@@ -475,10 +480,12 @@ def _smc_step(
 ):  # fmt: skip
     """One bootstrap-filter step ``t - 1 -> t`` (resample, move, reweight), optionally
     conditional on a reference state ``ref_t`` pinned in slot 0 (conditional SMC), with
-    ancestor sampling of the reference's parent (Lindsten, Jordan & Schön 2014)."""
+    ancestor sampling of the reference's parent (Lindsten, Jordan & Schön 2014). A fully
+    missing ``y`` adds exactly 0 to the evidence, as in the filters."""
     v = ssm.vectorized
     k_res, k_as, k_move, k_w = jax.random.split(key, 4)
     prev, log_w_prev = state.particles, state.log_weights
+    log_evidence_before = state.log_evidence
     if conditional:
         state, info = kernels.resample(resampling.get_conditional_scheme(scheme), 1.0)(k_res, state)
         if ancestor_sampling:
@@ -497,7 +504,7 @@ def _smc_step(
             particles=jax.tree.map(lambda a, r: a.at[0].set(r), state.particles, ref_t)
         )
     state, winfo = kernels.reweight(log_g, vectorized=v)(k_w, state, (y, t))
-    return state, info.merge(minfo).merge(winfo)
+    return zero_increment_if_missing(y, log_evidence_before, state, info.merge(minfo).merge(winfo))
 
 
 def _smc_init(key, ssm, y0, ref0, *, num_particles, conditional):

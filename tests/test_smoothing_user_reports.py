@@ -380,3 +380,25 @@ def test_paris_and_ppg_warn_when_the_functional_is_not_finite(data):
         finite = dict(additive_fn=lambda xp, x, t: x, num_particles=32)
         assert np.isfinite(pk.smoothing.paris(jax.random.key(4), SSM, ys, **finite).estimate)
         pk.pgibbs.ppg(jax.random.key(5), SSM, ys, num_iterations=3, burn_in=1, **finite)
+
+
+def test_paris_and_csmc_add_exactly_nothing_at_a_missing_observation(data):
+    """As in the filters: a fully missing ``y_t`` has potential 1 for every particle, so
+    its increment is exactly 0 (computed, ``log sum_i W_i`` of unequal normalised weights
+    missed 0 by an ulp for some populations); never resampled here, so they are unequal."""
+    _, ys = data
+    ys = ys.at[1].set(jnp.nan)
+    for seed in range(8):
+        smoother = pk.smoothing.paris_online(
+            SSM, additive_fn=lambda xp, x, t: x, num_particles=100, ess_threshold=0.0
+        )
+        state0 = smoother.init(jax.random.key(seed), ys[0])
+        state1, info = smoother.update(jax.random.key(100 + seed), state0, ys[1])
+        assert float(info.log_evidence_increment) == 0.0, seed
+        assert state1.particle_state.log_evidence == state0.particle_state.log_evidence
+    reference = jnp.zeros(ys.shape[0])
+    res = pk.pgibbs.csmc(jax.random.key(0), SSM, ys[:2], reference[:2], num_particles=100,
+                         return_info=True)  # fmt: skip
+    alone = pk.pgibbs.csmc(jax.random.key(0), SSM, ys[:1], reference[:1], num_particles=100,
+                           return_info=True)  # fmt: skip
+    assert res.log_evidence == alone.log_evidence

@@ -388,10 +388,10 @@ def test_paris_and_csmc_add_exactly_nothing_at_a_missing_observation(data):
     missed 0 by an ulp for some populations); never resampled here, so they are unequal."""
     _, ys = data
     ys = ys.at[1].set(jnp.nan)
+    smoother = pk.smoothing.paris_online(
+        SSM, additive_fn=lambda xp, x, t: x, num_particles=100, ess_threshold=0.0
+    )
     for seed in range(8):
-        smoother = pk.smoothing.paris_online(
-            SSM, additive_fn=lambda xp, x, t: x, num_particles=100, ess_threshold=0.0
-        )
         state0 = smoother.init(jax.random.key(seed), ys[0])
         state1, info = smoother.update(jax.random.key(100 + seed), state0, ys[1])
         assert float(info.log_evidence_increment) == 0.0, seed

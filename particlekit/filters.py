@@ -591,7 +591,7 @@ def _guided(
         info = StepInfo.neutral(state)
         state, i_r = resample_kernel(k_r, state, inputs)
         state, i_m = move_kernel(k_m, state, inputs)
-        ok = _finite_per_particle(state.particles)
+        ok = finite_per_particle(state.particles)
         kept = jax.tree.map(
             lambda new, old: jnp.where(ok.reshape(ok.shape + (1,) * (new.ndim - 1)), new, old),
             state.particles,
@@ -624,8 +624,9 @@ def _guided(
     )
 
 
-def _finite_per_particle(particles) -> jax.Array:
-    """``(N,)`` mask: every entry of the particle (all leaves) is finite."""
+def finite_per_particle(particles) -> jax.Array:
+    """``(N,)`` mask: every entry of the particle (all leaves, along the leading axis) is
+    finite (integer leaves always are)."""
     leaves = jax.tree.leaves(particles)
     n = leaves[0].shape[0]
     ok = jnp.ones((n,), bool)

@@ -35,6 +35,7 @@ from particlekit.backward import (
     warn_if_above_bound,
     warn_if_degenerate,
 )
+from particlekit.filters import finite_per_particle
 from particlekit.run import progress_bar_callback, resolve_progress_bar, warn_if_counted_after_run
 from particlekit.smoothing import (
     _check_method,
@@ -586,11 +587,8 @@ def warn_if_nonfinite_estimates(estimates, log_z) -> None:
     """After a run (also traced), a ``RuntimeWarning`` when sweeps that did not fail (finite
     ``log_z``) have an estimate that is not finite: ``additive_fn`` or ``initial_fn``
     returned NaN or an infinity at some particle (``PaRISInfo.num_nonfinite_statistics``)."""
-    bad = jnp.zeros(log_z.shape, bool)
-    for leaf in jax.tree.leaves(estimates):
-        bad = bad | ~jnp.all(jnp.isfinite(leaf.reshape(log_z.shape[0], -1)), axis=1)
     warn_if_counted_after_run(
-        bad & jnp.isfinite(log_z),
+        ~finite_per_particle(estimates) & jnp.isfinite(log_z),
         "ppg: in {count} of {size} sweeps the estimate is not finite although the sweep "
         "did not fail: additive_fn or initial_fn returned NaN or an infinity at some "
         "particle (they are evaluated at every particle of the sweep and its backward "

@@ -58,6 +58,7 @@ from particlekit.backward import resolve_bound as _resolve_bound
 from particlekit.backward import take as _take
 from particlekit.filters import (
     FilterResult,
+    finite_per_particle,
     initial_sampler,
     transition_move,
     zero_increment_if_missing,
@@ -329,10 +330,7 @@ def count_nonfinite_statistics(log_weights: jax.Array, tau: PyTree) -> jax.Array
     """The particles of positive weight whose statistics ``tau`` (leaves ``(N, ...)``) hold
     a NaN or an infinity: with any, ``sum_i W^i tau^i`` is not finite (a zero-weight
     particle's statistic is left out of it)."""
-    n = log_weights.shape[0]
-    bad = jnp.zeros(n, bool)
-    for leaf in jax.tree.leaves(tau):
-        bad = bad | ~jnp.all(jnp.isfinite(leaf.reshape(n, -1)), axis=1)
+    bad = ~finite_per_particle(tau)
     return jnp.sum(bad & (log_weights > -jnp.inf)).astype(jnp.int32)
 
 

@@ -175,3 +175,34 @@ def test_fit_pdds_potential_does_not_warn_about_the_naive_round():
             jax.random.key(0), logp, 1, num_rounds=1, num_train_steps=5, num_particles=200,
             num_steps=8, num_mcmc_steps=0, progress_bar=False,
         )  # fmt: skip
+
+
+def _fit_small(log_density, **kwargs):
+    options = dict(num_rounds=1, num_train_steps=2, batch_size=8, num_particles=64,
+                   num_steps=4, num_mcmc_steps=0, width=4, depth=1, progress_bar=False)  # fmt: skip
+    return pk.diffusion.fit_pdds_potential(
+        jax.random.key(0), log_density, 2, **{**options, **kwargs}
+    )
+
+
+def test_fit_pdds_potential_raises_when_its_pdds_run_fails():
+    """A log-density that is NaN everywhere: the PDDS round fails (it warns), and the
+    training used to go on with the dead particles and return a 'trained' potential."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the PDDS run's own warnings
+        with pytest.raises(ValueError, match="round 1 failed"):
+            _fit_small(lambda x: jnp.nan * jnp.sum(x))
+
+
+def test_fit_pdds_potential_reports_nonfinite_gradients():
+    """A finite log-density whose gradient is NaN (the jnp.where trap): its points used to
+    be fitted to a zero gradient without a word."""
+    half = lambda x: -0.5 * jnp.sum(x**2) + jnp.where(x[0] < 0.0, 0.0, jnp.sqrt(x[0]))
+    with pytest.warns(RuntimeWarning, match=r"at \d+ of the 64 training points of round 1"):
+        _fit_small(half)
+    everywhere = lambda x: -0.5 * jnp.sum(x**2) + jnp.where(x[0] < 1e3, 0.0, jnp.sqrt(x[0] - 1e3))
+    with pytest.raises(ValueError, match="every one of the 64 training points"):
+        _fit_small(everywhere)
+    with warnings.catch_warnings():  # a smooth density: neither
+        warnings.simplefilter("error", RuntimeWarning)
+        _fit_small(lambda x: -0.5 * jnp.sum(x**2))

@@ -218,14 +218,50 @@ def _train_chunk(key, potential, opt_state, x0, grad_log_g0, optimizer, batch_si
 
 @eqx.filter_jit
 def _training_data(key, naive: NaivePotential, samples, log_weights):
-    """Resample the weighted PDDS output to equal weights; ``grad log g_0`` at each point."""
+    """Resample the weighted PDDS output to equal weights; ``grad log g_0`` at each point
+    (zero where it is not finite) and the number of such points."""
     from particlekit import resampling
 
     idx = resampling.systematic(key, log_weights)
     x0 = samples[idx]
     grads = jax.vmap(jax.grad(lambda x: log_g0(naive.log_density, naive.sigma, x)))(x0)
     ok = jnp.all(jnp.isfinite(grads), axis=1, keepdims=True)
-    return x0, jnp.where(ok, grads, 0.0)
+    return x0, jnp.where(ok, grads, 0.0), jnp.sum(~ok, dtype=jnp.int32)
+
+
+def _check_training_round(round_number: int, failed, num_nonfinite_grads, num_points: int):
+    """After a fitting round's PDDS run (eager calls only; under a trace nothing is
+    checked): a ``ValueError`` when the run failed (every weight zero: the training points
+    would be an arbitrary resample of dead particles, and the network would be fitted to
+    nothing) or when ``grad log g_0`` is non-finite at every training point; a
+    ``RuntimeWarning`` when it is at some (those points are fitted to a zero gradient)."""
+    if isinstance(failed, jax.core.Tracer) or isinstance(num_nonfinite_grads, jax.core.Tracer):
+        return
+    if bool(failed):
+        raise ValueError(
+            f"fit_pdds_potential: the PDDS run of round {round_number} failed (every weight "
+            "became zero), so there is nothing to fit the potential on. The log-density is "
+            "-inf or NaN wherever the particles went: check it on draws from N(0, sigma^2 I) "
+            "(see the RuntimeWarning above and docs/diffusion.md)"
+        )
+    bad = int(num_nonfinite_grads)
+    if bad == num_points:
+        raise ValueError(
+            f"fit_pdds_potential: grad log_density is NaN or infinite at every one of the "
+            f"{num_points} training points of round {round_number}; the potential cannot be "
+            "fitted (a log-density whose value is finite but whose gradient is not, e.g. "
+            "jnp.sqrt at 0 or a jnp.where whose other branch is NaN)"
+        )
+    if bad:
+        warnings.warn(
+            f"fit_pdds_potential: grad log_density is NaN or infinite at {bad} of the "
+            f"{num_points} training points of round {round_number}; they are fitted to a zero "
+            "gradient, which biases the potential there (a log-density whose value is finite "
+            "but whose gradient is not, e.g. jnp.sqrt at 0 or a jnp.where whose other branch "
+            "is NaN)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _check_training_args(learning_rate, width, depth, potential) -> None:
@@ -311,6 +347,13 @@ def fit_pdds_potential(
     LearnedPotential
         Usable as ``pdds(..., potential=pot)``; an equinox Module (a PyTree).
 
+    Raises
+    ------
+    ValueError
+        When a round's PDDS run fails (every weight zero: nothing to fit on) or
+        ``grad log_density`` is non-finite at every training point; a
+        ``RuntimeWarning`` when it is at some of them (fitted to a zero gradient there).
+
     Examples
     --------
     >>> import jax, jax.numpy as jnp, particlekit as pk
@@ -368,7 +411,10 @@ def fit_pdds_potential(
                 potential=current,
                 num_mcmc_steps=num_mcmc_steps,
             )
-        x0, g0 = _training_data(k_data, potential.naive, res.samples, res.log_weights)
+        x0, g0, num_nonfinite_grads = _training_data(
+            k_data, potential.naive, res.samples, res.log_weights
+        )
+        _check_training_round(r + 1, res.failed, num_nonfinite_grads, x0.shape[0])
         done = 0
         while done < num_train_steps:
             n = min(chunk, num_train_steps - done)

@@ -240,7 +240,25 @@ def _csmc(key, ys, reference, **kw):
     tick = progress_bar_callback(ys.shape[0] - 1, desc="csmc") if kw.pop("progress_bar") else None
     result = csmc_traced(key, kw.pop("ssm"), ys, reference, tick=tick, **kw)
     warn_if_above_bound(result.num_above_bound, "csmc", kw["log_transition_bound"])
+    warn_if_failed_sweeps(
+        result.failed, "csmc", "the trajectory is then not a draw of the smoothing law"
+    )
     return result
+
+
+def warn_if_failed_sweeps(failed, where: str, consequence: str) -> None:
+    """After a run (also traced: ``jax.debug.callback``, once per call, or per member of a
+    ``jax.vmap`` batch), a ``RuntimeWarning`` when conditional SMC sweeps failed
+    (``failed``: every weight, the reference's included, zero at some step), with the
+    ``consequence`` for what the sweeps returned."""
+    warn_if_counted_after_run(
+        failed,
+        where + ": {count} of {size} conditional SMC sweep(s) failed (every weight, the "
+        "reference's included, became zero at some step: data the model finds impossible, "
+        "a reference outside the model's support, or a transition or observation density "
+        "that is NaN or -inf wherever the particles are); " + consequence + ". See failed "
+        "and num_nonfinite (return_info=True for csmc)",
+    )
 
 
 def _check_finite_reference(reference):
@@ -579,6 +597,10 @@ def ppg_traced(key, ys, reference, *, cfg, num_iterations, burn_in, tick=None):
     warn_if_degenerate(jnp.sum(degenerate), "ppg")
     warn_if_reference_alone(alone & jnp.isfinite(log_z))
     warn_if_nonfinite_estimates(estimates, log_z)
+    warn_if_failed_sweeps(
+        ~jnp.isfinite(log_z), "ppg", "their estimates are then not estimates of the smoothed "
+        "functional, and the mean estimate averages them",
+    )  # fmt: skip
     estimate = jax.tree.map(lambda a: jnp.mean(a[burn_in:], axis=0), estimates)
     return PPGResult(estimate, estimates, final_ref, log_z, alone)
 
@@ -844,6 +866,10 @@ def _particle_gibbs(key, ys, theta_init, reference, *, model_fn, num_samples, nu
 
     keys = jax.random.split(key, num_chains)
     thetas, states, rates, (failed, nonfinite) = jax.vmap(one_chain)(keys)
+    warn_if_failed_sweeps(
+        failed, "particle_gibbs", "those draws' trajectories are then not draws of the "
+        "smoothing law, nor are the parameter draws that follow them",
+    )  # fmt: skip
     return ParticleGibbsResult(thetas, states, rates, failed, nonfinite)
 
 

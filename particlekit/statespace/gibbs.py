@@ -117,9 +117,12 @@ def particle_gibbs(
 
     Warns
     -----
+    RuntimeWarning
+        When conditional SMC sweeps failed (impossible data under a ``theta``; from
+        ``pgibbs.particle_gibbs``, also under ``jit``).
     UserWarning
-        After an eager call, when conditional SMC sweeps failed (impossible data under a
-        ``theta``) or a chain's random walk accepted under 2 % of its proposals.
+        After an eager call, when a chain's random walk accepted under 2 % of its
+        proposals (not said when sweeps failed: a failed sweep rejects every step).
 
     Examples
     --------
@@ -189,18 +192,11 @@ def _check_step_moves(step: jax.Array, dim: int) -> None:
 
 
 def _warn_if_untrustworthy(draws: ParticleGibbsDraws) -> None:
-    """Warn after an eager call when sweeps failed or a chain's ``theta`` hardly moved."""
+    """Warn after an eager call when a chain's ``theta`` hardly moved. (Failed sweeps:
+    ``pgibbs.particle_gibbs`` has warned already, also under ``jit``.)"""
     if isinstance(draws.failed, jax.core.Tracer):  # under jit / vmap: not checked
         return
-    failed = np.asarray(draws.failed)
-    if failed.any():
-        warnings.warn(
-            f"particle Gibbs: {int(failed.sum())} of {failed.size} conditional SMC sweeps "
-            "failed (every weight, the reference's included, was zero at some step: the data "
-            "look impossible under that theta); see ParticleGibbsDraws.failed",
-            UserWarning,
-            stacklevel=3,
-        )
+    if np.asarray(draws.failed).any():
         return  # (a failed sweep rejects every theta step: no word on the step size)
     rates = np.nanmean(np.asarray(draws.acceptance_rate, np.float64), axis=1)
     if (rates < LOW_ACCEPTANCE).any():

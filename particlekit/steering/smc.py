@@ -242,8 +242,14 @@ def _run_until_all_finished(key, step, state, num_steps: int, progress_bar, shar
         last = jnp.asarray(num_steps - 1, jnp.int32)
         jax.lax.cond(taken < num_steps, lambda: tick(last), lambda: None)
     skipped = jnp.arange(num_steps) >= taken
+    # the steps not taken repeat the last taken step's ESS as it was recorded (recomputed
+    # from the final weights it may differ in the last bit: jax 0.12 sums in another order)
+    neutral = StepInfo.neutral(final)
+    last_ess = jnp.where(taken > 0, infos.ess[jnp.maximum(taken - 1, 0)], neutral.ess)
     infos = jax.tree.map(
-        lambda trace, value: jnp.where(skipped, value, trace), infos, StepInfo.neutral(final)
+        lambda trace, value: jnp.where(skipped, value, trace),
+        infos,
+        neutral._replace(ess=last_ess.astype(neutral.ess.dtype)),
     )
     return final, infos
 

@@ -742,12 +742,12 @@ def backward_indices(
         round_cost = size * per_round  # proposals per round, empty slots included
 
         def cond(carry):
-            r, _, _, _, last_accepted, _, num_pending = carry
+            r, _, done, _, last_accepted, _ = carry
             worth_it = (r == 0) | (last_accepted.astype(jnp.float32) * exact_cost >= round_cost)
-            return (r < level.max_rounds) & (num_pending > leave_at) & worth_it
+            return (r < level.max_rounds) & (jnp.sum(~done) > leave_at) & worth_it
 
         def body(carry):
-            r, idx, done, trials, _, above, num_pending = carry
+            r, idx, done, trials, _, above = carry
             cand, log_u, log_a = round_proposals(
                 ssm, key, round_counter(stage, r), proposal, xs_prev,
                 repeat_each(slot_x, per_round), t,
@@ -771,16 +771,12 @@ def backward_indices(
                 used = jnp.where(accept, first + 1, per_round)
             trials = trials + jnp.where(done, 0, used)
             idx = jnp.where(accept, picked, idx)
-            num_accepted = jnp.sum(accept, dtype=jnp.int32)
-            return (r + 1, idx, done | accept, trials, num_accepted, above,
-                    num_pending - num_accepted)  # fmt: skip
+            return r + 1, idx, done | accept, trials, jnp.sum(accept, dtype=jnp.int32), above
 
-        # the pending count is carried (a round's acceptances come out of it), not recounted
-        # from ``done`` by the loop's condition: one pass over the buffer less per round
         init = (jnp.zeros((), jnp.int32), jnp.zeros(size, jnp.int32), ~buffer.valid,
                 jnp.zeros(size, jnp.int32), jnp.zeros((), jnp.int32),
-                jnp.zeros((), jnp.int32), jnp.sum(buffer.valid, dtype=jnp.int32))  # fmt: skip
-        _, idx, done, trials, _, above, _ = jax.lax.while_loop(cond, body, init)
+                jnp.zeros((), jnp.int32))  # fmt: skip
+        _, idx, done, trials, _, above = jax.lax.while_loop(cond, body, init)
         return idx, done & buffer.valid, trials, above
 
     idx = jnp.full(num_items, -1, jnp.int32)  # -1: pending

@@ -320,12 +320,14 @@ def test_ppg_result_says_when_a_sweep_failed(data):
     # and it warns: the mean estimate averages the failed sweeps' values
     with pytest.warns(RuntimeWarning, match="ppg: 3 of 3 conditional SMC sweep.* failed"):
         bad = pk.pgibbs.ppg(jax.random.key(0), SSM, ys.at[3].set(jnp.inf), **kw)
+        jax.block_until_ready(bad)
     assert not bool(good.failed) and bool(bad.failed)
     # under vmap the check runs per member: one warning, for the failed one
     with pytest.warns(RuntimeWarning, match="ppg: 3 of 3 conditional SMC sweep"):
         both = jax.vmap(lambda y: pk.pgibbs.ppg(jax.random.key(0), SSM, y, **kw))(
             jnp.stack([ys, ys.at[3].set(jnp.inf)])
         )
+        jax.block_until_ready(both)
     assert both.failed.tolist() == [False, True]
 
 

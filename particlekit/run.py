@@ -273,9 +273,16 @@ def check_same_layout(before, after, where: str) -> None:
     ``TypeError`` about a "carry component"), naming the leaf, or whose structure differs.
     Weak types are not compared (the loops promote them)."""
     if jax.tree.structure(after) != jax.tree.structure(before):
+        # (run's steps return (state, info) and it unpacks them; run_until's return the
+        # state alone, so a kernel's pair there changes the structure)
+        hint = (
+            " (a kernel's (state, info)? run_until's step returns the new state only)"
+            if isinstance(after, tuple) and len(after) == 2
+            else ""
+        )
         raise ValueError(
-            f"{where}: the step must return a state of the structure it received; got "
-            f"{jax.tree.structure(after)} for {jax.tree.structure(before)}"
+            f"{where}'s step must return a state of the same structure as the one it "
+            f"receives{hint}; got {jax.tree.structure(after)} for {jax.tree.structure(before)}"
         )
     leaves_after = jax.tree.leaves(after)
     paths = jax.tree_util.tree_flatten_with_path(before)[0]
@@ -475,18 +482,7 @@ def run_until(
     def body(carry):
         state, t = carry
         new_state = step(jax.random.fold_in(key, t), state, t)
-        if jax.tree.structure(new_state) != jax.tree.structure(state):  # static, at trace
-            hint = (
-                " (a kernel's (state, info)? run_until's step returns the new state only)"
-                if isinstance(new_state, tuple) and len(new_state) == 2
-                else ""
-            )
-            raise ValueError(
-                "run_until's step must return a state of the same structure as the one it "
-                f"receives{hint}; got {jax.tree.structure(new_state)} for "
-                f"{jax.tree.structure(state)}"
-            )
-        check_same_layout(state, new_state, "run_until")
+        check_same_layout(state, new_state, "run_until")  # static, at trace time
         return new_state, t + 1
 
     return jax.lax.while_loop(cond, body, (state, jnp.zeros((), jnp.int32)))

@@ -65,6 +65,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from particlekit import kernels, prng, resampling
+from particlekit.prng import unit_uniform
 from particlekit.run import warn_if_counted_after_run
 from particlekit.ssm import StateSpaceModel
 
@@ -168,12 +169,6 @@ def categorical(key, logits, num):
     cdf = cdf / cdf[-1]
     u = jax.random.uniform(key, (num,), dtype=cdf.dtype)
     return inverse_cdf(cdf, u, n)
-
-
-def unit_uniform(bits: jax.Array) -> jax.Array:
-    """Uniforms on ``[0, 1)`` from ``uint32`` words: the top 24 bits times ``2**-24``,
-    exact in float32 (so ``floor(u * B)`` is the top ``log2 B`` bits for ``B <= 2**24``)."""
-    return (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
 
 
 def round_bits(key, r, num: int):

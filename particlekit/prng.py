@@ -308,6 +308,12 @@ def in_memory(fn, key_data, *operands, shapes=None, only_cpu: bool = True):
     return jax.lax.platform_dependent(*operands, cpu=conditional, default=fn)
 
 
+def unit_uniform(bits: jax.Array) -> jax.Array:
+    """Uniforms on ``[0, 1)`` from ``uint32`` words: the top 24 bits times ``2**-24``,
+    exact in float32 (so ``floor(u * B)`` is the top ``log2 B`` bits for ``B <= 2**24``)."""
+    return (bits >> 8).astype(jnp.float32) * (1.0 / (1 << 24))
+
+
 def pack_words(w1: jax.Array, w2: jax.Array) -> jax.Array:
     """Two ``uint32`` arrays as one ``complex64`` array, bit for bit (each word's bits as
     a float32's, real and imaginary parts; ``unpack_words`` undoes it). XLA computes a

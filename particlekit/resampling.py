@@ -45,6 +45,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from particlekit import prng
+
 __all__ = [
     "ess",
     "log_sum_and_ess",
@@ -411,8 +413,8 @@ def _cdf(log_weights: jax.Array) -> jax.Array:
         sums = cumulative_sum(weights)
         return jnp.where(sums >= sums[-1], 1.0, sums / sums[-1])
     int_dtype, scale = integers
-    offsets = (jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(CDF_DITHER)) >> 8
-    offsets = offsets.astype(weights.dtype) * (1.0 / (1 << 24))  # in [0, 1): zeros stay 0
+    weyl = jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(CDF_DITHER)
+    offsets = prng.unit_uniform(weyl).astype(weights.dtype)  # in [0, 1): zeros stay 0
     # the largest weight is 1, so the float total is at least 1 and no unit count exceeds S
     units = jnp.floor(weights * (scale / jnp.sum(weights)) + offsets).astype(int_dtype)
     sums = cumulative_sum(units).astype(weights.dtype)

@@ -75,7 +75,7 @@ def run_blocks(page: Path, blocks, tmp_path: Path, timeout: int) -> subprocess.C
     CPU with ``tmp_path`` as working directory; the finished process, output captured."""
     spec = tmp_path / "blocks.json"
     spec.write_text(json.dumps([str(page), blocks]), encoding="utf-8")
-    # XLA_FLAGS (LLVM's lighter optimisation level) comes from conftest.py
+    # XLA_FLAGS (the quicker-compile flags) come from conftest.py
     env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
     return subprocess.run(
         [sys.executable, "-c", _RUNNER, str(spec)],

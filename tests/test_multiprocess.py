@@ -101,7 +101,11 @@ def _free_port() -> int:
 def launch(num_processes: int, mode: str, *args) -> list[dict]:
     """Start ``num_processes`` copies of the worker (one per process id) and return each
     one's ``RESULT`` dict, in process order."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ)
+    # each process has its own CPU device; the compile flags of conftest.py are kept
+    env["XLA_FLAGS"] = " ".join(
+        flag for flag in env.get("XLA_FLAGS", "").split() if "device_count" not in flag
+    )
     env["JAX_PLATFORMS"] = "cpu"
     port = _free_port()
     procs = [

@@ -11,9 +11,11 @@ Model: x_t = 0.9 x_{t-1} + N(0, 1), y_t = x_t + N(0, 0.5^2), x_0 ~ N(0, 1).
 3. PPG (n particles x k sweeps) vs PaRIS (k n particles): mean squared error of
    E[sum_t x_t^2 | y] against the RTS smoother over seeds, at equal particle budget.
 4. Cost per particle-step against the bootstrap filter, side by side in one run (T = 200):
-   PaRIS (K = 2, rejection), one PPG sweep (K = 2, rejection), FFBS of M = N trajectories
-   by rejection (the backward pass only, on a stored filter); time per particle-step, the
-   ratio to the filter's, and compile time.
+   PaRIS (K = 2, rejection; also with multinomial resampling, where each particle's parent
+   is one of its two draws at the steps that resampled, at ESS threshold 0.5 and 1.0), one
+   PPG sweep (K = 2, rejection), FFBS of M = N trajectories by rejection (the backward pass
+   only, on a stored filter); time per particle-step, the ratio to the filter's, and
+   compile time.
 
 Usage: ``python benchmarks/bench_smoothing.py [--quick]``.
 """
@@ -224,6 +226,15 @@ def smoother_calls(n, ys, stored, methods=("rejection", "mcmc")):
         calls[f"PaRIS K=2{tag(method)}"] = lambda k, method=method: pk.smoothing.paris(
             k, SSM, ys, additive_fn=h, num_particles=n, method=method, progress_bar=False
         )
+    # multinomial resampling: each particle's parent is one of its two draws where a step
+    # resampled (smoothing.ancestors_are_backward_draws); at every step with ess 1.0
+    for label, threshold in (("", 0.5), (", ess 1.0", 1.0)):
+        calls[f"PaRIS K=2 multinomial{label}"] = lambda k, threshold=threshold: (
+            pk.smoothing.paris(
+                k, SSM, ys, additive_fn=h, num_particles=n, resampling="multinomial",
+                ess_threshold=threshold, progress_bar=False,
+            )
+        )  # fmt: skip
     for method in methods:
         name = "PPG K=2 (one sweep)" if method == "rejection" else f"PPG K=2{tag(method)}"
         calls[name] = lambda k, method=method: pk.pgibbs.ppg(

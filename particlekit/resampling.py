@@ -55,6 +55,7 @@ __all__ = [
     "sanitize_log_weights",
     "invalid_log_weights",
     "multinomial",
+    "unsorted_multinomial",
     "systematic",
     "stratified",
     "residual",
@@ -563,6 +564,29 @@ def _iid_categorical(key: jax.Array, log_weights: jax.Array, m: int) -> jax.Arra
 
 
 @_takes_array_like
+def unsorted_multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
+    """Multinomial resampling with the ``M`` i.i.d. draws in the order they are drawn
+    (``multinomial`` sorts them by parent): slot ``j``'s parent is a draw from ``W``,
+    independent of the other slots. Same law of the offspring counts as ``multinomial``.
+    Quicker than the sorted version (no exponential spacings, no merge: 20-35 ns per
+    particle against 50-60 ns at ``N >= 16384`` on a 2-core CPU), and each slot's parent
+    is a draw from ``W`` of its own, which PaRIS uses: given ``"multinomial"`` or
+    ``"unsorted_multinomial"`` it resamples with this scheme and takes each particle's
+    parent as one of its backward draws (``smoothing.ancestors_are_backward_draws``).
+    Its conditional version (conditional SMC) is ``conditional_multinomial``.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> idx = unsorted_multinomial(jax.random.key(0), jnp.log(jnp.array([0.0, 1.0, 0.0])))
+    >>> idx.tolist()
+    [1, 1, 1]
+    """
+    _, m = _num_samples(key, log_weights, num_samples)
+    return _iid_categorical(key, log_weights, m)
+
+
+@_takes_array_like
 def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None):
     """Systematic resampling: points ``(j + U) / M`` with one shared uniform ``U``.
 
@@ -801,6 +825,7 @@ def conditional_residual(key, log_weights, num_samples=None):
 
 SCHEMES: dict[str, Resampler] = {
     "multinomial": multinomial,
+    "unsorted_multinomial": unsorted_multinomial,
     "systematic": systematic,
     "stratified": stratified,
     "residual": residual,
@@ -810,6 +835,7 @@ SCHEMES: dict[str, Resampler] = {
 
 CONDITIONAL_SCHEMES: dict[Resampler, Resampler] = {
     multinomial: conditional_multinomial,
+    unsorted_multinomial: conditional_multinomial,
     systematic: conditional_systematic,
     stratified: conditional_stratified,
     residual: conditional_residual,

@@ -43,6 +43,7 @@ import numpy as np
 from particlekit import kernels, resampling
 from particlekit.backward import (
     PARIS_METHODS,
+    BackwardStats,
     backward_indices,
     max_log_density,
     mcmc_backward_indices,
@@ -474,12 +475,13 @@ def _h_spec(additive_fn, x, t):
 
 def _smc_step(
     key, state: ParticleState, y, t, ref_t, *, ssm, scheme, ess_threshold, conditional,
-    ancestor_sampling,
+    ancestor_sampling, unsorted=False,
 ):  # fmt: skip
     """One bootstrap-filter step ``t - 1 -> t`` (resample, move, reweight), optionally
     conditional on a reference state ``ref_t`` pinned in slot 0 (conditional SMC), with
     ancestor sampling of the reference's parent (Lindsten, Jordan & Schön 2014). A fully
-    missing ``y`` adds exactly 0 to the evidence, as in the filters."""
+    missing ``y`` adds exactly 0 to the evidence, as in the filters. ``unsorted``: resample
+    with ``resampling.unsorted_multinomial`` (``scheme`` is ``multinomial``; same law)."""
     v = ssm.vectorized
     k_res, k_as, k_move, k_w = jax.random.split(key, 4)
     prev, log_w_prev = state.particles, state.log_weights
@@ -491,6 +493,7 @@ def _smc_step(
             a0 = _categorical(k_as, logits, 1)[0]
             state = state._replace(ancestors=state.ancestors.at[0].set(a0))
     else:
+        scheme = resampling.unsorted_multinomial if unsorted else scheme
         state, info = kernels.resample(scheme, ess_threshold)(k_res, state)
 
     def log_g(x_prev, x, inputs):
@@ -554,25 +557,100 @@ def _tau_init(state: ParticleState, *, additive_fn, initial_fn, ssm):
     return jax.tree.map(match, tau0, spec)
 
 
+def ancestors_are_backward_draws(scheme, method: str, conditional: bool) -> bool:
+    """Whether PaRIS (and PaRIS particle Gibbs) takes the filter's ancestors as backward
+    draws at the steps that resampled: with multinomial resampling and exact or
+    accept–reject draws.
+
+    Multinomial resampling draws each particle's parent ``a_i`` from ``W_{t-1}`` and
+    then ``x_t^i ~ f_t(. | x_{t-1}^{a_i})``, independently over ``i``. Summing the parents
+    out, the positions have density ``prod_i sum_j W_{t-1}^j f_t(x_t^i | x_{t-1}^j)``, so
+    given every position (of all times) the parents are independent, each ``a_i`` with law
+    ``∝ W_{t-1}^j f_t(x_t^i | x_{t-1}^j)``: the backward kernel itself, and independent of
+    the draws PaRIS makes (they use other random numbers and never move a particle). One
+    of the ``K`` draws per particle can therefore be the parent, with the same joint law of
+    particles and draws as ``K`` independent draws (the remark behind Dau & Chopin 2023's
+    MCMC kernel started at the ancestor, and behind AdaSmooth, Mastrototaro, Olsson &
+    Alenlöv 2021). With ``K = 1`` PaRIS is then the genealogy-tracing smoother, which
+    has the same law. PaRIS resamples with ``resampling.unsorted_multinomial`` then (the
+    same law as ``multinomial``, whose output is sorted by parent, and quicker), so that
+    each slot's parent is a draw of its own. A step that did not resample
+    (``ess_threshold < 1``) keeps each particle's own parent, which is not a draw: it
+    draws all ``K``. Systematic, stratified and residual resampling correlate the parents,
+    so there the draws are all made.
+
+    Conditional SMC (``conditional``, PPG) with ``conditional_multinomial`` draws the
+    parents of slots ``1..N-1`` the same way (the reference in slot 0 among the previous
+    particles), so they are draws too; slot 0's parent is pinned, and it gets an exact
+    draw of its own (one row of ``N`` densities). The new reference is drawn by backward
+    simulation from the positions alone, so the sweep's joint law is unchanged."""
+    multinomial = (resampling.multinomial, resampling.unsorted_multinomial)
+    if conditional:  # (conditional SMC takes the base scheme or its conditional version)
+        multinomial += (resampling.conditional_multinomial,)
+    return method != "mcmc" and resampling.get_scheme(scheme) in multinomial
+
+
+def _draws_beside_ancestors(key, sample, ancestors, resampled, num_backward: int):
+    """``K`` backward indices per particle, the last one the particle's ancestor when the
+    step resampled (``ancestors_are_backward_draws``), the others drawn by
+    ``sample(key, num_draws) -> (indices (N, num_draws), BackwardStats)``. Returns
+    ``(indices (N, K), BackwardStats)``, the stats over the drawn indices. A ``resampled``
+    known when tracing (``ess_threshold`` 0 or 1) compiles one branch only."""
+    parents = ancestors.astype(jnp.int32)[:, None]
+
+    def with_parents():
+        if num_backward == 1:
+            zero = jnp.zeros((), jnp.int32)
+            return parents, BackwardStats(jnp.zeros(()), zero, zero, zero)
+        idx, stats = sample(key, num_backward - 1)
+        return jnp.concatenate([idx.astype(jnp.int32), parents], axis=1), _stat_arrays(stats)
+
+    def all_drawn():
+        idx, stats = sample(key, num_backward)
+        return idx.astype(jnp.int32), _stat_arrays(stats)
+
+    if not isinstance(resampled, jax.core.Tracer):
+        return with_parents() if bool(resampled) else all_drawn()
+    return jax.lax.cond(resampled, with_parents, all_drawn)
+
+
+def _stat_arrays(stats: BackwardStats) -> BackwardStats:
+    """``stats`` with every field a float32 / int32 array (``lax.cond``'s branches must
+    return the same types)."""
+    return BackwardStats(
+        jnp.asarray(stats.mean_trials, jnp.float32),
+        *(jnp.asarray(v, jnp.int32) for v in stats[1:]),
+    )
+
+
 def _tau_update(
     key, tau, prev, log_w_prev, xs, t, *, ssm, additive_fn, num_backward, method,
-    log_transition_bound, max_trials, compensation=None, ancestors=None,
+    log_transition_bound, max_trials, compensation=None, ancestors=None, resampled=None,
 ):  # fmt: skip
     """PaRIS update (Olsson & Westerborn 2017, Alg. 2): ``K`` backward indices per
     particle, ``tau_t^i = mean_k [tau_{t-1}^{J_ik} + h_t(x_{t-1}^{J_ik}, x_t^i)]``, as
     double-float pairs when ``compensation`` (the pytree of low-order parts) is given.
-    Returns ``(tau, compensation, stats)``."""
+    ``resampled`` (the step's flag, when ``ancestors_are_backward_draws``): the ancestors
+    are one of the ``K`` draws at the steps that resampled. Returns ``(tau, compensation,
+    stats)``."""
     if method == "mcmc":
         idx, stats = mcmc_backward_indices(
             key, ssm, log_w_prev, prev, xs, ancestors, t, num_draws=num_backward
         )
     else:
         bound = _resolve_bound(ssm, prev, t, method, log_transition_bound)
-        idx, stats = backward_indices(
-            key, ssm, log_w_prev, prev, xs, t,
-            num_draws=num_backward, log_bound=bound, max_trials=max_trials,
-            **_bound_check(log_transition_bound),
-        )  # fmt: skip
+
+        def sample(k, num_draws):
+            return backward_indices(
+                k, ssm, log_w_prev, prev, xs, t,
+                num_draws=num_draws, log_bound=bound, max_trials=max_trials,
+                **_bound_check(log_transition_bound),
+            )  # fmt: skip
+
+        if resampled is None:
+            idx, stats = sample(key, num_backward)
+        else:
+            idx, stats = _draws_beside_ancestors(key, sample, ancestors, resampled, num_backward)
     x_back = _take(prev, idx)  # (N, K, ...)
     h = jax.vmap(lambda xb, x: jax.vmap(lambda a: _float_leaves(additive_fn(a, x, t)))(xb))(
         x_back, xs
@@ -680,18 +758,30 @@ def paris_update_state(
     k_step, k_back = jax.random.split(key)
     t = pstate.t + 1
     old = pstate.particle_state
+    with_ancestors = ancestors_are_backward_draws(cfg["scheme"], cfg["method"], conditional)
     state, info = _smc_step(
         k_step, old, y, t, ref_t, ssm=cfg["ssm"], scheme=cfg["scheme"],
         ess_threshold=cfg["ess_threshold"], conditional=conditional,
-        ancestor_sampling=ancestor_sampling,
+        ancestor_sampling=ancestor_sampling, unsorted=with_ancestors,
     )  # fmt: skip
+    parents = state.ancestors
+    if with_ancestors and conditional:
+        # the reference's parent is pinned (or drawn by ancestor sampling, for the
+        # reference path): slot 0 gets an exact backward draw of its own
+        k_back, k_ref = jax.random.split(k_back)
+        logits = resampling.log_normalize(old.log_weights)[0] + _log_f_rows(
+            cfg["ssm"], old.particles, _take(state.particles, 0), t
+        )
+        parents = parents.at[0].set(_categorical(k_ref, logits, 1)[0])
     tau, tau_compensation, stats = _tau_update(
         k_back, pstate.tau, old.particles, old.log_weights, state.particles, t,
         ssm=cfg["ssm"], additive_fn=cfg["additive_fn"], num_backward=cfg["num_backward"],
         method=cfg["method"], log_transition_bound=cfg["log_transition_bound"],
         max_trials=cfg["max_trials"], compensation=pstate.tau_compensation,
-        ancestors=state.ancestors,
+        ancestors=parents, resampled=info.resampled if with_ancestors else None,
     )  # fmt: skip
+    if with_ancestors and conditional:  # (conditional SMC resamples at every step)
+        stats = stats._replace(num_exact=stats.num_exact + 1)
     pinfo = PaRISInfo(
         ess=info.ess,
         resampled=info.resampled,
@@ -884,7 +974,11 @@ def paris(
         structure as ``h``'s output; each leaf broadcasts to the shape of ``h``'s (e.g.
         ``lambda x: 0.0``).
     resampling : str or callable
-        Resampling scheme of the filter.
+        Resampling scheme of the filter. With ``"multinomial"`` (or
+        ``"unsorted_multinomial"``) each particle's parent is one of its ``K`` backward
+        draws at the steps that resampled, the same law as drawing it
+        (``ancestors_are_backward_draws``): about half the backward work with
+        ``ess_threshold=1.0``.
     ess_threshold : float
         Resample when ``ESS < ess_threshold * N``.
     method : {"auto", "rejection", "exact", "mcmc"}

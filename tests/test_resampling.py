@@ -24,7 +24,15 @@ from particlekit import resampling as rs
 K = 4096  # keys per expectation
 Z = 5.0  # standard errors allowed
 SIZES = (1, 7, 32)
-SCHEMES = ["multinomial", "systematic", "stratified", "residual", "ssp", "killing"]
+SCHEMES = [
+    "multinomial",
+    "unsorted_multinomial",
+    "systematic",
+    "stratified",
+    "residual",
+    "ssp",
+    "killing",
+]
 CONDITIONAL = ["multinomial", "systematic", "stratified", "residual"]
 HYP = settings(
     max_examples=6,
@@ -116,6 +124,25 @@ def test_counts_are_floor_or_ceil(scheme, log_w):
     else:
         assert (counts >= np.floor(expected - 1e-3)).all()
         assert (counts <= np.ceil(expected + 1e-3)).all()
+
+
+def test_unsorted_multinomial_slots_are_independent_draws():
+    """Each slot of ``unsorted_multinomial`` is a draw from ``W`` (slot 0's parent has the
+    law ``W``: a chi-square test over 4096 keys), where ``multinomial``'s slot 0 is the
+    smallest parent drawn; and the two have the same mean offspring counts."""
+    log_w = np.log(np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    keys = jax.random.split(jax.random.key(11), 4096)
+    first = {
+        scheme.__name__: np.asarray(jax.vmap(lambda k, f=scheme: f(k, log_w)[0])(keys))
+        for scheme in (rs.unsorted_multinomial, rs.multinomial)
+    }
+    expected = 4096 * np.exp(log_w)
+    chi2 = {
+        n: np.sum((np.bincount(f, minlength=4) - expected) ** 2 / expected)
+        for n, f in first.items()
+    }
+    assert chi2["unsorted_multinomial"] < 16.3  # chi-square, 3 d.o.f., p = 0.001
+    assert chi2["multinomial"] > 1000.0
 
 
 @pytest.mark.parametrize("scheme", ["multinomial", "systematic", "residual", "ssp"])

@@ -77,16 +77,26 @@ def _moments_fn():
 H, H0 = _moments_fn()
 
 
-@pytest.mark.parametrize("method,n", [("rejection", 1000), ("exact", 200), ("mcmc", 1000)])
-def test_paris_matches_rts_sum_and_lag_one_moment(data, method, n):
+@pytest.mark.parametrize(
+    "method,n,scheme",
+    [
+        ("rejection", 1000, "systematic"),
+        ("exact", 200, "systematic"),
+        ("mcmc", 1000, "systematic"),
+        # the parents are one of the two draws where a step resampled
+        ("rejection", 1000, "multinomial"),
+    ],
+)
+def test_paris_matches_rts_sum_and_lag_one_moment(data, method, n, scheme):
     ys, sm, sP, cross = data
     exact_sum = sm.sum()
     exact_cross = np.sum(cross + sm[:-1] * sm[1:])
 
     def one(key):
         res = pk.smoothing.paris(
-            key, SSM, ys, additive_fn=H, initial_fn=H0, num_particles=n, method=method
-        )
+            key, SSM, ys, additive_fn=H, initial_fn=H0, num_particles=n, method=method,
+            resampling=scheme,
+        )  # fmt: skip
         return res.estimate, res.mean_trials, res.num_exact
 
     est, trials, num_exact = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(2), 8))

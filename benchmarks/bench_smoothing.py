@@ -16,6 +16,9 @@ Model: x_t = 0.9 x_{t-1} + N(0, 1), y_t = x_t + N(0, 0.5^2), x_0 ~ N(0, 1).
    PPG sweep (K = 2, rejection), FFBS of M = N trajectories by rejection (the backward pass
    only, on a stored filter); time per particle-step, the ratio to the filter's, and
    compile time.
+5. PaRIS's resampling settings (multinomial / systematic, ESS threshold 1.0 / 0.5): bias,
+   standard deviation and MSE of E[sum_t x_t^2 | y] against the RTS smoother over 48
+   seeds, and the time per run (T = 200).
 
 Usage: ``python benchmarks/bench_smoothing.py [--quick]``.
 """
@@ -280,10 +283,42 @@ def bench_ratio(sizes, num_steps, repeats):
                   f"{compile_s:.2f} | {extra} |", flush=True)  # fmt: skip
 
 
+def bench_paris_resampling(sizes, num_steps, num_seeds):
+    """Section 5: PaRIS's estimate of ``E[sum_t x_t^2 | y]`` against the RTS smoother over
+    ``num_seeds`` seeds, and its time per run, for the filter's resampling settings."""
+    print(f"\n## 5. PaRIS (K = 2) resampling settings: error and time, T = {num_steps}, "
+          f"{num_seeds} seeds, E[sum x_t^2 | y]")  # fmt: skip
+    print("| N | resampling | ESS threshold | bias | s.d. | MSE | ms / run | MSE x time |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    _, ys = SSM.simulate(jax.random.key(7), num_steps)
+    sm, sP, _ = rts(scalar_model(A, Q, R, 1.0), np.asarray(ys))
+    exact = float(np.sum(sP[:, 0, 0] + sm[:, 0] ** 2))
+    h = lambda xp, x, t: x**2  # noqa: E731
+    h0 = lambda x: x**2  # noqa: E731
+    settings = [("multinomial", 1.0), ("multinomial", 0.5), ("systematic", 1.0),
+                ("systematic", 0.5)]  # fmt: skip
+    for n in sizes:
+        for scheme, threshold in settings:
+            run = jax.jit(
+                lambda k, scheme=scheme, threshold=threshold: pk.smoothing.paris(
+                    k, SSM, ys, additive_fn=h, initial_fn=h0, num_particles=n,
+                    resampling=scheme, ess_threshold=threshold, progress_bar=False,
+                ).estimate
+            )  # fmt: skip
+            jax.block_until_ready(run(jax.random.key(0)))
+            t0 = time.perf_counter()
+            est = np.array([float(run(k)) for k in jax.random.split(jax.random.key(1), num_seeds)])
+            per_run = (time.perf_counter() - t0) / num_seeds * 1e3
+            mse = float(np.mean((est - exact) ** 2))
+            print(f"| {n} | {scheme} | {threshold} | {est.mean() - exact:.3f} | {est.std():.3f} "
+                  f"| {mse:.3f} | {per_run:.1f} | {mse * per_run:.0f} |", flush=True)  # fmt: skip
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--ratio-only", action="store_true", help="section 4 only")
+    parser.add_argument("--resampling-only", action="store_true", help="section 5 only")
     parser.add_argument("--sizes", default=None, help="section 4's N, comma-separated "
                         "(default 1024,4096,16384)")  # fmt: skip
     args = parser.parse_args()
@@ -296,6 +331,9 @@ def main():
     if args.ratio_only:
         bench_ratio(ratio_sizes, 50 if args.quick else 200, 2 if args.quick else 5)
         return
+    if args.resampling_only:
+        bench_paris_resampling([1024, 4096], 200, 48)
+        return
     num_steps = 20 if args.quick else 50
     _, ys = SSM.simulate(jax.random.key(0), num_steps)
     if args.quick:
@@ -303,11 +341,13 @@ def main():
         bench_ffbs(ys, [100, 300], particles_max=300, repeats=2)
         bench_ppg(ys, 16, 5, 16)
         bench_ratio([1024], 50, 2)
+        bench_paris_resampling([256], 50, 8)
     else:
         bench_paris(ys, [100, 1000, 10_000, 100_000], exact_max=3000, repeats=3)
         bench_ffbs(ys, [100, 1000, 10_000], particles_max=1000, repeats=3)
         bench_ppg(ys, 32, 32, 64)
         bench_ratio(ratio_sizes, 200, 5)
+        bench_paris_resampling([1024, 4096], 200, 48)
 
 
 if __name__ == "__main__":

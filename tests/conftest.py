@@ -12,11 +12,11 @@ caller sets is left as it is):
 
 - ``--xla_backend_optimization_level=1``, LLVM's lighter optimisation level: 16 % off the
   suite on 2 CPU cores (19.5 min against 23 min);
-- ``--xla_cpu_use_fusion_emitters=false``, XLA's older loop emitters for fusions instead of
-  the MLIR fusion emitters: backend compilation about twice as fast (the smoothing docs
-  page's 61 compilations: 23 s against 44 s on one core), 41 % off the suite (18.8 min
-  against 31.9 min on this project's 2-core CI machine, 2026-12-07), the same 1897 tests
-  passing.
+- ``--xla_cpu_use_fusion_emitters=false`` (jaxlib 0.10; jaxlib 0.12 aborts on it as an
+  unknown flag), XLA's older loop emitters for fusions instead of the MLIR fusion
+  emitters: backend compilation about twice as fast (the smoothing docs page's 61
+  compilations: 23 s against 44 s on one core), 41 % off the suite (18.8 min against
+  31.9 min on this project's 2-core CI machine, 2026-12-07), the same 1897 tests passing.
 
 The subprocesses of the tests (docs pages, forced multi-device runs, the multi-process
 tests) inherit them; the benchmarks measure XLA's defaults."""
@@ -25,17 +25,19 @@ import os
 import sys
 
 import jax
+import jaxlib
 import numpyro.distributions  # noqa: F401  (before any test module imports arviz: see below)
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
 # XLA flags for a quicker compile (see the module docstring); a flag the caller already sets
-# in XLA_FLAGS is left as it is
-LIGHT_COMPILE_FLAGS = {
-    "xla_backend_optimization_level": "1",
-    "xla_cpu_use_fusion_emitters": "false",
-}
+# in XLA_FLAGS is left as it is. An XLA that does not know a flag aborts the process
+# ("Unknown flag in XLA_FLAGS"): jaxlib 0.12 has no xla_cpu_use_fusion_emitters, so that one
+# is set only for the jaxlib it was measured with (0.10).
+LIGHT_COMPILE_FLAGS = {"xla_backend_optimization_level": "1"}
+if tuple(int(part) for part in jaxlib.__version__.split(".")[:2]) <= (0, 10):
+    LIGHT_COMPILE_FLAGS["xla_cpu_use_fusion_emitters"] = "false"
 
 # read when the first backend starts, after this module is imported
 for _flag, _value in LIGHT_COMPILE_FLAGS.items():

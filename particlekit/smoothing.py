@@ -473,6 +473,14 @@ def _h_spec(additive_fn, x, t):
     return jax.eval_shape(lambda a: _float_leaves(additive_fn(a, a, t)), x)
 
 
+def _backward_draw(key, ssm, log_w_prev, prev, x, t):
+    """One exact draw of ``x``'s parent from the backward kernel
+    ``∝ W_{t-1}^j f_t(x | x_{t-1}^j)`` (one row of ``N`` densities): ancestor sampling of
+    the reference, and the reference slot's PaRIS draw in conditional SMC."""
+    logits = resampling.log_normalize(log_w_prev)[0] + _log_f_rows(ssm, prev, x, t)
+    return _categorical(key, logits, 1)[0]
+
+
 def _smc_step(
     key, state: ParticleState, y, t, ref_t, *, ssm, scheme, ess_threshold, conditional,
     ancestor_sampling,
@@ -490,8 +498,7 @@ def _smc_step(
     if conditional:
         state, info = kernels.resample(resampling.get_conditional_scheme(scheme), 1.0)(k_res, state)
         if ancestor_sampling:
-            logits = resampling.log_normalize(log_w_prev)[0] + _log_f_rows(ssm, prev, ref_t, t)
-            a0 = _categorical(k_as, logits, 1)[0]
+            a0 = _backward_draw(k_as, ssm, log_w_prev, prev, ref_t, t)
             state = state._replace(ancestors=state.ancestors.at[0].set(a0))
     else:
         if resampling.get_scheme(scheme) is resampling.multinomial:
@@ -601,9 +608,8 @@ def _draws_beside_ancestors(key, sample, ancestors, resampled, num_backward: int
     parents = ancestors.astype(jnp.int32)[:, None]
 
     def with_parents():
-        if num_backward == 1:
-            zero = jnp.zeros((), jnp.int32)
-            return parents, BackwardStats(jnp.zeros(()), zero, zero, zero)
+        if num_backward == 1:  # nothing drawn
+            return parents, _stat_arrays(BackwardStats(0.0, 0, 0, 0))
         idx, stats = sample(key, num_backward - 1)
         return jnp.concatenate([idx.astype(jnp.int32), parents], axis=1), _stat_arrays(stats)
 
@@ -617,10 +623,11 @@ def _draws_beside_ancestors(key, sample, ancestors, resampled, num_backward: int
 
 
 def _stat_arrays(stats: BackwardStats) -> BackwardStats:
-    """``stats`` with every field a float32 / int32 array (``lax.cond``'s branches must
-    return the same types)."""
+    """``stats`` with every field an array of the default float dtype (``mean_trials``;
+    float64 under ``jax_enable_x64``) or int32 (``lax.cond``'s branches must return the
+    same types)."""
     return BackwardStats(
-        jnp.asarray(stats.mean_trials, jnp.float32),
+        jnp.asarray(stats.mean_trials, jnp.result_type(float)),
         *(jnp.asarray(v, jnp.int32) for v in stats[1:]),
     )
 
@@ -771,10 +778,10 @@ def paris_update_state(
         # the reference's parent is pinned (or drawn by ancestor sampling, for the
         # reference path): slot 0 gets an exact backward draw of its own
         k_back, k_ref = jax.random.split(k_back)
-        logits = resampling.log_normalize(old.log_weights)[0] + _log_f_rows(
-            cfg["ssm"], old.particles, _take(state.particles, 0), t
+        ref_draw = _backward_draw(
+            k_ref, cfg["ssm"], old.log_weights, old.particles, _take(state.particles, 0), t
         )
-        parents = parents.at[0].set(_categorical(k_ref, logits, 1)[0])
+        parents = parents.at[0].set(ref_draw)
     tau, tau_compensation, stats = _tau_update(
         k_back, pstate.tau, old.particles, old.log_weights, state.particles, t,
         ssm=cfg["ssm"], additive_fn=cfg["additive_fn"], num_backward=cfg["num_backward"],

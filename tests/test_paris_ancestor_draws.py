@@ -98,3 +98,16 @@ def test_conditional_sweeps_draw_the_reference_slot_and_take_the_other_parents(s
     )(jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(infos.num_exact[1:]), per_step)
     assert np.isfinite(float(final.estimate))
+
+
+def test_one_draw_at_adaptive_steps_runs_under_x64():
+    """``K = 1`` at ESS 0.5: the branch with nothing drawn and the one with a draw must
+    return the same types under ``lax.cond``; under ``jax_enable_x64`` the nothing-drawn
+    branch's ``mean_trials`` was float32 against float64 (a ``TypeError`` at trace
+    time)."""
+    with jax.enable_x64(True):
+        res = _run(1, 0.5, method="exact", n=128)
+    resampled = np.asarray(res.resampled[1:])
+    assert resampled.any() and not resampled.all()
+    np.testing.assert_array_equal(np.asarray(res.num_exact[1:]), np.where(resampled, 0, 128))
+    assert res.mean_trials.dtype == np.float64

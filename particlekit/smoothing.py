@@ -592,7 +592,16 @@ def ancestors_are_backward_draws(scheme, method: str, conditional: bool) -> bool
     parents of slots ``1..N-1`` the same way (the reference in slot 0 among the previous
     particles), so they are draws too; slot 0's parent is pinned, and it gets an exact
     draw of its own (one row of ``N`` densities). The new reference is drawn by backward
-    simulation from the positions alone, so the sweep's joint law is unchanged."""
+    simulation from the positions alone, so the sweep's joint law is unchanged.
+
+    Examples
+    --------
+    >>> from particlekit import smoothing
+    >>> smoothing.ancestors_are_backward_draws("multinomial", "rejection", conditional=False)
+    True
+    >>> smoothing.ancestors_are_backward_draws("systematic", "exact", conditional=False)
+    False
+    """
     multinomial = (resampling.multinomial, resampling.unsorted_multinomial)
     if conditional:  # (conditional SMC takes the base scheme or its conditional version)
         multinomial += (resampling.conditional_multinomial,)

@@ -27,7 +27,15 @@ import numpy as np
 import particlekit as pk
 from particlekit import resampling
 
-SCHEMES = ["multinomial", "systematic", "stratified", "residual", "ssp", "killing"]
+SCHEMES = [
+    "multinomial",
+    "unsorted_multinomial",
+    "systematic",
+    "stratified",
+    "residual",
+    "ssp",
+    "killing",
+]
 
 
 def time_jitted(fn, *args, repeats=5, min_time=0.2):

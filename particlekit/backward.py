@@ -15,8 +15,10 @@ Two exact samplers, and one consistent MCMC sampler for PaRIS:
   ``c = FLATTEN_FLOOR / N``, and accepted with probability
   ``min(W^j / c, 1) f(x | x^j) / bound`` (see ``flattened_proposal`` for why the draws
   are exact). All pending draws get proposals at once per *round* (the first accepted
-  one is kept); once at most half a buffer is pending, the pending draws move to a buffer
-  half its size with twice the proposals per draw per round, so each round's work
+  one is kept); once at most half the first buffer is pending, the pending draws move to
+  a buffer half its size with twice the proposals per draw per round, and from there to
+  buffers a quarter the size with four times the proposals (``BUFFER_SHRINK``), so each
+  round's work
   follows the number of pending draws instead of the slowest draw, and the sequential
   loop stays a few rounds long (``buffer_levels``). The buffers stop where a round would
   cost about as much as exact draws for its pending draws, and a stage stops as soon as
@@ -85,15 +87,25 @@ AUTO_EXACT_BELOW = 256
 # the smallest accept-reject buffer; the proposals per draw per round of the first one
 SMALLEST_BUFFER = 32
 FIRST_PROPOSALS = 2
+# after the first (which halves), each accept-reject stage's buffer is this many times
+# smaller than the last, with this many times the proposals per draw per round: every
+# stage has a fixed cost (its loop, the compaction of its pending draws, 50-100 us at
+# N = 16384 on CPU), and with 4 rather than 2 about half of them go (PaRIS's backward
+# draws 10 % quicker at N = 1024...16384, FFBS's 2-6 %, compile 10-30 % quicker). The
+# first stage halves: on a hard step (the acceptance rate of its two proposals low) it
+# would run all its rounds without reaching a quarter, and the draws beyond the next
+# buffer would all be made exactly (FFBS 15 % slower at N = 16384 with 4 there).
+BUFFER_SHRINK = 4
 # the proposals per draw per round of the accept-reject stages stop growing at
-# N / EXACT_ROW_RATIO (the stages stop there)
-EXACT_ROW_RATIO = 64
+# N / EXACT_ROW_RATIO (the stages stop there; 32 measured best of 16..64 with BUFFER_SHRINK 4)
+EXACT_ROW_RATIO = 32
 # an exact draw (a row of N transition densities, 1-2 ns each on CPU, against 8-10 ns per
 # proposal) costs about as much as N / EXACT_DRAW_RATIO proposals: a stage stops once a
 # round accepts fewer than one draw per that many proposals (16 measured best of 4..32)
 EXACT_DRAW_RATIO = 16
-# draws finished exactly per pass of the fallback
-FALLBACK_CHUNK = 32
+# targets finished exactly per pass of the fallback (a pass computes this many rows of N
+# densities whatever the number pending, usually a few to a dozen)
+FALLBACK_CHUNK = 8
 # the flattened proposal's floor ``c``, in units of the mean weight ``1 / N``
 FLATTEN_FLOOR = 1.0
 # guide-table buckets per particle of the flattened proposal: its probabilities are at
@@ -512,10 +524,11 @@ class BufferLevel(NamedTuple):
 
 
 def buffer_levels(num_items: int, max_trials: int, num_particles: int) -> list[BufferLevel]:
-    """The accept–reject stages: buffers ``M, M / 2, M / 4, ...`` with ``FIRST_PROPOSALS``,
-    twice as many, four times as many, ... proposals per draw per round (the draws left
-    for the later stages are the hard ones, with low acceptance rates), so that each
-    round's work ``size * proposals`` stays ``FIRST_PROPOSALS * M``. The stages stop at
+    """The accept–reject stages: buffers ``M, M / 2, M / (2 s), M / (2 s**2), ...`` (``s =
+    BUFFER_SHRINK``) with ``FIRST_PROPOSALS``, twice as many, ``2 s`` times as many, ...
+    proposals per draw per round (the draws left for the later stages are the hard ones,
+    with low acceptance rates), so that each round's work ``size * proposals`` stays
+    ``FIRST_PROPOSALS * M``. The stages stop at
     ``SMALLEST_BUFFER`` draws, or when a round would give each draw more than
     ``N / EXACT_ROW_RATIO`` proposals: the draws still pending then are made exactly,
     ``O(N)`` each. Each stage runs until its pending draws fit the next buffer, for at
@@ -526,9 +539,11 @@ def buffer_levels(num_items: int, max_trials: int, num_particles: int) -> list[B
     budget = max(FIRST_PROPOSALS, num_particles // EXACT_ROW_RATIO)
     rounds = max(1, max_trials // 4)
     levels = [BufferLevel(num_items, FIRST_PROPOSALS, rounds)]
-    while levels[-1].size // 2 >= SMALLEST_BUFFER and 2 * levels[-1].proposals <= budget:
-        levels.append(BufferLevel(levels[-1].size // 2, 2 * levels[-1].proposals, rounds))
-    return levels
+    while True:
+        s = 2 if len(levels) == 1 else BUFFER_SHRINK
+        if levels[-1].size // s < SMALLEST_BUFFER or s * levels[-1].proposals > budget:
+            return levels
+        levels.append(BufferLevel(levels[-1].size // s, s * levels[-1].proposals, rounds))
 
 
 class Pending(NamedTuple):
@@ -719,7 +734,7 @@ def backward_indices(
         return idx, stats
 
     proposal = flattened_proposal(log_w, log_bound)
-    levels = buffer_levels(num_items, max_trials, n)  # (at most 31: the buffers halve)
+    levels = buffer_levels(num_items, max_trials, n)  # (at most 16: the buffers shrink)
     exact_cost = n / EXACT_DRAW_RATIO  # an exact draw's cost, in proposals
 
     def rounds(stage: int, buffer: Pending, level: BufferLevel, leave_at: int):

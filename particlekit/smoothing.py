@@ -473,12 +473,15 @@ def _h_spec(additive_fn, x, t):
     return jax.eval_shape(lambda a: _float_leaves(additive_fn(a, a, t)), x)
 
 
-def _backward_draw(key, ssm, log_w_prev, prev, x, t):
+def _backward_draw(key, ssm, log_w_prev, prev, x, t, *, with_degenerate=False):
     """One exact draw of ``x``'s parent from the backward kernel
     ``∝ W_{t-1}^j f_t(x | x_{t-1}^j)`` (one row of ``N`` densities): ancestor sampling of
-    the reference, and the reference slot's PaRIS draw in conditional SMC."""
+    the reference, and the reference slot's PaRIS draw in conditional SMC. With
+    ``with_degenerate``: ``(draw, degenerate)``, the flag true when the row had no finite
+    entry (the draw is then uniform; ``BackwardStats.num_degenerate``)."""
     logits = resampling.log_normalize(log_w_prev)[0] + _log_f_rows(ssm, prev, x, t)
-    return _categorical(key, logits, 1)[0]
+    draw = _categorical(key, logits, 1)[0]
+    return (draw, ~jnp.any(jnp.isfinite(logits))) if with_degenerate else draw
 
 
 def _smc_step(
@@ -787,8 +790,14 @@ def paris_update_state(
         # the reference's parent is pinned (or drawn by ancestor sampling, for the
         # reference path): slot 0 gets an exact backward draw of its own
         k_back, k_ref = jax.random.split(k_back)
-        ref_draw = _backward_draw(
-            k_ref, cfg["ssm"], old.log_weights, old.particles, _take(state.particles, 0), t
+        ref_draw, ref_degenerate = _backward_draw(
+            k_ref,
+            cfg["ssm"],
+            old.log_weights,
+            old.particles,
+            _take(state.particles, 0),
+            t,
+            with_degenerate=True,
         )
         parents = parents.at[0].set(ref_draw)
     tau, tau_compensation, stats = _tau_update(
@@ -800,6 +809,8 @@ def paris_update_state(
     )  # fmt: skip
     if with_ancestors and conditional:  # (conditional SMC resamples at every step)
         stats = stats._replace(num_exact=stats.num_exact + 1)
+        if cfg["num_backward"] == 1:  # (with K > 1 the sampler drew slot 0 from its row too)
+            stats = stats._replace(num_degenerate=stats.num_degenerate + ref_degenerate)
     pinfo = PaRISInfo(
         ess=info.ess,
         resampled=info.resampled,

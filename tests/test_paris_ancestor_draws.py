@@ -111,3 +111,26 @@ def test_one_draw_at_adaptive_steps_runs_under_x64():
     assert resampled.any() and not resampled.all()
     np.testing.assert_array_equal(np.asarray(res.num_exact[1:]), np.where(resampled, 0, 128))
     assert res.mean_trials.dtype == np.float64
+
+
+@pytest.mark.parametrize("num_backward", [1, 2])
+def test_the_reference_slots_degenerate_row_is_counted(num_backward):
+    """A reference that jumps where no previous particle can reach it (a transition density
+    that underflows to zero at every one): slot 0's backward row has no finite entry, its
+    draw is uniform, and ``num_degenerate`` reports it at that step only, whatever ``K``
+    (with ``K = 1`` the reference slot's own exact draw is its only draw)."""
+    narrow = pk.StateSpaceModel(
+        initial=lambda: dist.Normal(0.0, 1.0),
+        transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1e-20),
+        observation=lambda x, t: dist.Normal(x, 0.5),
+    )
+    _, ys = SSM.simulate(jax.random.key(0), 12)
+    ref = (0.3 * 0.9 ** np.arange(12.0)).astype(np.float32)
+    ref[6] = 50.0
+    cfg = smoothing._paris_config(
+        narrow, lambda xp, x, t: x, None, 64, num_backward, "multinomial", 0.5, "exact", None, 32
+    )
+    _, infos, _, _ = jax.jit(
+        lambda k: smoothing.paris_forward(k, ys, ref, cfg=cfg, conditional=True)
+    )(jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(infos.num_degenerate), np.arange(12) == 6)

@@ -243,12 +243,19 @@ def smoother_calls(n, ys, stored, methods=("rejection", "mcmc")):
                 ess_threshold=threshold, progress_bar=False,
             )
         )  # fmt: skip
+    # a sweep returns its estimate *and* the next reference (backward simulation of one
+    # path): returning the estimate alone let XLA drop the reference's draws (until
+    # 2026-12-07 the PPG rows did not count them)
     for method in methods:
         name = "PPG K=2 (one sweep)" if method == "rejection" else f"PPG K=2{tag(method)}"
-        calls[name] = lambda k, method=method: pk.pgibbs.ppg(
-            k, SSM, ys, additive_fn=h, num_particles=n, num_iterations=1, burn_in=0,
-            method=method, progress_bar=False,
-        ).estimate  # fmt: skip
+        calls[name] = lambda k, method=method: (
+            lambda res: (res.estimate, res.reference)
+        )(
+            pk.pgibbs.ppg(
+                k, SSM, ys, additive_fn=h, num_particles=n, num_iterations=1, burn_in=0,
+                method=method, progress_bar=False,
+            )
+        )  # fmt: skip
     calls["FFBS M=N (backward)"] = lambda k: pk.smoothing.ffbs(
         k, SSM, stored, n, method="rejection", progress_bar=False
     )

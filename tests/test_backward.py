@@ -158,6 +158,29 @@ def test_unproductive_rounds_stop_for_exact_draws_with_the_same_law():
         assert _chi_square_p_value(idx[target_id], probs) > 1e-4
 
 
+def test_fewer_draws_than_the_threshold_are_made_exactly_with_a_bound():
+    """Below ``EXACT_DRAWS_BELOW`` draws in all, accept–reject's set-up costs more than the
+    rows: the draws are the exact mode's (the same key, the same indices) even with a
+    bound; at the threshold they are accept–reject draws again."""
+    n = 1024
+    xs_prev = jax.random.normal(jax.random.key(0), (n,))
+    log_w = jax.random.normal(jax.random.key(1), (n,))
+    targets = jax.random.normal(jax.random.key(2), (64,))
+    draw = jax.jit(
+        lambda key, m, k, bound: backward.backward_indices(
+            key, SSM, log_w, xs_prev, targets[:m], 1, num_draws=k, log_bound=bound
+        ),
+        static_argnums=(1, 2),
+    )
+    few = backward.EXACT_DRAWS_BELOW - 1
+    idx, stats = draw(jax.random.key(3), few, 1, LOG_BOUND)
+    idx_exact, _ = draw(jax.random.key(3), few, 1, None)
+    np.testing.assert_array_equal(idx, idx_exact)
+    assert int(stats.num_exact) == few and float(stats.mean_trials) == 0.0
+    _, stats = draw(jax.random.key(3), backward.EXACT_DRAWS_BELOW // 2, 2, LOG_BOUND)
+    assert float(stats.mean_trials) >= 1.0 and int(stats.num_exact) < backward.EXACT_DRAWS_BELOW
+
+
 def test_buffer_levels_shrink_with_growing_proposals_up_to_the_cost_of_an_exact_draw():
     n, s = 16384, backward.BUFFER_SHRINK
     levels = backward.buffer_levels(2 * n, 32, n)

@@ -18,9 +18,8 @@ Two exact samplers, and one consistent MCMC sampler for PaRIS:
   one is kept); once at most half the first buffer is pending, the pending draws move to
   a buffer half its size with twice the proposals per draw per round, and from there to
   buffers a quarter the size with four times the proposals (``BUFFER_SHRINK``), so each
-  round's work
-  follows the number of pending draws instead of the slowest draw, and the sequential
-  loop stays a few rounds long (``buffer_levels``). The buffers stop where a round would
+  round's work follows the number of pending draws instead of the slowest draw, and the
+  sequential loop stays a few rounds long (``buffer_levels``). The buffers stop where a round would
   cost about as much as exact draws for its pending draws, and a stage stops as soon as
   a round accepts fewer draws than an exact draw costs in proposals (``EXACT_DRAW_RATIO``;
   the acceptance rates have a heavy tail, so the last rounds of a stage would otherwise

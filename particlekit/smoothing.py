@@ -791,14 +791,9 @@ def paris_update_state(
         # reference path): slot 0 gets an exact backward draw of its own
         k_back, k_ref = jax.random.split(k_back)
         ref_draw, ref_degenerate = _backward_draw(
-            k_ref,
-            cfg["ssm"],
-            old.log_weights,
-            old.particles,
-            _take(state.particles, 0),
-            t,
+            k_ref, cfg["ssm"], old.log_weights, old.particles, _take(state.particles, 0), t,
             with_degenerate=True,
-        )
+        )  # fmt: skip
         parents = parents.at[0].set(ref_draw)
     tau, tau_compensation, stats = _tau_update(
         k_back, pstate.tau, old.particles, old.log_weights, state.particles, t,

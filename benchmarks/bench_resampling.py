@@ -27,15 +27,7 @@ import numpy as np
 import particlekit as pk
 from particlekit import resampling
 
-SCHEMES = [
-    "multinomial",
-    "unsorted_multinomial",
-    "systematic",
-    "stratified",
-    "residual",
-    "ssp",
-    "killing",
-]
+SCHEMES = list(resampling.SCHEMES)  # every scheme the library registers, in its order
 
 
 def time_jitted(fn, *args, repeats=5, min_time=0.2):

@@ -16,9 +16,9 @@ Two exact samplers, and one consistent MCMC sampler for PaRIS:
   ``min(W^j / c, 1) f(x | x^j) / bound`` (see ``flattened_proposal`` for why the draws
   are exact). All pending draws get proposals at once per *round* (the first accepted
   one is kept); once at most half a buffer is pending, the pending draws move to a buffer
-  half its size with twice the proposals per draw per round (``BUFFER_SHRINK``), so each
-  round's work follows the number of pending draws instead of the slowest draw, and the
-  sequential loop stays a few rounds long (``buffer_levels``). The buffers stop where a round would
+  half its size with twice the proposals per draw per round, so each round's work
+  follows the number of pending draws instead of the slowest draw, and the sequential
+  loop stays a few rounds long (``buffer_levels``). The buffers stop where a round would
   cost about as much as exact draws for its pending draws, and a stage stops as soon as
   a round accepts fewer draws than an exact draw costs in proposals (``EXACT_DRAW_RATIO``;
   the acceptance rates have a heavy tail, so the last rounds of a stage would otherwise
@@ -91,13 +91,6 @@ EXACT_DRAWS_BELOW = 32
 # the smallest accept-reject buffer; the proposals per draw per round of the first one
 SMALLEST_BUFFER = 32
 FIRST_PROPOSALS = 2
-# after the first (which halves), each accept-reject stage's buffer is this many times
-# smaller than the last, with this many times the proposals per draw per round. Every
-# stage has a fixed cost (its loop, the compaction of its pending draws); 4 here, with
-# EXACT_ROW_RATIO 32 and FALLBACK_CHUNK 8, made PaRIS 6-10 % quicker at N = 4096...16384
-# but FFBS 25 % slower at 16384 (its hard steps overflow the smaller buffers into exact
-# draws, made 8 per pass), so the schedule stays the halving one
-BUFFER_SHRINK = 2
 # the proposals per draw per round of the accept-reject stages stop growing at
 # N / EXACT_ROW_RATIO (the stages stop there)
 EXACT_ROW_RATIO = 64
@@ -529,11 +522,10 @@ class BufferLevel(NamedTuple):
 
 
 def buffer_levels(num_items: int, max_trials: int, num_particles: int) -> list[BufferLevel]:
-    """The accept–reject stages: buffers ``M, M / 2, M / (2 s), M / (2 s**2), ...`` (``s =
-    BUFFER_SHRINK``) with ``FIRST_PROPOSALS``, twice as many, ``2 s`` times as many, ...
-    proposals per draw per round (the draws left for the later stages are the hard ones,
-    with low acceptance rates), so that each round's work ``size * proposals`` stays
-    ``FIRST_PROPOSALS * M``. The stages stop at
+    """The accept–reject stages: buffers ``M, M / 2, M / 4, ...`` with ``FIRST_PROPOSALS``,
+    twice as many, four times as many, ... proposals per draw per round (the draws left
+    for the later stages are the hard ones, with low acceptance rates), so that each
+    round's work ``size * proposals`` stays ``FIRST_PROPOSALS * M``. The stages stop at
     ``SMALLEST_BUFFER`` draws, or when a round would give each draw more than
     ``N / EXACT_ROW_RATIO`` proposals: the draws still pending then are made exactly,
     ``O(N)`` each. Each stage runs until its pending draws fit the next buffer, for at
@@ -544,11 +536,9 @@ def buffer_levels(num_items: int, max_trials: int, num_particles: int) -> list[B
     budget = max(FIRST_PROPOSALS, num_particles // EXACT_ROW_RATIO)
     rounds = max(1, max_trials // 4)
     levels = [BufferLevel(num_items, FIRST_PROPOSALS, rounds)]
-    while True:
-        s = 2 if len(levels) == 1 else BUFFER_SHRINK
-        if levels[-1].size // s < SMALLEST_BUFFER or s * levels[-1].proposals > budget:
-            return levels
-        levels.append(BufferLevel(levels[-1].size // s, s * levels[-1].proposals, rounds))
+    while levels[-1].size // 2 >= SMALLEST_BUFFER and 2 * levels[-1].proposals <= budget:
+        levels.append(BufferLevel(levels[-1].size // 2, 2 * levels[-1].proposals, rounds))
+    return levels
 
 
 class Pending(NamedTuple):
@@ -712,8 +702,20 @@ def backward_indices(
         row = log_w + log_f_rows(ssm, xs_prev, take(targets, tid), t)
         return row_draws(row, u_block, u_within)
 
+    # few draws made exactly although a bound was given by the user: the bound is checked
+    # on their rows instead of proposals (the previous particles of positive weight where
+    # the density exceeds it)
+    check_rows = log_bound is not None and count_above_bound
+
     def exact_draws(kk, tid):
-        return draws_of(*row_uniforms(kk, num_draws), tid)
+        """``draws_of`` with uniforms from ``kk``, and the row's count of densities above
+        the bound (``check_rows``; else 0)."""
+        u_block, u_within = row_uniforms(kk, num_draws)
+        if not check_rows:
+            return (*draws_of(u_block, u_within, tid), jnp.zeros((), jnp.int32))
+        log_f = log_f_rows(ssm, xs_prev, take(targets, tid), t)
+        too_high = (log_f - log_bound > ABOVE_BOUND_TOLERANCE) & (log_w > -jnp.inf)
+        return (*row_draws(log_w + log_f, u_block, u_within), jnp.sum(too_high, dtype=jnp.int32))
 
     def fallback_rows(p, target_ids):
         """``exact_draws`` for the targets of pass ``p`` of the accept–reject fallback,
@@ -728,23 +730,13 @@ def backward_indices(
         keys = jax.random.split(key, m)
         target_ids = jnp.arange(m, dtype=jnp.int32)
         if chunk >= m:
-            idx, degenerate = jax.vmap(exact_draws)(keys, target_ids)
+            idx, degenerate, above = jax.vmap(exact_draws)(keys, target_ids)
         else:  # bound the memory of the (targets x N) log-density rows
-            idx, degenerate = jax.lax.map(
+            idx, degenerate, above = jax.lax.map(
                 lambda a: exact_draws(*a), (keys, target_ids), batch_size=chunk
             )
-        num_above = jnp.zeros((), jnp.int32)
-        if log_bound is not None and count_above_bound:
-            # few draws, made exactly: the bound is checked on their rows instead (the
-            # previous particles of positive weight where the density exceeds it)
-            def above_in_row(tid):
-                log_f = log_f_rows(ssm, xs_prev, take(targets, tid), t)
-                too_high = (log_f - log_bound > ABOVE_BOUND_TOLERANCE) & (log_w > -jnp.inf)
-                return jnp.sum(too_high, dtype=jnp.int32)
-
-            num_above = jnp.sum(jax.vmap(above_in_row)(target_ids), dtype=jnp.int32)
         stats = BackwardStats(
-            jnp.zeros(()), jnp.asarray(num_items, jnp.int32), num_above,
+            jnp.zeros(()), jnp.asarray(num_items, jnp.int32), jnp.sum(above, dtype=jnp.int32),
             jnp.sum(degenerate, dtype=jnp.int32),
         )  # fmt: skip
         return idx, stats

@@ -181,26 +181,22 @@ def test_fewer_draws_than_the_threshold_are_made_exactly_with_a_bound():
     assert float(stats.mean_trials) >= 1.0 and int(stats.num_exact) < backward.EXACT_DRAWS_BELOW
 
 
-def test_buffer_levels_shrink_with_growing_proposals_up_to_the_cost_of_an_exact_draw():
-    n, s = 16384, backward.BUFFER_SHRINK
+def test_buffer_levels_halve_with_doubling_proposals_up_to_the_cost_of_an_exact_draw():
+    n = 16384
     levels = backward.buffer_levels(2 * n, 32, n)
     sizes = [level.size for level in levels]
     proposals = [level.proposals for level in levels]
-    assert len(levels) >= 3 and sizes[:2] == [2 * n, n]  # the first stage halves
-    assert all(a // s == b for a, b in zip(sizes[1:-1], sizes[2:], strict=True))
+    assert sizes[0] == 2 * n
+    assert all(a // 2 == b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     assert sizes[-1] >= backward.SMALLEST_BUFFER
-    assert proposals == [backward.FIRST_PROPOSALS] + [
-        2 * backward.FIRST_PROPOSALS * s**i for i in range(len(levels) - 1)
-    ]
-    assert proposals[-1] <= n // backward.EXACT_ROW_RATIO < s * proposals[-1]
+    assert proposals == [backward.FIRST_PROPOSALS << i for i in range(len(levels))]
+    assert proposals[-1] <= n // backward.EXACT_ROW_RATIO < 2 * proposals[-1]
     assert all(level.size * level.proposals == 2 * n * backward.FIRST_PROPOSALS for level in levels)
     assert all(level.max_rounds == 8 for level in levels)
     # small buffers stop at SMALLEST_BUFFER, small N at the exact draw's cost
     assert backward.buffer_levels(5, 32, 10**6) == [backward.BufferLevel(5, 2, 8)]
-    levels = backward.buffer_levels(400, 1, 10**6)
-    assert levels[:3] == [
-        backward.BufferLevel(400, 2, 1), backward.BufferLevel(200, 4, 1),
-        backward.BufferLevel(200 // s, 4 * s, 1),
+    assert backward.buffer_levels(100, 1, 10**6) == [
+        backward.BufferLevel(100, 2, 1), backward.BufferLevel(50, 4, 1)
     ]  # fmt: skip
     assert len(backward.buffer_levels(10**6, 32, 64)) == 1
 
@@ -354,7 +350,7 @@ def test_empty_buffer_slots_never_write():
         assert (idx[1:] < n - 1).all()
         assert int(info.num_exact) >= k  # target 0's draws were made exactly
     levels = backward.buffer_levels(m * k, 32, n)
-    assert len(levels) >= 3  # several stages, each with empty slots once draws finish
+    assert len(levels) >= 4  # several stages, each with empty slots once draws finish
 
 
 def test_write_back_and_next_buffer_drop_empty_slots():

@@ -145,6 +145,53 @@ def test_unsorted_multinomial_slots_are_independent_draws():
     assert chi2["multinomial"] > 1000.0
 
 
+def _adversarial_cdfs():
+    """Normalised CDFs (``rs._cdf`` of log-weights) the coarse guide table of
+    ``_inverse_cdf`` finds hard: long runs of zero or negligible weights inside one bucket,
+    one dominant weight first or last, equal weights, sizes around the table's span."""
+    rng = np.random.default_rng(3)
+    cases = {}
+    for n in (1, 2, 31, 32, 33, 100, 1000, 4097):
+        cases[f"gauss{n}"] = rng.normal(0, 3, n)
+        cases[f"equal{n}"] = np.zeros(n)
+        spiky = np.full(n, -np.inf)
+        spiky[rng.integers(0, n, max(1, n // 50))] = 0.0
+        cases[f"sparse{n}"] = spiky
+        cases[f"first{n}"] = np.where(np.arange(n) == 0, 0.0, -40.0)
+        cases[f"last{n}"] = np.where(np.arange(n) == n - 1, 0.0, -np.inf)
+    clumped = rng.normal(0, 1, 5000)
+    clumped[1000:3000] = -60.0  # 2000 negligible weights: one bucket holds them all
+    cases["clumped"] = clumped
+    return {k: np.asarray(rs._cdf(jnp.asarray(v, jnp.float32))) for k, v in cases.items()}
+
+
+@pytest.mark.parametrize("name", sorted(_adversarial_cdfs()))
+def test_inverse_cdf_is_searchsorted(name):
+    """``_inverse_cdf`` (coarse guide table and a binary search from it) is exactly
+    ``searchsorted(cdf, u, side="right")`` clipped to ``N - 1``, at random uniforms, the
+    CDF's own values and the buckets' edges (ties), and 0."""
+    cdf = _adversarial_cdfs()[name]
+    n = cdf.shape[0]
+    u = np.concatenate([
+        np.asarray(jax.random.uniform(jax.random.key(n), (2000,))),
+        cdf[cdf < 1.0], np.arange(64, dtype=np.float32) / 64, [0.0],
+    ]).astype(np.float32)  # fmt: skip
+    got = np.asarray(jax.jit(rs._inverse_cdf)(jnp.asarray(cdf), jnp.asarray(u)))
+    np.testing.assert_array_equal(got, np.minimum(np.searchsorted(cdf, u, side="right"), n - 1))
+
+
+def test_multinomial_is_the_unsorted_draws_sorted():
+    """``multinomial`` sorts the draws of ``unsorted_multinomial`` (same key, same draws),
+    so its law is the i.i.d. draws' (checked above) and its output is sorted."""
+    log_w = jnp.asarray(np.random.default_rng(0).normal(0, 2, 300), jnp.float32)
+    for seed in range(5):
+        key = jax.random.key(seed)
+        sorted_draws = np.asarray(rs.multinomial(key, log_w, 500))
+        np.testing.assert_array_equal(
+            sorted_draws, np.sort(np.asarray(rs.unsorted_multinomial(key, log_w, 500)))
+        )
+
+
 @pytest.mark.parametrize("scheme", ["multinomial", "systematic", "residual", "ssp"])
 @pytest.mark.parametrize("m", [16, 48])
 def test_num_samples_differs_from_n(scheme, m):

@@ -100,8 +100,9 @@ EXACT_ROW_RATIO = 64
 EXACT_DRAW_RATIO = 16
 # targets finished exactly per pass of the fallback (a pass computes this many rows of N
 # densities whatever the number pending: a dozen for PaRIS, up to hundreds on FFBS's hard
-# steps)
-FALLBACK_CHUNK = 32
+# steps). 16 against 32 (two A/B runs of bench_backward_revisions.py): PaRIS 0.90-0.96x,
+# PPG 0.92-1.00x, FFBS 0.95-1.04x; 8 made FFBS 13 % slower at N = 16384
+FALLBACK_CHUNK = 16
 # the flattened proposal's floor ``c``, in units of the mean weight ``1 / N``
 FLATTEN_FLOOR = 1.0
 # guide-table buckets per particle of the flattened proposal: its probabilities are at

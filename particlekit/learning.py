@@ -563,15 +563,14 @@ def _guided_csmc(key, ssm, ys, ref, *, proposal, initial_proposal, num_particles
     As in the guided filter, a missing ``y_t`` (NaN) is not weighted and the particles
     follow the model (``initial`` at ``t = 0``, the transition after); NaN and ``+inf``
     log-weights count as zero weight. Returns ``(path, num_nonfinite (T,), failed)``."""
-    from particlekit.smoothing import _categorical, _log_f_rows
+    from particlekit.smoothing import _categorical, _log_f_rows, _pin_first
 
     cond_scheme = _rs.get_conditional_scheme(scheme)
     num_steps = ys.shape[0]
     k0, k0_model, k_run, k_back = jax.random.split(key, 4)
     n = num_particles
 
-    def pin(xs, r):
-        return jax.tree.map(lambda a, b: a.at[0].set(b), xs, r)
+    pin = _pin_first
 
     def checked(log_w):
         bad = _rs.invalid_log_weights(log_w)

@@ -484,6 +484,19 @@ def _backward_draw(key, ssm, log_w_prev, prev, x, t, *, with_degenerate=False):
     return (draw, ~jnp.any(jnp.isfinite(logits))) if with_degenerate else draw
 
 
+def _pin_first(particles, ref):
+    """``particles`` (leaves ``(N, ...)``) with slot 0 set to ``ref`` (conditional SMC's
+    reference), by a select on the slot index rather than ``.at[0].set``: XLA fused the
+    update's operand, the moved particles with their unrolled random draws, badly (conditional
+    PaRIS's filter part 2.3x slower at ``N = 16384``: 40 against 17 ns per particle-step)."""
+
+    def pin(a, r):
+        first = (jnp.arange(a.shape[0]) == 0).reshape((-1,) + (1,) * (a.ndim - 1))
+        return jnp.where(first, jnp.asarray(r, a.dtype), a)
+
+    return jax.tree.map(pin, particles, ref)
+
+
 def _smc_step(
     key, state: ParticleState, y, t, ref_t, *, ssm, scheme, ess_threshold, conditional,
     ancestor_sampling,
@@ -513,9 +526,7 @@ def _smc_step(
 
     state, minfo = transition_move(ssm)(k_move, state, (y, t))
     if conditional:
-        state = state._replace(
-            particles=jax.tree.map(lambda a, r: a.at[0].set(r), state.particles, ref_t)
-        )
+        state = state._replace(particles=_pin_first(state.particles, ref_t))
     state, winfo = kernels.reweight(log_g, vectorized=v)(k_w, state, (y, t))
     return zero_increment_if_missing(y, log_evidence_before, state, info.merge(minfo).merge(winfo))
 
@@ -526,7 +537,7 @@ def _smc_init(key, ssm, y0, ref0, *, num_particles, conditional):
     k_init, k_w = jax.random.split(key)
     state = kernels.init(k_init, initial_sampler(ssm), num_particles, vectorized=True)
     if conditional:
-        pinned = jax.tree.map(lambda a, r: a.at[0].set(r), state.particles, ref0)
+        pinned = _pin_first(state.particles, ref0)
         state = state._replace(particles=pinned, previous_particles=pinned)
 
     def log_g(x_prev, x, inputs):

@@ -316,3 +316,18 @@ def test_ppg_flags_sweeps_carried_by_the_reference_alone():
             burn_in=1,
         )  # fmt: skip
     assert fine.reference_alone.shape == (6,) and not np.any(np.asarray(fine.reference_alone))
+
+
+def test_pin_first_sets_slot_zero_of_every_leaf():
+    """Conditional SMC's pin of the reference (``smoothing._pin_first``, a select on the slot
+    index): slot 0 of every leaf is the reference's value, cast to the leaf's dtype; the
+    other slots are untouched."""
+    from particlekit import smoothing
+
+    particles = {"x": jnp.arange(12.0).reshape(4, 3), "k": jnp.arange(4, dtype=jnp.int32)}
+    reference = {"x": jnp.asarray([-1.0, -2.0, -3.0]), "k": 7.0}
+    pinned = jax.jit(smoothing._pin_first)(particles, reference)
+    np.testing.assert_array_equal(pinned["x"][0], [-1.0, -2.0, -3.0])
+    np.testing.assert_array_equal(pinned["x"][1:], particles["x"][1:])
+    np.testing.assert_array_equal(pinned["k"], [7, 1, 2, 3])
+    assert pinned["k"].dtype == jnp.int32 and pinned["x"].dtype == particles["x"].dtype

@@ -712,11 +712,12 @@ def backward_indices(
         """``draws_of`` with uniforms from ``kk``, and the row's count of densities above
         the bound (``check_rows``; else 0)."""
         u_block, u_within = row_uniforms(kk, num_draws)
-        if not check_rows:
-            return (*draws_of(u_block, u_within, tid), jnp.zeros((), jnp.int32))
         log_f = log_f_rows(ssm, xs_prev, take(targets, tid), t)
+        draws, degenerate = row_draws(log_w + log_f, u_block, u_within)
+        if not check_rows:
+            return draws, degenerate, jnp.zeros((), jnp.int32)
         too_high = (log_f - log_bound > ABOVE_BOUND_TOLERANCE) & (log_w > -jnp.inf)
-        return (*row_draws(log_w + log_f, u_block, u_within), jnp.sum(too_high, dtype=jnp.int32))
+        return draws, degenerate, jnp.sum(too_high, dtype=jnp.int32)
 
     def fallback_rows(p, target_ids):
         """``exact_draws`` for the targets of pass ``p`` of the accept–reject fallback,

@@ -68,6 +68,35 @@ def test_guided_inverse_cdf_is_searchsorted(n, kind, unrolled, buckets):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.parametrize("n", [1, 2, 31, 32, 33, 1000, 1025, 4096])
+@pytest.mark.parametrize("kind", ["flattened", "spike", "zeros"])
+def test_sparse_guide_table_is_the_histograms(n, kind):
+    """``guide_table(..., sparse=True)`` (a bit per bucket, popcounts) builds the same
+    table as the histogram: on the flattened proposal's CDFs (one boundary per bucket at
+    most, the bit mask used) and on CDFs with buckets holding several boundaries or
+    flat runs (the histogram used, under the conditional)."""
+    key = jax.random.key(n)
+    if kind == "flattened":
+        log_w, _ = pk.resampling.log_normalize(4.0 * jax.random.normal(key, (n,)))
+        q = jnp.exp(jnp.maximum(log_w, jnp.log(1.0 / n)))
+    else:
+        q = _weights(kind, n, key)
+    cdf = pk.resampling.cumulative_sum(q)
+    cdf = cdf / cdf[-1]
+    sparse, dense = backward.guide_table(cdf, 2, sparse=True), backward.guide_table(cdf, 2)
+    for name, a, b in zip(backward.GuideTable._fields, sparse, dense, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+    if kind == "flattened":  # one search step resolves any bucket
+        assert int(sparse.num_steps) == int(n > 1)
+
+
+def test_sparse_first_counts_the_boundaries_up_to_each_bucket():
+    bins = np.sort(np.random.default_rng(0).choice(np.arange(0, 258), 100, replace=False))
+    got = backward.sparse_first(jnp.asarray(bins, jnp.int32), 256)
+    want = np.searchsorted(bins, np.arange(257), side="right")  # #{j: bins[j] <= b}
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
 def _exact_backward_probs(log_w, xs_prev, target):
     logits = np.asarray(log_w + dist.Normal(0.9 * xs_prev, 1.0).log_prob(target), np.float64)
     probs = np.exp(logits - logits.max())

@@ -145,6 +145,27 @@ def test_rejection_draws_have_the_backward_kernel_law(n, max_trials, log_bound_s
         assert _chi_square_p_value(idx[target_id], probs) > 1e-4, target_id
 
 
+@pytest.mark.parametrize(
+    "max_trials, log_bound_shift",
+    # a few draws left for the exact fallback; one round per stage and a loose bound:
+    # more draws left pending than the buffers hold (they skip the later stages)
+    [(32, 1.0), (1, 3.0)],
+)
+def test_single_draws_have_the_backward_kernel_law(max_trials, log_bound_shift):
+    """``num_draws = 1`` (FFBS, PaRIS beside the parents): one draw per target, 9000
+    targets at three positions, through the stages and the exact fallback."""
+    targets = jnp.repeat(jnp.asarray([-2.5, 0.3, 3.0]), 3000)
+    log_w, xs_prev, idx, info = _draws_from_a_random_cloud(
+        1, 1024, targets, 1, LOG_BOUND + log_bound_shift, max_trials
+    )
+    assert idx.min() >= 0 and idx.max() < 1024
+    assert int(info.num_exact) > 0  # the fallback was exercised
+    for target_id in range(3):
+        probs = _exact_backward_probs(log_w, xs_prev, targets[3000 * target_id])
+        draws = idx[3000 * target_id : 3000 * (target_id + 1), 0]
+        assert _chi_square_p_value(draws, probs) > 1e-4, target_id
+
+
 def test_round_counters_are_distinct_and_below_the_fallback_counters():
     """Every round of every stage hashes its own counter, none of them a fallback pass's:
     otherwise two rounds (or a round and the fallback) would reuse the same uniforms."""

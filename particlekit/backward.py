@@ -807,8 +807,10 @@ def backward_indices(
         Returns the buffer's indices, accepted flags and proposal counts (all zero and
         false at empty slots)."""
         size, per_round = buffer.slots.shape[0], level.proposals
-        draw_target = item_target[jnp.minimum(buffer.slots, num_items - 1)]
-        slot_x = take(targets, draw_target)  # each slot's target, once per stage
+        if stage == 0:  # the first buffer holds every draw in order: no gather
+            slot_x = repeat_each(targets, num_draws)
+        else:  # each slot's target, once per stage
+            slot_x = take(targets, item_target[jnp.minimum(buffer.slots, num_items - 1)])
 
         round_cost = size * per_round  # proposals per round, empty slots included
 

@@ -341,8 +341,9 @@ def guide_table(
     ``sparse``: the caller expects no bucket to hold two boundaries (the flattened
     proposal); the table is then built from a bit mask of the buckets holding one
     (``sparse_first``: popcounts and a prefix sum over ``B / 32`` words instead of a prefix
-    sum over ``B`` buckets), the same table, and by the histogram where a bucket does hold
-    two (a ``lax.cond``).
+    sum over ``B`` buckets), the same table, and where a bucket does hold two (rounding;
+    other CDFs) by binary searches of the bucket edges (a ``lax.cond``; less to compile than
+    the histogram).
 
     Examples
     --------
@@ -369,11 +370,18 @@ def guide_table(
         # no bucket's range is wider than one (one search step), none if ``first`` is flat
         return cdf, first, (first[0] < first[-1]).astype(jnp.int32)
 
+    def searched_first(cdf):  # (rare: the same table as the histogram's, less to compile)
+        cdf = jax.lax.cummax(cdf)
+        edges = jnp.arange(num_buckets + 1, dtype=cdf.dtype) / num_buckets  # exact
+        first = jnp.minimum(jnp.searchsorted(cdf, edges, side="right"), n - 1).astype(jnp.int32)
+        widest = jnp.max(first[1:] - first[:-1]).astype(jnp.uint32)
+        return cdf, first, (32 - jax.lax.clz(widest)).astype(jnp.int32)
+
     if sparse:
         bins = bucket_of(cdf)
         # at most one boundary per bucket, in order (then the CDF is increasing)
         distinct = jnp.all(bins[1:] > bins[:-1])
-        cdf, first, num_steps = jax.lax.cond(distinct, one_per_bucket, histogram_first, cdf)
+        cdf, first, num_steps = jax.lax.cond(distinct, one_per_bucket, searched_first, cdf)
     else:
         cdf, first, num_steps = histogram_first(cdf)
     return GuideTable(cdf, first, num_steps, cdf[first[:-1]])

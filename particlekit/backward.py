@@ -362,8 +362,7 @@ def guide_table(
         cdf = jax.lax.cond(jnp.all(cdf[1:] >= cdf[:-1]), lambda c: c, jax.lax.cummax, cdf)
         counts = jnp.zeros(num_buckets + 2, jnp.int32).at[bucket_of(cdf)].add(1)
         first = jnp.minimum(resampling.cumulative_sum(counts)[: num_buckets + 1], n - 1)
-        widest = jnp.max(first[1:] - first[:-1]).astype(jnp.uint32)
-        return cdf, first, (32 - jax.lax.clz(widest)).astype(jnp.int32)
+        return cdf, first, search_steps(first)
 
     def one_per_bucket(cdf):
         first = jnp.minimum(sparse_first(bins, num_buckets), n - 1)
@@ -374,8 +373,7 @@ def guide_table(
         cdf = jax.lax.cummax(cdf)
         edges = jnp.arange(num_buckets + 1, dtype=cdf.dtype) / num_buckets  # exact
         first = jnp.minimum(jnp.searchsorted(cdf, edges, side="right"), n - 1).astype(jnp.int32)
-        widest = jnp.max(first[1:] - first[:-1]).astype(jnp.uint32)
-        return cdf, first, (32 - jax.lax.clz(widest)).astype(jnp.int32)
+        return cdf, first, search_steps(first)
 
     if sparse:
         bins = bucket_of(cdf)
@@ -385,6 +383,13 @@ def guide_table(
     else:
         cdf, first, num_steps = histogram_first(cdf)
     return GuideTable(cdf, first, num_steps, cdf[first[:-1]])
+
+
+def search_steps(first: jax.Array) -> jax.Array:
+    """The binary-search steps that resolve any bucket of a guide table: the bit length of
+    the widest bucket's range ``first[b + 1] - first[b]``."""
+    widest = jnp.max(first[1:] - first[:-1]).astype(jnp.uint32)
+    return (32 - jax.lax.clz(widest)).astype(jnp.int32)
 
 
 # buckets per word of ``sparse_first``'s bit mask

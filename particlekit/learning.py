@@ -570,8 +570,6 @@ def _guided_csmc(key, ssm, ys, ref, *, proposal, initial_proposal, num_particles
     k0, k0_model, k_run, k_back = jax.random.split(key, 4)
     n = num_particles
 
-    pin = _pin_first
-
     def checked(log_w):
         bad = _rs.invalid_log_weights(log_w)
         log_w = jnp.where(bad, -jnp.inf, log_w)
@@ -582,7 +580,7 @@ def _guided_csmc(key, ssm, ys, ref, *, proposal, initial_proposal, num_particles
     q0 = initial_proposal(_safe_y(y0))
     x0_q = q0.sample(k0, (n,))
     x0_p = ssm.initial().sample(k0_model, (n,))
-    x0 = pin(jnp.where(missing0, x0_p, x0_q), _take(ref, 0))
+    x0 = _pin_first(jnp.where(missing0, x0_p, x0_q), _take(ref, 0))
     logw0 = (
         jax.vmap(ssm.initial_log_prob)(x0)
         + jax.vmap(lambda x: ssm.observation_log_prob(x, y0, jnp.int32(0)))(x0)
@@ -602,7 +600,7 @@ def _guided_csmc(key, ssm, ys, ref, *, proposal, initial_proposal, num_particles
         # one key per particle: a vmapped distribution keeps batch shape () and would
         # give every particle the same noise
         x_q = jax.vmap(lambda a, kk: proposal(a, y_q, t).sample(kk))(xp, jax.random.split(k_mv, n))
-        new = pin(jnp.where(missing, x_f, x_q), r)
+        new = _pin_first(jnp.where(missing, x_f, x_q), r)
         log_w = (
             jax.vmap(lambda a, b: ssm.transition_log_prob(a, b, t))(xp, new)
             + jax.vmap(lambda b: ssm.observation_log_prob(b, y, t))(new)

@@ -74,7 +74,7 @@ def test_sparse_guide_table_is_the_histograms(n, kind):
     """``guide_table(..., sparse=True)`` (a bit per bucket, popcounts) builds the same
     table as the histogram: on the flattened proposal's CDFs (one boundary per bucket at
     most, the bit mask used) and on CDFs with buckets holding several boundaries or
-    flat runs (the histogram used, under the conditional)."""
+    flat runs (binary searches of the bucket edges used, under the conditional)."""
     key = jax.random.key(n)
     if kind == "flattened":
         log_w, _ = pk.resampling.log_normalize(4.0 * jax.random.normal(key, (n,)))

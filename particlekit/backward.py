@@ -351,6 +351,9 @@ def guide_table(
     >>> table = guide_table(jnp.asarray([0.25, 0.5, 0.75, 1.0]), buckets_per_particle=2)
     >>> int(table.num_steps), guided_inverse_cdf(table, jnp.asarray([0.1, 0.3, 0.99])).tolist()
     (1, [0, 1, 3])
+    >>> sparse = guide_table(jnp.asarray([0.25, 0.5, 0.75, 1.0]), 2, sparse=True)
+    >>> bool((sparse.first == table.first).all()), int(sparse.num_steps)
+    (True, 1)
     """
     n = cdf.shape[0]
     num_buckets = buckets_per_particle << max(n - 1, 1).bit_length()

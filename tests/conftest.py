@@ -18,8 +18,16 @@ caller sets is left as it is):
   compilations: 23 s against 44 s on one core), 41 % off the suite (18.8 min against
   31.9 min on this project's 2-core CI machine, 2026-12-07), the same 1897 tests passing.
 
+On top of them the suite compiles with ``jax_disable_most_optimizations`` (XLA's
+backend optimisation level 0, LLVM's expensive passes off): most tests compile far more
+than they run, and it took the suite from 31.4 to 24.7 min on the 2-core CI machine
+(2026-12-07, 2012 tests). Tests dominated by running compiled programs (long statistical
+checks) are marked ``optimized`` and compile with the optimisations (the flag is off for
+them: at level 0 the SMC² posterior check ran 2.8x longer, 45 s against 125 s).
+
 The subprocesses of the tests (docs pages, forced multi-device runs, the multi-process
-tests) inherit them; the benchmarks measure XLA's defaults."""
+tests) inherit all of them (``JAX_DISABLE_MOST_OPTIMIZATIONS``; a docs page may opt out,
+``tests/test_docs_code.py``); the benchmarks measure XLA's defaults."""
 
 import os
 import sys
@@ -44,6 +52,13 @@ for _flag, _value in LIGHT_COMPILE_FLAGS.items():
     if _flag not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{_flag}={_value}").strip()
 
+# compile without most of XLA's optimisations (see the module docstring), here and in the
+# tests' subprocesses; the ``optimized`` tests turn them back on (``_optimized_compile``)
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+jax.config.update(
+    "jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
+)
+
 # ArviZ 1.x loads NumPyro lazily (lazy_loader); on Python 3.12.1 a NumPyro that is first
 # imported through that lazy module loses the submodule attributes of numpyro.distributions
 # (``numpyro.factor`` then fails with "has no attribute 'distribution'"). Test modules that
@@ -53,6 +68,21 @@ if _CACHE:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+@pytest.fixture(autouse=True)
+def _optimized_compile(request):
+    """XLA's optimisations on for a test marked ``optimized`` (the suite compiles without
+    most of them: see the module docstring), back as they were after it."""
+    if request.node.get_closest_marker("optimized") is None:
+        yield
+        return
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture

@@ -288,6 +288,7 @@ def test_missing_vector_observations():
 
 
 # ---------------------------------------------------------------------------- long horizon
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_long_horizon_float32_evidence():
     """T = 10,000 in float32 with keep_history=False: |log Z| ~ 1e4, where a float32 ulp

@@ -52,6 +52,7 @@ def test_under_resourced_run_on_an_ill_conditioned_gaussian_warns():
     assert np.nanmax(report.r_hat) > convergence.RHAT_THRESHOLD or report.log_evidence_sd > 1
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("seed", [0, 1])
 def test_defaults_on_the_ill_conditioned_gaussian_are_right_and_silent(seed):
     y = np.random.default_rng(0).normal(size=D) * np.sqrt(100.0 + SCALES**2)

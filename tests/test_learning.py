@@ -54,6 +54,7 @@ def test_paris_score_matches_kalman_gradient():
         assert abs(samples.mean() - exact[i]) < 5 * se + 0.02 * abs(exact[i]), name
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_mle_with_ppg_score_converges_to_kalman_mle():
     """Stochastic approximation with the PPG score (N = 100, T = 200) reaches the exact

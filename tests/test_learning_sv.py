@@ -40,6 +40,7 @@ def log_likelihood(theta, ys, seeds=8):
     return float(np.mean([float(r.log_evidence) for r in runs]))
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_ppg_score_ascent_recovers_sv_parameters():
     _, ys = model_fn(TRUE).simulate(jax.random.key(0), 500)

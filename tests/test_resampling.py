@@ -273,6 +273,7 @@ def test_nan_and_inf_log_weights_are_zero_weight(scheme):
     _assert_mean(counts, 7 * _exact_weights(log_w), scheme)
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("scheme", ["multinomial", "systematic", "stratified"])
 def test_underflowing_and_zero_weights_in_blocks(scheme):
     """A blocked CDF (N >= 4096) with weights that underflow relative to the largest

@@ -30,6 +30,7 @@ def exact_answers():
     return mean, sd, path_mean, log_evidence
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_smc2_matches_exact_posterior_and_evidence():
     res = pk.statespace.smc2(

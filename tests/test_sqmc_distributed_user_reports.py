@@ -157,6 +157,7 @@ def test_pytree_state_simulates_and_filters_to_the_kalman_evidence():
 
 
 # ---------------------------------------------------------------------------- SQMC in d dims
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_sqmc_five_dimensional_state_is_unbiased_at_large_n():
     """d = 5 (12 bits per axis of the Hilbert index, two uint32 words, the key-value sort

@@ -44,6 +44,7 @@ def test_grid_log_likelihoods_equal_the_kalman_filter():
         assert np.isclose(scalar_log_likelihoods(np.array([a]), YS)[0], reference, rtol=1e-12)
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pmmh_matches_exact_posterior(seed):
@@ -163,6 +164,7 @@ def test_particle_gibbs_matches_exact_posterior():
     assert data["posterior"]["x"].shape == (4, 700, 60)
 
 
+@pytest.mark.optimized
 @pytest.mark.slow
 def test_correlated_pmmh_matches_exact_posterior_with_few_particles():
     """At N = 32 the log-likelihood sd is about 3 and plain PMMH sticks; correlated moves

@@ -26,14 +26,6 @@ from particlekit import backward, resampling
 CALLS = 50  # table builds per timed call (a fori_loop)
 
 
-def flattened_cdf(log_w):
-    """The flattened proposal's normalised CDF (``backward.flattened_proposal``'s)."""
-    n = log_w.shape[0]
-    q = jnp.exp(jnp.maximum(log_w, math.log(backward.FLATTEN_FLOOR / n)))
-    cdf = resampling.cumulative_sum(q)
-    return cdf / cdf[-1]
-
-
 def variants(sparse: bool):
     """The table alone and the proposal's whole set-up, each a loop of ``CALLS`` builds."""
 
@@ -47,7 +39,7 @@ def variants(sparse: bool):
     def setup(log_w):
         def body(i, acc):
             lw, _ = resampling.log_normalize(log_w + acc * 1e-30)
-            t = backward.guide_table(flattened_cdf(lw), 2, sparse=sparse)
+            t = backward.guide_table(backward.flattened_cdf(lw), 2, sparse=sparse)
             log_accept = jnp.minimum(lw - math.log(1.0 / lw.shape[0]), 0.0)
             return acc + t.first[3] + t.threshold[5] + t.num_steps + log_accept[7]
 
@@ -66,7 +58,7 @@ def main():
     print("|---:|---|---:|---:|---:|---:|")
     for n in (int(s) for s in args.sizes.split(",")):
         log_w, _ = resampling.log_normalize(3.0 * jax.random.normal(jax.random.key(n), (n,)))
-        cdf = flattened_cdf(log_w)
+        cdf = backward.flattened_cdf(log_w)
         dense = backward.guide_table(cdf, 2)
         sparse = backward.guide_table(cdf, 2, sparse=True)
         for a, b in zip(dense, sparse, strict=True):  # the same table

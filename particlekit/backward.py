@@ -558,13 +558,18 @@ def flattened_proposal(log_w: jax.Array, log_bound, floor: float = FLATTEN_FLOOR
     ``1 + floor``, close to 1 when few weights are below ``c``). In exchange every
     ``q_j >= c / Z``: the guide table's buckets hold a few particles each, so the search
     takes one or two steps, and zero-weight particles stay out of the search's way."""
-    n = log_w.shape[0]
-    log_c = math.log(floor / n)
-    q = jnp.exp(jnp.maximum(log_w, log_c))
+    cdf = flattened_cdf(log_w, floor)
+    table = guide_table(cdf, PROPOSAL_BUCKETS, sparse=True)
+    log_accept = jnp.minimum(log_w - math.log(floor / log_w.shape[0]), 0.0) - log_bound
+    return Proposal(table, log_accept.astype(cdf.dtype))
+
+
+def flattened_cdf(log_w: jax.Array, floor: float = FLATTEN_FLOOR) -> jax.Array:
+    """The normalised CDF of the flattened proposal ``q_j ∝ max(W_j, c)``, ``c = floor / N``
+    (``flattened_proposal``), from normalised log-weights ``log_w``."""
+    q = jnp.exp(jnp.maximum(log_w, math.log(floor / log_w.shape[0])))
     cdf = resampling.cumulative_sum(q)
-    table = guide_table(cdf / cdf[-1], PROPOSAL_BUCKETS, sparse=True)
-    log_accept = jnp.minimum(log_w - log_c, 0.0) - log_bound
-    return Proposal(table, log_accept.astype(q.dtype))
+    return cdf / cdf[-1]
 
 
 def round_proposals(ssm: StateSpaceModel, key, r, proposal: Proposal, xs_prev, item_x, t):

@@ -27,8 +27,8 @@ flag is off for them: at level 0 the SMC² posterior check ran 2.8x longer, 125 
 45 s); a program an earlier test of the same worker compiled is reused as it is.
 
 The subprocesses of the tests (docs pages, forced multi-device runs, the multi-process
-tests) inherit all of them (``JAX_DISABLE_MOST_OPTIMIZATIONS``; a docs page may opt out,
-``tests/test_docs_code.py``); the benchmarks measure XLA's defaults."""
+tests) inherit all of them (``JAX_DISABLE_MOST_OPTIMIZATIONS``; an ``optimized`` test's
+subprocesses compile with the optimisations); the benchmarks measure XLA's defaults."""
 
 import os
 import sys
@@ -74,11 +74,13 @@ if _CACHE:
 
 @pytest.fixture(autouse=True)
 def _optimized_compile(request):
-    """XLA's optimisations on for a test marked ``optimized`` (the suite compiles without
-    most of them: see the module docstring), back as they were after it."""
+    """XLA's optimisations on for a test marked ``optimized``, in its process and in the
+    subprocesses it starts (the suite compiles without most of them: see the module
+    docstring), back as they were after it."""
     if request.node.get_closest_marker("optimized") is None:
         yield
         return
+    request.getfixturevalue("monkeypatch").setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "0")
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", False)
     try:

@@ -23,10 +23,15 @@ import pytest
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
 NO_TEST = "<!-- no-test -->"
-# pages whose examples run longer than they compile: compiled with XLA's optimisations (the
-# other pages, like the suite, without most of them: tests/conftest.py). At level 0 the
-# statespace page took 94 s against 53 s, static-models 62 s against 44 s.
+# pages whose examples run longer than they compile: their tests are marked ``optimized``
+# (compiled with XLA's optimisations; the other pages, like the suite, without most of
+# them: tests/conftest.py). At level 0 the statespace page took 94 s against 53 s,
+# static-models 62 s against 44 s.
 OPTIMIZED_PAGES = {"statespace", "static-models"}
+PAGE_PARAMS = [
+    pytest.param(p, id=p.stem, marks=[pytest.mark.optimized] if p.stem in OPTIMIZED_PAGES else [])
+    for p in PAGES
+]
 
 _OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*)$")
 
@@ -82,8 +87,6 @@ def run_blocks(page: Path, blocks, tmp_path: Path, timeout: int) -> subprocess.C
     # XLA_FLAGS and JAX_DISABLE_MOST_OPTIMIZATIONS (the quicker-compile settings) come from
     # conftest.py
     env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
-    if page.stem in OPTIMIZED_PAGES:
-        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
     return subprocess.run(
         [sys.executable, "-c", _RUNNER, str(spec)],
         cwd=tmp_path,
@@ -126,7 +129,7 @@ def test_math_hook_renders_mathml():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+@pytest.mark.parametrize("page", PAGE_PARAMS)
 def test_page_code_runs(page: Path, tmp_path: Path):
     blocks = code_blocks(page)
     if not blocks:

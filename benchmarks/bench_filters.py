@@ -232,17 +232,20 @@ def run_particles(fk_model, n, seed):
 
 
 # ----------------------------------------------------------------------------- timing
-def aot_compile_seconds(fn, ys, repeats: int = 3) -> float:
-    """Seconds to trace, lower and compile ``jax.jit(fn)`` for ``(key, ys)``, the minimum
-    of ``repeats`` fresh compilations (caches cleared, a new wrapper each time, so neither
-    the timed calls' executables nor an earlier trace is reused): one compilation on a
-    loaded host varied by 1.5x between runs."""
-    best = float("inf")
+def aot_compile_seconds(fns, ys, repeats: int = 3) -> dict:
+    """Seconds to trace, lower and compile ``jax.jit(fn)`` for ``(key, ys)``, for each
+    ``{label: fn}``: the minimum of ``repeats`` fresh compilations (caches cleared, a new
+    wrapper each time, so neither the timed calls' executables nor an earlier trace is
+    reused), the contenders compiled round-robin so that a change of machine load hits all
+    of them alike (one compilation on a loaded host varied by 1.5x between runs, and
+    compiled minutes apart the 4-D model's ratio read 1.5x where interleaved it read 1.35x)."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        jax.clear_caches()
-        t0 = time.perf_counter()
-        jax.jit(lambda key, ys: fn(key, ys)).lower(jax.random.key(0), ys).compile()
-        best = min(best, time.perf_counter() - t0)
+        for label, fn in fns.items():
+            jax.clear_caches()
+            t0 = time.perf_counter()
+            jax.jit(lambda key, ys, fn=fn: fn(key, ys)).lower(jax.random.key(0), ys).compile()
+            best[label] = min(best[label], time.perf_counter() - t0)
     return best
 
 
@@ -333,10 +336,11 @@ def main(argv=None):
                 contenders["particles"] = lambda s, n=n: run_particles(fk, n, s)
             contenders = {k: v for k, v in contenders.items() if k not in skip}
             timings = time_interleaved(contenders, repeats)
+            aot = aot_compile_seconds({k: compilables[k] for k in timings if k in compilables}, ys)
             for label, (first, med, best, cpu, value) in timings.items():
                 scale = 1e9 / (n * num_steps)
                 compile_s = max(first - med, 0.0) if label != "particles" else 0.0
-                aot_s = aot_compile_seconds(compilables[label], ys) if label in compilables else 0.0
+                aot_s = aot.get(label, 0.0)
                 results.append(
                     (model, n, label, med * scale, best * scale, cpu * scale, compile_s, aot_s,
                      value)

@@ -1,11 +1,12 @@
 """The flattened accept-reject proposal's guide table: bit mask against histogram.
 
-`backward.guide_table(cdf, 2, sparse=True)` counts each bucket's first particle from a bit
-per bucket (`backward.sparse_first`); `sparse=False` from a histogram and a prefix sum over
-all `2N` buckets. Both build the same table (checked here). Side by side in one process,
-interleaved: the table alone and the whole `backward.flattened_proposal`'s set-up (the
-histogram variant as `flattened_proposal` built it before), nanoseconds per particle
-(minimum over repeats of a compiled loop of calls), and compile time. Usage::
+`backward.guide_table(cdf, PROPOSAL_BUCKETS, sparse=True)` counts each bucket's first
+particle from a bit per bucket (`backward.sparse_first`); `sparse=False` from a histogram
+and a prefix sum over all `2N` buckets. Both build the same table (checked here). Side by
+side in one process, interleaved: the table alone and the whole
+`backward.flattened_proposal`'s set-up (the histogram variant as `flattened_proposal` built
+it before), nanoseconds per particle (minimum over repeats of a compiled loop of calls),
+and compile time. Usage::
 
     python benchmarks/bench_guide_table.py                  # N = 1024, 4096, 16384
     python benchmarks/bench_guide_table.py --sizes 4096 --repeats 3
@@ -24,6 +25,7 @@ import numpy as np
 from particlekit import backward, resampling
 
 CALLS = 50  # table builds per timed call (a fori_loop)
+BUCKETS = backward.PROPOSAL_BUCKETS  # the flattened proposal's buckets per particle
 
 
 def variants(sparse: bool):
@@ -31,7 +33,7 @@ def variants(sparse: bool):
 
     def table_only(cdf):
         def body(i, acc):
-            t = backward.guide_table(cdf * (1.0 - acc * 1e-30), 2, sparse=sparse)
+            t = backward.guide_table(cdf * (1.0 - acc * 1e-30), BUCKETS, sparse=sparse)
             return acc + t.first[3] + t.threshold[5] + t.num_steps
 
         return jax.lax.fori_loop(0, CALLS, body, jnp.zeros(()))
@@ -39,8 +41,9 @@ def variants(sparse: bool):
     def setup(log_w):
         def body(i, acc):
             lw, _ = resampling.log_normalize(log_w + acc * 1e-30)
-            t = backward.guide_table(backward.flattened_cdf(lw), 2, sparse=sparse)
-            log_accept = jnp.minimum(lw - math.log(1.0 / lw.shape[0]), 0.0)
+            t = backward.guide_table(backward.flattened_cdf(lw), BUCKETS, sparse=sparse)
+            # (flattened_proposal's acceptance term, without the bound)
+            log_accept = jnp.minimum(lw - math.log(backward.FLATTEN_FLOOR / lw.shape[0]), 0.0)
             return acc + t.first[3] + t.threshold[5] + t.num_steps + log_accept[7]
 
         return jax.lax.fori_loop(0, CALLS, body, jnp.zeros(()))
@@ -59,8 +62,8 @@ def main():
     for n in (int(s) for s in args.sizes.split(",")):
         log_w, _ = resampling.log_normalize(3.0 * jax.random.normal(jax.random.key(n), (n,)))
         cdf = backward.flattened_cdf(log_w)
-        dense = backward.guide_table(cdf, 2)
-        sparse = backward.guide_table(cdf, 2, sparse=True)
+        dense = backward.guide_table(cdf, BUCKETS)
+        sparse = backward.guide_table(cdf, BUCKETS, sparse=True)
         for a, b in zip(dense, sparse, strict=True):  # the same table
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         for part in ("table", "proposal set-up"):

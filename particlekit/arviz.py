@@ -186,6 +186,15 @@ def from_draws(posterior: dict, sample_stats: dict | None = None, attrs: dict | 
     >>> sorted(data.children if hasattr(data, "children") else data.groups())
     ['posterior']
     """
+    for group, variables in (("posterior", posterior), ("sample_stats", sample_stats or {})):
+        if not isinstance(variables, dict):
+            raise ValueError(f"{group} must be a dict {{name: array (chain, draw, ...)}}")
+        for name, value in variables.items():
+            if np.ndim(value) < 2:
+                raise ValueError(
+                    f"{group}[{name!r}] must be an array (chain, draw, ...), got shape "
+                    f"{np.shape(value)}"
+                )
     groups = {"posterior": _dataset(posterior, ["chain", "draw"])}
     if sample_stats:
         groups["sample_stats"] = _dataset(sample_stats, ["chain", "draw"])
@@ -348,6 +357,14 @@ def _group(
     return xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
 
 
+def _field(result, name: str, what: str):
+    """``result.name``, or a ``ValueError`` saying that the converter takes a ``what`` (an
+    ``AttributeError`` from deep inside otherwise)."""
+    if not hasattr(result, name):
+        raise ValueError(f"expected a particlekit {what}, got {type(result).__name__}")
+    return getattr(result, name)
+
+
 def _is_batched(value, base_ndim: int, what: str) -> bool:
     """Whether ``value`` (a scalar per run with ``base_ndim`` dims) has one leading batch
     axis (a ``jax.vmap`` over runs)."""
@@ -446,7 +463,7 @@ def from_filter(result, ys=None):
     >>> data["filtering"]["x_mean"].dims
     ('chain', 'time')
     """
-    batched = _is_batched(result.log_evidence, 0, "FilterResult")
+    batched = _is_batched(_field(result, "log_evidence", "FilterResult"), 0, "FilterResult")
     attrs = _attrs("FilterResult", num_particles=int(np.shape(result.final_state.log_weights)[-1]))
     per_time: dict = {}
     prefix: dict = {}
@@ -550,7 +567,7 @@ def from_paris(result, ys=None):
     >>> pk.arviz.from_paris(res)["online_estimates"]["S"].dims
     ('chain', 'time')
     """
-    batched = _is_batched(result.log_evidence, 0, "PaRISResult")
+    batched = _is_batched(_field(result, "log_evidence", "PaRISResult"), 0, "PaRISResult")
     attrs = _attrs("PaRISResult", num_particles=int(np.shape(result.log_weights)[-1]))
     groups = {
         "estimate": _group(_with_chain(_named(result.estimate, "S"), batched), ["chain"], attrs),
@@ -678,7 +695,7 @@ def from_ppg(result, ys=None, *, burn_in: int = 0):
     >>> pk.arviz.from_ppg(res, burn_in=2)["posterior"]["S"].shape
     (1, 8)
     """
-    batched = _is_batched(result.log_evidence, 1, "PPGResult")
+    batched = _is_batched(_field(result, "log_evidence", "PPGResult"), 1, "PPGResult")
     num_iterations = int(np.shape(result.log_evidence)[-1])
     burn_in = _checked_burn_in(burn_in, num_iterations)  # 2.5 or "3" is not a burn-in
     attrs = _attrs("PPGResult", burn_in=burn_in)
@@ -786,7 +803,7 @@ def from_mle(result, ys=None):
     >>> pk.arviz.from_mle(res)["theta_trace"]["a"].dims
     ('chain', 'iteration')
     """
-    batched = _is_batched(result.log_evidence, 1, "MLEResult")
+    batched = _is_batched(_field(result, "log_evidence", "MLEResult"), 1, "MLEResult")
     attrs = _attrs("MLEResult")
     groups: dict = {}
     _parameter_groups(
@@ -837,7 +854,7 @@ def from_score_climbing(result, ys=None):
     >>> pk.arviz.from_score_climbing(res)["phi_trace"]["phi"].dims
     ('chain', 'iteration', 'phi_dim_0')
     """
-    batched = _is_batched(result.failed, 0, "ScoreClimbingResult")
+    batched = _is_batched(_field(result, "failed", "ScoreClimbingResult"), 0, "ScoreClimbingResult")
     attrs = _attrs("ScoreClimbingResult")
     groups: dict = {}
     _parameter_groups(groups, "phi", result.phi, result.phi_average, result.trace, batched, attrs)
@@ -955,7 +972,7 @@ def _resampled_draws(variables, log_weights, failed, batched, key, num_draws) ->
 def _weighted_steering(result, name, per_step, rewards, key, num_draws):
     """The groups of ``from_fk_steering``, ``from_fk_corrector`` and ``from_pdds``."""
     _check_num_draws_has_key(key, num_draws)
-    batched = _is_batched(result.log_evidence, 0, name)
+    batched = _is_batched(_field(result, "log_evidence", name), 0, name)
     attrs = _attrs(name, num_particles=int(np.shape(result.log_weights)[-1]))
     samples = _named(result.samples, "x")
     rewards = None if rewards is None else {"reward": np.asarray(rewards)}
@@ -1120,7 +1137,7 @@ def from_svdd(result):
     >>> pk.arviz.from_svdd(res)["sample_stats"]["reward"].shape
     (1, 8)
     """
-    batched = _is_batched(result.rewards, 1, "SVDDResult")
+    batched = _is_batched(_field(result, "rewards", "SVDDResult"), 1, "SVDDResult")
     attrs = _attrs("SVDDResult", num_particles=int(np.shape(result.rewards)[-1]))
     groups = {
         "posterior": _group(
@@ -1152,7 +1169,7 @@ def from_rollover(result):
     >>> pk.arviz.from_rollover(res)["steps"]["evaluations"].shape
     (1, 4, 5)
     """
-    batched = _is_batched(result.rewards, 1, "RBFResult")
+    batched = _is_batched(_field(result, "rewards", "RBFResult"), 1, "RBFResult")
     attrs = _attrs("RBFResult", num_samples=int(np.shape(result.rewards)[-1]))
     stats = {
         "reward": np.asarray(result.rewards),
@@ -1192,7 +1209,7 @@ def from_best_of_n(result):
     >>> int(data["sample_stats"]["is_best"].sum()), data["best"]["x"].dims
     (1, ('chain', 'x_dim_0'))
     """
-    batched = _is_batched(result.best_reward, 0, "BestOfNResult")
+    batched = _is_batched(_field(result, "best_reward", "BestOfNResult"), 0, "BestOfNResult")
     rewards = np.asarray(result.rewards)
     attrs = _attrs("BestOfNResult", num_samples=int(rewards.shape[-1]))
     # the pick of best_of_n: the arg-max with NaN rewards as -inf
@@ -1325,7 +1342,7 @@ def from_sequence_steering(result, *, key=None, num_draws: int | None = None, de
             "beam_search / DVTS result), so it has no posterior to draw: convert it "
             "without key, and read it with pk.steering.best_of or weighted_vote"
         )
-    batched = _is_batched(result.log_evidence, 0, "SteeringResult")
+    batched = _is_batched(_field(result, "log_evidence", "SteeringResult"), 0, "SteeringResult")
     tokens = np.asarray(result.sequences)
     attrs = _attrs(
         "SteeringResult",
@@ -1471,7 +1488,7 @@ def from_sequence_gibbs(result, *, burn_in: int = 0, eos_id: int | None = None, 
     True
     """
     _check_decode(decode)
-    batched = _is_batched(result.failed, 0, "GibbsResult")
+    batched = _is_batched(_field(result, "failed", "GibbsResult"), 0, "GibbsResult")
     tokens = np.asarray(result.sequences)
     lengths = np.asarray(result.lengths)
     num_iterations = int(lengths.shape[-1])
@@ -1599,7 +1616,7 @@ def from_sequence_tempering(result, *, burn_in: int = 0, eos_id: int | None = No
     2
     """
     _check_decode(decode)
-    batched = _is_batched(result.failed, 0, "TemperingResult")
+    batched = _is_batched(_field(result, "failed", "TemperingResult"), 0, "TemperingResult")
     lengths = _with_chain({"v": np.asarray(result.lengths)}, batched)["v"]  # (C, J, K)
     num_chains, num_temperatures, num_iterations = lengths.shape
     burn_in = _checked_burn_in(burn_in, num_iterations)

@@ -248,7 +248,7 @@ def resolve_keep_history(keep_history, ssm: StateSpaceModel, ys, num_particles: 
     ``num_particles`` particles fits in ``HISTORY_LIMIT_BYTES``; a ``UserWarning`` says so
     when it is turned off."""
     if keep_history is not None:
-        return bool(keep_history)
+        return kernels.check_flag(keep_history, "keep_history")
     one = jax.eval_shape(lambda k: ssm.sample_initial(k), jax.random.key(0))
     per_particle = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(one))
     num_steps = jax.tree.leaves(ys)[0].shape[0]
@@ -727,12 +727,16 @@ def _auxiliary(
 
     sample_init = initial_sampler(ssm)
 
-    def log_eta(x_prev, x, inputs):
-        # first stage: look ahead at y_t from the current particle x_{t-1} (= ``x`` here)
-        y, t = inputs
+    def raw_eta(x, inputs):
+        y, t = inputs[:2]
         missing = is_missing(y)
         value = log_predictive(x, jnp.where(jnp.isnan(y), 0.0, y), t)
         return jnp.where(missing, jnp.zeros_like(value), value)
+
+    def log_eta(x_prev, x, inputs):
+        # first stage: look ahead at y_t from the current particle x_{t-1} (= ``x`` here),
+        # less the step's constant ``inputs[2]`` (``centred_step``)
+        return raw_eta(x, inputs) - inputs[2]
 
     def propagate(k, x_prev, inputs):
         return ssm.sample_transition(k, x_prev, inputs[1])
@@ -740,18 +744,33 @@ def _auxiliary(
     def log_second_stage(x_prev, x, inputs):
         # a non-finite first-stage weight was counted (or was a zero weight) at the first
         # stage: the particle stays dead here without being counted a second time
-        y, t = inputs
+        y, t = inputs[:2]
         eta = log_eta(None, x_prev, inputs)
         value = ssm.observation_log_prob(x, y, t) - eta
         return jnp.where(jnp.isfinite(eta), value, -jnp.inf)
 
     log_g = _observation_term(ssm)
-    step = kernels.chain(
+    two_stages = kernels.chain(
         kernels.reweight(log_eta, vectorized=v),
         kernels.normalizing_resample(resampling_scheme, ess_threshold),
         kernels.move(propagate, vectorized=v),
         kernels.reweight_normalized(log_second_stage, vectorized=v),
     )
+
+    def centred_step(key, state, inputs):
+        """Both stages with ``eta - c``, ``c`` the step's largest finite ``eta``: the two
+        evidence increments then sum to the same value without a float32 cancellation of
+        ``+c`` and ``-c`` (a constant in ``log_predictive`` changed ``log_evidence``)."""
+        etas = (
+            raw_eta(state.particles, inputs)
+            if v
+            else jax.vmap(lambda x: raw_eta(x, inputs))(state.particles)
+        )
+        largest = jnp.max(jnp.where(jnp.isfinite(etas), etas, -jnp.inf))
+        c = jax.lax.stop_gradient(jnp.where(jnp.isfinite(largest), largest, 0.0))
+        return two_stages(key, state, (*inputs, c.astype(etas.dtype)))
+
+    step = centred_step
     return _filter(
         key,
         ys,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from particlekit import prng, resampling
 from particlekit.types import Kernel, ParticleState, PyTree, StepInfo, num_particles_of
@@ -66,6 +67,24 @@ def check_callable(fn, name: str, what: str) -> None:
     ``what``) is not callable: a ``TypeError`` from inside the trace otherwise."""
     if not callable(fn):
         raise ValueError(f"{name} must be {what}, got {fn!r}")
+
+
+def check_flag(value, name: str) -> bool:
+    """A ``ValueError`` before tracing unless ``value`` is ``True`` or ``False`` (a NumPy
+    bool too): ``bool("no")`` is true, so a string would silently turn the option on.
+
+    Examples
+    --------
+    >>> check_flag(False, "keep_history")
+    False
+    >>> check_flag("no", "keep_history")
+    Traceback (most recent call last):
+    ...
+    ValueError: keep_history must be True or False, got 'no'
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_num_particles(num_particles, name: str = "num_particles") -> int:
@@ -307,6 +326,7 @@ def move(fn: Callable, *, vectorized: bool = False, batch_size: int | None = Non
     >>> import jax, particlekit as pk
     >>> step = pk.move(lambda key, x, t: 0.9 * x + jax.random.normal(key))
     """
+    check_callable(fn, "fn", "a function fn(key, x, inputs) -> x'")
     _check_batch_size(vectorized, batch_size)
 
     def kernel(key, state: ParticleState, inputs=None):
@@ -350,6 +370,7 @@ def reweight(fn: Callable, *, vectorized: bool = False, batch_size: int | None =
     >>> import jax.numpy as jnp, particlekit as pk
     >>> step = pk.reweight(lambda x_prev, x, y: -0.5 * (y - x) ** 2)
     """
+    check_callable(fn, "fn", "a function fn(x_prev, x, inputs) -> log-potential")
     return _reweight(fn, vectorized=vectorized, batch_size=batch_size, normalized_input=False)
 
 
@@ -412,19 +433,36 @@ def _reweight(fn, *, vectorized, batch_size, normalized_input) -> Kernel:
     return kernel
 
 
-def _resample_state(key, state: ParticleState, scheme, normalize: bool) -> ParticleState:
+def _is_builtin_scheme(scheme) -> bool:
+    """Whether ``scheme`` is one of ``particlekit.resampling``'s (whose indices are valid by
+    construction); by identity, since a user's scheme may not be hashable."""
+    builtins = (*resampling.SCHEMES.values(), *resampling.CONDITIONAL_SCHEMES.values())
+    return any(scheme is b for b in builtins)
+
+
+def _resample_state(key, state: ParticleState, scheme, normalize: bool):
+    """The population resampled by ``scheme``, and the number of ancestor indices outside
+    ``[0, N)`` (a user's scheme only; the built-in ones return valid indices): those
+    slots get weight zero, the count is reported as ``info.num_nonfinite`` (a gather would
+    silently clamp them to the first or last particle)."""
     n = num_particles_of(state)
     # the documented scheme signature is (key, log_weights, num_samples) -> indices
     idx = _check_indices(scheme(key, state.log_weights, n), n)
     equal = jnp.zeros_like(state.log_weights)
+    num_invalid = jnp.zeros((), jnp.int32)
+    if not _is_builtin_scheme(scheme):
+        invalid = (idx < 0) | (idx >= n)
+        num_invalid = jnp.sum(invalid, dtype=jnp.int32)
+        equal = jnp.where(invalid, -jnp.inf, equal)
     if normalize:  # -log N exactly as reweight's log_normalize of zeros computes it
         equal, _ = resampling.log_normalize(equal)
-    return state._replace(
+    new = state._replace(
         particles=_take(state.particles, idx),
         previous_particles=_take(state.previous_particles, idx),
         log_weights=equal,
         ancestors=idx,
     )
+    return new, num_invalid
 
 
 def _check_indices(idx, n: int) -> jax.Array:
@@ -519,20 +557,25 @@ def _resample(scheme, ess_threshold: float, normalize: bool) -> Kernel:
         kept = state._replace(ancestors=jnp.arange(n, dtype=jnp.int32))
         if normalize:  # shares the max and the sum with the ESS above (XLA merges them)
             kept = kept._replace(log_weights=resampling.log_normalize(state.log_weights)[0])
+        none_invalid = jnp.zeros((), jnp.int32)
         if ess_threshold >= 1.0:
-            new_state = _resample_state(key, state, scheme_fn, normalize)
+            new_state, num_invalid = _resample_state(key, state, scheme_fn, normalize)
         elif ess_threshold <= 0.0:
-            new_state = kept
+            new_state, num_invalid = kept, none_invalid
         else:
-            new_state = jax.lax.cond(
+            new_state, num_invalid = jax.lax.cond(
                 do_resample,
                 lambda s: _resample_state(key, s, scheme_fn, normalize),
-                lambda s: kept,
+                lambda s: (kept, none_invalid),
                 state,
             )
         # the ESS after the step: N if resampled (equal weights), unchanged otherwise
         ess_after = jnp.where(do_resample, jnp.asarray(n, current_ess.dtype), current_ess)
-        info = StepInfo.neutral(new_state, ess=ess_after)._replace(resampled=do_resample)
+        if not _is_builtin_scheme(scheme_fn):  # (invalid ancestors: zero weights)
+            ess_after = jnp.where(num_invalid > 0, resampling.ess(new_state.log_weights), ess_after)
+        info = StepInfo.neutral(new_state, ess=ess_after)._replace(
+            resampled=do_resample, num_nonfinite=num_invalid
+        )
         return new_state, info
 
     return kernel
@@ -621,6 +664,10 @@ def mcmc(kernel, num_steps: int = 1) -> Kernel:
     >>> step = pk.mcmc(rw, num_steps=5)
     """
     num_steps = check_num_particles(num_steps, "num_steps")
+    if not hasattr(kernel, "step"):
+        check_callable(
+            kernel, "kernel", "a BlackJAX algorithm (init, step) or a function inputs -> one"
+        )
 
     def kernel_fn(key, state: ParticleState, inputs=None):
         check_key(key)
@@ -687,7 +734,14 @@ def chain(*kernels: Kernel) -> Kernel:
         keys = jax.random.split(check_key(key), len(kernels))
         info = StepInfo.neutral(state)
         for k, kern in zip(keys, kernels, strict=True):
-            state, step_info = kern(k, state, inputs)
+            out = kern(k, state, inputs)
+            if isinstance(out, ParticleState) or not (isinstance(out, tuple) and len(out) == 2):
+                raise ValueError(
+                    f"a kernel of chain must return (state, info), as pk.move / pk.reweight / "
+                    f"pk.resample / pk.mcmc kernels do; {kern!r} returned "
+                    f"{type(out).__name__}"
+                )
+            state, step_info = out
             info = info.merge(step_info)
         return state, info
 

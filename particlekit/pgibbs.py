@@ -80,6 +80,8 @@ def joint_log_prob(ssm: StateSpaceModel, xs, ys) -> jax.Array:
     >>> pk.pgibbs.joint_log_prob(ssm, xs, ys).shape
     ()
     """
+    ys = ssm.validate(ys)
+    xs = _check_reference(xs, ys, ssm, name="xs", check_finite=False)
     num_steps = ys.shape[0]
     ts = jnp.arange(num_steps, dtype=jnp.int32)
     if ssm.vectorized:
@@ -276,14 +278,15 @@ def _check_finite_reference(reference):
             )
 
 
-def _check_reference(reference, ys, ssm):
-    """The reference trajectory with the model's state structure, shapes and dtypes: one
-    array ``(T, ...)`` per leaf of a state (a pytree state, e.g. a dict, has a dict of
-    trajectories, as the ``xs`` of ``ssm.simulate``)."""
+def _check_reference(reference, ys, ssm, name: str = "reference", check_finite: bool = True):
+    """The reference trajectory (or any trajectory, called ``name`` in the messages) with
+    the model's state structure, shapes and dtypes: one array ``(T, ...)`` per leaf of a
+    state (a pytree state, e.g. a dict, has a dict of trajectories, as the ``xs`` of
+    ``ssm.simulate``); finite values when ``check_finite``."""
     x0 = jax.eval_shape(lambda k: ssm.initial().sample(k), jax.random.key(0))
     x0_leaves, x0_def = jax.tree.flatten(x0)
     not_an_array = (
-        "reference must be an array of states with leading axis T (e.g. the xs of "
+        f"{name} must be an array of states with leading axis T (e.g. the xs of "
         f"ssm.simulate; a dict of them for dict states), got {type(reference).__name__}"
     )
     if reference is None or isinstance(reference, (str, bytes)):
@@ -296,19 +299,20 @@ def _check_reference(reference, ys, ssm):
         leaves, ref_def = jax.tree.flatten(reference)
         if ref_def != x0_def:
             raise ValueError(
-                f"reference has the structure {ref_def}, the model's states {x0_def} (one "
+                f"{name} has the structure {ref_def}, the model's states {x0_def} (one "
                 "trajectory per leaf, as the xs of ssm.simulate)"
             )
     checked = [
-        _check_reference_leaf(r, x, ys, not_an_array)
+        _check_reference_leaf(r, x, ys, not_an_array, name)
         for r, x in zip(leaves, x0_leaves, strict=True)
     ]
     reference = jax.tree.unflatten(x0_def, checked)
-    _check_finite_reference(reference)
+    if check_finite:
+        _check_finite_reference(reference)
     return reference
 
 
-def _check_reference_leaf(reference, x0, ys, not_an_array):
+def _check_reference_leaf(reference, x0, ys, not_an_array, name: str = "reference"):
     """One leaf of the reference: real values of shape ``(T,) + x0.shape``, cast to the
     model's dtype (integer states must get integer values)."""
     try:
@@ -320,21 +324,21 @@ def _check_reference_leaf(reference, x0, ys, not_an_array):
         or jnp.issubdtype(reference.dtype, jnp.integer)
     ):
         raise ValueError(
-            f"reference must hold real states (a float array), got dtype {reference.dtype}"
+            f"{name} must hold real states (a float array), got dtype {reference.dtype}"
         )
     if reference.ndim == 0 or reference.shape[0] != ys.shape[0]:
         raise ValueError(
-            f"reference must be a trajectory with leading axis T={ys.shape[0]}, got shape "
+            f"{name} must be a trajectory with leading axis T={ys.shape[0]}, got shape "
             f"{reference.shape}"
         )
     if not jnp.issubdtype(x0.dtype, jnp.floating) and jnp.issubdtype(reference.dtype, jnp.floating):
         if not isinstance(reference, jax.core.Tracer) and not np.all(
             np.asarray(reference) == np.round(np.asarray(reference))
         ):
-            raise ValueError(f"reference has non-integer values; the model's states are {x0.dtype}")
+            raise ValueError(f"{name} has non-integer values; the model's states are {x0.dtype}")
     if tuple(reference.shape[1:]) != tuple(x0.shape):
         raise ValueError(
-            f"reference has state shape {reference.shape[1:]}, the model's states are {x0.shape}"
+            f"{name} has state shape {reference.shape[1:]}, the model's states are {x0.shape}"
         )
     return reference.astype(x0.dtype)
 
@@ -434,8 +438,7 @@ def csmc(
         "return_info": return_info,
     }
     for name, flag in flags.items():
-        if not isinstance(flag, (bool, np.bool_)):
-            raise ValueError(f"{name} must be True or False, got {flag!r}")
+        kernels.check_flag(flag, name)
     reference = _check_reference(reference, ys, ssm)
     scheme = resampling_scheme_for_csmc(resampling)
     result = _csmc(

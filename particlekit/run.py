@@ -398,6 +398,7 @@ def run(
     check_key(key)
     check_sharding(sharding)
     kernels.check_callable(step, "step", "a kernel step(key, state, inputs) -> (state, info)")
+    keep_history = kernels.check_flag(keep_history, "keep_history")
     _check_state(state)
     if sharding is not None:  # the count only: run may be traced inside a recipe, whose
         _check_divides(sharding, num_particles_of(state))  # own check compares processes

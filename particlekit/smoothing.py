@@ -156,6 +156,23 @@ def _ffbs(key, particles, log_weights, *, ssm, num_samples, method, log_transiti
     return paths
 
 
+def _check_history_matches_model(ssm: StateSpaceModel, filter_result: FilterResult) -> None:
+    """A ``ValueError`` when the filter's particles (``(T, N, ...)`` per leaf) are not
+    states of ``ssm`` (another model's filter): a NumPyro shape error from deep inside
+    the backward pass otherwise."""
+    state = jax.eval_shape(lambda k: ssm.initial().sample(k), jax.random.key(0))
+    expected = jax.tree.structure(state)
+    got = jax.tree.structure(filter_result.particles)
+    shapes = [tuple(jnp.shape(a)[2:]) for a in jax.tree.leaves(filter_result.particles)]
+    if got != expected or shapes != [tuple(a.shape) for a in jax.tree.leaves(state)]:
+        raise ValueError(
+            f"the filter's particles (structure {got}, state shapes {shapes}) are not states "
+            f"of this model (structure {expected}, shapes "
+            f"{[tuple(a.shape) for a in jax.tree.leaves(state)]}): pass the model the filter "
+            "was run with"
+        )
+
+
 def ffbs(
     key: jax.Array,
     ssm: StateSpaceModel,
@@ -241,6 +258,7 @@ def ffbs(
             "step, log_evidence is -inf): its weights carry no smoothing law. Check the data "
             "and the observation model"
         )
+    _check_history_matches_model(ssm, filter_result)
     num_samples = kernels.check_num_particles(num_samples, "num_samples")
     _check_method(method)
     paths = _ffbs(
@@ -455,7 +473,17 @@ def _float_leaves(tree):
     indicators is a fraction); floating leaves as they are; complex ones a ValueError."""
 
     def cast(a):
-        a = jnp.asarray(a)
+        try:
+            a = jnp.asarray(a)
+        except TypeError as err:
+            raise ValueError(
+                "additive_fn and initial_fn must return a pytree of numeric arrays, got a "
+                f"leaf {a!r}: {err}"
+            ) from None
+        if not (jnp.issubdtype(a.dtype, jnp.number) or a.dtype == jnp.bool_):
+            raise ValueError(
+                f"additive_fn and initial_fn must return numeric values, got dtype {a.dtype}"
+            )
         if jnp.issubdtype(a.dtype, jnp.complexfloating):
             # the estimate kept the real part only (with a ComplexWarning at most)
             raise ValueError(
@@ -469,8 +497,15 @@ def _float_leaves(tree):
 
 
 def _h_spec(additive_fn, x, t):
-    """Shapes and (floating) dtypes of ``additive_fn``'s output for one pair of states."""
-    return jax.eval_shape(lambda a: _float_leaves(additive_fn(a, a, t)), x)
+    """Shapes and (floating) dtypes of ``additive_fn``'s output for one pair of states; a
+    ``ValueError`` when it returns no array (``None``, an empty container)."""
+    spec = jax.eval_shape(lambda a: _float_leaves(additive_fn(a, a, t)), x)
+    if not jax.tree.leaves(spec):
+        raise ValueError(
+            "additive_fn(x_prev, x, t) must return the term h_t of the additive functional: "
+            f"a pytree of numeric arrays, got {spec!r} (no array)"
+        )
+    return spec
 
 
 def _backward_draw(key, ssm, log_w_prev, prev, x, t, *, with_degenerate=False):

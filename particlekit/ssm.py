@@ -58,11 +58,22 @@ def is_partly_missing(y) -> jax.Array:
     return jnp.any(nan) & ~jnp.all(nan)
 
 
+_LAW_EXAMPLES = {
+    "initial": "lambda: dist.Normal(0.0, 1.0)",
+    "transition": "lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0)",
+    "observation": "lambda x, t: dist.Normal(x, 0.5)",
+}
+
+
 def _expect_distribution(value, what: str) -> Distribution:
+    """``value``, or a ``ValueError`` with an example of the law ``what`` names
+    (``"initial()"``, ``"transition(x_prev, t)"``, ...)."""
     if not isinstance(value, Distribution):
+        name = what.split("(")[0]
+        example = _LAW_EXAMPLES.get(name, _LAW_EXAMPLES["transition"])
         raise ValueError(
             f"{what} must return a numpyro.distributions.Distribution, got "
-            f"{type(value).__name__}; e.g. `lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0)`"
+            f"{type(value).__name__}; e.g. {name}=`{example}`"
         )
     return value
 
@@ -183,7 +194,12 @@ class StateSpaceModel:
 
     # ---------------------------------------------------------------- one-particle API
     def sample_initial(self, key: jax.Array, num_particles: int | None = None):
-        """Draw ``x_0``: one particle, or ``num_particles`` of them (vectorized)."""
+        """Draw ``x_0``: one particle, or ``num_particles`` of them (vectorized; a positive
+        integer, else a ``ValueError``)."""
+        if num_particles is not None:
+            from particlekit.kernels import check_num_particles
+
+            num_particles = check_num_particles(num_particles)
         shape = () if num_particles is None else (num_particles,)
         return self.initial().sample(key, shape)
 
@@ -304,7 +320,19 @@ class StateSpaceModel:
 
         if num_particles is not None:
             check_num_particles(num_particles)
-        ys = jnp.asarray(ys)
+        if ys is None or isinstance(ys, (str, bytes)):
+            raise ValueError(
+                f"ys must be an array of observations with a leading time axis, got "
+                f"{type(ys).__name__}"
+            )
+        try:
+            ys = jnp.asarray(ys)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"ys must be an array of observations with a leading time axis: {err}"
+            ) from None
+        if not (jnp.issubdtype(ys.dtype, jnp.number) or ys.dtype == jnp.bool_):
+            raise ValueError(f"ys must hold numbers, got dtype {ys.dtype}")
         if ys.ndim == 0 or ys.shape[0] == 0:
             raise ValueError(f"ys must have a leading time axis of length >= 1, got {ys.shape}")
         shapes = self._shapes()

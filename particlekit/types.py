@@ -62,7 +62,8 @@ class StepInfo(NamedTuple):
         several ``mcmc`` kernels in one ``chain`` only the last one is reported.
     num_nonfinite : Array of shape (), int32
         Number of particles whose log-potential was NaN or ``+inf`` (counted as
-        zero weight).
+        zero weight), plus, at a resampling step with a user's scheme, the ancestor
+        indices it returned outside ``[0, N)`` (those slots get zero weight too).
     """
 
     ess: jax.Array

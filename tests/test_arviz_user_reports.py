@@ -151,6 +151,7 @@ def _fake_pmmh(paths, num_chains=4, num_draws=5):
         paths=paths,
         proposal_covariance=np.tile(np.eye(3), (num_chains, 1, 1)),
         failed=np.zeros(num_chains, bool),
+        num_nonfinite=np.zeros(num_chains, int),
         num_particles=16,
     )
 

@@ -183,11 +183,17 @@ def test_bad_input():
         transformer.steering_model(model, jnp.zeros((0,), jnp.int32))
     with pytest.raises(ValueError, match="must divide"):
         Transformer(SMALL._replace(num_heads=3), jax.random.key(0))
-    # traced input cannot raise: NaN logits (a dead particle in smc)
+    # a concrete token or cache position is checked; traced input cannot raise: NaN logits
+    # (a dead particle in smc)
     cache = transformer.prefill(model, jnp.array([1, 2]))
-    assert bool(jnp.isnan(transformer.step(model, cache, 16)[0]).all())
+    with pytest.raises(ValueError, match=r"token must be in \[0, 16\)"):
+        transformer.step(model, cache, 16)
+    traced_step = jax.jit(lambda c, t: transformer.step(model, c, t))
+    assert bool(jnp.isnan(traced_step(cache, 16)[0]).all())
     full = cache._replace(position=jnp.int32(SMALL.context_length))
-    assert bool(jnp.isnan(transformer.step(model, full, 3)[0]).all())
+    with pytest.raises(ValueError, match=f"cache.position is {SMALL.context_length}"):
+        transformer.step(model, full, 3)
+    assert bool(jnp.isnan(traced_step(full, 3)[0]).all())
     lm, cache = transformer.steering_model(model, jnp.array([1, 2, 3]))
     tokens = jnp.array([1, 2, 3, 4, 5, 6], jnp.int32)
     assert bool(jnp.isfinite(lm(tokens, 3, cache)[0]).all())

@@ -56,12 +56,13 @@ def test_step_rejects_non_integer_or_non_scalar_tokens(token):
         jax.jit(lambda c, t: transformer.step(model, c, t))(cache, jnp.asarray(token))
 
 
-def test_step_huge_token_is_nan_not_overflow():
-    """A Python id beyond int32 raised ``OverflowError``; like every id outside the
-    vocabulary it now gives NaN logits."""
+def test_step_huge_token_is_a_value_error_not_overflow():
+    """A Python id beyond int32 raised ``OverflowError``; like every concrete id outside the
+    vocabulary it is now a ``ValueError`` (traced ids give NaN logits)."""
     model = _init(jax.random.key(0))
     cache = transformer.prefill(model, jnp.array([1, 2]))
-    assert bool(jnp.isnan(transformer.step(model, cache, 2**40)[0]).all())
+    with pytest.raises(ValueError, match=r"token must be in \[0, 16\)"):
+        transformer.step(model, cache, 2**40)
     assert bool(jnp.isfinite(transformer.step(model, cache, np.uint8(5))[0]).all())
 
 

@@ -21,8 +21,8 @@ code before its fix.
    index into the wrong population; ``best_of(3)`` was an AttributeError. ``ValueError``.
 7. ``steering.sequence_log_prob``: a token id outside the vocabulary was clamped to the
    last id (a finite, wrong log-probability) and a ``length`` beyond the tokens silently
-   read as ``len(tokens)``. An out-of-vocabulary token now has log-probability ``-inf``
-   (eager and traced), and the length is a ``ValueError``.
+   read as ``len(tokens)``. A concrete out-of-vocabulary token is now a ``ValueError`` (a
+   traced one has log-probability ``-inf``), and so is the length.
 8. ``distributed.spans_processes(3)`` was an AttributeError and ``num_shards("p")``
    returned 1. Both raise a ``ValueError`` for anything but ``None`` or a Sharding.
 9. ``StateSpaceModel(initial=dist.Normal(0, 1), ...)`` (a distribution where a function
@@ -218,8 +218,10 @@ def test_sequence_log_prob_out_of_vocabulary_and_bad_length():
     gen = pk.steering.toy_generator()  # vocabulary of 4 tokens
     inside = pk.steering.sequence_log_prob(gen, jnp.array([1, 3, 3]), 2)
     assert np.isfinite(float(inside))
-    # token 9 does not exist: probability 0 (it was read as token 3, a finite value)
-    assert float(pk.steering.sequence_log_prob(gen, jnp.array([9, 3, 3]), 2)) == -np.inf
+    # token 9 does not exist (it was read as token 3, a finite value): a concrete id is a
+    # ValueError, as in smc's prompt; traced, probability 0
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 4\)"):
+        pk.steering.sequence_log_prob(gen, jnp.array([9, 3, 3]), 2)
     traced = jax.jit(lambda tok: pk.steering.sequence_log_prob(gen, tok, 2))
     assert float(traced(jnp.array([9, 3, 3]))) == -np.inf
     assert float(traced(jnp.array([1, 3, 3]))) == pytest.approx(float(inside))

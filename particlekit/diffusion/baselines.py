@@ -30,7 +30,13 @@ from particlekit.diffusion.model import (
     warn_coarse_em,
 )
 from particlekit.diffusion.schedules import sampling_grid
-from particlekit.run import check_sharding, constrain_particles, resolve_progress_bar, run
+from particlekit.run import (
+    check_sharding,
+    constrain_particles,
+    resolve_progress_bar,
+    run,
+    warn_if_counted,
+)
 
 __all__ = ["BestOfNResult", "SVDDResult", "best_of_n", "svdd"]
 
@@ -204,15 +210,12 @@ def svdd(
         num_particles=num_particles, num_children=num_children, sampler=sampler,
         eta=float(eta), sharding=sharding, progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
-    if not isinstance(result.rewards, jax.core.Tracer):
-        num_nan = int(jnp.sum(jnp.isnan(result.rewards)))
-        if num_nan:  # as best_of_n: every child of the last pick had a NaN reward
-            warnings.warn(
-                f"svdd: {num_nan} of {num_particles} final rewards are NaN (NaN counts as "
-                "-inf, so those picks were blind); check reward_fn",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    # as best_of_n: every child of the last pick had a NaN reward
+    warn_if_counted(
+        jnp.isnan(result.rewards),
+        f"svdd: {{count}} of {num_particles} final rewards are NaN (NaN counts as -inf, so "
+        "those picks were blind); check reward_fn",
+    )
     return result
 
 

@@ -232,8 +232,24 @@ def gradient_guided_proposal(
     ``(m, v)`` the base reverse kernel's mean and variance. ``fk_steering`` corrects it by
     ``p / q``, so the target is unchanged; only the variance of the weights improves.
 
+    The arguments are checked when the proposal is built, as ``fk_steering`` checks its
+    own (``ValueError``): ``model`` a ``DiffusionModel``, ``reward_fn`` a callable returning
+    a real scalar for one sample, ``lmbda`` a finite scalar, ``scale`` a finite number
+    ``>= 0`` (``0``: the base kernel; a negative one would push away from the reward),
+    and ``sampler`` / ``eta`` a reverse kernel with a density (DDIM needs ``eta > 0``: with
+    ``eta = 0`` the variance is 0 and every particle dies). A traced ``lmbda`` or ``scale``
+    (a proposal built under ``jit``) is checked for its shape only.
+
     Returns a function ``proposal(x_t, t, s) -> numpyro Distribution`` over ``x_s``.
     """
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"model must be a DiffusionModel, got {type(model).__name__}")
+    if not callable(reward_fn):
+        raise ValueError("reward_fn must be a callable r(x_0) -> scalar")
+    check_reward(model, reward_fn)
+    check_sampler(sampler, eta)
+    lmbda = _check_lmbda(lmbda)
+    scale = _check_scale(scale)
 
     def proposal(x, t, s):
         mean, var = model.reverse_mean_var(x, t, s, sampler=sampler, eta=eta)
@@ -612,11 +628,7 @@ def fk_steering(
         raise ValueError("proposal must be None or a callable (x_t, t, s) -> Distribution")
     check_sampler(sampler, eta)
     sharding = check_sharding(sharding, num_particles, key=key)
-    lmbda = _as_scalar(lmbda)
-    if lmbda.ndim != 0:
-        raise ValueError(f"lmbda must be a scalar, got shape {lmbda.shape}")
-    if not isinstance(lmbda, jax.core.Tracer) and not np.isfinite(np.asarray(lmbda)):
-        raise ValueError(f"lmbda must be finite, got {float(lmbda)}")
+    lmbda = _check_lmbda(lmbda)
     mask = _potential_mask(num_steps, resample_every, (lo, hi), grid)
     _warn_over_tilt(potential, mask)
     if proposal is None:  # a user proposal replaces the reverse kernel
@@ -641,6 +653,33 @@ def _as_scalar(lmbda):
     if isinstance(lmbda, (int, float, np.number)):
         return np.asarray(lmbda, dtype)
     return jnp.asarray(lmbda, dtype)
+
+
+def _check_lmbda(lmbda):
+    """``lmbda`` as a scalar of the float dtype (``_as_scalar``), else a ``ValueError``; a
+    concrete value must be finite (a NaN or infinite tilt gave NaN weights: every particle
+    dead without an error). A traced one is checked for its shape only."""
+    lmbda = _as_scalar(lmbda)
+    if lmbda.ndim != 0:
+        raise ValueError(f"lmbda must be a scalar, got shape {lmbda.shape}")
+    if not isinstance(lmbda, jax.core.Tracer) and not np.isfinite(np.asarray(lmbda)):
+        raise ValueError(f"lmbda must be finite, got {float(lmbda)}")
+    return lmbda
+
+
+def _check_scale(scale):
+    """The guidance ``scale`` of ``gradient_guided_proposal`` as a scalar of the float
+    dtype, else a ``ValueError``: a concrete one must be finite and ``>= 0`` (``0`` is the
+    base kernel; a negative scale guides away from the reward, an infinite one gives NaN
+    proposals). A traced one is checked for its shape only."""
+    if isinstance(scale, str | bytes | bool):
+        raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
+    scale = _as_scalar(scale)
+    if scale.ndim != 0:
+        raise ValueError(f"scale must be a scalar, got shape {scale.shape}")
+    if not isinstance(scale, jax.core.Tracer) and not 0.0 <= float(scale) < np.inf:
+        raise ValueError(f"scale must be a finite number >= 0, got {float(scale)}")
+    return scale
 
 
 def _warn_over_tilt(potential: str, mask) -> None:

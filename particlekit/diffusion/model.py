@@ -33,6 +33,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 
 from particlekit.diffusion.schedules import (
@@ -137,10 +138,28 @@ def warn_coarse_em(schedule, grid, sampler: str, where: str) -> None:
         )
 
 
+def check_sampler_name(sampler: str) -> None:
+    """A ``ValueError`` unless ``sampler`` names a reverse kernel (static: checked under
+    ``jit`` too; an unknown name was silently read as ``"ddim"``)."""
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+
+
+def check_step_times(t, s) -> None:
+    """A ``ValueError`` unless the concrete times of a reverse step from ``t`` to ``s``
+    satisfy ``0 <= s < t <= 1`` (the model's time range; ``s >= t`` gave a negative or zero
+    variance, NaN samples). A traced time cannot be checked and is left as it is."""
+    times = [v for v in (t, s) if not isinstance(v, jax.core.Tracer)]
+    values = [np.asarray(v, float) for v in times]
+    inside = all(np.all((0.0 <= v) & (v <= 1.0)) for v in values)
+    ordered = len(values) < 2 or bool(np.all(values[1] < values[0]))
+    if not (inside and ordered):
+        raise ValueError(f"a reverse step goes from t to s with 0 <= s < t <= 1, got t={t}, s={s}")
+
+
 def check_sampler(sampler: str, eta: float) -> None:
     """Validate a reverse-kernel name and DDIM ``eta`` before tracing."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    check_sampler_name(sampler)
     if not 0.0 <= float(eta) <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     if sampler == "ddim" and float(eta) == 0.0:
@@ -237,8 +256,14 @@ class DiffusionModel(eqx.Module):
     # ------------------------------------------------------------------ reverse kernel
     def reverse_mean_var(self, x, t, s, *, sampler: str = "ddpm", eta: float = 1.0, eps=None):
         """Mean (shape ``shape``) and isotropic variance (scalar) of the reverse kernel
-        ``p(x_s | x_t)``, ``s < t``. ``eps``: the noise prediction ``eps_hat(x, t)`` if it
-        is already known (then the network is not called again)."""
+        ``p(x_s | x_t)``, ``0 <= s < t <= 1``. ``eps``: the noise prediction
+        ``eps_hat(x, t)`` if it is already known (then the network is not called again).
+
+        Raises ``ValueError`` for an unknown ``sampler``, or for concrete times outside
+        ``0 <= s < t <= 1``; traced times (under ``jit`` / ``vmap``) are not checked, and
+        ``s > t`` there gives NaN."""
+        check_sampler_name(sampler)
+        check_step_times(t, s)
         if sampler == "em":
             b = self.schedule.beta(t)
             dt = t - s
@@ -256,7 +281,8 @@ class DiffusionModel(eqx.Module):
         return mean, var
 
     def reverse_step(self, key, x, t, s, *, sampler: str = "ddpm", eta: float = 1.0):
-        """Draw ``x_s ~ p(x_s | x_t)`` for one particle."""
+        """Draw ``x_s ~ p(x_s | x_t)`` for one particle, ``0 <= s < t <= 1`` (checked as in
+        ``reverse_mean_var``)."""
         mean, var = self.reverse_mean_var(x, t, s, sampler=sampler, eta=eta)
         return mean + jnp.sqrt(var) * jax.random.normal(key, jnp.shape(x), mean.dtype)
 

@@ -34,7 +34,8 @@ independently with the whole ``budget``:
 ``num_evaluations = 1 + sum_k used_k <= budget`` (every candidate is counted once, the
 last step's included although its reward needs no network call; the leftover of the last
 step is not spent). With ``budget = num_steps + 1`` every step draws one candidate: plain
-ancestral sampling. NaN rewards count as ``-inf``.
+ancestral sampling. NaN rewards count as ``-inf``; final rewards that were NaN are reported
+with a ``RuntimeWarning`` after an eager call, as in ``svdd`` and ``best_of_n``.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from particlekit.diffusion.model import (
     warn_coarse_em,
 )
 from particlekit.diffusion.schedules import sampling_grid
-from particlekit.run import resolve_progress_bar, run
+from particlekit.run import resolve_progress_bar, run, warn_if_counted
 
 __all__ = ["RBFResult", "rollover_budget_forcing"]
 
@@ -69,7 +70,8 @@ class RBFResult(NamedTuple):
     samples : Array of shape (N, *shape)
         The final sample of each chain.
     rewards : Array of shape (N,)
-        Their rewards ``r(x)`` (``-inf`` where the reward was NaN).
+        Their rewards ``r(x)`` (``-inf`` where the reward was NaN: that sample is then an
+        arbitrary pick; an eager call warns, ``RuntimeWarning``).
     num_evaluations : Array of shape (N,), int32
         Network evaluations used by each chain (at most ``budget``).
     evaluations_per_step : Array of shape (N, K), int32
@@ -94,7 +96,8 @@ class RBFResult(NamedTuple):
 class _Chain(NamedTuple):
     x: jax.Array  # the current sample x_t
     eps: jax.Array  # eps_hat(x, t), reused by the next reverse kernel
-    reward: jax.Array  # r(x0_hat(x, t)) (after the last step: r(x))
+    reward: jax.Array  # r(x0_hat(x, t)) (after the last step: r(x)), NaN read as -inf
+    nan: jax.Array  # bool, the reward was NaN
     leftover: jax.Array  # int32, evaluations rolled over from earlier steps
     evals: jax.Array  # int32 (K,), candidates drawn at each step
 
@@ -148,7 +151,8 @@ def rollover_budget_forcing(
         schedule; pass ``flow.as_diffusion_model(schedule)`` for another), whose reverse
         kernels are the stochastic sampler the candidates come from.
     reward_fn : callable
-        ``r(x_0) -> scalar`` for ONE sample (NaN counts as ``-inf``).
+        ``r(x_0) -> scalar`` for ONE sample (NaN counts as ``-inf``; NaN final rewards are
+        reported with a ``RuntimeWarning`` after an eager call, none under ``jit``).
     num_steps : int, optional
         Steps of a named ``grid`` (default 100); with an array ``grid``, ``len(grid) - 1``.
     budget : int
@@ -203,10 +207,18 @@ def rollover_budget_forcing(
     budget = _check_budget(budget, num_steps)
     check_reward(model, reward_fn)
     warn_coarse_em(model.schedule, grid, sampler, "rollover_budget_forcing")
-    return _rbf(
+    result, nan_rewards = _rbf(
         key, model, reward_fn, grid, jnp.asarray(budget, jnp.int32), num_samples=num_samples,
         sampler=sampler, eta=float(eta), progress_bar=resolve_progress_bar(progress_bar),
     )  # fmt: skip
+    # as svdd: a NaN final reward (reported as -inf) made its pick blind
+    warn_if_counted(
+        nan_rewards,
+        f"rollover_budget_forcing: {{count}} of {num_samples} final rewards are NaN (NaN "
+        "counts as -inf and is reported as -inf in rewards, so those picks were blind); "
+        "check reward_fn",
+    )
+    return result
 
 
 def _quotas(model, ts, ss, budget, sampler, eta):
@@ -242,15 +254,16 @@ def _rbf(key, model, reward_fn, grid, budget, *, num_samples, sampler, eta, prog
         return (x - jnp.sqrt(1.0 - ab) * e) / jnp.sqrt(ab)
 
     def clean(r):
+        """The reward with NaN read as ``-inf``, and whether it was NaN."""
         r = jnp.asarray(r, dtype)
-        return jnp.where(jnp.isnan(r), -jnp.inf, r)
+        return jnp.where(jnp.isnan(r), -jnp.inf, r), jnp.isnan(r)
 
     def sample_init(k):
         x = model.sample_prior(k)
         e = model.eps(x, grid[0])
-        r = clean(reward_fn(x0_from_eps(x, e, grid[0])))
+        r, nan = clean(reward_fn(x0_from_eps(x, e, grid[0])))
         zero = jnp.zeros((), jnp.int32)
-        return _Chain(x, e, r, zero, jnp.zeros((num_steps,), jnp.int32))
+        return _Chain(x, e, r, nan, zero, jnp.zeros((num_steps,), jnp.int32))
 
     def step(key, c: _Chain, inputs):
         k, t, s, share, sto, last = inputs
@@ -260,36 +273,38 @@ def _rbf(key, model, reward_fn, grid, budget, *, num_samples, sampler, eta, prog
 
         def evaluate(y):
             def final(y):
-                return clean(reward_fn(y)), jnp.zeros_like(y)
+                return *clean(reward_fn(y)), jnp.zeros_like(y)
 
             def inner(y):
                 e = model.eps(y, s)
-                return clean(reward_fn(x0_from_eps(y, e, s))), e
+                return *clean(reward_fn(x0_from_eps(y, e, s))), e
 
             return jax.lax.cond(last, final, inner, y)
 
         def cond(carry):
-            j, _, _, _, improved = carry
+            j, _, _, _, _, improved = carry
             return (j < allowance) & ~improved
 
         def body(carry):
-            j, y_best, e_best, r_best, _ = carry
+            j, y_best, e_best, r_best, nan_best, _ = carry
             noise = jax.random.normal(jax.random.fold_in(key, j), jnp.shape(mean), mean.dtype)
             y = mean + sd * noise
-            r, e = evaluate(y)
+            r, nan, e = evaluate(y)
             take = (j == 0) | (r > r_best)
             return (
                 j + 1,
                 jnp.where(take, y, y_best),
                 jnp.where(take, e, e_best),
                 jnp.where(take, r, r_best),
+                jnp.where(take, nan, nan_best),
                 r > c.reward,
             )
 
-        start = (jnp.zeros((), jnp.int32), c.x, c.eps, jnp.full((), -jnp.inf, dtype), False)
-        used, y, e, r, _ = jax.lax.while_loop(cond, body, start)
+        start = (jnp.zeros((), jnp.int32), c.x, c.eps, jnp.full((), -jnp.inf, dtype), c.nan,
+                 False)  # fmt: skip
+        used, y, e, r, nan, _ = jax.lax.while_loop(cond, body, start)
         leftover = jnp.where(sto, allowance - used, c.leftover + share - used)
-        return _Chain(y, e, r, leftover, c.evals.at[k].set(used))
+        return _Chain(y, e, r, nan, leftover, c.evals.at[k].set(used))
 
     k_init, k_run = jax.random.split(key)
     state = kernels.init(k_init, sample_init, num_samples)
@@ -298,9 +313,10 @@ def _rbf(key, model, reward_fn, grid, budget, *, num_samples, sampler, eta, prog
         k_run, kernels.move(step), state, inputs, keep_history=False, progress_bar=progress_bar
     )
     chains = final.particles
-    return RBFResult(
+    result = RBFResult(
         samples=chains.x,
         rewards=chains.reward,
         num_evaluations=1 + jnp.sum(chains.evals, axis=1),
         evaluations_per_step=chains.evals,
     )
+    return result, chains.nan  # the NaN final rewards, for the warning

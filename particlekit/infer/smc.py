@@ -295,18 +295,24 @@ def _init_chain(key, target, cfg: _Config):
 
 
 def _initial_problems(particles) -> jax.Array:
-    """Counts checked on the host after the run, ``(3,)`` int32: prior draws whose
-    log-prior, resp. log-likelihood, is NaN or ``+inf``; and 1 if the log-prior is ``-inf``
-    at every draw."""
+    """Counts checked on the host after the run, ``(4,)`` int32: prior draws whose
+    log-prior, resp. log-likelihood, is NaN or ``+inf``; 1 if the log-prior is ``-inf``
+    at every draw; and the coordinates (unconstrained) in which every draw is the same
+    (the moves scale their steps by the particles' spread, so the particles would never
+    leave that value: an ``initial_population`` of copies, a ``sample_prior`` that ignores
+    its key)."""
 
     def invalid(values):
         return jnp.sum(resampling.invalid_log_weights(values)).astype(jnp.int32)
 
+    u = particles["u"]
+    no_spread = jnp.all(u == u[:1], axis=0) if u.shape[0] > 1 else jnp.zeros(u.shape[1:], bool)
     return jnp.stack(
         [
             invalid(particles["log_prior"]),
             invalid(particles["log_lik"]),
             jnp.all(jnp.isneginf(particles["log_prior"])).astype(jnp.int32),
+            jnp.sum(no_spread, dtype=jnp.int32),
         ]
     )
 
@@ -632,6 +638,18 @@ class SMC:
             raise ValueError(f"max_correlation must be in (0, 1), got {max_correlation}")
         if not 0.0 < float(min_increment) < 1.0:
             raise ValueError(f"min_increment must be in (0, 1), got {min_increment}")
+        if num_resampled is not None:
+            if not waste_free:
+                raise ValueError(
+                    f"num_resampled={num_resampled!r} only applies to waste-free SMC "
+                    "(waste_free=True); without it every particle is resampled"
+                )
+            num_resampled = check_num_particles(num_resampled, "num_resampled")
+            if num_resampled >= n or n % num_resampled:
+                raise ValueError(
+                    f"waste-free SMC needs num_resampled (P={num_resampled}) < num_particles "
+                    f"(N={n}), dividing it (chains of length N / P >= 2)"
+                )
         if waste_free:
             if num_resampled is None:
                 chain_length = 10 if num_mcmc_steps is None else num_mcmc_steps + 1
@@ -1085,7 +1103,7 @@ def _check_initial(
     supports" to a valid model with a ``Dirichlet(0.1 * ones(10))`` prior, one of whose
     float32 draws in 2000 had an exact 0). ``find_nan_data``: ``() -> str``,
     ``nan_data_note`` of the data, appended to the log-likelihood's message."""
-    bad_prior, bad_lik, all_neginf = problems.sum(axis=0)
+    bad_prior, bad_lik, all_neginf, _ = problems.sum(axis=0)
     total = problems.shape[0] * num_particles
     if bad_prior and find_boundary is not None:
         on_boundary = find_boundary()
@@ -1113,3 +1131,13 @@ def _check_initial(
             )
     if all_neginf:
         raise ValueError("the log-prior is -inf at every prior draw")
+    no_spread = problems[:, 3].max()
+    if no_spread:
+        raise ValueError(
+            f"the {num_particles} initial particles of a chain are all equal in {int(no_spread)} "
+            f"of the {info.dim} unconstrained coordinates (latent sites "
+            f"{list(info.latent_names)}): the moves scale their steps by the particles' "
+            "spread, so these coordinates would never move and the posterior would collapse "
+            "onto the starting value. Start from distinct prior draws (an initial_population "
+            "of independent draws, a sample_prior that uses its key)"
+        )

@@ -291,8 +291,7 @@ def step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache]
     with its keys and values added.
 
     Equal (to float32 rounding) to row ``position`` of the full forward pass of the
-    prefix followed by ``token``. A token id outside the vocabulary, or a cache already at
-    ``context_length`` positions, gives NaN logits (no error is possible under ``jit``).
+    prefix followed by ``token``.
 
     Parameters
     ----------
@@ -306,6 +305,16 @@ def step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache]
     cache : KVCache
         ``position + 1``.
 
+    Raises
+    ------
+    ValueError
+        For a token that is not one integer id or a cache of another shape (also under
+        ``jit``: static); for a concrete token id outside ``[0, vocab_size)``; for a
+        concrete ``cache.position`` outside ``[0, context_length)`` (a full cache: the
+        step would go past the context). Under tracing (``jit``, ``vmap``, ``scan``, as
+        in ``generate`` and ``smc``) the values cannot be checked: such an id or position
+        gives NaN logits instead (a dead particle in ``smc``).
+
     Examples
     --------
     >>> import jax, jax.numpy as jnp
@@ -316,19 +325,24 @@ def step(model: Transformer, cache: KVCache, token) -> tuple[jax.Array, KVCache]
     >>> bool(jnp.allclose(logits, model(jnp.array([1, 2, 3]))[2], atol=1e-5))
     True
     """
-    return _step(model, _check_cache(cache, model.config), _check_step_token(token))
+    config = model.config
+    cache = _check_position(_check_cache(cache, config), config)
+    return _step(model, cache, _check_step_token(token, config.vocab_size))
 
 
-def _check_step_token(token):
+def _check_step_token(token, vocab_size: int):
     """``token`` as a scalar int32: a ``ValueError`` for another shape or a non-integer
-    (a float would be truncated, a bool read as 0 / 1); a concrete id outside int32 becomes
-    -1 (outside the vocabulary: NaN logits, as for any other such id)."""
-    if isinstance(token, jax.Array):  # traced or on the device: static checks, no sync
+    (a float would be truncated, a bool read as 0 / 1), or for a concrete id outside
+    ``[0, vocab_size)``; a traced id outside int32 becomes -1 (outside the vocabulary:
+    NaN logits, as for any other traced such id)."""
+    if isinstance(token, jax.Array):  # traced or on the device: static checks first
         if token.ndim != 0 or not jnp.issubdtype(token.dtype, jnp.integer):
             raise ValueError(
                 f"token must be one integer token id (shape ()), got shape {token.shape} "
                 f"and dtype {token.dtype}"
             )
+        if not isinstance(token, jax.core.Tracer):
+            return jnp.asarray(_check_token_id(token, vocab_size, "token"), jnp.int32)
         if jnp.iinfo(token.dtype).bits > 32 or token.dtype == jnp.uint32:
             info = np.iinfo(np.int32)
             token = jnp.where((token >= 0) & (token <= info.max), token, -1)
@@ -339,9 +353,24 @@ def _check_step_token(token):
             f"token must be one integer token id (shape ()), got {token!r} of shape "
             f"{arr.shape} and dtype {arr.dtype}"
         )
-    value = int(arr)
-    info = np.iinfo(np.int32)
-    return jnp.asarray(value if info.min <= value <= info.max else -1, jnp.int32)
+    return jnp.asarray(_check_token_id(arr[()], vocab_size, "token"), jnp.int32)
+
+
+def _check_position(cache: KVCache, config: TransformerConfig) -> KVCache:
+    """``cache`` if its position, when concrete, is in ``[0, context_length)`` (room for
+    one more token), else a ``ValueError``; a traced position is returned unchecked (the
+    step gives NaN logits there)."""
+    position = cache.position
+    if isinstance(position, jax.core.Tracer):
+        return cache
+    value = int(np.asarray(position))
+    if not 0 <= value < config.context_length:
+        raise ValueError(
+            f"cache.position is {value}: a step writes at that position, which must be in "
+            f"[0, {config.context_length}) (the context); a full cache cannot read another "
+            "token"
+        )
+    return cache
 
 
 def _check_cache(cache, config: TransformerConfig) -> KVCache:

@@ -106,10 +106,14 @@ def _sorted_ancestors(x, log_weights, z_res):
     return order[idx]
 
 
-def correlated_filter(ssm: StateSpaceModel, ys, noise: FilterNoise, *, keep_history=False):
+def correlated_filter(
+    ssm: StateSpaceModel, ys, noise: FilterNoise, *, keep_history=False, flag_nonfinite=False
+):
     """Run the filter over ``ys`` with the given noise (deterministic in it).
 
-    Returns ``log_evidence`` (NaN read as ``-inf``) and, with ``keep_history``, the history
+    Returns ``log_evidence`` (NaN read as ``-inf``; with ``flag_nonfinite``, NaN where a
+    potential was NaN or ``+inf``, as ``likelihood.flagged_log_likelihood``, so that PMMH
+    rejects and counts it) and, with ``keep_history``, the history
     ``(particles (T, N, ...), log_weights (T, N), ancestors (T, N))`` that
     ``likelihood.sample_path`` reads.
 
@@ -142,10 +146,10 @@ def correlated_filter(ssm: StateSpaceModel, ys, noise: FilterNoise, *, keep_hist
         ancestors=jnp.arange(n, dtype=jnp.int32),
         previous_particles=x0,
     )
-    state, _ = weigh(None, state, (jax.tree.map(lambda a: a[0], ys), jnp.int32(0)))
+    state, info0 = weigh(None, state, (jax.tree.map(lambda a: a[0], ys), jnp.int32(0)))
 
     def step(carry, inp):
-        state, compensation = carry
+        state, compensation, num_nonfinite = carry
         y, t, z_move, z_res = inp
         idx = _sorted_ancestors(state.particles, state.log_weights, z_res)
         x_prev = state.particles[idx]
@@ -162,13 +166,17 @@ def correlated_filter(ssm: StateSpaceModel, ys, noise: FilterNoise, *, keep_hist
             state.log_evidence, compensation, info.log_evidence_increment
         )
         new = new._replace(log_evidence=total)
-        return (new, compensation), (new if keep_history else None)
+        carry = (new, compensation, num_nonfinite + info.num_nonfinite)
+        return carry, (new if keep_history else None)
 
     num_steps = ys.shape[0]
     ts = jnp.arange(1, num_steps, dtype=jnp.int32)
     inputs = (jax.tree.map(lambda a: a[1:], ys), ts, noise.move, noise.resample)
-    (final, _), hist = jax.lax.scan(step, (state, jnp.zeros_like(state.log_evidence)), inputs)
+    init = (state, jnp.zeros_like(state.log_evidence), info0.num_nonfinite)
+    (final, _, num_nonfinite), hist = jax.lax.scan(step, init, inputs)
     log_evidence = kernels.reported_log_evidence(final.log_evidence)
+    if flag_nonfinite:
+        log_evidence = jnp.where(num_nonfinite > 0, jnp.nan, log_evidence)
     if not keep_history:
         return log_evidence
 

@@ -40,6 +40,7 @@ __all__ = [
     "filter_step",
     "filter_prefix",
     "filter_history",
+    "flagged_log_likelihood",
     "log_likelihood_sd",
     "choose_num_particles",
 ]
@@ -54,10 +55,43 @@ class FilterCarry(NamedTuple):
         The population (``N`` particles) and its running ``log_evidence``.
     compensation : Array of shape ()
         Kahan compensation of the running log-evidence sum.
+    num_nonfinite : Array of shape (), int32
+        Potentials that were NaN or ``+inf`` so far, over all steps (each such particle
+        got weight zero, ``pk.reweight``): a model undefined at these parameters. PMMH and
+        SMC² read a filter that met any as a NaN likelihood estimate
+        (``flagged_log_likelihood``).
     """
 
     state: ParticleState
     compensation: jax.Array
+    num_nonfinite: jax.Array
+
+
+def flagged_log_likelihood(carry: FilterCarry) -> jax.Array:
+    """The filter's ``log p_hat``, NaN where it met a NaN or ``+inf`` potential
+    (``carry.num_nonfinite > 0``): its estimate then dropped the particles where the model
+    is undefined, which no estimate of the likelihood should, so the parameter recipes
+    reject such a parameter value and count it, rather than read it as the likelihood.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp, numpyro.distributions as dist, particlekit as pk
+    >>> from particlekit.statespace.likelihood import filter_prefix, flagged_log_likelihood
+    >>> def ssm(scale):
+    ...     return pk.StateSpaceModel(
+    ...         initial=lambda: dist.Normal(0.0, 1.0),
+    ...         transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
+    ...         observation=lambda x, t: dist.Normal(x, jnp.sqrt(scale)))  # NaN for scale < 0
+    >>> ys = jnp.zeros(5)
+    >>> good = filter_prefix(jax.random.key(0), ssm(0.25), ys, 5, num_particles=8)
+    >>> bad = filter_prefix(jax.random.key(0), ssm(-0.25), ys, 5, num_particles=8)
+    >>> bool(jnp.isfinite(flagged_log_likelihood(good))), int(bad.num_nonfinite)
+    (True, 40)
+    >>> bool(jnp.isnan(flagged_log_likelihood(bad)))
+    True
+    """
+    log_evidence = kernels.reported_log_evidence(carry.state.log_evidence)
+    return jnp.where(carry.num_nonfinite > 0, jnp.nan, log_evidence)
 
 
 def _step_kernel(ssm: StateSpaceModel, scheme, ess_threshold):
@@ -76,8 +110,8 @@ def filter_init(
     state = kernels.init(key_init, initial_sampler(ssm), num_particles, vectorized=True)
     y0 = jax.tree.map(lambda a: a[0], ys)
     weigh = kernels.reweight(_observation_term(ssm), vectorized=v)
-    state, _ = weigh(key_w, state, (y0, jnp.int32(0)))
-    return FilterCarry(state, jnp.zeros_like(state.log_evidence))
+    state, info = weigh(key_w, state, (y0, jnp.int32(0)))
+    return FilterCarry(state, jnp.zeros_like(state.log_evidence), info.num_nonfinite)
 
 
 def filter_step(
@@ -92,7 +126,7 @@ def filter_step(
     y = jax.tree.map(lambda a: a[t], ys)
     step = _step_kernel(ssm, scheme, ess_threshold)
     state, compensation, info = advance(key, step, carry.state, carry.compensation, t, (y, t), None)
-    return FilterCarry(state, compensation), info
+    return FilterCarry(state, compensation, carry.num_nonfinite + info.num_nonfinite), info
 
 
 def filter_prefix(

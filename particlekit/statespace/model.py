@@ -9,12 +9,14 @@ includes the log-Jacobian of ``T``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from particlekit.ssm import StateSpaceModel
 
@@ -163,6 +165,26 @@ def draws_with_paths(theta: dict, paths, group_by_chain: bool = False) -> dict:
     if group_by_chain:
         return out
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+
+def warn_if_nan_likelihood(counts, algorithm: str, unit: str) -> None:
+    """A ``UserWarning`` when any of ``counts`` (one per ``unit``: chain or run) of NaN
+    log-densities is nonzero (``PMMHResult.num_nonfinite``, ``SMC2Result.num_nonfinite``):
+    the recipes read those parameter values as impossible, which a model undefined there
+    by mistake (e.g. ``jnp.sqrt`` of a negative value) turns into a silently truncated
+    posterior."""
+    counts = np.asarray(counts)
+    if not counts.any():
+        return
+    warnings.warn(
+        f"{algorithm}: the model's log-density was NaN (a NaN or +inf prior or filter "
+        f"potential) at {counts.tolist()} parameter values per {unit}; they were read as "
+        "zero likelihood, so the posterior leaves out every region where the model is "
+        "undefined. FIX: make the model defined on the whole prior support (e.g. "
+        "jnp.sqrt of a parameter that can be negative), or restrict the prior to where it is",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def check_model_and_data(model, ys, num_particles: int | None = None):

@@ -41,13 +41,19 @@ import numpy as np
 from particlekit import kernels, resampling
 from particlekit.run import progress_bar_callback, resolve_progress_bar
 from particlekit.statespace import correlated
-from particlekit.statespace.likelihood import filter_history, filter_prefix, sample_path
+from particlekit.statespace.likelihood import (
+    filter_history,
+    filter_prefix,
+    flagged_log_likelihood,
+    sample_path,
+)
 from particlekit.statespace.model import (
     LOW_ACCEPTANCE,
     ParametricSSM,
     check_model_and_data,
     draws_with_paths,
     unconstrain_params,
+    warn_if_nan_likelihood,
 )
 from particlekit.types import PyTree
 
@@ -85,6 +91,12 @@ class PMMHResult(NamedTuple):
     failed : Array of shape (num_chains,), bool
         The chain never found a finite likelihood estimate (impossible data under every
         starting draw): its draws are the prior draws it started from.
+    num_nonfinite : Array of shape (num_chains,), int
+        Log-densities (starting candidates and proposals) that were NaN: the prior, or a
+        potential of the filter, was NaN or ``+inf`` there (a model undefined at those
+        parameters, e.g. ``jnp.sqrt`` of a negative value). Each was read as a zero
+        likelihood (never a starting point, always rejected), which biases the posterior
+        if the model is meant to be defined there; ``pmmh`` warns when any is nonzero.
     num_particles : int
         Particles of the filter.
     """
@@ -98,6 +110,7 @@ class PMMHResult(NamedTuple):
     paths: PyTree
     proposal_covariance: jax.Array
     failed: jax.Array
+    num_nonfinite: jax.Array
     num_particles: int
 
     def get_samples(self, group_by_chain: bool = False) -> dict:
@@ -118,8 +131,8 @@ class PMMHResult(NamedTuple):
         """The draws for ArviZ: ``posterior`` (``theta`` and the latent path ``x``),
         ``sample_stats`` (``log_likelihood_estimate``, the filter's estimate of the whole
         series' log-likelihood; ``lp`` = log prior + estimate; ``is_accepted``; and per
-        chain ``acceptance_rate`` and ``failed``) and ``observed_data`` when ``ys`` is
-        given. An ``InferenceData`` with arviz < 1, a ``DataTree`` with arviz >= 1.
+        chain ``acceptance_rate``, ``failed`` and ``num_nonfinite``) and ``observed_data``
+        when ``ys`` is given. An ``InferenceData`` with arviz < 1, a ``DataTree`` with arviz >= 1.
 
         The estimate is not named ``log_likelihood``: ArviZ reads a ``sample_stats``
         variable of that name as pointwise log-likelihoods, so ``az.loo`` reported an
@@ -134,6 +147,7 @@ class PMMHResult(NamedTuple):
                 "is_accepted": self.is_accepted,
                 "acceptance_rate": self.acceptance_rate,
                 "failed": self.failed,
+                "num_nonfinite": self.num_nonfinite,
             },
             observed={"y": ys} if ys is not None else None,
             attrs={"inference_library": "particlekit", "algorithm": "pmmh",
@@ -167,7 +181,7 @@ def _independent(ys, num_particles, scheme, ess_threshold) -> _FilterRandomness:
             jax.random.wrap_key_data(seed), ssm, ys, ys.shape[0], num_particles=num_particles,
             scheme=scheme, ess_threshold=ess_threshold,
         )  # fmt: skip
-        return carry.state.log_evidence
+        return flagged_log_likelihood(carry)
 
     def path(key, ssm, seed):
         _, parts, log_w, anc = run(jax.random.wrap_key_data(seed), ssm)
@@ -189,38 +203,52 @@ def _correlated(ys, num_particles, state_shape, correlation) -> _FilterRandomnes
     return _FilterRandomness(
         lambda key: correlated.sample_noise(key, ys.shape[0], num_particles, state_shape),
         lambda key, noise: correlated.refresh_noise(key, noise, correlation),
-        lambda ssm, noise: correlated.correlated_filter(ssm, ys, noise),
+        lambda ssm, noise: correlated.correlated_filter(ssm, ys, noise, flag_nonfinite=True),
         path,
     )
 
 
 def _log_target(model: ParametricSSM, randomness: _FilterRandomness):
-    """``(u, z) -> log p(u) + log p_hat(y | u, z)`` with NaN read as ``-inf``."""
+    """``(u, z) -> log p(u) + log p_hat(y | u, z)``, NaN where the prior or the filter met a
+    NaN or ``+inf`` (``flagged_log_likelihood``): the callers count those and read them as
+    ``-inf`` (``_read_nan_as_impossible``)."""
 
     def logdensity(position):
         u, z = position
-        value = model.log_prior(u) + randomness.log_likelihood(model.ssm(u), z)
-        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+        return model.log_prior(u) + randomness.log_likelihood(model.ssm(u), z)
 
     return logdensity
 
 
+def _read_nan_as_impossible(value):
+    return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+
 def _rw_step(logdensity, propose_z, key, position, logdensity_value, chol, log_scale):
     """One BlackJAX RMH step of one chain with proposal ``u + exp(log_scale) chol eps``
-    and the filter's random input proposed by ``propose_z``."""
+    and the filter's random input proposed by ``propose_z``. The proposal and its
+    log-density are computed here, before the kernel accepts or rejects it, so that a NaN
+    log-density (``_log_target``) is seen and counted; the kernel reads it as ``-inf``.
+    Returns ``(position, logdensity, acceptance probability, accepted, proposal was
+    NaN)``."""
     import blackjax
     from blackjax.mcmc.random_walk import RWState
 
-    def generate(k, pos):
-        u, z = pos
-        k_eps, k_z = jax.random.split(k)
-        eps = jax.random.normal(k_eps, u.shape, u.dtype)
-        return (u + jnp.exp(log_scale) * (chol @ eps), propose_z(k_z, z))
-
+    k_eps, k_z, k_accept = jax.random.split(key, 3)
+    u, z = position
+    eps = jax.random.normal(k_eps, u.shape, u.dtype)
+    proposal = (u + jnp.exp(log_scale) * (chol @ eps), propose_z(k_z, z))
+    proposal_value = logdensity(proposal)
     kernel = blackjax.mcmc.random_walk.build_rmh()
-    state, info = kernel(key, RWState(position, logdensity_value), logdensity, generate)
+    state, info = kernel(
+        k_accept,
+        RWState(position, logdensity_value),
+        lambda _: _read_nan_as_impossible(proposal_value),  # (evaluated at ``proposal``)
+        lambda _k, _pos: proposal,
+    )
     accept_prob = jnp.where(jnp.isnan(info.acceptance_rate), 0.0, info.acceptance_rate)
-    return state.position, state.logdensity, accept_prob, info.is_accepted
+    proposal_nan = jnp.isnan(proposal_value)
+    return state.position, state.logdensity, accept_prob, info.is_accepted, proposal_nan
 
 
 def _pooled_covariance(moments):
@@ -274,6 +302,8 @@ def _pmmh(
     zs = jax.vmap(randomness.draw)(jax.random.split(keys_cand[1], num_chains * num_cand))
     zs = jax.tree.map(lambda a: a.reshape((num_chains, num_cand) + a.shape[1:]), zs)
     scores = jax.vmap(jax.vmap(lambda u, z: logdensity((u, z))))(candidates, zs)
+    num_nonfinite = jnp.sum(jnp.isnan(scores), axis=1, dtype=jnp.int32)  # (C,)
+    scores = _read_nan_as_impossible(scores)
     best = jnp.argmax(scores, axis=1)
     pick = jax.vmap(lambda a, i: a[i])
     z_best = jax.tree.map(lambda a: pick(a, best), zs)
@@ -298,11 +328,12 @@ def _pmmh(
     # ---- one scan: warm-up iterations adapt (scale every step, covariance at the end of
     # each window from its running moments), sampling iterations do not
     def body(carry, inp):
-        chains, log_scale, chol, moments = carry
+        chains, log_scale, chol, moments, num_nonfinite = carry
         i, k = inp
-        pos, ld, accept_prob, accepted = step(
+        pos, ld, accept_prob, accepted, proposal_nan = step(
             jax.random.split(k, num_chains), chains.position, chains.logdensity, chol, log_scale
         )
+        num_nonfinite = num_nonfinite + proposal_nan.astype(jnp.int32)
         warming = i < num_warmup
         gain = jnp.minimum(1.0, 2.0 / (i + 1.0) ** 0.6)
         log_scale = jnp.where(warming, log_scale + gain * (accept_prob - target_acceptance),
@@ -334,7 +365,8 @@ def _pmmh(
             paths = jax.lax.cond(
                 warming, lambda: no_paths, lambda: paths_of(jax.random.fold_in(key_paths, i), pos)
             )
-        return (_Chains(pos, ld), log_scale, chol, moments), (pos[0], ld, accepted, paths)
+        carry = (_Chains(pos, ld), log_scale, chol, moments, num_nonfinite)
+        return carry, (pos[0], ld, accepted, paths)
 
     zero_moments = (
         jnp.zeros((), jnp.int32),
@@ -346,8 +378,10 @@ def _pmmh(
     )
     steps = jnp.arange(total)
     keys = jax.vmap(lambda s: jax.random.fold_in(key_run, s))(steps)
-    carry = (chains, jnp.zeros(num_chains), chol, zero_moments)
-    (_, log_scale, chol, _), (us, lds, accepted, paths) = jax.lax.scan(body, carry, (steps, keys))
+    carry = (chains, jnp.zeros(num_chains), chol, zero_moments, num_nonfinite)
+    (_, log_scale, chol, _, num_nonfinite), (us, lds, accepted, paths) = jax.lax.scan(
+        body, carry, (steps, keys)
+    )
     keep = slice(num_warmup, total)
     us = jnp.swapaxes(us[keep], 0, 1)  # (C, num_samples, D)
     lds, accepted = lds[keep].T, accepted[keep].T
@@ -358,7 +392,7 @@ def _pmmh(
 
     scale2 = jnp.exp(2.0 * log_scale)[:, None, None]
     cov = scale2 * (chol @ chol.T)[None]
-    return theta, us, log_lik, log_prior, accepted, paths, cov, failed
+    return theta, us, log_lik, log_prior, accepted, paths, cov, failed, num_nonfinite
 
 
 def pmmh(
@@ -430,7 +464,8 @@ def pmmh(
     -----
     UserWarning
         When a chain accepted under 2 % of its proposals (the likelihood estimate is too
-        noisy, or the chain is stuck), or R-hat of a parameter exceeds 1.05.
+        noisy, or the chain is stuck), R-hat of a parameter exceeds 1.05, or the model was
+        NaN at some proposals (``num_nonfinite``).
 
     Examples
     --------
@@ -476,7 +511,7 @@ def pmmh(
         state_shape = correlated.check_model(model.ssm(u0))
         correlation = float(correlation)
     u_init = None if init_params is None else _unconstrain(model, init_params)
-    theta, us, log_lik, log_prior, accepted, paths, cov, failed = _pmmh(
+    theta, us, log_lik, log_prior, accepted, paths, cov, failed, num_nonfinite = _pmmh(
         key, ys, u_init, model=model, num_particles=num_particles, num_samples=num_samples,
         num_warmup=int(num_warmup), num_chains=num_chains,
         scheme=_get_scheme(resampling), ess_threshold=float(ess_threshold),
@@ -486,8 +521,9 @@ def pmmh(
     )  # fmt: skip
     rate = jnp.mean(accepted.astype(jnp.float32), axis=1)
     result = PMMHResult(
-        theta, us, log_lik, log_prior, accepted, rate, paths, cov, failed, num_particles
-    )
+        theta, us, log_lik, log_prior, accepted, rate, paths, cov, failed, num_nonfinite,
+        num_particles,
+    )  # fmt: skip
     _warn_if_untrustworthy(result)
     return result
 
@@ -499,6 +535,7 @@ def _unconstrain(model: ParametricSSM, params: dict) -> jax.Array:
 def _warn_if_untrustworthy(result: PMMHResult) -> None:
     if isinstance(result.failed, jax.core.Tracer):  # under jit / vmap: not checked
         return  # (np.asarray of it was a TracerArrayConversionError)
+    warn_if_nan_likelihood(np.asarray(result.num_nonfinite), "PMMH", "chain")
     failed = np.asarray(result.failed)
     if failed.any():
         warnings.warn(

@@ -41,9 +41,15 @@ from particlekit.statespace.likelihood import (
     filter_init,
     filter_prefix,
     filter_step,
+    flagged_log_likelihood,
     sample_path,
 )
-from particlekit.statespace.model import ParametricSSM, check_model_and_data, draws_with_paths
+from particlekit.statespace.model import (
+    ParametricSSM,
+    check_model_and_data,
+    draws_with_paths,
+    warn_if_nan_likelihood,
+)
 from particlekit.types import PyTree
 
 __all__ = ["smc2", "SMC2Result"]
@@ -79,6 +85,12 @@ class SMC2Result(NamedTuple):
     failed : Array of shape (num_chains,), bool
         Every parameter weight vanished at some ``t`` (the data are impossible under the
         whole population); the run stopped there and ``log_evidence`` is ``-inf``.
+    num_nonfinite : Array of shape (num_chains,), int
+        Parameter values (particles when they met it, and PMMH proposals) at which the
+        prior or a potential of the inner filter was NaN or ``+inf`` (a model undefined
+        there, e.g. ``jnp.sqrt`` of a negative value): each was given weight zero, or
+        rejected, which biases the posterior if the model is meant to be defined there;
+        ``smc2`` warns when any is nonzero.
     num_theta_particles : int
         ``M``.
     """
@@ -93,6 +105,7 @@ class SMC2Result(NamedTuple):
     acceptance_rate: jax.Array
     num_x_particles: jax.Array
     failed: jax.Array
+    num_nonfinite: jax.Array
     num_theta_particles: int
 
     def get_samples(self, group_by_chain: bool = False) -> dict:
@@ -115,9 +128,9 @@ class SMC2Result(NamedTuple):
         """The draws for ArviZ: ``posterior`` (``theta`` and the latent path ``x``),
         ``sample_stats`` (``log_likelihood_estimate``, the inner filter's estimate of the
         whole series' log-likelihood, not named ``log_likelihood``, which ArviZ would read
-        as pointwise values; ``lp``; and per chain ``log_marginal_likelihood`` and
-        ``failed``), ``smc2_steps`` (``ess``, ``acceptance_rate``, ``num_x_particles`` per
-        time step) and ``observed_data`` when ``ys`` is given."""
+        as pointwise values; ``lp``; and per chain ``log_marginal_likelihood``, ``failed``
+        and ``num_nonfinite``), ``smc2_steps`` (``ess``, ``acceptance_rate``,
+        ``num_x_particles`` per time step) and ``observed_data`` when ``ys`` is given."""
         from particlekit.arviz import _dataset, from_mcmc_draws, wrap_groups
 
         data = from_mcmc_draws(
@@ -139,6 +152,7 @@ class SMC2Result(NamedTuple):
             "chain",
             np.asarray(self.log_evidence),
         )
+        groups["sample_stats"]["num_nonfinite"] = ("chain", np.asarray(self.num_nonfinite))
         steps = {
             "ess": np.asarray(self.ess),
             "acceptance_rate": np.asarray(self.acceptance_rate),
@@ -172,6 +186,7 @@ class _RunState(NamedTuple):
     log_evidence: jax.Array
     compensation: jax.Array
     history: _History
+    num_nonfinite: jax.Array  # () int32: parameter values where the model was NaN
 
 
 class _Config(NamedTuple):
@@ -186,7 +201,18 @@ class _Config(NamedTuple):
 
 
 def _log_lik(carry: FilterCarry) -> jax.Array:
-    return kernels.reported_log_evidence(carry.state.log_evidence)
+    """The filter's ``log p_hat``, NaN where it met a NaN or ``+inf`` potential
+    (``flagged_log_likelihood``; every caller reads NaN as ``-inf`` after counting)."""
+    return flagged_log_likelihood(carry)
+
+
+def _newly_flagged(new: FilterCarry, old: FilterCarry | None = None) -> jax.Array:
+    """How many of the (batched) filters met a NaN or ``+inf`` potential for the first
+    time (``old``: the same parameter particles' filters before; ``None``: all new)."""
+    flagged = new.num_nonfinite > 0
+    if old is not None:
+        flagged = flagged & (old.num_nonfinite == 0)
+    return jnp.sum(flagged, dtype=jnp.int32)
 
 
 def _add_evidence(state: _RunState, increments: jax.Array, t) -> _RunState:
@@ -223,8 +249,10 @@ def _initial_state(key, ys, cfg: _Config, num_theta: int) -> _RunState:
     log_w0 = jnp.where(jnp.isnan(log_w0), -jnp.inf, log_w0)
     log_z0 = jax.nn.logsumexp(log_w0) - jnp.log(num_theta)
     zero = jnp.zeros(())
+    num_nonfinite = jnp.sum(jnp.isnan(log_prior), dtype=jnp.int32) + _newly_flagged(filters)
     state = _RunState(
         key, u, log_prior, log_w0, filters, jnp.zeros((), jnp.int32), log_z0, zero, history,
+        num_nonfinite,
     )  # fmt: skip
     return _add_evidence(state, _log_lik(filters), 0)
 
@@ -243,7 +271,10 @@ def _assimilate(state: _RunState, ys, cfg: _Config) -> _RunState:
 
     keys = jax.random.split(sub, state.u.shape[0])
     filters, increments = jax.vmap(advance)(keys, state.u, state.filters)
-    state = state._replace(key=key, filters=filters, t=t)
+    # a filter that met a NaN potential (now or before) has no likelihood estimate
+    increments = jnp.where(filters.num_nonfinite > 0, jnp.nan, increments)
+    num_nonfinite = state.num_nonfinite + _newly_flagged(filters, state.filters)
+    state = state._replace(key=key, filters=filters, t=t, num_nonfinite=num_nonfinite)
     return _add_evidence(state, increments, t)
 
 
@@ -276,10 +307,9 @@ def _move(state: _RunState, ys, cfg: _Config):
     )
     length = state.t + 1
 
-    def logdensity(position):
+    def logdensity(position):  # NaN where the model is (counted by ``one_step``)
         _, log_prior, filters = position
-        value = log_prior + _log_lik(filters)
-        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+        return log_prior + _log_lik(filters)
 
     def propose(k, position):
         # the proposal's filter state is part of the new position: its estimate is the
@@ -291,24 +321,33 @@ def _move(state: _RunState, ys, cfg: _Config):
         return u_new, cfg.model.log_prior(u_new), filters
 
     def one_step(k, position, value):
+        """BlackJAX's RMH step with the proposal and its log-density computed first, so
+        that a NaN one is counted (the kernel reads it as ``-inf``: rejected)."""
         import blackjax
         from blackjax.mcmc.random_walk import RWState
 
+        k_prop, k_accept = jax.random.split(k)
+        proposal = propose(k_prop, position)
+        proposal_value = logdensity(proposal)
+        read = jnp.where(jnp.isnan(proposal_value), -jnp.inf, proposal_value)
         kernel = blackjax.mcmc.random_walk.build_rmh()
-        new, info = kernel(k, RWState(position, value), logdensity, propose)
-        return new.position, new.logdensity, info.is_accepted
+        new, info = kernel(
+            k_accept, RWState(position, value), lambda _: read, lambda _k, _p: proposal
+        )
+        return new.position, new.logdensity, info.is_accepted, jnp.isnan(proposal_value)
 
     def pmmh_step(carry, k):
         position, value = carry
-        position, value, accepted = jax.vmap(one_step)(
+        position, value, accepted, nan = jax.vmap(one_step)(
             jax.random.split(k, num_theta), position, value
         )
-        return (position, value), jnp.mean(accepted.astype(jnp.float32))
+        return (position, value), (jnp.mean(accepted.astype(jnp.float32)), jnp.sum(nan))
 
     position = (u, log_prior, filters)
-    ((u, log_prior, filters), _), rates = jax.lax.scan(
+    start = jax.vmap(logdensity)(position)
+    ((u, log_prior, filters), _), (rates, nans) = jax.lax.scan(
         pmmh_step,
-        (position, jax.vmap(logdensity)(position)),
+        (position, jnp.where(jnp.isnan(start), -jnp.inf, start)),
         jax.random.split(k_moves, cfg.num_mcmc_steps),
     )
     rate = jnp.mean(rates)
@@ -318,6 +357,7 @@ def _move(state: _RunState, ys, cfg: _Config):
     state = state._replace(
         key=key, u=u, log_prior=log_prior, filters=filters,
         log_weights=jnp.zeros_like(state.log_weights), history=history,
+        num_nonfinite=state.num_nonfinite + jnp.sum(nans, dtype=jnp.int32),
     )  # fmt: skip
     return state, rate
 
@@ -371,7 +411,10 @@ def _exchange(state: _RunState, ys, cfg: _Config, num_x: int) -> _RunState:
     filters = jax.vmap(fresh)(keys, state.u)
     log_weights = state.log_weights + _log_lik(filters) - _log_lik(state.filters)
     log_weights = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
-    return state._replace(key=key, filters=filters, log_weights=log_weights)
+    num_nonfinite = state.num_nonfinite + _newly_flagged(filters, state.filters)
+    return state._replace(
+        key=key, filters=filters, log_weights=log_weights, num_nonfinite=num_nonfinite
+    )
 
 
 @partial(jax.jit, static_argnames=("cfg", "latent_paths"))
@@ -467,7 +510,8 @@ def smc2(
     Warns
     -----
     UserWarning
-        When a run failed (every weight vanished), or the last moves' acceptance stayed
+        When the model was NaN at some parameter values (``num_nonfinite``), a run
+        failed (every weight vanished), or the last moves' acceptance stayed
         below ``min_acceptance`` with ``N_x`` at ``max_num_x_particles``, or (with
         ``latent_paths``) attaching the paths cut the final weights' ESS by more than the
         factor ``ess_threshold``: each parameter particle's weight is multiplied by the
@@ -526,14 +570,15 @@ def smc2(
         for k in jax.random.split(key, num_chains)
     ]
     stacked = [jnp.stack(parts) for parts in zip(*[r[:-3] for r in runs], strict=True)]
-    u, log_prior, log_lik, log_evidence, ess, acc, nx, failed = stacked
+    u, log_prior, log_lik, log_evidence, ess, acc, nx, failed, num_nonfinite = stacked
     paths = None
     if latent_paths:
         paths = jax.tree.map(lambda *a: jnp.stack(a), *[r[-3] for r in runs])
     theta = jax.vmap(jax.vmap(model.constrain))(u)
     result = SMC2Result(
-        theta, u, log_lik, log_prior, paths, log_evidence, ess, acc, nx, failed, num_theta
-    )
+        theta, u, log_lik, log_prior, paths, log_evidence, ess, acc, nx, failed,
+        num_nonfinite, num_theta,
+    )  # fmt: skip
     _warn_if_untrustworthy(result, [r[-2] for r in runs], max_num_x, float(min_acceptance))
     if latent_paths:
         ok = ~np.asarray(failed)  # (a failed run has warned already)
@@ -564,8 +609,8 @@ def _run(key, ys, cfg: _Config, num_theta, max_num_x, latent_paths, bar):
     history = state.history
     return (
         u, log_prior, log_lik, kernels.reported_log_evidence(state.log_evidence),
-        history.ess, history.acceptance_rate, jnp.asarray(num_x_at), _failed(state), paths,
-        starved, (float(ess_before), float(ess_after)),
+        history.ess, history.acceptance_rate, jnp.asarray(num_x_at), _failed(state),
+        state.num_nonfinite, paths, starved, (float(ess_before), float(ess_after)),
     )  # fmt: skip
 
 
@@ -576,6 +621,7 @@ def _low_last_move(state: _RunState, cfg: _Config) -> bool:
 
 
 def _warn_if_untrustworthy(result: SMC2Result, starved, max_num_x, min_acceptance):
+    warn_if_nan_likelihood(np.asarray(result.num_nonfinite), "SMC²", "run")
     failed = np.asarray(result.failed)
     if failed.any():
         warnings.warn(

@@ -150,6 +150,15 @@ def sequence_log_prob(step_fn, tokens: jax.Array, length: jax.Array, start: int 
     start : int
         Prompt length: positions before ``start`` are conditioned on, not scored.
 
+    Raises
+    ------
+    ValueError
+        For ``tokens`` that are not 1-D, a concrete ``length`` outside
+        ``[0, len(tokens)]``, or (concrete ``tokens`` and ``length``) a token id of
+        ``tokens[:length]`` outside the vocabulary ``[0, V)`` of ``step_fn``. Under tracing
+        such an id cannot be checked: it has probability 0 (a log-probability of ``-inf``
+        when it is scored).
+
     Examples
     --------
     >>> import jax.numpy as jnp
@@ -157,12 +166,18 @@ def sequence_log_prob(step_fn, tokens: jax.Array, length: jax.Array, start: int 
     >>> round(float(jnp.exp(sequence_log_prob(gen, jnp.array([1, 3, 3]), 2))), 3)
     0.1
     """
+    ids = None if isinstance(tokens, jax.core.Tracer) else np.asarray(tokens)
     tokens = jnp.asarray(tokens, jnp.int32)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be a 1-D array of token ids, got shape {tokens.shape}")
-    if not isinstance(length, jax.core.Tracer) and not 0 <= int(length) <= tokens.shape[0]:
-        # a longer length was silently read as tokens.shape[0]
-        raise ValueError(f"length must be in [0, {tokens.shape[0]}] (len(tokens)), got {length}")
+    if not isinstance(length, jax.core.Tracer):
+        if not 0 <= int(length) <= tokens.shape[0]:
+            # a longer length was silently read as tokens.shape[0]
+            raise ValueError(
+                f"length must be in [0, {tokens.shape[0]}] (len(tokens)), got {length}"
+            )
+        if ids is not None:
+            _check_token_ids(ids[: int(length)], _vocab_size(step_fn, tokens))
     positions = jnp.arange(tokens.shape[0])
 
     def term(pos):
@@ -175,3 +190,17 @@ def sequence_log_prob(step_fn, tokens: jax.Array, length: jax.Array, start: int 
         return jnp.where((pos >= start) & (pos < length), log_p_token, 0.0)
 
     return jnp.sum(jax.vmap(term)(positions))
+
+
+def _vocab_size(step_fn, tokens: jax.Array) -> int:
+    """The size ``V`` of the logits ``step_fn(tokens, length)`` returns (shapes only)."""
+    length = jax.ShapeDtypeStruct((), jnp.int32)
+    return int(jax.eval_shape(step_fn, tokens, length).shape[-1])
+
+
+def _check_token_ids(ids: np.ndarray, vocab: int) -> None:
+    """A ``ValueError`` unless every token id of ``ids`` is in ``[0, vocab)``, as
+    ``smc`` checks its prompt (an id outside the vocabulary is no token of the generator:
+    it would silently get probability 0)."""
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+        raise ValueError(f"token ids must be in [0, {vocab}) (the vocabulary), got {ids.tolist()}")

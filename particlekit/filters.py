@@ -268,13 +268,15 @@ def resolve_keep_history(keep_history, ssm: StateSpaceModel, ys, num_particles: 
 
 def _probe_inputs(ssm: StateSpaceModel, ys):
     """Abstract ``(x_prev, y, t)`` of one particle (a batch of one if ``ssm.vectorized``),
-    as the proposals see them, and the shape of one state."""
+    as the proposals see them, and the shape of one state (``None`` for a pytree state,
+    e.g. a dict, whose law's shapes are not checked)."""
     state = jax.eval_shape(lambda k: ssm.sample_initial(k), jax.random.key(0))
     lead = (1,) if ssm.vectorized else ()
-    x_prev = jax.ShapeDtypeStruct(lead + tuple(state.shape), state.dtype)
+    x_prev = jax.tree.map(lambda a: jax.ShapeDtypeStruct(lead + tuple(a.shape), a.dtype), state)
     y = jax.ShapeDtypeStruct(tuple(ys.shape[1:]), ys.dtype)
     t = jax.ShapeDtypeStruct((), jnp.int32)
-    return (x_prev, y, t), tuple(state.shape)
+    state_shape = tuple(state.shape) if isinstance(state, jax.ShapeDtypeStruct) else None
+    return (x_prev, y, t), state_shape
 
 
 def _describe(value) -> str:
@@ -287,12 +289,15 @@ def _describe(value) -> str:
 def _check_law_of_state(law, what: str, state_shape: tuple, lead: tuple, example: str) -> None:
     """A ``ValueError`` unless ``law`` (what a user callable ``what`` returned) is a NumPyro
     distribution of one state: samples of shape ``lead + state_shape`` and, for a
-    per-particle model (``lead == ()``), batch shape ``()`` (a scalar ``log_prob``)."""
+    per-particle model (``lead == ()``), batch shape ``()`` (a scalar ``log_prob``); for a
+    pytree state (``state_shape`` None) the type only."""
     if not isinstance(law, Distribution):
         raise ValueError(
             f"{what} must return a numpyro.distributions.Distribution of x_t, got "
             f"{_describe(law)}; e.g. `{example}`"
         )
+    if state_shape is None:
+        return
     got = tuple(law.batch_shape) + tuple(law.event_shape)
     if got != lead + state_shape:
         raise ValueError(
@@ -570,7 +575,7 @@ def _guided(
         k_q, k_f = jax.random.split(k)
         x_q = proposal(x_prev, jnp.where(jnp.isnan(y), 0.0, y), t).sample(k_q)
         x_f = ssm.sample_transition(k_f, x_prev, t)
-        return jnp.where(missing, x_f, x_q)
+        return jax.tree.map(lambda f, q: jnp.where(missing, f, q), x_f, x_q)  # (pytree states)
 
     def log_w(x_prev, x, inputs):
         y, t = inputs

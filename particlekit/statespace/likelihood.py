@@ -83,8 +83,9 @@ def flagged_log_likelihood(carry: FilterCarry) -> jax.Array:
     ...         transition=lambda x_prev, t: dist.Normal(0.9 * x_prev, 1.0),
     ...         observation=lambda x, t: dist.Normal(x, jnp.sqrt(scale)))  # NaN for scale < 0
     >>> ys = jnp.zeros(5)
-    >>> good = filter_prefix(jax.random.key(0), ssm(0.25), ys, 5, num_particles=8)
-    >>> bad = filter_prefix(jax.random.key(0), ssm(-0.25), ys, 5, num_particles=8)
+    >>> run = jax.jit(  # (traced: NumPyro's argument validation, if on, does not raise)
+    ...     lambda scale: filter_prefix(jax.random.key(0), ssm(scale), ys, 5, num_particles=8))
+    >>> good, bad = run(0.25), run(-0.25)
     >>> bool(jnp.isfinite(flagged_log_likelihood(good))), int(bad.num_nonfinite)
     (True, 40)
     >>> bool(jnp.isnan(flagged_log_likelihood(bad)))

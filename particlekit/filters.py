@@ -775,14 +775,13 @@ def _auxiliary(
         c = jax.lax.stop_gradient(jnp.where(jnp.isfinite(largest), largest, 0.0))
         return two_stages(key, state, (*inputs, c.astype(etas.dtype)))
 
-    step = centred_step
     return _filter(
         key,
         ys,
         num_particles=num_particles,
         init_sample=sample_init,
         init_log_weight=log_g,
-        step=step,
+        step=centred_step,
         keep_history=keep_history,
         progress_bar=progress_bar,
         sharding=sharding,

@@ -440,9 +440,9 @@ def _is_builtin_scheme(scheme) -> bool:
     return any(scheme is b for b in builtins)
 
 
-def _resample_state(key, state: ParticleState, scheme, normalize: bool):
+def _resample_state(key, state: ParticleState, scheme, normalize: bool, check: bool):
     """The population resampled by ``scheme``, and the number of ancestor indices outside
-    ``[0, N)`` (a user's scheme only; the built-in ones return valid indices): those
+    ``[0, N)`` (``check``: a user's scheme; the built-in ones return valid indices): those
     slots get weight zero, the count is reported as ``info.num_nonfinite`` (a gather would
     silently clamp them to the first or last particle)."""
     n = num_particles_of(state)
@@ -450,7 +450,7 @@ def _resample_state(key, state: ParticleState, scheme, normalize: bool):
     idx = _check_indices(scheme(key, state.log_weights, n), n)
     equal = jnp.zeros_like(state.log_weights)
     num_invalid = jnp.zeros((), jnp.int32)
-    if not _is_builtin_scheme(scheme):
+    if check:
         invalid = (idx < 0) | (idx >= n)
         num_invalid = jnp.sum(invalid, dtype=jnp.int32)
         equal = jnp.where(invalid, -jnp.inf, equal)
@@ -544,6 +544,8 @@ def _resample(scheme, ess_threshold: float, normalize: bool) -> Kernel:
 
         return normalized_islands_kernel
 
+    check_ancestors = not _is_builtin_scheme(scheme_fn)
+
     def kernel(key, state: ParticleState, inputs=None):
         del inputs
         n = num_particles_of(state)
@@ -559,19 +561,21 @@ def _resample(scheme, ess_threshold: float, normalize: bool) -> Kernel:
             kept = kept._replace(log_weights=resampling.log_normalize(state.log_weights)[0])
         none_invalid = jnp.zeros((), jnp.int32)
         if ess_threshold >= 1.0:
-            new_state, num_invalid = _resample_state(key, state, scheme_fn, normalize)
+            new_state, num_invalid = _resample_state(
+                key, state, scheme_fn, normalize, check_ancestors
+            )
         elif ess_threshold <= 0.0:
             new_state, num_invalid = kept, none_invalid
         else:
             new_state, num_invalid = jax.lax.cond(
                 do_resample,
-                lambda s: _resample_state(key, s, scheme_fn, normalize),
+                lambda s: _resample_state(key, s, scheme_fn, normalize, check_ancestors),
                 lambda s: (kept, none_invalid),
                 state,
             )
         # the ESS after the step: N if resampled (equal weights), unchanged otherwise
         ess_after = jnp.where(do_resample, jnp.asarray(n, current_ess.dtype), current_ess)
-        if not _is_builtin_scheme(scheme_fn):  # (invalid ancestors: zero weights)
+        if check_ancestors:  # (invalid ancestors: zero weights)
             ess_after = jnp.where(num_invalid > 0, resampling.ess(new_state.log_weights), ess_after)
         info = StepInfo.neutral(new_state, ess=ess_after)._replace(
             resampled=do_resample, num_nonfinite=num_invalid
@@ -735,7 +739,7 @@ def chain(*kernels: Kernel) -> Kernel:
         info = StepInfo.neutral(state)
         for k, kern in zip(keys, kernels, strict=True):
             out = kern(k, state, inputs)
-            if isinstance(out, ParticleState) or not (isinstance(out, tuple) and len(out) == 2):
+            if not (isinstance(out, tuple) and len(out) == 2):  # (a ParticleState has 5)
                 raise ValueError(
                     f"a kernel of chain must return (state, info), as pk.move / pk.reweight / "
                     f"pk.resample / pk.mcmc kernels do; {kern!r} returned "

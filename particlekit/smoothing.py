@@ -164,12 +164,12 @@ def _check_history_matches_model(ssm: StateSpaceModel, filter_result: FilterResu
     expected = jax.tree.structure(state)
     got = jax.tree.structure(filter_result.particles)
     shapes = [tuple(jnp.shape(a)[2:]) for a in jax.tree.leaves(filter_result.particles)]
-    if got != expected or shapes != [tuple(a.shape) for a in jax.tree.leaves(state)]:
+    model_shapes = [tuple(a.shape) for a in jax.tree.leaves(state)]
+    if got != expected or shapes != model_shapes:
         raise ValueError(
             f"the filter's particles (structure {got}, state shapes {shapes}) are not states "
-            f"of this model (structure {expected}, shapes "
-            f"{[tuple(a.shape) for a in jax.tree.leaves(state)]}): pass the model the filter "
-            "was run with"
+            f"of this model (structure {expected}, shapes {model_shapes}): pass the model "
+            "the filter was run with"
         )
 
 

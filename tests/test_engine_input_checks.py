@@ -237,43 +237,21 @@ def test_auxiliary_filter_evidence_ignores_a_constant_in_the_look_ahead():
         assert float(run(c)) == pytest.approx(reference, abs=1e-4)
 
 
-class _PosVel(dist.Distribution):
-    """A law of a dict state ``{"pos", "vel"}`` (independent normals)."""
-
-    def __init__(self, loc, scale):
-        self.loc, self.scale = loc, scale
-        super().__init__(batch_shape=(), event_shape=())
-
-    def sample(self, key, sample_shape=()):
-        keys = jax.random.split(key)
-        return {
-            n: self.loc[n] + self.scale[n] * jax.random.normal(k, sample_shape)
-            for n, k in zip(("pos", "vel"), keys, strict=True)
-        }
-
-    def log_prob(self, x):
-        return sum(dist.Normal(self.loc[n], self.scale[n]).log_prob(x[n]) for n in ("pos", "vel"))
-
-
 def test_guided_and_auxiliary_filters_take_a_dict_state():
     # both failed in their argument checks (an AttributeError: 'dict' has no 'shape')
-    def transition(x, t):
-        loc = {"pos": x["pos"] + 0.5 * x["vel"], "vel": 0.8 * x["vel"]}
-        return _PosVel(loc, {"pos": 0.5, "vel": 0.5})
+    from exact import kalman
+    from test_sqmc_distributed_user_reports import PYTREE_LG, PYTREE_SSM
 
-    ssm = pk.StateSpaceModel(
-        initial=lambda: _PosVel({"pos": 0.0, "vel": 0.0}, {"pos": 1.0, "vel": 1.0}),
-        transition=transition,
-        observation=lambda x, t: dist.Normal(x["pos"], 0.5),
-    )
+    ssm = PYTREE_SSM
     _, ys = ssm.simulate(KEY, 10)
-    reference = float(pk.filters.bootstrap(KEY, ssm, ys, num_particles=4096).log_evidence)
-    proposal = lambda x, y, t: transition(x, t)  # noqa: E731
-    guided = pk.filters.guided(KEY, ssm, ys, proposal=proposal, num_particles=256)
+    exact = kalman(PYTREE_LG, np.asarray(ys, np.float64))[0]
+    guided = pk.filters.guided(
+        KEY, ssm, ys, proposal=lambda x, y, t: ssm.transition(x, t), num_particles=256
+    )
     auxiliary = pk.filters.auxiliary(
         KEY, ssm, ys, num_particles=256,
         log_predictive=lambda x, y, t: dist.Normal(x["pos"] + 0.5 * x["vel"], 0.87).log_prob(y),
     )  # fmt: skip
     # sd of a 256-particle estimate here: about 0.1
-    assert float(guided.log_evidence) == pytest.approx(reference, abs=0.5)
-    assert float(auxiliary.log_evidence) == pytest.approx(reference, abs=0.5)
+    assert float(guided.log_evidence) == pytest.approx(exact, abs=0.5)
+    assert float(auxiliary.log_evidence) == pytest.approx(exact, abs=0.5)

@@ -224,28 +224,33 @@ def _read_nan_as_impossible(value):
     return jnp.where(jnp.isnan(value), -jnp.inf, value)
 
 
-def _rw_step(logdensity, propose_z, key, position, logdensity_value, chol, log_scale):
-    """One BlackJAX RMH step of one chain with proposal ``u + exp(log_scale) chol eps``
-    and the filter's random input proposed by ``propose_z``. The proposal and its
-    log-density are computed here, before the kernel accepts or rejects it, so that a NaN
-    log-density (``_log_target``) is seen and counted; the kernel reads it as ``-inf``.
-    Returns ``(position, logdensity, acceptance probability, accepted, proposal was
-    NaN)``."""
+def rmh_accept(key, position, logdensity_value, proposal, proposal_value):
+    """BlackJAX's RMH accept–reject (``blackjax.mcmc.random_walk.build_rmh``) of a
+    ``proposal`` and its log-density that the caller computed, so that a NaN one (a model
+    undefined there, ``_log_target``) can be counted: the kernel reads it as ``-inf``
+    (rejected). PMMH's and SMC²'s moves. Returns the kernel's ``(state, info)``."""
     import blackjax
     from blackjax.mcmc.random_walk import RWState
 
+    kernel = blackjax.mcmc.random_walk.build_rmh()
+    return kernel(
+        key,
+        RWState(position, logdensity_value),
+        lambda _: _read_nan_as_impossible(proposal_value),  # (evaluated at ``proposal``)
+        lambda _k, _pos: proposal,
+    )
+
+
+def _rw_step(logdensity, propose_z, key, position, logdensity_value, chol, log_scale):
+    """One RMH step of one chain with proposal ``u + exp(log_scale) chol eps`` and the
+    filter's random input proposed by ``propose_z`` (``rmh_accept``). Returns
+    ``(position, logdensity, acceptance probability, accepted, proposal was NaN)``."""
     k_eps, k_z, k_accept = jax.random.split(key, 3)
     u, z = position
     eps = jax.random.normal(k_eps, u.shape, u.dtype)
     proposal = (u + jnp.exp(log_scale) * (chol @ eps), propose_z(k_z, z))
     proposal_value = logdensity(proposal)
-    kernel = blackjax.mcmc.random_walk.build_rmh()
-    state, info = kernel(
-        k_accept,
-        RWState(position, logdensity_value),
-        lambda _: _read_nan_as_impossible(proposal_value),  # (evaluated at ``proposal``)
-        lambda _k, _pos: proposal,
-    )
+    state, info = rmh_accept(k_accept, position, logdensity_value, proposal, proposal_value)
     accept_prob = jnp.where(jnp.isnan(info.acceptance_rate), 0.0, info.acceptance_rate)
     proposal_nan = jnp.isnan(proposal_value)
     return state.position, state.logdensity, accept_prob, info.is_accepted, proposal_nan

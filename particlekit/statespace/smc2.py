@@ -50,6 +50,7 @@ from particlekit.statespace.model import (
     draws_with_paths,
     warn_if_nan_likelihood,
 )
+from particlekit.statespace.pmmh import rmh_accept
 from particlekit.types import PyTree
 
 __all__ = ["smc2", "SMC2Result"]
@@ -206,13 +207,10 @@ def _log_lik(carry: FilterCarry) -> jax.Array:
     return flagged_log_likelihood(carry)
 
 
-def _newly_flagged(new: FilterCarry, old: FilterCarry | None = None) -> jax.Array:
+def _newly_flagged(new: FilterCarry, old: FilterCarry) -> jax.Array:
     """How many of the (batched) filters met a NaN or ``+inf`` potential for the first
-    time (``old``: the same parameter particles' filters before; ``None``: all new)."""
-    flagged = new.num_nonfinite > 0
-    if old is not None:
-        flagged = flagged & (old.num_nonfinite == 0)
-    return jnp.sum(flagged, dtype=jnp.int32)
+    time (``old``: the same parameter particles' filters before)."""
+    return jnp.sum((new.num_nonfinite > 0) & (old.num_nonfinite == 0), dtype=jnp.int32)
 
 
 def _add_evidence(state: _RunState, increments: jax.Array, t) -> _RunState:
@@ -249,7 +247,8 @@ def _initial_state(key, ys, cfg: _Config, num_theta: int) -> _RunState:
     log_w0 = jnp.where(jnp.isnan(log_w0), -jnp.inf, log_w0)
     log_z0 = jax.nn.logsumexp(log_w0) - jnp.log(num_theta)
     zero = jnp.zeros(())
-    num_nonfinite = jnp.sum(jnp.isnan(log_prior), dtype=jnp.int32) + _newly_flagged(filters)
+    # parameter values where the prior or the filter met a NaN (once each)
+    num_nonfinite = jnp.sum(jnp.isnan(log_prior) | (filters.num_nonfinite > 0), dtype=jnp.int32)
     state = _RunState(
         key, u, log_prior, log_w0, filters, jnp.zeros((), jnp.int32), log_z0, zero, history,
         num_nonfinite,
@@ -321,19 +320,11 @@ def _move(state: _RunState, ys, cfg: _Config):
         return u_new, cfg.model.log_prior(u_new), filters
 
     def one_step(k, position, value):
-        """BlackJAX's RMH step with the proposal and its log-density computed first, so
-        that a NaN one is counted (the kernel reads it as ``-inf``: rejected)."""
-        import blackjax
-        from blackjax.mcmc.random_walk import RWState
-
+        """An RMH step (``rmh_accept``); a NaN proposal is counted and rejected."""
         k_prop, k_accept = jax.random.split(k)
         proposal = propose(k_prop, position)
         proposal_value = logdensity(proposal)
-        read = jnp.where(jnp.isnan(proposal_value), -jnp.inf, proposal_value)
-        kernel = blackjax.mcmc.random_walk.build_rmh()
-        new, info = kernel(
-            k_accept, RWState(position, value), lambda _: read, lambda _k, _p: proposal
-        )
+        new, info = rmh_accept(k_accept, position, value, proposal, proposal_value)
         return new.position, new.logdensity, info.is_accepted, jnp.isnan(proposal_value)
 
     def pmmh_step(carry, k):
